@@ -1,0 +1,293 @@
+#include "app.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "routes.h"
+
+static void finish(struct app *app);
+
+static struct app *app_of_queue(struct incr_queue *q) {
+  return (struct app *)((char *)q - offsetof(struct app, queue));
+}
+
+static struct app *app_of_link(struct redis_link *link) {
+  return (struct app *)((char *)link - offsetof(struct app, link));
+}
+
+/* Increments answered but not yet replied to: queued, due or in flight. */
+static uint64_t pending(const struct app *app) {
+  return app->queue.pending + redis_link_pending(&app->link);
+}
+
+/* ---- Requests ----------------------------------------------------------- */
+
+static void respond(void *data, const struct http_request *req,
+                    uint16_t error_status, struct http_response *resp) {
+  struct app *app = data;
+  struct route_result r;
+  if (!req) {
+    routes_error(error_status, &r);
+  } else {
+    struct routes_state state = {
+        .ready = app->link.ever_connected &&
+                 app->shutdown.phase == PHASE_RUNNING,
+        .queue_full = pending(app) >= app->cfg->max_pending,
+    };
+    routes_handle(req, &state, &r);
+    if (r.action == ACTION_INCR) {
+      uint64_t deadline = uv_now(app->loop) + app->cfg->incr_delay_ms;
+      if (incr_queue_push(&app->queue, deadline) == 0) {
+        app->metrics.incr_accepted++;
+      } else {
+        routes_error(503, &r);
+        r.route = ROUTE_INCR;
+      }
+    } else if (r.action == ACTION_METRICS) {
+      struct metrics_gauges g = {
+          .pending = pending(app),
+          .open_connections = app->server.open,
+          .redis_connected = redis_link_connected(&app->link),
+          .phase = app->shutdown.phase,
+      };
+      size_t len;
+      char *body = metrics_render(&app->metrics, &g, &len);
+      if (body) {
+        r.response.body = body;
+        r.response.body_len = len;
+        r.response.body_owned = !r.response.head;
+        if (r.response.head) /* the length is announced, the body not sent */
+          free(body);
+      } else {
+        routes_error(503, &r);
+        r.route = ROUTE_METRICS;
+      }
+    }
+  }
+  metrics_count_request(&app->metrics, r.route, r.response.status);
+  *resp = r.response;
+}
+
+/* ---- Shutdown phases ---------------------------------------------------- */
+
+static void advance(struct app *app) {
+  if (app->shutdown.phase == PHASE_FLUSHING && pending(app) == 0) {
+    shutdown_flushed(&app->shutdown, uv_now(app->loop));
+    finish(app);
+  }
+}
+
+static void on_delay_elapsed(uv_timer_t *timer);
+
+/* Performs the effects of the phase the state machine has just entered. */
+static void enter(struct app *app, enum shutdown_phase phase) {
+  log_info("phase", "phase=%s pending=%llu connections=%llu",
+           shutdown_phase_name(phase), (unsigned long long)pending(app),
+           (unsigned long long)app->server.open);
+  switch (phase) {
+  case PHASE_DELAYING:
+    server_close_each(&app->server);
+    uv_timer_start(&app->delay_timer, on_delay_elapsed,
+                   app->shutdown.delay_ms, 0);
+    break;
+  case PHASE_DRAINING:
+    server_drain(&app->server);
+    break;
+  case PHASE_FLUSHING:
+    advance(app);
+    break;
+  case PHASE_DONE:
+    finish(app);
+    break;
+  default:
+    break;
+  }
+}
+
+static void on_delay_elapsed(uv_timer_t *timer) {
+  struct app *app = timer->data;
+  enter(app, shutdown_delay_elapsed(&app->shutdown, uv_now(app->loop)));
+}
+
+static void on_deadline(uv_timer_t *timer) {
+  struct app *app = timer->data;
+  log_warn("shutdown_timeout", "timeout_ms=%llu pending=%llu",
+           (unsigned long long)app->shutdown.timeout_ms,
+           (unsigned long long)pending(app));
+  shutdown_deadline_passed(&app->shutdown, uv_now(app->loop));
+  finish(app);
+}
+
+static void on_drained(void *data) {
+  struct app *app = data;
+  enter(app,
+        shutdown_connections_closed(&app->shutdown, uv_now(app->loop)));
+}
+
+static void on_due(struct incr_queue *q, uint64_t n) {
+  redis_link_add_due(&app_of_queue(q)->link, n);
+}
+
+static void on_link_idle(struct redis_link *link) {
+  advance(app_of_link(link));
+}
+
+static void on_signal(uv_signal_t *handle, int signum) {
+  struct app *app = handle->data;
+  const char *name = signum == SIGTERM ? "SIGTERM"
+                     : signum == SIGINT ? "SIGINT"
+                                        : "SIGHUP";
+  if (signum == SIGHUP) {
+    log_info("signal", "signal=SIGHUP action=ignored");
+    return;
+  }
+  enum shutdown_phase was = app->shutdown.phase;
+  if (was == PHASE_DONE)
+    return;
+  log_info("signal", "signal=%s phase=%s pending=%llu", name,
+           shutdown_phase_name(was), (unsigned long long)pending(app));
+  enum shutdown_phase phase = shutdown_signal(&app->shutdown, uv_now(app->loop));
+  if (was == PHASE_RUNNING)
+    uv_timer_start(&app->deadline_timer, on_deadline,
+                   app->shutdown.timeout_ms, 0);
+  enter(app, phase);
+}
+
+/* ---- The end ------------------------------------------------------------ */
+
+/* The summary of the run, as key=value pairs: the last log line and the
+ * termination message. */
+static int summary(const struct app *app, char *buf, size_t cap) {
+  const struct shutdown *s = &app->shutdown;
+  const struct metrics *m = &app->metrics;
+  uint64_t now = uv_now(app->loop);
+  uint64_t first_signal = s->entered[PHASE_DELAYING]
+                              ? s->entered[PHASE_DELAYING]
+                              : s->entered[PHASE_DRAINING];
+  return snprintf(
+      buf, cap,
+      "reason=%s exit_code=%d accepted=%llu done=%llu retried=%llu "
+      "failed=%llu abandoned=%llu running_ms=%llu delaying_ms=%llu "
+      "draining_ms=%llu flushing_ms=%llu shutdown_ms=%llu",
+      shutdown_reason_name(s->reason), app->exit_code,
+      (unsigned long long)m->incr_accepted, (unsigned long long)m->incr_done,
+      (unsigned long long)m->incr_retried, (unsigned long long)m->incr_failed,
+      (unsigned long long)app->abandoned,
+      (unsigned long long)shutdown_phase_ms(s, PHASE_RUNNING, now),
+      (unsigned long long)shutdown_phase_ms(s, PHASE_DELAYING, now),
+      (unsigned long long)shutdown_phase_ms(s, PHASE_DRAINING, now),
+      (unsigned long long)shutdown_phase_ms(s, PHASE_FLUSHING, now),
+      (unsigned long long)(first_signal ? now - first_signal : 0));
+}
+
+/* Kubernetes shows this file's content as the container's termination
+ * message. Its absence, or a read-only filesystem, is not an error. */
+static void write_termination_log(const struct app *app, const char *text,
+                                  int len) {
+  const char *path = app->cfg->termination_log;
+  if (!*path)
+    return;
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    log_debug("termination_log", "path=%s error=%s", path, strerror(errno));
+    return;
+  }
+  ssize_t n = write(fd, text, (size_t)len);
+  (void)n;
+  close(fd);
+}
+
+static void close_handle(uv_handle_t *h) {
+  if (!uv_is_closing(h))
+    uv_close(h, NULL);
+}
+
+/* Gives up what is still pending, closes every handle so that uv_run
+ * returns, and reports. */
+static void finish(struct app *app) {
+  if (uv_is_closing((uv_handle_t *)&app->sigterm))
+    return;
+  uint64_t now = uv_now(app->loop);
+  if (app->shutdown.phase != PHASE_DONE)
+    shutdown_fail(&app->shutdown, now);
+  app->abandoned = pending(app);
+  app->metrics.incr_abandoned = app->abandoned;
+  if (app->abandoned)
+    log_warn("abandoned", "increments=%llu reason=%s",
+             (unsigned long long)app->abandoned,
+             shutdown_reason_name(app->shutdown.reason));
+  app->exit_code = shutdown_exit_code(&app->shutdown, app->abandoned);
+
+  server_close(&app->server);
+  incr_queue_close(&app->queue, NULL);
+  redis_link_close(&app->link);
+  close_handle((uv_handle_t *)&app->sigterm);
+  close_handle((uv_handle_t *)&app->sigint);
+  close_handle((uv_handle_t *)&app->sighup);
+  close_handle((uv_handle_t *)&app->delay_timer);
+  close_handle((uv_handle_t *)&app->deadline_timer);
+
+  char line[512];
+  int len = summary(app, line, sizeof line - 1);
+  if (len < 0 || len >= (int)sizeof line - 1)
+    len = (int)strlen(line);
+  log_info("exit", "%s", line);
+  line[len++] = '\n';
+  write_termination_log(app, line, len);
+}
+
+/* ---- Construction ------------------------------------------------------- */
+
+int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg) {
+  memset(app, 0, sizeof *app);
+  app->loop = loop;
+  app->cfg = cfg;
+  /* A client that vanishes must cost an error code, not the process. */
+  signal(SIGPIPE, SIG_IGN);
+  metrics_init(&app->metrics);
+  if (incr_queue_init(&app->queue, loop, on_due) != 0)
+    return UV_ENOMEM;
+  server_init(&app->server, loop, cfg, &app->metrics,
+              (struct server_handler){respond, on_drained}, app);
+  redis_link_init(&app->link, loop, cfg, &app->metrics, on_link_idle);
+  shutdown_init(&app->shutdown, cfg->shutdown_delay_ms,
+                cfg->shutdown_timeout_ms, uv_now(loop));
+  uv_signal_t *signals[] = {&app->sigterm, &app->sigint, &app->sighup};
+  int signums[] = {SIGTERM, SIGINT, SIGHUP};
+  for (int i = 0; i < 3; i++) {
+    uv_signal_init(loop, signals[i]);
+    signals[i]->data = app;
+    uv_signal_start(signals[i], on_signal, signums[i]);
+  }
+  uv_timer_init(loop, &app->delay_timer);
+  app->delay_timer.data = app;
+  uv_timer_init(loop, &app->deadline_timer);
+  app->deadline_timer.data = app;
+  return 0;
+}
+
+int app_run(struct app *app) {
+  const struct config *cfg = app->cfg;
+  log_info("start",
+           "version=%s redis=%s:%u incr_delay_ms=%llu shutdown_delay_ms=%llu "
+           "shutdown_timeout_ms=%llu max_pending=%llu",
+           GRACEFULD_VERSION, cfg->redis_host, cfg->redis_port,
+           (unsigned long long)cfg->incr_delay_ms,
+           (unsigned long long)cfg->shutdown_delay_ms,
+           (unsigned long long)cfg->shutdown_timeout_ms,
+           (unsigned long long)cfg->max_pending);
+  int rc = server_listen(&app->server);
+  if (rc) {
+    log_error("listen_failed", "addr=%s port=%u error=%s", cfg->listen_host,
+              cfg->listen_port, uv_strerror(rc));
+    finish(app);
+  } else {
+    redis_link_start(&app->link);
+  }
+  uv_run(app->loop, UV_RUN_DEFAULT);
+  return app->exit_code;
+}

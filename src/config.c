@@ -1,0 +1,318 @@
+#include "config.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <string.h>
+
+#include <uv.h>
+
+enum kind { K_ADDR_LISTEN, K_ADDR_REDIS, K_UINT, K_STRING, K_PATH, K_LOG_FORMAT,
+            K_LOG_LEVEL };
+
+struct setting {
+  const char *env;
+  const char *flag; /* without the leading dashes */
+  const char *metavar;
+  const char *def;
+  const char *help;
+  enum kind kind;
+  size_t offset;    /* of the field in struct config */
+  uint64_t min;     /* K_UINT: inclusive range */
+  uint64_t max;
+};
+
+#define FIELD(f) offsetof(struct config, f)
+#define DAY_MS UINT64_C(86400000)
+
+static const struct setting settings[] = {
+    {"LISTEN_ADDR", "listen", "HOST:PORT", "0.0.0.0:8080",
+     "address to serve HTTP on; [::]:8080 for IPv6", K_ADDR_LISTEN, 0, 0, 0},
+    {"REDIS_ADDR", "redis", "HOST:PORT", "127.0.0.1:6379",
+     "Redis server; a host name is resolved again at every reconnect",
+     K_ADDR_REDIS, 0, 0, 0},
+    {"INCR_DELAY_MS", "incr-delay-ms", "MS", "5000",
+     "delay between answering /incr and sending its INCR", K_UINT,
+     FIELD(incr_delay_ms), 0, DAY_MS},
+    {"COUNTER_KEY", "counter-key", "KEY", "counter",
+     "Redis key that /incr increments", K_STRING, FIELD(counter_key), 0, 0},
+    {"SHUTDOWN_DELAY_MS", "shutdown-delay-ms", "MS",
+     "0 (5000 when KUBERNETES_SERVICE_HOST is set)",
+     "after the first signal, keep serving (unready) this long", K_UINT,
+     FIELD(shutdown_delay_ms), 0, DAY_MS},
+    {"SHUTDOWN_TIMEOUT_MS", "shutdown-timeout-ms", "MS", "25000",
+     "from the first signal, give up on pending increments after this long",
+     K_UINT, FIELD(shutdown_timeout_ms), 0, DAY_MS},
+    {"MAX_PENDING", "max-pending", "N", "1000000",
+     "pending increments past which /incr answers 503", K_UINT,
+     FIELD(max_pending), 1, UINT64_C(1000000000)},
+    {"LOG_FORMAT", "log-format", "json|text", "json",
+     "one JSON object per line, or text for people", K_LOG_FORMAT, 0, 0, 0},
+    {"LOG_LEVEL", "log-level", "LEVEL", "info",
+     "debug, info, warn or error", K_LOG_LEVEL, 0, 0, 0},
+    {"REDIS_TIMEOUT_MS", "redis-timeout-ms", "MS", "5000",
+     "Redis connect timeout, and how long INCRs may go unanswered", K_UINT,
+     FIELD(redis_timeout_ms), 10, DAY_MS},
+    {"HEADER_MAX_BYTES", "header-max-bytes", "N", "8192",
+     "request line and headers larger than this: 431", K_UINT,
+     FIELD(header_max_bytes), 256, UINT64_C(1048576)},
+    {"MAX_HEADERS", "max-headers", "N", "100",
+     "more header fields than this: 431", K_UINT, FIELD(max_headers), 1,
+     10000},
+    {"URL_MAX_BYTES", "url-max-bytes", "N", "2048",
+     "request target longer than this: 414", K_UINT, FIELD(url_max_bytes), 16,
+     UINT64_C(1048576)},
+    {"MAX_BODY_BYTES", "max-body-bytes", "N", "1024",
+     "request body larger than this: 413", K_UINT, FIELD(max_body_bytes), 0,
+     UINT64_C(1073741824)},
+    {"HEADER_TIMEOUT_MS", "header-timeout-ms", "MS", "10000",
+     "a request not complete this long after it began: 408", K_UINT,
+     FIELD(header_timeout_ms), 1, DAY_MS},
+    {"IDLE_TIMEOUT_MS", "idle-timeout-ms", "MS", "60000",
+     "an idle keep-alive connection is closed after this long", K_UINT,
+     FIELD(idle_timeout_ms), 1, DAY_MS},
+    {"MAX_CONNECTIONS", "max-connections", "N", "10000",
+     "connections past this are accepted and closed at once", K_UINT,
+     FIELD(max_connections), 1, UINT64_C(1000000)},
+    {"TERMINATION_LOG", "termination-log", "PATH", "/dev/termination-log",
+     "file that receives the exit summary; empty for none", K_PATH,
+     FIELD(termination_log), 0, 0},
+};
+
+#define N_SETTINGS (sizeof settings / sizeof settings[0])
+
+void config_usage(FILE *out) {
+  fprintf(out,
+          "Usage: gracefuld [--flag VALUE]...\n"
+          "\n"
+          "Answers GET /incr at once and increments a Redis counter a delay\n"
+          "later; on SIGTERM it drains without losing an increment.\n"
+          "Every setting is a flag or an environment variable; the flag "
+          "wins.\n\n");
+  for (size_t i = 0; i < N_SETTINGS; i++) {
+    const struct setting *s = &settings[i];
+    char lhs[64];
+    snprintf(lhs, sizeof lhs, "--%s %s", s->flag, s->metavar);
+    fprintf(out, "  %-28s %-20s default: %s\n      %s\n", lhs, s->env, s->def,
+            s->help);
+  }
+  fprintf(out, "  %-28s print this and exit\n  %-28s print the version and exit\n",
+          "--help", "--version");
+}
+
+static void fail(char *err, size_t err_len, const struct setting *s,
+                 const char *value, const char *why) {
+  snprintf(err, err_len, "invalid %s (--%s) '%s': %s", s->env, s->flag, value,
+           why);
+}
+
+static int parse_uint(const char *v, uint64_t *out) {
+  uint64_t n = 0;
+  if (*v == '\0')
+    return -1;
+  for (const char *p = v; *p; p++) {
+    if (*p < '0' || *p > '9')
+      return -1;
+    unsigned d = (unsigned)(*p - '0');
+    if (n > (UINT64_MAX - d) / 10)
+      return -2;
+    n = n * 10 + d;
+  }
+  *out = n;
+  return 0;
+}
+
+static bool valid_hostname(const char *h) {
+  size_t n = strlen(h);
+  if (n == 0 || n > 253 || h[0] == '-' || h[0] == '.')
+    return false;
+  for (size_t i = 0; i < n; i++) {
+    char c = h[i];
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_';
+    if (!ok)
+      return false;
+  }
+  return true;
+}
+
+/* Splits "host:port" or "[v6]:port" into host (without brackets) and port. */
+static const char *split_host_port(const char *v, char *host, size_t host_len,
+                                   uint64_t *port) {
+  const char *colon;
+  const char *h = v;
+  size_t hn;
+  if (v[0] == '[') {
+    const char *close = strchr(v, ']');
+    if (!close || close[1] != ':')
+      return "expected [IPv6]:PORT";
+    h = v + 1;
+    hn = (size_t)(close - h);
+    colon = close + 1;
+  } else {
+    colon = strrchr(v, ':');
+    if (!colon)
+      return "expected HOST:PORT";
+    hn = (size_t)(colon - v);
+    if (memchr(v, ':', hn))
+      return "an IPv6 address needs brackets: [::1]:PORT";
+  }
+  if (hn == 0)
+    return "missing host";
+  if (hn >= host_len)
+    return "host too long";
+  memcpy(host, h, hn);
+  host[hn] = '\0';
+  if (parse_uint(colon + 1, port) != 0 || *port > 65535)
+    return "port must be a number from 0 to 65535";
+  return NULL;
+}
+
+static int apply(struct config *cfg, const struct setting *s, const char *v,
+                 char *err, size_t err_len) {
+  char host[CONFIG_HOST_MAX];
+  uint64_t n;
+  const char *why;
+
+  switch (s->kind) {
+  case K_ADDR_LISTEN:
+    why = split_host_port(v, host, sizeof host, &n);
+    if (why)
+      return fail(err, err_len, s, v, why), -1;
+    if (uv_ip4_addr(host, (int)n, (struct sockaddr_in *)&cfg->listen_addr) &&
+        uv_ip6_addr(host, (int)n, (struct sockaddr_in6 *)&cfg->listen_addr))
+      return fail(err, err_len, s, v, "host must be an IP address"), -1;
+    memcpy(cfg->listen_host, host, sizeof host);
+    cfg->listen_port = (uint16_t)n;
+    return 0;
+  case K_ADDR_REDIS:
+    why = split_host_port(v, host, sizeof host, &n);
+    if (why)
+      return fail(err, err_len, s, v, why), -1;
+    if (n == 0)
+      return fail(err, err_len, s, v, "port must be from 1 to 65535"), -1;
+    if (!valid_hostname(host) && !strchr(host, ':'))
+      return fail(err, err_len, s, v, "not a host name or IP address"), -1;
+    if (strchr(host, ':')) {
+      struct sockaddr_in6 a6;
+      if (uv_ip6_addr(host, (int)n, &a6))
+        return fail(err, err_len, s, v, "not an IPv6 address"), -1;
+    }
+    memcpy(cfg->redis_host, host, sizeof host);
+    cfg->redis_port = (uint16_t)n;
+    return 0;
+  case K_UINT: {
+    int rc = parse_uint(v, &n);
+    if (rc == -1)
+      return fail(err, err_len, s, v, "not a number"), -1;
+    if (rc == -2 || n < s->min || n > s->max) {
+      char why_buf[96];
+      snprintf(why_buf, sizeof why_buf, "out of range %llu..%llu",
+               (unsigned long long)s->min, (unsigned long long)s->max);
+      return fail(err, err_len, s, v, why_buf), -1;
+    }
+    memcpy((char *)cfg + s->offset, &n, sizeof n);
+    return 0;
+  }
+  case K_STRING:
+  case K_PATH: {
+    size_t cap = s->kind == K_STRING ? CONFIG_KEY_MAX : CONFIG_PATH_MAX;
+    size_t len = strlen(v);
+    if (s->kind == K_STRING && len == 0)
+      return fail(err, err_len, s, v, "must not be empty"), -1;
+    if (len >= cap)
+      return fail(err, err_len, s, v, "too long"), -1;
+    memcpy((char *)cfg + s->offset, v, len + 1);
+    return 0;
+  }
+  case K_LOG_FORMAT:
+    if (strcmp(v, "json") == 0)
+      cfg->log_format = LOG_FORMAT_JSON;
+    else if (strcmp(v, "text") == 0)
+      cfg->log_format = LOG_FORMAT_TEXT;
+    else
+      return fail(err, err_len, s, v, "must be json or text"), -1;
+    return 0;
+  case K_LOG_LEVEL: {
+    static const char *const names[] = {"debug", "info", "warn", "error"};
+    for (int i = 0; i < 4; i++) {
+      if (strcmp(v, names[i]) == 0) {
+        cfg->log_level = (enum log_level)i;
+        return 0;
+      }
+    }
+    return fail(err, err_len, s, v, "must be debug, info, warn or error"), -1;
+  }
+  }
+  return -1;
+}
+
+static const char *env_lookup(char *const *envp, const char *name) {
+  size_t n = strlen(name);
+  for (; envp && *envp; envp++) {
+    if (strncmp(*envp, name, n) == 0 && (*envp)[n] == '=')
+      return *envp + n + 1;
+  }
+  return NULL;
+}
+
+enum config_result config_parse(struct config *cfg, int argc,
+                                char *const *argv, char *const *envp,
+                                FILE *out, char *err, size_t err_len) {
+  const char *flag_values[N_SETTINGS] = {0};
+  memset(cfg, 0, sizeof *cfg);
+
+  for (int i = 1; i < argc; i++) {
+    const char *arg = argv[i];
+    if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
+      config_usage(out);
+      return CONFIG_EXIT;
+    }
+    if (strcmp(arg, "--version") == 0) {
+      fprintf(out, "gracefuld %s\n", GRACEFULD_VERSION);
+      return CONFIG_EXIT;
+    }
+    if (strncmp(arg, "--", 2) != 0) {
+      snprintf(err, err_len, "unexpected argument '%s' (see --help)", arg);
+      return CONFIG_ERROR;
+    }
+    const char *name = arg + 2;
+    const char *eq = strchr(name, '=');
+    size_t name_len = eq ? (size_t)(eq - name) : strlen(name);
+    size_t k = 0;
+    while (k < N_SETTINGS && !(strlen(settings[k].flag) == name_len &&
+                               strncmp(settings[k].flag, name, name_len) == 0))
+      k++;
+    if (k == N_SETTINGS) {
+      snprintf(err, err_len, "unknown option '%s' (see --help)", arg);
+      return CONFIG_ERROR;
+    }
+    if (eq) {
+      flag_values[k] = eq + 1;
+    } else if (i + 1 < argc) {
+      flag_values[k] = argv[++i];
+    } else {
+      snprintf(err, err_len, "option '--%s' needs a value (%s)",
+               settings[k].flag, settings[k].metavar);
+      return CONFIG_ERROR;
+    }
+  }
+
+  const char *kube = env_lookup(envp, "KUBERNETES_SERVICE_HOST");
+  for (size_t k = 0; k < N_SETTINGS; k++) {
+    const struct setting *s = &settings[k];
+    const char *v = flag_values[k];
+    if (!v) {
+      v = env_lookup(envp, s->env);
+      if (v && *v == '\0' && s->kind != K_PATH)
+        v = NULL; /* an empty variable counts as unset */
+    }
+    if (!v) {
+      v = s->def;
+      if (s->offset == FIELD(shutdown_delay_ms) && s->kind == K_UINT)
+        v = kube && *kube ? "5000" : "0";
+    }
+    if (apply(cfg, s, v, err, err_len) != 0)
+      return CONFIG_ERROR;
+  }
+  return CONFIG_OK;
+}

@@ -1,0 +1,59 @@
+/* Settings: each has an environment variable and a long flag; the flag wins
+ * over the variable, the variable over the default. Every value is checked at
+ * start-up, and a bad one is reported in one line that names the setting and
+ * the value. */
+#ifndef GRACEFULD_CONFIG_H
+#define GRACEFULD_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/socket.h>
+
+#include "log.h"
+
+#define CONFIG_HOST_MAX 256
+#define CONFIG_KEY_MAX 512
+#define CONFIG_PATH_MAX 1024
+
+struct config {
+  char listen_host[CONFIG_HOST_MAX]; /* an IP literal, no brackets */
+  uint16_t listen_port;
+  struct sockaddr_storage listen_addr;
+  char redis_host[CONFIG_HOST_MAX]; /* an IP literal or a host name */
+  uint16_t redis_port;
+  uint64_t incr_delay_ms;
+  char counter_key[CONFIG_KEY_MAX];
+  uint64_t shutdown_delay_ms;
+  uint64_t shutdown_timeout_ms;
+  uint64_t max_pending;
+  enum log_format log_format;
+  enum log_level log_level;
+  uint64_t redis_timeout_ms;
+  uint64_t header_max_bytes;
+  uint64_t max_headers;
+  uint64_t url_max_bytes;
+  uint64_t max_body_bytes;
+  uint64_t header_timeout_ms;
+  uint64_t idle_timeout_ms;
+  uint64_t max_connections;
+  char termination_log[CONFIG_PATH_MAX]; /* empty: do not write one */
+};
+
+enum config_result {
+  CONFIG_OK = 0,    /* run with *cfg */
+  CONFIG_EXIT = 1,  /* --help or --version was printed: exit 0 */
+  CONFIG_ERROR = 2, /* err holds one line naming the setting: exit 2 */
+};
+
+/* Fills *cfg from argv (argv[0] is skipped) over envp (a NULL-terminated
+ * list of "NAME=value", as environ) over the defaults. --help and --version
+ * print to out. On CONFIG_ERROR, err receives a message without newline. */
+enum config_result config_parse(struct config *cfg, int argc,
+                                char *const *argv, char *const *envp,
+                                FILE *out, char *err, size_t err_len);
+
+/* Writes the settings table, as --help shows it, to out. */
+void config_usage(FILE *out);
+
+#endif

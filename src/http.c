@@ -1,0 +1,199 @@
+#include "http.h"
+
+#include <string.h>
+
+static struct http_parser *parser_of(llhttp_t *l) {
+  return (struct http_parser *)((char *)l - offsetof(struct http_parser, llhttp));
+}
+
+static int fail(struct http_parser *p, uint16_t status) {
+  p->error_status = status;
+  return HPE_USER;
+}
+
+static int on_message_begin(llhttp_t *l) {
+  struct http_parser *p = parser_of(l);
+  memset(&p->req, 0, sizeof p->req);
+  p->url_bytes = p->header_bytes = p->body_bytes = p->headers = 0;
+  p->in_message = true;
+  p->in_query = false;
+  return 0;
+}
+
+static int on_url(llhttp_t *l, const char *at, size_t len) {
+  struct http_parser *p = parser_of(l);
+  p->url_bytes += len;
+  p->header_bytes += len;
+  if (p->url_bytes > p->limits->url_max_bytes)
+    return fail(p, 414);
+  struct http_request *r = &p->req;
+  for (size_t i = 0; i < len && !p->in_query; i++) {
+    if (at[i] == '?' || at[i] == '#') {
+      p->in_query = true;
+    } else if (r->path_len < HTTP_PATH_MAX) {
+      r->path[r->path_len++] = at[i];
+    } else {
+      r->path_truncated = true;
+    }
+  }
+  return 0;
+}
+
+static int count_header_bytes(llhttp_t *l, const char *at, size_t len) {
+  struct http_parser *p = parser_of(l);
+  (void)at;
+  p->header_bytes += len;
+  return p->header_bytes > p->limits->header_max_bytes ? fail(p, 431) : 0;
+}
+
+static int on_header_field_complete(llhttp_t *l) {
+  struct http_parser *p = parser_of(l);
+  p->header_bytes += 4; /* ": " and CRLF */
+  if (++p->headers > p->limits->max_headers)
+    return fail(p, 431);
+  return p->header_bytes > p->limits->header_max_bytes ? fail(p, 431) : 0;
+}
+
+static int on_headers_complete(llhttp_t *l) {
+  struct http_parser *p = parser_of(l);
+  if ((l->flags & F_CONTENT_LENGTH) &&
+      l->content_length > p->limits->max_body_bytes) {
+    p->error_status = 413;
+    return -1;
+  }
+  return 0;
+}
+
+static int on_body(llhttp_t *l, const char *at, size_t len) {
+  struct http_parser *p = parser_of(l);
+  (void)at;
+  p->body_bytes += len;
+  return p->body_bytes > p->limits->max_body_bytes ? fail(p, 413) : 0;
+}
+
+static int on_message_complete(llhttp_t *l) {
+  struct http_parser *p = parser_of(l);
+  struct http_request *r = &p->req;
+  r->method = llhttp_get_method(l);
+  r->version_major = llhttp_get_http_major(l);
+  r->version_minor = llhttp_get_http_minor(l);
+  /* Read here: once llhttp moves on to the next message it is reset. */
+  r->keep_alive = llhttp_should_keep_alive(l);
+  r->upgrade = llhttp_get_upgrade(l) != 0;
+  p->in_message = false;
+  return HPE_PAUSED;
+}
+
+static const llhttp_settings_t settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_header_field = count_header_bytes,
+    .on_header_value = count_header_bytes,
+    .on_header_field_complete = on_header_field_complete,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+void http_parser_init(struct http_parser *p, const struct http_limits *limits) {
+  memset(p, 0, sizeof *p);
+  llhttp_init(&p->llhttp, HTTP_REQUEST, &settings);
+  p->limits = limits;
+}
+
+enum http_parse_result http_parse(struct http_parser *p, const char *data,
+                                  size_t len, size_t *consumed) {
+  if (p->paused) {
+    llhttp_resume(&p->llhttp);
+    p->paused = false;
+  }
+  llhttp_errno_t err = llhttp_execute(&p->llhttp, data, len);
+  switch (err) {
+  case HPE_OK:
+    *consumed = len;
+    return HTTP_PARSE_MORE;
+  case HPE_PAUSED:
+    *consumed = (size_t)(llhttp_get_error_pos(&p->llhttp) - data);
+    p->paused = true;
+    return HTTP_PARSE_REQUEST;
+  default:
+    /* Parse errors, limits crossed, an HTTP/2 preface: one answer, then the
+     * connection ends, so nothing after the error is read as a request. */
+    *consumed = len;
+    if (!p->error_status)
+      p->error_status = 400;
+    return HTTP_PARSE_ERROR;
+  }
+}
+
+bool http_parser_idle(const struct http_parser *p) { return !p->in_message; }
+
+const char *http_reason(uint16_t status) {
+  switch (status) {
+  case 200:
+    return "OK";
+  case 400:
+    return "Bad Request";
+  case 404:
+    return "Not Found";
+  case 405:
+    return "Method Not Allowed";
+  case 408:
+    return "Request Timeout";
+  case 413:
+    return "Content Too Large";
+  case 414:
+    return "URI Too Long";
+  case 431:
+    return "Request Header Fields Too Large";
+  case 500:
+    return "Internal Server Error";
+  case 503:
+    return "Service Unavailable";
+  default:
+    return "Unknown";
+  }
+}
+
+static char *put(char *out, const char *s, size_t n) {
+  memcpy(out, s, n);
+  return out + n;
+}
+
+#define PUT_LIT(out, lit) put(out, lit, sizeof(lit) - 1)
+
+static char *put_uint(char *out, uint64_t v) {
+  char tmp[20];
+  int n = 0;
+  do {
+    tmp[n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  while (n)
+    *out++ = tmp[--n];
+  return out;
+}
+
+size_t http_format_head(char *buf, const struct http_response *resp,
+                        enum http_connection conn) {
+  char *o = buf;
+  const char *reason = http_reason(resp->status);
+  const char *type = resp->content_type ? resp->content_type : "text/plain";
+  o = PUT_LIT(o, "HTTP/1.1 ");
+  o = put_uint(o, resp->status);
+  *o++ = ' ';
+  o = put(o, reason, strlen(reason));
+  o = PUT_LIT(o, "\r\nContent-Type: ");
+  o = put(o, type, strlen(type));
+  o = PUT_LIT(o, "\r\nContent-Length: ");
+  o = put_uint(o, resp->body_len);
+  o = PUT_LIT(o, "\r\n");
+  if (conn == HTTP_CONN_CLOSE)
+    o = PUT_LIT(o, "Connection: close\r\n");
+  else if (conn == HTTP_CONN_KEEP_ALIVE)
+    o = PUT_LIT(o, "Connection: keep-alive\r\n");
+  if (resp->extra_headers)
+    o = put(o, resp->extra_headers, strlen(resp->extra_headers));
+  o = PUT_LIT(o, "\r\n");
+  return (size_t)(o - buf);
+}

@@ -1,0 +1,127 @@
+#include "incr_queue.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define INITIAL_RUNS 64
+
+static void on_timer(uv_timer_t *timer);
+
+int incr_queue_init(struct incr_queue *q, uv_loop_t *loop,
+                    incr_queue_due_cb on_due) {
+  memset(q, 0, sizeof *q);
+  q->runs = malloc(INITIAL_RUNS * sizeof *q->runs);
+  if (!q->runs)
+    return UV_ENOMEM;
+  q->cap = INITIAL_RUNS;
+  q->loop = loop;
+  q->on_due = on_due;
+  if (loop) {
+    uv_timer_init(loop, &q->timer);
+    q->timer.data = q;
+  }
+  return 0;
+}
+
+static void arm(struct incr_queue *q) {
+  if (!q->loop)
+    return;
+  if (q->len == 0) {
+    uv_timer_stop(&q->timer);
+    return;
+  }
+  uint64_t now = uv_now(q->loop);
+  uint64_t deadline = q->runs[q->head].deadline;
+  uv_timer_start(&q->timer, on_timer, deadline > now ? deadline - now : 0, 0);
+}
+
+/* Doubles the ring; runs that had wrapped around to the front move to just
+ * after the old end, so the sequence from head stays contiguous. */
+static int grow(struct incr_queue *q) {
+  uint64_t cap = q->cap * 2;
+  struct incr_run *runs = realloc(q->runs, cap * sizeof *runs);
+  if (!runs)
+    return UV_ENOMEM;
+  uint64_t wrapped = q->head + q->len - q->cap;
+  if (q->head + q->len > q->cap)
+    memcpy(runs + q->cap, runs, wrapped * sizeof *runs);
+  q->runs = runs;
+  q->cap = cap;
+  return 0;
+}
+
+int incr_queue_push(struct incr_queue *q, uint64_t deadline) {
+  if (q->len > 0) {
+    struct incr_run *tail = &q->runs[(q->head + q->len - 1) & (q->cap - 1)];
+    if (tail->deadline >= deadline) {
+      /* Same millisecond (or a clock that did not move): join the run. */
+      tail->count++;
+      q->pending++;
+      return 0;
+    }
+  }
+  if (q->len == q->cap && grow(q) != 0)
+    return UV_ENOMEM;
+  struct incr_run *run = &q->runs[(q->head + q->len) & (q->cap - 1)];
+  run->deadline = deadline;
+  run->count = 1;
+  q->len++;
+  q->pending++;
+  if (q->len == 1)
+    arm(q);
+  return 0;
+}
+
+uint64_t incr_queue_pop_due(struct incr_queue *q, uint64_t now) {
+  uint64_t n = 0;
+  while (q->len > 0 && q->runs[q->head].deadline <= now) {
+    n += q->runs[q->head].count;
+    q->head = (q->head + 1) & (q->cap - 1);
+    q->len--;
+  }
+  if (q->len == 0)
+    q->head = 0;
+  q->pending -= n;
+  return n;
+}
+
+uint64_t incr_queue_next_deadline(const struct incr_queue *q) {
+  return q->len ? q->runs[q->head].deadline : UINT64_MAX;
+}
+
+uint64_t incr_queue_clear(struct incr_queue *q) {
+  uint64_t n = q->pending;
+  q->head = q->len = q->pending = 0;
+  if (q->loop)
+    uv_timer_stop(&q->timer);
+  return n;
+}
+
+static void on_timer(uv_timer_t *timer) {
+  struct incr_queue *q = timer->data;
+  uint64_t n = incr_queue_pop_due(q, uv_now(q->loop));
+  arm(q);
+  if (n > 0)
+    q->on_due(q, n);
+}
+
+static void on_close(uv_handle_t *handle) {
+  struct incr_queue *q = handle->data;
+  incr_queue_free(q);
+  if (q->on_close)
+    q->on_close(q);
+}
+
+void incr_queue_close(struct incr_queue *q, void (*cb)(struct incr_queue *q)) {
+  incr_queue_clear(q);
+  if (uv_is_closing((uv_handle_t *)&q->timer))
+    return;
+  q->on_close = cb;
+  uv_close((uv_handle_t *)&q->timer, on_close);
+}
+
+void incr_queue_free(struct incr_queue *q) {
+  free(q->runs);
+  q->runs = NULL;
+  q->cap = q->len = q->head = q->pending = 0;
+}

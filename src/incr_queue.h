@@ -1,0 +1,65 @@
+/* Pending increments, in deadline order.
+ *
+ * The delay is one constant, so deadlines arrive in non-decreasing order and a
+ * FIFO is a priority queue. Equal deadlines (every request within one loop
+ * tick shares uv_now) are stored as one run { deadline, count }, in a ring
+ * buffer that doubles when full: 16 bytes per run, and a run holds as many
+ * increments as arrive within the same millisecond. One uv_timer is armed for
+ * the head run; nothing is allocated per increment. */
+#ifndef GRACEFULD_INCR_QUEUE_H
+#define GRACEFULD_INCR_QUEUE_H
+
+#include <stdint.h>
+
+#include <uv.h>
+
+struct incr_run {
+  uint64_t deadline; /* in uv_now() milliseconds */
+  uint64_t count;
+};
+
+struct incr_queue;
+/* Called from the queue's timer with the number of increments that fell
+ * due; they have left the queue. */
+typedef void (*incr_queue_due_cb)(struct incr_queue *q, uint64_t n);
+
+struct incr_queue {
+  struct incr_run *runs; /* ring buffer, capacity a power of two */
+  uint64_t cap;
+  uint64_t head; /* index of the oldest run */
+  uint64_t len;  /* runs in use */
+  uint64_t pending; /* increments in all runs */
+  uv_timer_t timer;
+  uv_loop_t *loop;
+  incr_queue_due_cb on_due;
+  void (*on_close)(struct incr_queue *q);
+  void *data; /* the owner's */
+};
+
+/* Initialises an empty queue (its timer on loop, when loop is not NULL).
+ * Returns 0 or UV_ENOMEM. */
+int incr_queue_init(struct incr_queue *q, uv_loop_t *loop,
+                    incr_queue_due_cb on_due);
+
+/* Adds one increment due at deadline, which must not be earlier than the
+ * last one pushed. Arms the timer when the queue was empty. Returns 0 or
+ * UV_ENOMEM (the queue is unchanged then). */
+int incr_queue_push(struct incr_queue *q, uint64_t deadline);
+
+/* Removes every increment due at or before now; returns how many. */
+uint64_t incr_queue_pop_due(struct incr_queue *q, uint64_t now);
+
+/* The earliest deadline; only meaningful when pending > 0. */
+uint64_t incr_queue_next_deadline(const struct incr_queue *q);
+
+/* Empties the queue, returning how many increments it held. */
+uint64_t incr_queue_clear(struct incr_queue *q);
+
+/* Closes the timer; the memory is released in its close callback, after
+ * which cb (if not NULL) is called with q. */
+void incr_queue_close(struct incr_queue *q, void (*cb)(struct incr_queue *q));
+
+/* Releases the memory of a queue initialised without a loop. */
+void incr_queue_free(struct incr_queue *q);
+
+#endif

@@ -1,0 +1,125 @@
+#include "metrics.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static const uint16_t statuses[METRICS_STATUSES - 1] = {
+    200, 400, 404, 405, 408, 413, 414, 431, 503};
+
+void metrics_init(struct metrics *m) {
+  struct timespec ts;
+  memset(m, 0, sizeof *m);
+  clock_gettime(CLOCK_REALTIME, &ts);
+  m->start_time = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void metrics_count_request(struct metrics *m, enum route r, uint16_t status) {
+  int slot = 0;
+  while (slot < METRICS_STATUSES - 1 && statuses[slot] != status)
+    slot++;
+  m->requests[r][slot]++;
+}
+
+struct buf {
+  char *p;
+  size_t len;
+  size_t cap;
+};
+
+__attribute__((format(printf, 2, 3))) static void emit(struct buf *b,
+                                                       const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+  va_end(ap);
+  if (n > 0)
+    b->len += (size_t)n < b->cap - b->len ? (size_t)n : b->cap - b->len - 1;
+}
+
+static void family(struct buf *b, const char *name, const char *type,
+                   const char *help) {
+  emit(b, "# HELP gracefuld_%s %s\n# TYPE gracefuld_%s %s\n", name, help,
+       name, type);
+}
+
+#define METRICS_BUF 16384
+
+char *metrics_render(const struct metrics *m, const struct metrics_gauges *g,
+                     size_t *len) {
+  struct buf b = {malloc(METRICS_BUF), 0, METRICS_BUF};
+  if (!b.p)
+    return NULL;
+  b.p[0] = '\0';
+
+  family(&b, "http_requests_total", "counter",
+         "HTTP requests answered, by route and status code.");
+  for (int r = 0; r < ROUTE_COUNT; r++) {
+    for (int s = 0; s < METRICS_STATUSES; s++) {
+      uint64_t v = m->requests[r][s];
+      if (!v)
+        continue;
+      if (s < METRICS_STATUSES - 1)
+        emit(&b, "gracefuld_http_requests_total{route=\"%s\",code=\"%u\"} %llu\n",
+             routes_name((enum route)r), statuses[s], (unsigned long long)v);
+      else
+        emit(&b, "gracefuld_http_requests_total{route=\"%s\",code=\"other\"} %llu\n",
+             routes_name((enum route)r), (unsigned long long)v);
+    }
+  }
+
+  static const struct {
+    const char *name;
+    size_t offset;
+    const char *help;
+  } counters[] = {
+      {"increments_accepted_total", offsetof(struct metrics, incr_accepted),
+       "Increments answered 200 and queued."},
+      {"increments_done_total", offsetof(struct metrics, incr_done),
+       "Increments Redis has replied to."},
+      {"increments_retried_total", offsetof(struct metrics, incr_retried),
+       "INCRs sent again after their connection broke (at-least-once)."},
+      {"increments_failed_total", offsetof(struct metrics, incr_failed),
+       "INCRs Redis answered with an error."},
+      {"increments_abandoned_total", offsetof(struct metrics, incr_abandoned),
+       "Increments still pending when the process gave up."},
+      {"redis_reconnects_total", offsetof(struct metrics, redis_reconnects),
+       "Connections to Redis made after the first."},
+      {"connections_accepted_total",
+       offsetof(struct metrics, connections_accepted),
+       "TCP connections accepted."},
+      {"connections_rejected_total",
+       offsetof(struct metrics, connections_rejected),
+       "TCP connections closed at once for exceeding MAX_CONNECTIONS."},
+  };
+  for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++) {
+    uint64_t v;
+    memcpy(&v, (const char *)m + counters[i].offset, sizeof v);
+    family(&b, counters[i].name, "counter", counters[i].help);
+    emit(&b, "gracefuld_%s %llu\n", counters[i].name, (unsigned long long)v);
+  }
+
+  family(&b, "increments_pending", "gauge",
+         "Increments answered but not yet replied to by Redis.");
+  emit(&b, "gracefuld_increments_pending %llu\n",
+       (unsigned long long)g->pending);
+  family(&b, "open_connections", "gauge", "Open HTTP connections.");
+  emit(&b, "gracefuld_open_connections %llu\n",
+       (unsigned long long)g->open_connections);
+  family(&b, "redis_connected", "gauge",
+         "1 while the Redis connection is up.");
+  emit(&b, "gracefuld_redis_connected %d\n", g->redis_connected ? 1 : 0);
+  family(&b, "shutdown_phase", "gauge",
+         "1 for the current phase of the shutdown state machine.");
+  for (int p = 0; p < PHASE_COUNT; p++)
+    emit(&b, "gracefuld_shutdown_phase{phase=\"%s\"} %d\n",
+         shutdown_phase_name((enum shutdown_phase)p), p == (int)g->phase);
+  family(&b, "process_start_time_seconds", "gauge",
+         "Start time of the process since the Unix epoch, in seconds.");
+  emit(&b, "gracefuld_process_start_time_seconds %.3f\n", m->start_time);
+
+  *len = b.len;
+  return b.p;
+}

@@ -1,0 +1,45 @@
+/* Counters and gauges, rendered as Prometheus text (version 0.0.4). Counting
+ * is a plain increment on the hot path; rendering fills one buffer. */
+#ifndef GRACEFULD_METRICS_H
+#define GRACEFULD_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "routes.h"
+#include "shutdown.h"
+
+/* The status codes counted one by one; any other lands in the last slot. */
+#define METRICS_STATUSES 10
+
+struct metrics {
+  uint64_t requests[ROUTE_COUNT][METRICS_STATUSES];
+  uint64_t incr_accepted;  /* answered 200 and queued */
+  uint64_t incr_done;      /* Redis replied to the INCR */
+  uint64_t incr_retried;   /* sent again after a connection broke */
+  uint64_t incr_failed;    /* Redis answered with an error */
+  uint64_t incr_abandoned; /* still pending when the process gave up */
+  uint64_t redis_reconnects;
+  uint64_t connections_accepted;
+  uint64_t connections_rejected; /* over MAX_CONNECTIONS */
+  double start_time;             /* Unix seconds */
+};
+
+/* Values read at the moment of rendering. */
+struct metrics_gauges {
+  uint64_t pending;
+  uint64_t open_connections;
+  int redis_connected;
+  enum shutdown_phase phase;
+};
+
+void metrics_init(struct metrics *m);
+
+void metrics_count_request(struct metrics *m, enum route r, uint16_t status);
+
+/* Renders everything into a malloc'd buffer, which the caller frees; *len
+ * receives its length. Returns NULL when out of memory. */
+char *metrics_render(const struct metrics *m, const struct metrics_gauges *g,
+                     size_t *len);
+
+#endif
