@@ -1,0 +1,304 @@
+"""Shared pieces of the Python test suites: free ports, a private
+redis-server, and the gracefuld binary run as a child process.
+
+Nothing here sleeps to wait for something: processes are awaited through
+what they print (redis-server's "Ready to accept connections", gracefuld's
+JSON log lines) or through their exit.
+"""
+
+import contextlib
+import http.client
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+BIN = os.environ.get("GRACEFULD_BIN", "")
+
+
+def free_port(host="127.0.0.1"):
+    """A TCP port that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def require_binary():
+    if not BIN or not os.access(BIN, os.X_OK):
+        raise RuntimeError(
+            "GRACEFULD_BIN must name the built gracefuld binary "
+            f"(got {BIN!r}); run the tests through ctest")
+    return BIN
+
+
+class LineReader:
+    """Drains a pipe in a thread, keeping every line and letting a test wait
+    for the first line that satisfies a predicate."""
+
+    def __init__(self, pipe, sink=None):
+        self.lines = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._sink = sink
+        self._thread = threading.Thread(target=self._run, args=(pipe,),
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, pipe):
+        for raw in iter(pipe.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if self._sink:
+                self._sink.write(line + "\n")
+                self._sink.flush()
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def wait_for(self, predicate, timeout=10.0, start=0):
+        """Returns the first line from index start on that matches, or
+        raises TimeoutError (also when the pipe closed without one)."""
+        deadline = time.monotonic() + timeout
+        i = start
+        with self._cond:
+            while True:
+                while i < len(self.lines):
+                    if predicate(self.lines[i]):
+                        return self.lines[i]
+                    i += 1
+                left = deadline - time.monotonic()
+                if self._closed or left <= 0:
+                    raise TimeoutError(
+                        "no matching line; got:\n" + "\n".join(self.lines[-40:]))
+                self._cond.wait(left)
+
+    def join(self, timeout=5.0):
+        self._thread.join(timeout)
+
+
+class Redis:
+    """A private redis-server on a free port in a temporary directory,
+    without persistence."""
+
+    def __init__(self, port=None):
+        self.port = port or free_port()
+        self.dir = None
+        self.proc = None
+
+    def start(self, timeout=10.0):
+        server = shutil.which("redis-server")
+        if not server:
+            raise RuntimeError("redis-server is not installed "
+                               "(scripts/bootstrap test installs it)")
+        if self.dir is None:
+            self.dir = tempfile.mkdtemp(prefix="gracefuld-redis-")
+        self.proc = subprocess.Popen(
+            [server, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", self.dir,
+             "--logfile", "", "--daemonize", "no"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.out = LineReader(self.proc.stdout)
+        self.out.wait_for(lambda l: "Ready to accept connections" in l,
+                          timeout)
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def cleanup(self):
+        self.stop()
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+    def cli(self, *args):
+        out = subprocess.run(["redis-cli", "-p", str(self.port), *args],
+                             check=True, capture_output=True, text=True,
+                             timeout=10)
+        return out.stdout.strip()
+
+    def counter(self, key="counter"):
+        value = self.cli("GET", key)
+        return int(value) if value else 0
+
+    @property
+    def addr(self):
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.cleanup()
+
+
+class Gracefuld:
+    """The built binary as a child process with JSON logs on a pipe.
+
+    env adds to (and overrides) a clean environment; args are extra flags.
+    """
+
+    def __init__(self, redis=None, env=None, args=(), port=None,
+                 listen_host="127.0.0.1", log_path=None):
+        self.port = port or free_port()
+        self.listen_host = listen_host
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LISTEN_ADDR": f"{listen_host}:{self.port}",
+            "LOG_FORMAT": "json",
+            "TERMINATION_LOG": "",
+        }
+        if "ASAN_OPTIONS" in os.environ:
+            self.env["ASAN_OPTIONS"] = os.environ["ASAN_OPTIONS"]
+        if "UBSAN_OPTIONS" in os.environ:
+            self.env["UBSAN_OPTIONS"] = os.environ["UBSAN_OPTIONS"]
+        if redis is not None:
+            self.env["REDIS_ADDR"] = redis.addr
+        self.env.update(env or {})
+        self.args = list(args)
+        self.proc = None
+        self.log = None
+        self.log_path = log_path
+
+    def start(self, wait_listening=True, timeout=10.0):
+        sink = open(self.log_path, "a") if self.log_path else None
+        self.proc = subprocess.Popen([require_binary(), *self.args],
+                                     env=self.env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        self.log = LineReader(self.proc.stderr, sink)
+        if wait_listening:
+            self.wait_event("listening", timeout)
+        return self
+
+    # -- logs ---------------------------------------------------------------
+
+    def events(self):
+        """Every JSON log line so far, parsed."""
+        out = []
+        for line in self.log.lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def wait_event(self, event, timeout=10.0, start=0, **fields):
+        """Waits for a log line with this event (and these field values);
+        returns it parsed."""
+        def match(line):
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                return False
+            return obj.get("event") == event and all(
+                obj.get(k) == v for k, v in fields.items())
+        return json.loads(self.log.wait_for(match, timeout, start))
+
+    def mark(self):
+        """A position in the log: wait_event(start=mark) looks after it."""
+        return len(self.log.lines)
+
+    # -- the process --------------------------------------------------------
+
+    def signal(self, sig=signal.SIGTERM):
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout=30.0):
+        rc = self.proc.wait(timeout)
+        self.log.join()
+        return rc
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.log:
+            self.log.join()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # -- HTTP ---------------------------------------------------------------
+
+    def connection(self, timeout=10.0):
+        return http.client.HTTPConnection(self.listen_host, self.port,
+                                          timeout=timeout)
+
+    def request(self, path, method="GET", headers=None, body=None):
+        """One request on a new connection; returns (status, headers, body)."""
+        conn = self.connection()
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, dict(resp.getheaders()), resp.read()
+        finally:
+            conn.close()
+
+    def get(self, path):
+        return self.request(path)[0]
+
+    def raw(self, timeout=10.0):
+        """A plain TCP socket to the server."""
+        s = socket.create_connection((self.listen_host, self.port),
+                                     timeout=timeout)
+        return s
+
+
+def read_http_responses(sock, count, timeout=10.0):
+    """Reads count HTTP responses (with Content-Length bodies) from a raw
+    socket; returns a list of (status, headers dict with lower-case names,
+    body). Raises if the connection ends first."""
+    sock.settimeout(timeout)
+    buf = b""
+    out = []
+    while len(out) < count:
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(
+                    f"connection closed after {len(out)} responses")
+            buf += chunk
+        head, buf = buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
+        while len(buf) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("connection closed inside a body")
+            buf += chunk
+        out.append((status, headers, buf[:length]))
+        buf = buf[length:]
+    return out
+
+
+@contextlib.contextmanager
+def running(redis=None, **kw):
+    g = Gracefuld(redis=redis, **kw).start()
+    try:
+        yield g
+    finally:
+        g.stop()
