@@ -34,8 +34,8 @@ static void respond(void *data, const struct http_request *req,
     routes_error(error_status, &r);
   } else {
     struct routes_state state = {
-        .ready = app->link.ever_connected &&
-                 app->shutdown.phase == PHASE_RUNNING,
+        .ready =
+            app->link.ever_connected && app->shutdown.phase == PHASE_RUNNING,
         .queue_full = pending(app) >= app->cfg->max_pending,
     };
     routes_handle(req, &state, &r);
@@ -83,21 +83,29 @@ static void advance(struct app *app) {
 
 static void on_delay_elapsed(uv_timer_t *timer);
 
-/* Performs the effects of the phase the state machine has just entered. */
-static void enter(struct app *app, enum shutdown_phase phase) {
+static void log_phase(const struct app *app, enum shutdown_phase phase) {
   log_info("phase", "phase=%s pending=%llu connections=%llu",
            shutdown_phase_name(phase), (unsigned long long)pending(app),
            (unsigned long long)app->server.open);
+}
+
+/* Performs the effects of the phase the state machine has just entered. */
+static void enter(struct app *app, enum shutdown_phase phase) {
+  /* Logged once the phase's effects are in place: a client that reads
+   * "draining" finds the listener closed. */
   switch (phase) {
   case PHASE_DELAYING:
     server_close_each(&app->server);
-    uv_timer_start(&app->delay_timer, on_delay_elapsed,
-                   app->shutdown.delay_ms, 0);
+    uv_timer_start(&app->delay_timer, on_delay_elapsed, app->shutdown.delay_ms,
+                   0);
+    log_phase(app, phase);
     break;
   case PHASE_DRAINING:
     server_drain(&app->server);
+    log_phase(app, phase);
     break;
   case PHASE_FLUSHING:
+    log_phase(app, phase);
     advance(app);
     break;
   case PHASE_DONE:
@@ -124,8 +132,7 @@ static void on_deadline(uv_timer_t *timer) {
 
 static void on_drained(void *data) {
   struct app *app = data;
-  enter(app,
-        shutdown_connections_closed(&app->shutdown, uv_now(app->loop)));
+  enter(app, shutdown_connections_closed(&app->shutdown, uv_now(app->loop)));
 }
 
 static void on_due(struct incr_queue *q, uint64_t n) {
@@ -138,7 +145,7 @@ static void on_link_idle(struct redis_link *link) {
 
 static void on_signal(uv_signal_t *handle, int signum) {
   struct app *app = handle->data;
-  const char *name = signum == SIGTERM ? "SIGTERM"
+  const char *name = signum == SIGTERM  ? "SIGTERM"
                      : signum == SIGINT ? "SIGINT"
                                         : "SIGHUP";
   if (signum == SIGHUP) {
@@ -150,10 +157,11 @@ static void on_signal(uv_signal_t *handle, int signum) {
     return;
   log_info("signal", "signal=%s phase=%s pending=%llu", name,
            shutdown_phase_name(was), (unsigned long long)pending(app));
-  enum shutdown_phase phase = shutdown_signal(&app->shutdown, uv_now(app->loop));
+  enum shutdown_phase phase =
+      shutdown_signal(&app->shutdown, uv_now(app->loop));
   if (was == PHASE_RUNNING)
-    uv_timer_start(&app->deadline_timer, on_deadline,
-                   app->shutdown.timeout_ms, 0);
+    uv_timer_start(&app->deadline_timer, on_deadline, app->shutdown.timeout_ms,
+                   0);
   enter(app, phase);
 }
 
@@ -193,7 +201,7 @@ static void write_termination_log(const struct app *app, const char *text,
     return;
   int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) {
-    log_debug("termination_log", "path=%s error=%s", path, strerror(errno));
+    log_debug("termination_log", "path=%s error=\"%s\"", path, strerror(errno));
     return;
   }
   ssize_t n = write(fd, text, (size_t)len);
@@ -282,7 +290,7 @@ int app_run(struct app *app) {
            (unsigned long long)cfg->max_pending);
   int rc = server_listen(&app->server);
   if (rc) {
-    log_error("listen_failed", "addr=%s port=%u error=%s", cfg->listen_host,
+    log_error("listen_failed", "addr=%s port=%u error=\"%s\"", cfg->listen_host,
               cfg->listen_port, uv_strerror(rc));
     finish(app);
   } else {

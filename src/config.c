@@ -6,8 +6,15 @@
 
 #include <uv.h>
 
-enum kind { K_ADDR_LISTEN, K_ADDR_REDIS, K_UINT, K_STRING, K_PATH, K_LOG_FORMAT,
-            K_LOG_LEVEL };
+enum kind {
+  K_ADDR_LISTEN,
+  K_ADDR_REDIS,
+  K_UINT,
+  K_STRING,
+  K_PATH,
+  K_LOG_FORMAT,
+  K_LOG_LEVEL
+};
 
 struct setting {
   const char *env;
@@ -16,8 +23,8 @@ struct setting {
   const char *def;
   const char *help;
   enum kind kind;
-  size_t offset;    /* of the field in struct config */
-  uint64_t min;     /* K_UINT: inclusive range */
+  size_t offset; /* of the field in struct config */
+  uint64_t min;  /* K_UINT: inclusive range */
   uint64_t max;
 };
 
@@ -47,8 +54,8 @@ static const struct setting settings[] = {
      FIELD(max_pending), 1, UINT64_C(1000000000)},
     {"LOG_FORMAT", "log-format", "json|text", "json",
      "one JSON object per line, or text for people", K_LOG_FORMAT, 0, 0, 0},
-    {"LOG_LEVEL", "log-level", "LEVEL", "info",
-     "debug, info, warn or error", K_LOG_LEVEL, 0, 0, 0},
+    {"LOG_LEVEL", "log-level", "LEVEL", "info", "debug, info, warn or error",
+     K_LOG_LEVEL, 0, 0, 0},
     {"REDIS_TIMEOUT_MS", "redis-timeout-ms", "MS", "5000",
      "Redis connect timeout, and how long INCRs may go unanswered", K_UINT,
      FIELD(redis_timeout_ms), 10, DAY_MS},
@@ -56,8 +63,7 @@ static const struct setting settings[] = {
      "request line and headers larger than this: 431", K_UINT,
      FIELD(header_max_bytes), 256, UINT64_C(1048576)},
     {"MAX_HEADERS", "max-headers", "N", "100",
-     "more header fields than this: 431", K_UINT, FIELD(max_headers), 1,
-     10000},
+     "more header fields than this: 431", K_UINT, FIELD(max_headers), 1, 10000},
     {"URL_MAX_BYTES", "url-max-bytes", "N", "2048",
      "request target longer than this: 414", K_UINT, FIELD(url_max_bytes), 16,
      UINT64_C(1048576)},
@@ -95,7 +101,8 @@ void config_usage(FILE *out) {
     fprintf(out, "  %-28s %-20s default: %s\n      %s\n", lhs, s->env, s->def,
             s->help);
   }
-  fprintf(out, "  %-28s print this and exit\n  %-28s print the version and exit\n",
+  fprintf(out,
+          "  %-28s print this and exit\n  %-28s print the version and exit\n",
           "--help", "--version");
 }
 
@@ -255,9 +262,9 @@ static const char *env_lookup(char *const *envp, const char *name) {
   return NULL;
 }
 
-enum config_result config_parse(struct config *cfg, int argc,
-                                char *const *argv, char *const *envp,
-                                FILE *out, char *err, size_t err_len) {
+enum config_result config_parse(struct config *cfg, int argc, char *const *argv,
+                                char *const *envp, FILE *out, char *err,
+                                size_t err_len) {
   const char *flag_values[N_SETTINGS] = {0};
   memset(cfg, 0, sizeof *cfg);
 

@@ -49,9 +49,9 @@ enum config_result {
 /* Fills *cfg from argv (argv[0] is skipped) over envp (a NULL-terminated
  * list of "NAME=value", as environ) over the defaults. --help and --version
  * print to out. On CONFIG_ERROR, err receives a message without newline. */
-enum config_result config_parse(struct config *cfg, int argc,
-                                char *const *argv, char *const *envp,
-                                FILE *out, char *err, size_t err_len);
+enum config_result config_parse(struct config *cfg, int argc, char *const *argv,
+                                char *const *envp, FILE *out, char *err,
+                                size_t err_len);
 
 /* Writes the settings table, as --help shows it, to out. */
 void config_usage(FILE *out);

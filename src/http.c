@@ -3,7 +3,8 @@
 #include <string.h>
 
 static struct http_parser *parser_of(llhttp_t *l) {
-  return (struct http_parser *)((char *)l - offsetof(struct http_parser, llhttp));
+  return (struct http_parser *)((char *)l -
+                                offsetof(struct http_parser, llhttp));
 }
 
 static int fail(struct http_parser *p, uint16_t status) {

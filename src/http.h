@@ -51,9 +51,9 @@ struct http_parser {
 };
 
 enum http_parse_result {
-  HTTP_PARSE_MORE, /* all bytes used, no complete request yet */
+  HTTP_PARSE_MORE,    /* all bytes used, no complete request yet */
   HTTP_PARSE_REQUEST, /* p->req holds one complete request */
-  HTTP_PARSE_ERROR,     /* p->error_status says what to answer; then close */
+  HTTP_PARSE_ERROR,   /* p->error_status says what to answer; then close */
 };
 
 /* Prepares p for a new connection; limits must outlive it. */

@@ -26,8 +26,8 @@ typedef void (*incr_queue_due_cb)(struct incr_queue *q, uint64_t n);
 struct incr_queue {
   struct incr_run *runs; /* ring buffer, capacity a power of two */
   uint64_t cap;
-  uint64_t head; /* index of the oldest run */
-  uint64_t len;  /* runs in use */
+  uint64_t head;    /* index of the oldest run */
+  uint64_t len;     /* runs in use */
   uint64_t pending; /* increments in all runs */
   uv_timer_t timer;
   uv_loop_t *loop;

@@ -25,10 +25,10 @@ void log_write(enum log_level level, const char *event, const char *fmt, ...)
 int log_format_line(char *buf, int cap, enum log_format format,
                     enum log_level level, const char *event, const char *msg);
 
-#define LOG_AT(level, event, ...)                                            \
-  do {                                                                       \
-    if (log_enabled(level))                                                  \
-      log_write(level, event, __VA_ARGS__);                                  \
+#define LOG_AT(level, event, ...)                                              \
+  do {                                                                         \
+    if (log_enabled(level))                                                    \
+      log_write(level, event, __VA_ARGS__);                                    \
   } while (0)
 #define log_debug(event, ...) LOG_AT(LOG_DEBUG, event, __VA_ARGS__)
 #define log_info(event, ...) LOG_AT(LOG_INFO, event, __VA_ARGS__)

@@ -6,8 +6,8 @@
 #include <string.h>
 #include <time.h>
 
-static const uint16_t statuses[METRICS_STATUSES - 1] = {
-    200, 400, 404, 405, 408, 413, 414, 431, 503};
+static const uint16_t statuses[METRICS_STATUSES - 1] = {200, 400, 404, 405, 408,
+                                                        413, 414, 431, 503};
 
 void metrics_init(struct metrics *m) {
   struct timespec ts;
@@ -41,8 +41,8 @@ __attribute__((format(printf, 2, 3))) static void emit(struct buf *b,
 
 static void family(struct buf *b, const char *name, const char *type,
                    const char *help) {
-  emit(b, "# HELP gracefuld_%s %s\n# TYPE gracefuld_%s %s\n", name, help,
-       name, type);
+  emit(b, "# HELP gracefuld_%s %s\n# TYPE gracefuld_%s %s\n", name, help, name,
+       type);
 }
 
 #define METRICS_BUF 16384
@@ -62,11 +62,14 @@ char *metrics_render(const struct metrics *m, const struct metrics_gauges *g,
       if (!v)
         continue;
       if (s < METRICS_STATUSES - 1)
-        emit(&b, "gracefuld_http_requests_total{route=\"%s\",code=\"%u\"} %llu\n",
+        emit(&b,
+             "gracefuld_http_requests_total{route=\"%s\",code=\"%u\"} %llu\n",
              routes_name((enum route)r), statuses[s], (unsigned long long)v);
       else
-        emit(&b, "gracefuld_http_requests_total{route=\"%s\",code=\"other\"} %llu\n",
-             routes_name((enum route)r), (unsigned long long)v);
+        emit(
+            &b,
+            "gracefuld_http_requests_total{route=\"%s\",code=\"other\"} %llu\n",
+            routes_name((enum route)r), (unsigned long long)v);
     }
   }
 
@@ -108,8 +111,7 @@ char *metrics_render(const struct metrics *m, const struct metrics_gauges *g,
   family(&b, "open_connections", "gauge", "Open HTTP connections.");
   emit(&b, "gracefuld_open_connections %llu\n",
        (unsigned long long)g->open_connections);
-  family(&b, "redis_connected", "gauge",
-         "1 while the Redis connection is up.");
+  family(&b, "redis_connected", "gauge", "1 while the Redis connection is up.");
   emit(&b, "gracefuld_redis_connected %d\n", g->redis_connected ? 1 : 0);
   family(&b, "shutdown_phase", "gauge",
          "1 for the current phase of the shutdown state machine.");

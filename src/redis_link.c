@@ -115,7 +115,8 @@ static int attach(redisAsyncContext *ac, uv_loop_t *loop) {
   return 0;
 }
 
-/* ---- The link --------------------------------------------------------------- */
+/* ---- The link ---------------------------------------------------------------
+ */
 
 static void connect_now(struct redis_link *link);
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata);
@@ -287,11 +288,11 @@ static void on_connect(const redisAsyncContext *ac, int status) {
   if (link->ever_connected)
     link->metrics->redis_reconnects++;
   if (link->down_logged || !link->ever_connected)
-    log_info("redis_up", "addr=%s:%u attempts=%u down_ms=%llu pending=%llu",
-             link->cfg->redis_host, link->cfg->redis_port, link->failures + 1,
-             (unsigned long long)(link->down_logged ? now - link->down_since
-                                                    : 0),
-             (unsigned long long)redis_link_pending(link));
+    log_info(
+        "redis_up", "addr=%s:%u attempts=%u down_ms=%llu pending=%llu",
+        link->cfg->redis_host, link->cfg->redis_port, link->failures + 1,
+        (unsigned long long)(link->down_logged ? now - link->down_since : 0),
+        (unsigned long long)redis_link_pending(link));
   link->ever_connected = true;
   link->down_logged = false;
   link->failures = 0;

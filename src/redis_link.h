@@ -25,7 +25,7 @@ enum redis_link_state {
   LINK_RESOLVING,  /* uv_getaddrinfo in progress */
   LINK_CONNECTING, /* TCP connect in progress */
   LINK_CONNECTED,
-  LINK_CLOSED,     /* redis_link_close was called */
+  LINK_CLOSED, /* redis_link_close was called */
 };
 
 struct redis_link;
@@ -40,8 +40,8 @@ struct redis_link {
   enum redis_link_state state;
   uv_timer_t timer; /* backoff, connect timeout or reply watchdog */
   uv_getaddrinfo_t resolver;
-  uint64_t due;       /* increments waiting to be sent */
-  uint64_t in_flight; /* INCRs sent, reply not yet read */
+  uint64_t due;           /* increments waiting to be sent */
+  uint64_t in_flight;     /* INCRs sent, reply not yet read */
   uint64_t last_progress; /* uv_now of the last reply (or first send) */
   uint64_t down_since;    /* uv_now when the link was last lost */
   unsigned failures;      /* consecutive failed attempts */

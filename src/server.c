@@ -281,15 +281,14 @@ static void settle(struct conn *c, bool answered) {
  * can be written. */
 static void process(struct conn *c) {
   bool answered = false;
-  while (!c->writing && !c->close_after && !c->closing &&
-         c->rpos < c->rlen) {
+  while (!c->writing && !c->close_after && !c->closing && c->rpos < c->rlen) {
     if (CONN_WBUF - c->wlen < WBUF_RESERVE) {
       flush(c);
       continue;
     }
     size_t used;
-    enum http_parse_result r = http_parse(&c->http, c->rbuf + c->rpos,
-                                          c->rlen - c->rpos, &used);
+    enum http_parse_result r =
+        http_parse(&c->http, c->rbuf + c->rpos, c->rlen - c->rpos, &used);
     c->rpos += (uint32_t)used;
     if (r == HTTP_PARSE_MORE)
       break;
@@ -460,8 +459,8 @@ int server_listen(struct server *srv) {
   int rc = uv_tcp_bind(&srv->listener,
                        (const struct sockaddr *)&srv->cfg->listen_addr, 0);
   if (rc == 0)
-    rc = uv_listen((uv_stream_t *)&srv->listener, LISTEN_BACKLOG,
-                   on_connection);
+    rc =
+        uv_listen((uv_stream_t *)&srv->listener, LISTEN_BACKLOG, on_connection);
   if (rc)
     return rc;
   srv->listener_open = true;
@@ -469,8 +468,7 @@ int server_listen(struct server *srv) {
   int len = sizeof addr;
   char ip[64] = "?";
   int port = 0;
-  if (uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&addr, &len) ==
-      0) {
+  if (uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&addr, &len) == 0) {
     if (addr.ss_family == AF_INET6) {
       uv_ip6_name((struct sockaddr_in6 *)&addr, ip, sizeof ip);
       port = ntohs(((struct sockaddr_in6 *)&addr)->sin6_port);

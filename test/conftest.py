@@ -42,6 +42,8 @@ def server(redis):
     for g in started:
         g.stop()
     for g in started:
+        if g.log is None:
+            continue
         reports = [l for l in g.log.lines
                    if any(m in l for m in SANITIZER_MARKS)]
         assert not reports, "sanitizer report:\n" + "\n".join(g.log.lines)

@@ -159,7 +159,8 @@ class Gracefuld:
         self.listen_host = listen_host
         self.env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "LISTEN_ADDR": f"{listen_host}:{self.port}",
+            "LISTEN_ADDR": (f"[{listen_host}]:{self.port}" if ":" in listen_host
+                            else f"{listen_host}:{self.port}"),
             "LOG_FORMAT": "json",
             "TERMINATION_LOG": "",
         }
@@ -263,35 +264,46 @@ class Gracefuld:
         return s
 
 
-def read_http_responses(sock, count, timeout=10.0):
+def read_http_responses(sock, count, timeout=10.0, exact=True):
     """Reads count HTTP responses (with Content-Length bodies) from a raw
     socket; returns a list of (status, headers dict with lower-case names,
-    body). Raises if the connection ends first."""
+    body). Raises ConnectionError if the connection ends first. With exact,
+    bytes after the last response are an error; without, the socket must
+    be read one byte at a time so that nothing past it is consumed."""
     sock.settimeout(timeout)
-    buf = b""
+    buf = bytearray()
+    pos = 0
     out = []
+
+    def fill():
+        chunk = sock.recv(1 << 20 if exact else 1)
+        if not chunk:
+            raise ConnectionError(
+                f"connection closed after {len(out)} responses")
+        buf.extend(chunk)
+
     while len(out) < count:
-        while b"\r\n\r\n" not in buf:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError(
-                    f"connection closed after {len(out)} responses")
-            buf += chunk
-        head, buf = buf.split(b"\r\n\r\n", 1)
-        lines = head.decode("latin-1").split("\r\n")
+        end = buf.find(b"\r\n\r\n", pos)
+        while end < 0:
+            fill()
+            end = buf.find(b"\r\n\r\n", pos)
+        lines = bytes(buf[pos:end]).decode("latin-1").split("\r\n")
         status = int(lines[0].split()[1])
         headers = {}
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
         length = int(headers.get("content-length", "0"))
-        while len(buf) < length:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("connection closed inside a body")
-            buf += chunk
-        out.append((status, headers, buf[:length]))
-        buf = buf[length:]
+        while len(buf) < end + 4 + length:
+            fill()
+        out.append((status, headers, bytes(buf[end + 4:end + 4 + length])))
+        pos = end + 4 + length
+        if pos > (1 << 20):
+            del buf[:pos]
+            pos = 0
+    if exact and pos < len(buf):
+        raise AssertionError(f"{len(buf) - pos} unexpected bytes after "
+                             f"{count} responses")
     return out
 
 
