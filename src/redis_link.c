@@ -346,10 +346,18 @@ static void on_resolved(uv_getaddrinfo_t *req, int status,
   struct redis_link *link = req->data;
   char ip[64] = "";
   if (status == 0) {
-    if (res->ai_family == AF_INET6)
-      uv_ip6_name((struct sockaddr_in6 *)res->ai_addr, ip, sizeof ip);
+    /* A name with several addresses (localhost: ::1 and 127.0.0.1): each
+     * failed attempt moves on to the next one. */
+    unsigned n = 0;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next)
+      n++;
+    struct addrinfo *ai = res;
+    for (unsigned skip = link->failures % n; skip > 0; skip--)
+      ai = ai->ai_next;
+    if (ai->ai_family == AF_INET6)
+      uv_ip6_name((struct sockaddr_in6 *)ai->ai_addr, ip, sizeof ip);
     else
-      uv_ip4_name((struct sockaddr_in *)res->ai_addr, ip, sizeof ip);
+      uv_ip4_name((struct sockaddr_in *)ai->ai_addr, ip, sizeof ip);
   }
   uv_freeaddrinfo(res);
   if (link->state == LINK_CLOSED)

@@ -135,3 +135,22 @@ def test_error_reply_counts_as_failed_not_done(redis, server):
     summary = g.wait_event("exit")
     assert summary["failed"] == 3 and summary["done"] == 0
     assert redis.cli("GET", "counter") == "not a number"
+
+
+def test_redis_host_name_is_resolved(redis, server):
+    g = server(env={"REDIS_ADDR": f"localhost:{redis.port}",
+                    "INCR_DELAY_MS": "0"})
+    g.wait_event("redis_up", addr=f"localhost:{redis.port}")
+    assert g.get("/incr") == 200
+    g.signal()
+    assert g.wait(10) == 0
+    assert redis.counter() == 1
+
+
+def test_unresolvable_redis_host_is_retried_not_fatal(server):
+    g = server(env={"REDIS_ADDR": "no-such-host.invalid:6379"})
+    down = g.wait_event("redis_down")
+    assert "no-such-host.invalid" in down["reason"]
+    assert g.get("/healthz") == 200 and g.get("/readyz") == 503
+    g.signal()
+    assert g.wait(10) == 0
