@@ -31,10 +31,11 @@ RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DGRACEFULD_TESTS=OFF \
 #    loader included, at the path the binary's PT_INTERP names), plus
 #    libgcc_s.so.1, which glibc loads at run time should a thread ever exit
 #    through pthread_exit or cancellation (libuv runs a thread pool);
-#  - /etc/nsswitch.conf: without it glibc asks DNS before /etc/hosts, so a
-#    name the runtime writes into /etc/hosts (--add-host, a pod's hostAliases,
-#    compose links) would not resolve; glibc 2.36 has the files and dns
-#    services built in, so no libnss_*.so is needed;
+#  - /etc/nsswitch.conf naming "hosts: files dns", so that a name the
+#    runtime writes into /etc/hosts (--add-host, a pod's hostAliases) wins
+#    over DNS, as REDIS_ADDR=redis:6379 needs. glibc 2.36 already uses that
+#    order when the file is missing; the file pins it. glibc 2.36 has the
+#    files and dns services built in, so no libnss_*.so is needed;
 #  - /etc/passwd and /etc/group with user and group 65532 (nonroot);
 #  - an empty /tmp.
 RUN set -eu; \

@@ -32,8 +32,8 @@ command -v debootstrap >/dev/null || die "debootstrap is not installed (scripts/
 [ "$(id -u)" -eq 0 ] || die "debootstrap needs root"
 [ -r "$keyring" ] || die "missing $keyring (package debian-archive-keyring)"
 
-# Prints "SUITE URI" for every enabled binary source of the host's apt, in the
-# order apt reads them: deb822 *.sources files and one-line *.list files.
+# Prints "SUITE URI" for every enabled binary source of the host's apt: the
+# one-line sources.list and *.list files first, then the deb822 *.sources.
 host_sources() {
   local f
   for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
@@ -86,6 +86,7 @@ security=${security%/}
 
 tmp=$(mktemp -d /var/tmp/base-image.XXXXXX)
 rootfs=$tmp/rootfs
+group= # process group of a running debootstrap
 cleanup() {
   # debootstrap may leave proc, sys or bind-mounted /dev entries behind when
   # stopped: unmount everything below $tmp, deepest first, before removing.
@@ -95,16 +96,38 @@ cleanup() {
   done < <(awk -v t="$tmp/" 'index($2, t) == 1 { print $2 }' /proc/self/mounts | sort -r)
   rm -rf --one-file-system "$tmp"
 }
+interrupted() {
+  if [ -n "$group" ]; then
+    kill -TERM -- "-$group" 2>/dev/null || true
+    for _ in $(seq 50); do
+      kill -0 -- "-$group" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL -- "-$group" 2>/dev/null || true
+    wait 2>/dev/null || true
+  fi
+  echo "base-image: interrupted" >&2
+  exit "$1"
+}
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'interrupted 130' INT
+trap 'interrupted 143' TERM
 
-if ! debootstrap --variant=minbase --keyring="$keyring" "$suite" "$rootfs" "$mirror" \
-  >"$tmp/debootstrap.log" 2>&1; then
+# debootstrap runs in a process group of its own, waited for with `wait`, so
+# that a signal reaches the trap at once and stops all of debootstrap's
+# children (dpkg in the chroot, downloads) before the tree is removed.
+setsid -w debootstrap --variant=minbase --keyring="$keyring" "$suite" "$rootfs" "$mirror" \
+  >"$tmp/debootstrap.log" 2>&1 &
+group=$!
+if ! wait "$group"; then
+  group=
   tail -n 30 "$tmp/debootstrap.log" >&2
-  [ -f "$rootfs/debootstrap/debootstrap.log" ] && tail -n 30 "$rootfs/debootstrap/debootstrap.log" >&2
+  if [ -f "$rootfs/debootstrap/debootstrap.log" ]; then
+    tail -n 30 "$rootfs/debootstrap/debootstrap.log" >&2
+  fi
   die "debootstrap $suite from $mirror failed"
 fi
+group=
 
 # apt inside the image: the host's mirrors, and the host's Acquire settings
 # that reaching them may need (a snapshot mirror's expired Valid-Until, a
