@@ -298,8 +298,8 @@ enum config_result config_parse(struct config *cfg, int argc, char *const *argv,
     } else if (i + 1 < argc) {
       flag_values[k] = argv[++i];
     } else {
-      snprintf(err, err_len, "option '--%s' needs a value (%s)",
-               settings[k].flag, settings[k].metavar);
+      snprintf(err, err_len, "option '--%s' needs a value (%s, like %s)",
+               settings[k].flag, settings[k].metavar, settings[k].env);
       return CONFIG_ERROR;
     }
   }

@@ -115,6 +115,7 @@ static void put_json_fields(struct out *o, const char *msg) {
           p++;
         val_len = (size_t)(p - val);
       }
+      int mark = o->len;
       put(o, ",", 1);
       put_json_string(o, tok, (size_t)(eq - tok));
       put(o, ":", 1);
@@ -122,6 +123,11 @@ static void put_json_fields(struct out *o, const char *msg) {
         put(o, val, val_len);
       else
         put_json_string(o, val, val_len);
+      if (o->len == o->cap) {
+        /* Did not fit: drop the whole field, not half of it. */
+        o->len = mark;
+        return;
+      }
       continue;
     }
     while (*p && *p != ' ')
@@ -135,14 +141,32 @@ static void put_json_fields(struct out *o, const char *msg) {
     }
   }
   if (loose_len) {
+    int mark = o->len;
     puts_(o, ",\"msg\":");
     put_json_string(o, loose, loose_len);
+    if (o->len == o->cap)
+      o->len = mark;
+  }
+}
+
+/* Text lines stay one line: control bytes are written as \xHH. */
+static void put_text(struct out *o, const char *s) {
+  static const char hex[] = "0123456789abcdef";
+  for (; *s; s++) {
+    unsigned char ch = (unsigned char)*s;
+    if (ch < 0x20 || ch == 0x7f) {
+      char esc[4] = {'\\', 'x', hex[ch >> 4], hex[ch & 15]};
+      put(o, esc, 4);
+    } else {
+      put(o, s, 1);
+    }
   }
 }
 
 int log_format_line(char *buf, int cap, enum log_format format,
                     enum log_level level, const char *event, const char *msg) {
-  struct out o = {buf, 0, cap - 1}; /* keep room for the newline */
+  /* Room is kept for the newline, and in JSON for the closing brace. */
+  struct out o = {buf, 0, format == LOG_FORMAT_JSON ? cap - 2 : cap - 1};
   struct timespec ts;
   struct tm tm;
   char stamp[40];
@@ -159,9 +183,7 @@ int log_format_line(char *buf, int cap, enum log_format format,
     puts_(&o, "\",\"event\":");
     put_json_string(&o, event, strlen(event));
     put_json_fields(&o, msg);
-    if (o.len == o.cap) /* truncated: still close the object */
-      o.len -= 1;
-    put(&o, "}", 1);
+    buf[o.len++] = '}';
   } else {
     puts_(&o, stamp);
     puts_(&o, " ");
@@ -170,7 +192,7 @@ int log_format_line(char *buf, int cap, enum log_format format,
     puts_(&o, event);
     if (*msg) {
       puts_(&o, " ");
-      puts_(&o, msg);
+      put_text(&o, msg);
     }
   }
   buf[o.len++] = '\n';

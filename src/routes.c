@@ -70,9 +70,10 @@ void routes_handle(const struct http_request *req,
   bool get = req->method == HTTP_GET;
   bool head = req->method == HTTP_HEAD;
 
+  /* A HEAD request gets no body, whatever the answer. */
+  out->response.head = head;
   if (out->route == ROUTE_OTHER) {
     respond(out, 404, BODY("not found\n"));
-    out->response.head = head;
     return;
   }
   if (out->route == ROUTE_INCR ? !(get || req->method == HTTP_POST)
@@ -81,7 +82,6 @@ void routes_handle(const struct http_request *req,
     out->response.extra_headers = paths[out->route].allow;
     return;
   }
-  out->response.head = head;
   switch (out->route) {
   case ROUTE_INCR:
     if (state->queue_full) {
