@@ -12,21 +12,63 @@ static int fail(struct http_parser *p, uint16_t status) {
   return HPE_USER;
 }
 
+/* Every byte of a head, from the method to the blank line, passes through
+ * walk_head once, in order: at the end of each span llhttp reports, at the
+ * end of each buffer, and where the head ends (llhttp pauses there). So the
+ * whole head counts toward HEADER_MAX_BYTES, the whitespace llhttp leaves
+ * out of its spans included, wherever the reads split it. The walk also
+ * rejects obsolete line folding (a header line that begins with SP or HT
+ * continues the one before), which llhttp 8 accepts even in strict mode and
+ * which is request-smuggling material. A trailer section is walked the same
+ * way, and counts toward the same limit. */
+enum head_walk {
+  HEAD_OFF,       /* in a body, or between requests */
+  HEAD_NEXT_SPAN, /* a head began: walk from its first span on */
+  HEAD_ON,        /* every byte before head_from has been walked */
+};
+
+/* Walks the head from head_from (or, for its first span, from at) up to
+ * end; at is NULL where no span is reported. Returns 0, or HPE_USER with
+ * error_status set. */
+static int walk_head(struct http_parser *p, const char *at, const char *end) {
+  if (p->head == HEAD_OFF || (p->head == HEAD_NEXT_SPAN && !at))
+    return 0;
+  if (p->head == HEAD_NEXT_SPAN) {
+    p->head = HEAD_ON;
+    p->head_from = at;
+  }
+  for (const char *q = p->head_from; q < end; q++) {
+    if (p->after_lf && (*q == ' ' || *q == '\t'))
+      return fail(p, 400);
+    p->after_lf = *q == '\n';
+  }
+  p->header_bytes += (uint64_t)(end - p->head_from);
+  p->head_from = end;
+  return p->header_bytes > p->limits->header_max_bytes ? fail(p, 431) : 0;
+}
+
 static int on_message_begin(llhttp_t *l) {
   struct http_parser *p = parser_of(l);
   memset(&p->req, 0, sizeof p->req);
   p->url_bytes = p->header_bytes = p->body_bytes = p->headers = 0;
   p->in_message = true;
   p->in_query = false;
+  p->head = HEAD_NEXT_SPAN;
+  p->after_lf = false;
   return 0;
+}
+
+static int on_head_bytes(llhttp_t *l, const char *at, size_t len) {
+  return walk_head(parser_of(l), at, at + len);
 }
 
 static int on_url(llhttp_t *l, const char *at, size_t len) {
   struct http_parser *p = parser_of(l);
   p->url_bytes += len;
-  p->header_bytes += len;
   if (p->url_bytes > p->limits->url_max_bytes)
     return fail(p, 414);
+  if (walk_head(p, at, at + len))
+    return HPE_USER;
   struct http_request *r = &p->req;
   for (size_t i = 0; i < len && !p->in_query; i++) {
     if (at[i] == '?' || at[i] == '#') {
@@ -40,27 +82,34 @@ static int on_url(llhttp_t *l, const char *at, size_t len) {
   return 0;
 }
 
-static int count_header_bytes(llhttp_t *l, const char *at, size_t len) {
-  struct http_parser *p = parser_of(l);
-  (void)at;
-  p->header_bytes += len;
-  return p->header_bytes > p->limits->header_max_bytes ? fail(p, 431) : 0;
-}
-
 static int on_header_field_complete(llhttp_t *l) {
   struct http_parser *p = parser_of(l);
-  p->header_bytes += 4; /* ": " and CRLF */
-  if (++p->headers > p->limits->max_headers)
-    return fail(p, 431);
-  return p->header_bytes > p->limits->header_max_bytes ? fail(p, 431) : 0;
+  return ++p->headers > p->limits->max_headers ? fail(p, 431) : 0;
 }
 
 static int on_headers_complete(llhttp_t *l) {
   struct http_parser *p = parser_of(l);
+  /* llhttp also takes HTTP/0.9 (no version) and HTTP/2.0 request lines;
+   * this port speaks HTTP/1.0 and 1.1 only. */
+  if (l->http_major != 1 || l->http_minor > 1)
+    return fail(p, 400);
   if ((l->flags & F_CONTENT_LENGTH) &&
       l->content_length > p->limits->max_body_bytes) {
     p->error_status = 413;
     return -1;
+  }
+  /* A pause tells http_parse where the head ends: its last line ends are
+   * walked there. */
+  p->head_ended = true;
+  return HPE_PAUSED;
+}
+
+static int on_chunk_header(llhttp_t *l) {
+  struct http_parser *p = parser_of(l);
+  /* The last chunk: a trailer section follows, walked as a head. */
+  if (l->content_length == 0) {
+    p->head = HEAD_NEXT_SPAN;
+    p->after_lf = false;
   }
   return 0;
 }
@@ -87,11 +136,13 @@ static int on_message_complete(llhttp_t *l) {
 
 static const llhttp_settings_t settings = {
     .on_message_begin = on_message_begin,
+    .on_method = on_head_bytes,
     .on_url = on_url,
-    .on_header_field = count_header_bytes,
-    .on_header_value = count_header_bytes,
+    .on_header_field = on_head_bytes,
+    .on_header_value = on_head_bytes,
     .on_header_field_complete = on_header_field_complete,
     .on_headers_complete = on_headers_complete,
+    .on_chunk_header = on_chunk_header,
     .on_body = on_body,
     .on_message_complete = on_message_complete,
 };
@@ -108,7 +159,35 @@ enum http_parse_result http_parse(struct http_parser *p, const char *data,
     llhttp_resume(&p->llhttp);
     p->paused = false;
   }
-  llhttp_errno_t err = llhttp_execute(&p->llhttp, data, len);
+  /* A head that goes on from the last buffer goes on from this one. */
+  if (p->head == HEAD_ON)
+    p->head_from = data;
+  const char *from = data;
+  const char *end = data + len;
+  llhttp_errno_t err;
+  for (;;) {
+    err = llhttp_execute(&p->llhttp, from, (size_t)(end - from));
+    if (err != HPE_PAUSED)
+      break;
+    /* Paused where a head (or a trailer section) ends, or where the
+     * message does: the rest of the head is walked up to there. */
+    const char *pos = llhttp_get_error_pos(&p->llhttp);
+    if (walk_head(p, NULL, pos)) {
+      err = HPE_USER;
+      break;
+    }
+    p->head = HEAD_OFF;
+    if (!p->head_ended)
+      break; /* a complete request */
+    p->head_ended = false;
+    llhttp_resume(&p->llhttp);
+    from = pos;
+  }
+  /* The rest of the buffer too, so that what a head has used so far counts
+   * at once, and a LF at its end is known when the next one begins with SP
+   * or HT. */
+  if (err == HPE_OK && walk_head(p, NULL, end))
+    err = HPE_USER;
   switch (err) {
   case HPE_OK:
     *consumed = len;

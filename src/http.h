@@ -4,9 +4,11 @@
  * llhttp is paused in on_message_complete, so http_parse returns after each
  * complete request and reports how many bytes it used: pipelined requests
  * are taken one by one, in order, and whatever follows stays in the
- * caller's buffer. Limits on the request target, the header block and the
- * body are checked as bytes arrive; nothing is copied but the first bytes of
- * the path. */
+ * caller's buffer. Limits on the request target, the header block (every
+ * byte of it, from the method to the blank line) and the body are checked
+ * as bytes arrive; nothing is copied but the first bytes of the path.
+ * Beyond what llhttp's strict mode rejects, obsolete line folding and
+ * versions other than HTTP/1.0 and 1.1 are parse errors (400). */
 #ifndef GRACEFULD_HTTP_H
 #define GRACEFULD_HTTP_H
 
@@ -41,10 +43,14 @@ struct http_parser {
   const struct http_limits *limits;
   struct http_request req;
   uint64_t url_bytes;
-  uint64_t header_bytes;
+  uint64_t header_bytes; /* of the head so far: every byte from the method */
   uint64_t body_bytes;
   uint64_t headers;
+  const char *head_from; /* the next byte of the head to walk */
   uint16_t error_status; /* set when a limit is crossed */
+  uint8_t head;          /* where the walk through the head stands */
+  bool after_lf;         /* the last byte walked was a LF */
+  bool head_ended;       /* llhttp paused where the head ends */
   bool in_message;       /* a request has begun and is not complete */
   bool in_query;
   bool paused;
