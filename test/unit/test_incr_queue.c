@@ -1,0 +1,376 @@
+/* incr_queue: deadline order, runs, the ring's growth, and the timer on a
+ * real loop. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <string.h>
+
+#include "incr_queue.h"
+
+/* A queue without a loop: push and pop only. */
+static int setup_queue(void **state) {
+  static struct incr_queue q;
+  if (incr_queue_init(&q, NULL, NULL) != 0)
+    return -1;
+  *state = &q;
+  return 0;
+}
+
+static int teardown_queue(void **state) {
+  incr_queue_free(*state);
+  return 0;
+}
+
+/* How many increments the test pushes at deadline d, so that runs of
+ * different sizes cannot be confused with each other. */
+static uint64_t count_at(uint64_t d) { return d % 3 + 1; }
+
+static void push_run(struct incr_queue *q, uint64_t deadline) {
+  for (uint64_t i = 0; i < count_at(deadline); i++)
+    assert_int_equal(incr_queue_push(q, deadline), 0);
+}
+
+static void test_queue_run_fits_in_16_bytes(void **state) {
+  (void)state;
+  assert_true(sizeof(struct incr_run) <= 16);
+}
+
+static void test_queue_starts_empty(void **state) {
+  struct incr_queue *q = *state;
+  assert_int_equal(q->pending, 0);
+  assert_int_equal(incr_queue_pop_due(q, UINT64_MAX), 0);
+  assert_int_equal(q->pending, 0);
+}
+
+static void test_queue_pops_due_in_deadline_order(void **state) {
+  struct incr_queue *q = *state;
+  assert_int_equal(incr_queue_push(q, 10), 0);
+  assert_int_equal(incr_queue_push(q, 20), 0);
+  assert_int_equal(incr_queue_push(q, 30), 0);
+  assert_int_equal(q->pending, 3);
+  assert_int_equal(incr_queue_next_deadline(q), 10);
+
+  assert_int_equal(incr_queue_pop_due(q, 15), 1);
+  assert_int_equal(q->pending, 2);
+  assert_int_equal(incr_queue_next_deadline(q), 20);
+
+  assert_int_equal(incr_queue_pop_due(q, 30), 2);
+  assert_int_equal(q->pending, 0);
+}
+
+static void test_queue_merges_equal_deadlines_into_one_run(void **state) {
+  struct incr_queue *q = *state;
+  for (int i = 0; i < 1000; i++)
+    assert_int_equal(incr_queue_push(q, 100), 0);
+  assert_int_equal(incr_queue_push(q, 101), 0);
+  assert_int_equal(incr_queue_push(q, 101), 0);
+  assert_int_equal(q->pending, 1002);
+  /* 1002 increments in two runs: memory does not grow per increment. */
+  assert_int_equal(q->len, 2);
+  assert_int_equal(q->runs[q->head].deadline, 100);
+  assert_int_equal(q->runs[q->head].count, 1000);
+
+  assert_int_equal(incr_queue_pop_due(q, 100), 1000);
+  assert_int_equal(q->pending, 2);
+  assert_int_equal(incr_queue_next_deadline(q), 101);
+  assert_int_equal(incr_queue_pop_due(q, 101), 2);
+  assert_int_equal(q->len, 0);
+}
+
+static void test_queue_pops_exactly_due_but_not_yet_due(void **state) {
+  struct incr_queue *q = *state;
+  assert_int_equal(incr_queue_push(q, 500), 0);
+  assert_int_equal(incr_queue_push(q, 501), 0);
+  assert_int_equal(incr_queue_pop_due(q, 0), 0);
+  assert_int_equal(incr_queue_pop_due(q, 499), 0);
+  assert_int_equal(q->pending, 2);
+  assert_int_equal(incr_queue_pop_due(q, 500), 1);
+  assert_int_equal(q->pending, 1);
+  assert_int_equal(incr_queue_pop_due(q, 500), 0);
+  assert_int_equal(incr_queue_next_deadline(q), 501);
+  assert_int_equal(incr_queue_pop_due(q, 501), 1);
+  assert_int_equal(q->pending, 0);
+}
+
+static void test_queue_next_deadline_is_the_earliest(void **state) {
+  struct incr_queue *q = *state;
+  assert_int_equal(incr_queue_push(q, 7), 0);
+  assert_int_equal(incr_queue_next_deadline(q), 7);
+  assert_int_equal(incr_queue_push(q, 9), 0);
+  assert_int_equal(incr_queue_next_deadline(q), 7);
+  assert_int_equal(incr_queue_pop_due(q, 8), 1);
+  assert_int_equal(incr_queue_next_deadline(q), 9);
+}
+
+/* Pops d, d+1, ... last one millisecond at a time, checking that each run
+ * comes out whole and in order. */
+static void expect_runs(struct incr_queue *q, uint64_t first, uint64_t last) {
+  uint64_t left = q->pending;
+  for (uint64_t d = first; d <= last; d++) {
+    assert_int_equal(incr_queue_next_deadline(q), d);
+    assert_int_equal(incr_queue_pop_due(q, d - 1), 0);
+    assert_int_equal(incr_queue_pop_due(q, d), count_at(d));
+    left -= count_at(d);
+    assert_int_equal(q->pending, left);
+  }
+  assert_int_equal(q->pending, 0);
+  assert_int_equal(q->len, 0);
+}
+
+static void test_queue_grows_past_initial_capacity(void **state) {
+  struct incr_queue *q = *state;
+  uint64_t initial = q->cap;
+  uint64_t pushed = 0;
+  for (uint64_t d = 1; d <= 5 * initial; d++) {
+    push_run(q, d);
+    pushed += count_at(d);
+  }
+  assert_true(q->cap >= 5 * initial);
+  assert_int_equal(q->len, 5 * initial);
+  assert_int_equal(q->pending, pushed);
+  expect_runs(q, 1, 5 * initial);
+}
+
+static void test_queue_grows_when_ring_has_wrapped(void **state) {
+  struct incr_queue *q = *state;
+  uint64_t cap = q->cap;
+  uint64_t d = 1;
+  /* Fill the ring, then free its first 40 slots. */
+  for (; d <= cap; d++)
+    push_run(q, d);
+  assert_int_equal(q->cap, cap);
+  uint64_t popped = 0;
+  for (uint64_t i = 1; i <= 40; i++)
+    popped += count_at(i);
+  assert_int_equal(incr_queue_pop_due(q, 40), popped);
+  assert_int_equal(q->head, 40);
+  /* Refill: the new runs wrap around to the front of the buffer. */
+  for (; d <= cap + 40; d++)
+    push_run(q, d);
+  assert_int_equal(q->cap, cap);
+  assert_int_equal(q->len, cap);
+  assert_true(q->head + q->len > q->cap);
+  /* One more run grows the ring while it is wrapped, then again. */
+  for (; d <= 3 * cap + 40; d++)
+    push_run(q, d);
+  assert_true(q->cap >= 3 * cap);
+  assert_int_equal(q->len, 3 * cap);
+  expect_runs(q, 41, 3 * cap + 40);
+}
+
+static void test_queue_keeps_order_across_many_wraps(void **state) {
+  struct incr_queue *q = *state;
+  /* A steady state: push ahead, pop behind, the ring wraps many times. */
+  uint64_t next_push = 1;
+  uint64_t next_pop = 1;
+  for (int round = 0; round < 50; round++) {
+    for (int i = 0; i < 37; i++)
+      push_run(q, next_push++);
+    for (int i = 0; i < 30; i++) {
+      assert_int_equal(incr_queue_next_deadline(q), next_pop);
+      assert_int_equal(incr_queue_pop_due(q, next_pop), count_at(next_pop));
+      next_pop++;
+    }
+  }
+  expect_runs(q, next_pop, next_push - 1);
+}
+
+static void test_queue_clear_returns_pending_and_empties(void **state) {
+  struct incr_queue *q = *state;
+  push_run(q, 10);
+  push_run(q, 11);
+  push_run(q, 12);
+  uint64_t n = count_at(10) + count_at(11) + count_at(12);
+  assert_int_equal(q->pending, n);
+  assert_int_equal(incr_queue_clear(q), n);
+  assert_int_equal(q->pending, 0);
+  assert_int_equal(incr_queue_pop_due(q, UINT64_MAX), 0);
+  assert_int_equal(incr_queue_clear(q), 0);
+  /* Still usable afterwards. */
+  assert_int_equal(incr_queue_push(q, 20), 0);
+  assert_int_equal(incr_queue_next_deadline(q), 20);
+  assert_int_equal(incr_queue_pop_due(q, 20), 1);
+}
+
+static void test_queue_pending_counts_every_increment(void **state) {
+  struct incr_queue *q = *state;
+  uint64_t n = 0;
+  for (uint64_t d = 1; d <= 200; d++) {
+    push_run(q, d);
+    n += count_at(d);
+    assert_int_equal(q->pending, n);
+  }
+  for (uint64_t d = 1; d <= 200; d += 10) {
+    uint64_t expected = 0;
+    for (uint64_t i = d; i < d + 10; i++)
+      expected += count_at(i);
+    assert_int_equal(incr_queue_pop_due(q, d + 9), expected);
+    n -= expected;
+    assert_int_equal(q->pending, n);
+  }
+  assert_int_equal(n, 0);
+}
+
+/* ---- The timer, on a real loop ---------------------------------------- */
+
+#define MAX_FIRES 8
+
+struct fires {
+  int calls;
+  uint64_t n[MAX_FIRES];
+  uint64_t at[MAX_FIRES];
+  int closed;
+};
+
+static void on_due(struct incr_queue *q, uint64_t n) {
+  struct fires *f = q->data;
+  assert_true(f->calls < MAX_FIRES);
+  f->n[f->calls] = n;
+  f->at[f->calls] = uv_now(q->loop);
+  f->calls++;
+  /* The increments handed over have left the queue. */
+  assert_int_equal(incr_queue_pop_due(q, uv_now(q->loop)), 0);
+}
+
+static void on_closed(struct incr_queue *q) {
+  struct fires *f = q->data;
+  f->closed++;
+}
+
+static void test_queue_timer_fires_on_due_at_each_deadline(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  struct incr_queue q;
+  struct fires f;
+  memset(&f, 0, sizeof f);
+  assert_int_equal(uv_loop_init(&loop), 0);
+  assert_int_equal(incr_queue_init(&q, &loop, on_due), 0);
+  q.data = &f;
+
+  uint64_t start = uv_now(&loop);
+  for (int i = 0; i < 3; i++)
+    assert_int_equal(incr_queue_push(&q, start + 30), 0);
+  assert_int_equal(incr_queue_push(&q, start + 60), 0);
+  assert_int_equal(incr_queue_push(&q, start + 60), 0);
+  /* The timer is the only thing keeping the loop alive; once the queue is
+   * empty it stops and uv_run returns. */
+  uv_run(&loop, UV_RUN_DEFAULT);
+
+  assert_int_equal(f.calls, 2);
+  assert_int_equal(f.n[0], 3);
+  assert_true(f.at[0] >= start + 30);
+  assert_true(f.at[0] < start + 30 + 2000);
+  assert_int_equal(f.n[1], 2);
+  assert_true(f.at[1] >= start + 60);
+  assert_true(f.at[1] < start + 60 + 2000);
+  assert_int_equal(q.pending, 0);
+  assert_false(uv_is_active((uv_handle_t *)&q.timer));
+
+  incr_queue_close(&q, on_closed);
+  assert_int_equal(f.closed, 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(f.closed, 1);
+  assert_null(q.runs);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void test_queue_timer_rearms_when_pushed_after_draining(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  struct incr_queue q;
+  struct fires f;
+  memset(&f, 0, sizeof f);
+  assert_int_equal(uv_loop_init(&loop), 0);
+  assert_int_equal(incr_queue_init(&q, &loop, on_due), 0);
+  q.data = &f;
+
+  assert_int_equal(incr_queue_push(&q, uv_now(&loop) + 10), 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(f.calls, 1);
+  assert_int_equal(f.n[0], 1);
+
+  uv_update_time(&loop);
+  uint64_t again = uv_now(&loop) + 10;
+  assert_int_equal(incr_queue_push(&q, again), 0);
+  assert_int_equal(incr_queue_push(&q, again), 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(f.calls, 2);
+  assert_int_equal(f.n[1], 2);
+  assert_true(f.at[1] >= again);
+
+  incr_queue_close(&q, NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void test_queue_close_discards_pending_and_frees_the_loop(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  struct incr_queue q;
+  struct fires f;
+  memset(&f, 0, sizeof f);
+  assert_int_equal(uv_loop_init(&loop), 0);
+  assert_int_equal(incr_queue_init(&q, &loop, on_due), 0);
+  q.data = &f;
+
+  for (uint64_t d = 1; d <= 100; d++)
+    assert_int_equal(incr_queue_push(&q, uv_now(&loop) + 1000 + d), 0);
+  incr_queue_close(&q, on_closed);
+  assert_int_equal(q.pending, 0);
+  /* Closing twice is harmless. */
+  incr_queue_close(&q, on_closed);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(f.calls, 0);
+  assert_int_equal(f.closed, 1);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void test_queue_clear_stops_the_timer(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  struct incr_queue q;
+  struct fires f;
+  memset(&f, 0, sizeof f);
+  assert_int_equal(uv_loop_init(&loop), 0);
+  assert_int_equal(incr_queue_init(&q, &loop, on_due), 0);
+  q.data = &f;
+
+  assert_int_equal(incr_queue_push(&q, uv_now(&loop) + 5), 0);
+  assert_true(uv_is_active((uv_handle_t *)&q.timer));
+  assert_int_equal(incr_queue_clear(&q), 1);
+  /* Nothing is armed: the loop has nothing to wait for. */
+  assert_false(uv_is_active((uv_handle_t *)&q.timer));
+  assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  assert_int_equal(f.calls, 0);
+
+  incr_queue_close(&q, NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+#define QUEUE_TEST(f)                                                          \
+  cmocka_unit_test_setup_teardown(f, setup_queue, teardown_queue)
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_queue_run_fits_in_16_bytes),
+      QUEUE_TEST(test_queue_starts_empty),
+      QUEUE_TEST(test_queue_pops_due_in_deadline_order),
+      QUEUE_TEST(test_queue_merges_equal_deadlines_into_one_run),
+      QUEUE_TEST(test_queue_pops_exactly_due_but_not_yet_due),
+      QUEUE_TEST(test_queue_next_deadline_is_the_earliest),
+      QUEUE_TEST(test_queue_grows_past_initial_capacity),
+      QUEUE_TEST(test_queue_grows_when_ring_has_wrapped),
+      QUEUE_TEST(test_queue_keeps_order_across_many_wraps),
+      QUEUE_TEST(test_queue_clear_returns_pending_and_empties),
+      QUEUE_TEST(test_queue_pending_counts_every_increment),
+      cmocka_unit_test(test_queue_timer_fires_on_due_at_each_deadline),
+      cmocka_unit_test(test_queue_timer_rearms_when_pushed_after_draining),
+      cmocka_unit_test(test_queue_close_discards_pending_and_frees_the_loop),
+      cmocka_unit_test(test_queue_clear_stops_the_timer),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
