@@ -214,6 +214,27 @@ static void close_handle(uv_handle_t *h) {
     uv_close(h, NULL);
 }
 
+/* Closing its last uv_signal handle puts a signal back to its default
+ * action, which for SIGTERM, SIGINT and SIGHUP ends the process: a storm
+ * of signals would then kill it before it reports. They are blocked while
+ * the handles close and ignored from then on (which also discards any that
+ * arrived while blocked). */
+static void close_signals(struct app *app) {
+  sigset_t set, old;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  sigprocmask(SIG_BLOCK, &set, &old);
+  close_handle((uv_handle_t *)&app->sigterm);
+  close_handle((uv_handle_t *)&app->sigint);
+  close_handle((uv_handle_t *)&app->sighup);
+  signal(SIGTERM, SIG_IGN);
+  signal(SIGINT, SIG_IGN);
+  signal(SIGHUP, SIG_IGN);
+  sigprocmask(SIG_SETMASK, &old, NULL);
+}
+
 /* Gives up what is still pending, closes every handle so that uv_run
  * returns, and reports. */
 static void finish(struct app *app) {
@@ -233,9 +254,7 @@ static void finish(struct app *app) {
   server_close(&app->server);
   incr_queue_close(&app->queue, NULL);
   redis_link_close(&app->link);
-  close_handle((uv_handle_t *)&app->sigterm);
-  close_handle((uv_handle_t *)&app->sigint);
-  close_handle((uv_handle_t *)&app->sighup);
+  close_signals(app);
   close_handle((uv_handle_t *)&app->delay_timer);
   close_handle((uv_handle_t *)&app->deadline_timer);
 

@@ -375,7 +375,55 @@ static void on_timer(uv_timer_t *timer) {
 
 /* ---- Accepting ---------------------------------------------------------- */
 
-static void on_rejected_close(uv_handle_t *handle) { free(handle->data); }
+static void on_connection(uv_stream_t *listener, int status);
+
+static void on_rejected_close(uv_handle_t *handle) { free(handle); }
+
+static void on_unaccepted_close(uv_handle_t *handle) { free(handle->data); }
+
+static void on_spare_close(uv_handle_t *handle) {
+  struct server *srv = handle->data;
+  srv->spare_busy = false;
+  /* libuv holds back the listener until the waiting connection is taken. */
+  if (srv->accept_waiting && !uv_is_closing((uv_handle_t *)&srv->listener)) {
+    srv->accept_waiting = false;
+    on_connection((uv_stream_t *)&srv->listener, 0);
+  }
+}
+
+/* Accepts the next connection only to close it: answered 503 when
+ * memory allows, else shed through the server's one spare handle. Never
+ * left in the backlog: libuv stops accepting until it is taken. */
+static void reject(struct server *srv, bool busy) {
+  static const char text[] = "HTTP/1.1 503 Service Unavailable\r\n"
+                             "Content-Type: text/plain\r\n"
+                             "Content-Length: 21\r\n"
+                             "Retry-After: 1\r\n"
+                             "Connection: close\r\n\r\n"
+                             "too many connections\n";
+  uv_tcp_t *tcp = malloc(sizeof *tcp);
+  uv_close_cb on_close = on_rejected_close;
+  if (!tcp) {
+    if (srv->spare_busy) {
+      srv->accept_waiting = true;
+      return;
+    }
+    srv->spare_busy = true;
+    tcp = &srv->spare;
+    tcp->data = srv;
+    on_close = on_spare_close;
+  }
+  uv_tcp_init(srv->loop, tcp);
+  if (uv_accept((uv_stream_t *)&srv->listener, (uv_stream_t *)tcp) == 0) {
+    srv->metrics->connections_accepted++;
+    srv->metrics->connections_rejected++;
+    if (busy) {
+      uv_buf_t b = uv_buf_init((char *)text, sizeof text - 1);
+      uv_try_write((uv_stream_t *)tcp, &b, 1);
+    }
+  }
+  uv_close((uv_handle_t *)tcp, on_close);
+}
 
 static void on_connection(uv_stream_t *listener, int status) {
   struct server *srv = listener->data;
@@ -390,31 +438,24 @@ static void on_connection(uv_stream_t *listener, int status) {
     }
     return;
   }
-  struct conn *c = malloc(sizeof *c);
-  if (!c)
+  if (srv->open >= srv->cfg->max_connections) {
+    reject(srv, true);
     return;
+  }
+  struct conn *c = malloc(sizeof *c);
+  if (!c) {
+    reject(srv, false);
+    return;
+  }
   memset(c, 0, offsetof(struct conn, rbuf));
   c->srv = srv;
   uv_tcp_init(srv->loop, &c->tcp);
   c->tcp.data = c;
   if (uv_accept(listener, (uv_stream_t *)&c->tcp)) {
-    uv_close((uv_handle_t *)&c->tcp, on_rejected_close);
+    uv_close((uv_handle_t *)&c->tcp, on_unaccepted_close);
     return;
   }
   srv->metrics->connections_accepted++;
-  if (srv->open >= srv->cfg->max_connections) {
-    static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\n"
-                               "Content-Type: text/plain\r\n"
-                               "Content-Length: 21\r\n"
-                               "Retry-After: 1\r\n"
-                               "Connection: close\r\n\r\n"
-                               "too many connections\n";
-    uv_buf_t b = uv_buf_init((char *)busy, sizeof busy - 1);
-    uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
-    srv->metrics->connections_rejected++;
-    uv_close((uv_handle_t *)&c->tcp, on_rejected_close);
-    return;
-  }
   c->next = srv->conns;
   if (srv->conns)
     srv->conns->prev = c;

@@ -54,6 +54,9 @@ struct server {
   bool listener_open;
   bool drained_reported;
   uint64_t accept_error_logged; /* uv_now of the last accept error line */
+  uv_tcp_t spare;               /* sheds a connection when memory runs out */
+  bool spare_busy;              /* spare is closing */
+  bool accept_waiting;          /* a connection waits for spare */
 };
 
 void server_init(struct server *srv, uv_loop_t *loop, const struct config *cfg,

@@ -1,0 +1,281 @@
+"""Faults around the service: Redis paused, gone for a long while, or
+answering with errors; and storms of signals. What test_redis.py and
+test_shutdown.py already prove (a killed connection, the second signal) is
+not repeated here; these go further.
+
+Nothing accepted may be lost while the process lives, requests are answered
+at once whatever Redis does, and the process ends the way the README says,
+with the exit status it says."""
+
+import datetime
+import json
+import os
+import re
+import signal
+import time
+
+from gracefuld_testlib import Gracefuld, Redis
+
+
+def metrics(g):
+    _, _, body = g.request("/metrics")
+    out = {}
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def timed_incrs(g, n):
+    """n /incr on one keep-alive connection; returns the slowest answer's
+    time. All must be 200."""
+    conn = g.connection()
+    worst = 0.0
+    for _ in range(n):
+        t0 = time.monotonic()
+        conn.request("GET", "/incr")
+        resp = conn.getresponse()
+        resp.read()
+        worst = max(worst, time.monotonic() - t0)
+        assert resp.status == 200
+    conn.close()
+    return worst
+
+
+def events_since(g, mark):
+    out = []
+    for line in g.log.lines[mark:]:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def log_time(event):
+    return datetime.datetime.strptime(event["ts"], "%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def incr_calls(redis):
+    """How many INCRs Redis has executed (errors included)."""
+    stats = redis.cli("INFO", "commandstats")
+    m = re.search(r"cmdstat_incr:calls=(\d+)", stats)
+    return int(m.group(1)) if m else 0
+
+
+# ---- Redis paused ----------------------------------------------------------
+
+def test_redis_paused_requests_answered_at_once_increments_land_after(
+        redis, server):
+    g = server(env={"INCR_DELAY_MS": "0", "REDIS_TIMEOUT_MS": "60000"})
+    g.wait_event("redis_up")
+    redis.cli("CLIENT", "PAUSE", "60000", "WRITE")
+    try:
+        worst = timed_incrs(g, 50)
+        assert worst < 0.25, f"an /incr took {worst * 1000:.0f} ms"
+        m = metrics(g)
+        assert m["gracefuld_increments_pending"] == 50
+        assert m["gracefuld_increments_done_total"] == 0
+        assert redis.counter() == 0  # a read: not held by a WRITE pause
+        # Shutting down now must wait for Redis, not give up on it.
+        mark = g.mark()
+        g.signal()
+        g.wait_event("phase", start=mark, phase="flushing", pending=50)
+        assert g.proc.poll() is None
+    finally:
+        redis.cli("CLIENT", "UNPAUSE")
+    assert g.wait(10) == 0
+    summary = g.wait_event("exit")
+    assert summary["done"] == 50 and summary["retried"] == 0
+    assert redis.counter() == 50
+
+
+def test_redis_paused_past_redis_timeout_reconnects_and_counts_at_least_once(
+        redis, server):
+    """INCRs unanswered for REDIS_TIMEOUT_MS: the connection is dropped and
+    they are sent again on a new one. The counter may exceed the 200s by
+    the retried ones, never fall short."""
+    n = 10
+    g = server(env={"INCR_DELAY_MS": "0", "REDIS_TIMEOUT_MS": "300"})
+    g.wait_event("redis_up")
+    mark = g.mark()
+    redis.cli("CLIENT", "PAUSE", "60000", "WRITE")
+    try:
+        assert timed_incrs(g, n) < 0.25
+        timeout = g.wait_event("redis_timeout", start=mark)
+        assert timeout["in_flight"] == n
+        g.wait_event("redis_down", start=mark)
+        g.wait_event("redis_up", start=mark)
+        assert metrics(g)["gracefuld_increments_pending"] == n
+    finally:
+        redis.cli("CLIENT", "UNPAUSE")
+    g.signal()
+    assert g.wait(20) == 0
+    summary = g.wait_event("exit")
+    assert summary["accepted"] == n and summary["done"] == n
+    assert summary["retried"] >= n
+    assert n <= redis.counter() <= n + summary["retried"]
+
+
+# ---- Redis gone for long ----------------------------------------------------------
+
+def test_long_outage_backoff_quiet_logs_and_max_pending_503():
+    """Redis goes away after start. gracefuld keeps answering /incr until
+    MAX_PENDING are pending, then 503 with Retry-After; it reconnects with
+    capped backoff (no tighter than the floor, no looser than the cap, so
+    an outage of minutes costs one attempt every 1-2 s); it logs the state
+    changes (one redis_down, one redis_up) and each attempt only at debug;
+    and when Redis is back every accepted increment lands."""
+    r = Redis().start()
+    g = Gracefuld(redis=r, env={"INCR_DELAY_MS": "0", "MAX_PENDING": "20",
+                                "LOG_LEVEL": "debug"}).start()
+    try:
+        g.wait_event("redis_up")
+        mark = g.mark()
+        r.stop()
+        g.wait_event("redis_down", start=mark)
+        assert g.get("/readyz") == 200  # an outage does not unready
+        assert timed_incrs(g, 20) < 0.25
+        status, headers, body = g.request("/incr")
+        assert status == 503 and headers["Retry-After"] == "1"
+        assert body == b"too many pending increments\n"
+        assert g.get("/healthz") == 200
+        assert metrics(g)["gracefuld_increments_pending"] == 20
+
+        # Seven failed attempts take the backoff to its cap.
+        g.wait_event("redis_retry", start=mark, timeout=30, failures=7)
+        r.start()
+        up = g.wait_event("redis_up", start=mark, timeout=10)
+        events = [e for e in events_since(g, mark)
+                  if e["event"].startswith("redis")]
+        attempts = [e for e in events if e["event"] == "redis_retry"]
+        assert all(e["level"] == "debug" for e in attempts)
+        loud = [e["event"] for e in events if e["level"] != "debug"]
+        assert loud == ["redis_down", "redis_up"], loud
+        assert up["attempts"] >= 8 and up["down_ms"] >= 3000
+        gaps = [(log_time(b) - log_time(a)).total_seconds()
+                for a, b in zip(attempts, attempts[1:])]
+        assert min(gaps) >= 0.04, gaps  # never back to back
+        capped = gaps[4:]  # from the fifth failure on: 1000..2000 ms
+        assert capped and all(0.9 <= gap <= 2.5 for gap in capped), gaps
+
+        # Once Redis has replied, /incr is served again.
+        deadline = time.monotonic() + 10
+        while g.get("/incr") != 200:
+            assert time.monotonic() < deadline, "still 503 after recovery"
+            time.sleep(0.02)
+        g.signal()
+        assert g.wait(10) == 0
+        summary = g.wait_event("exit")
+        assert summary["done"] == summary["accepted"] >= 21
+        assert r.counter() == summary["accepted"]
+    finally:
+        g.stop()
+        r.cleanup()
+
+
+# ---- error replies ---------------------------------------------------------------
+
+def test_wrongtype_reply_is_failed_logged_and_never_retried(redis, server):
+    redis.cli("LPUSH", "counter", "not a counter")
+    g = server(env={"INCR_DELAY_MS": "0"})
+    g.wait_event("redis_up")
+    assert timed_incrs(g, 4) < 0.25
+    first = g.wait_event("incr_failed", failed=1)
+    assert first["level"] == "error" and "WRONGTYPE" in first["reply"]
+    g.wait_event("incr_failed", failed=4)
+    m = metrics(g)
+    assert m["gracefuld_increments_failed_total"] == 4
+    assert m["gracefuld_increments_done_total"] == 0  # not success
+    assert m["gracefuld_increments_retried_total"] == 0
+    assert m["gracefuld_increments_pending"] == 0  # nothing left to retry
+    assert incr_calls(redis) == 4
+
+    # The link works on once the key is fixed; the failed ones stay failed.
+    redis.cli("DEL", "counter")
+    assert timed_incrs(g, 2) < 0.25
+    g.signal()
+    assert g.wait(10) == 0
+    summary = g.wait_event("exit")
+    assert summary["failed"] == 4 and summary["done"] == 2
+    assert summary["retried"] == 0 and summary["abandoned"] == 0
+    assert redis.counter() == 2
+    assert incr_calls(redis) == 6
+
+
+# ---- signals -------------------------------------------------------------------
+
+STORM = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def storm_until_exit(g):
+    """Sends SIGTERM, SIGINT and SIGHUP in turn, without pause, until the
+    process has exited; returns its status and how many were sent."""
+    sent = 0
+    while g.proc.poll() is None:
+        try:
+            os.kill(g.proc.pid, STORM[sent % len(STORM)])
+        except ProcessLookupError:
+            break
+        sent += 1
+    rc = g.proc.wait()
+    g.log.join()
+    return rc, sent
+
+
+def test_signal_storm_while_pending_abandons_once_and_exits_3(redis, server):
+    """The second signal forces the exit, and the ones after it change
+    nothing: exit status 3 from the summary, never death by the signal's
+    default action while the process winds down."""
+    for _ in range(3):
+        g = server(env={"INCR_DELAY_MS": "60000"})
+        g.wait_event("redis_up")
+        assert timed_incrs(g, 5) < 0.25
+        rc, sent = storm_until_exit(g)
+        assert sent >= 2
+        assert rc == 3, f"exit status {rc} after a storm of {sent} signals"
+        exits = [e for e in g.events() if e["event"] == "exit"]
+        assert len(exits) == 1
+        assert exits[0]["reason"] == "second-signal"
+        assert exits[0]["abandoned"] == 5
+    assert redis.counter() == 0
+
+
+def test_signal_storm_with_nothing_pending_exits_0(server):
+    for _ in range(3):
+        g = server()
+        g.wait_event("redis_up")
+        rc, sent = storm_until_exit(g)
+        assert rc == 0, f"exit status {rc} after a storm of {sent} signals"
+        exits = [e for e in g.events() if e["event"] == "exit"]
+        assert len(exits) == 1 and exits[0]["abandoned"] == 0
+
+
+def test_sighup_storm_is_ignored(redis, server):
+    g = server(env={"INCR_DELAY_MS": "0"})
+    g.wait_event("redis_up")
+    for _ in range(200):
+        g.signal(signal.SIGHUP)
+    g.wait_event("signal", signal="SIGHUP", action="ignored")
+    assert timed_incrs(g, 3) < 0.25
+    assert g.get("/readyz") == 200
+    assert g.proc.poll() is None
+    g.signal(signal.SIGTERM)
+    assert g.wait(10) == 0
+    assert redis.counter() == 3
+
+
+def test_signal_dispositions_sigpipe_ignored_others_caught(server):
+    """SIGPIPE ignored (a vanished client costs an EPIPE, not the process);
+    SIGTERM, SIGINT and SIGHUP handled by the loop."""
+    g = server()
+    with open(f"/proc/{g.proc.pid}/status") as f:
+        status = dict(line.split(":\t", 1) for line in f if ":\t" in line)
+    ignored = int(status["SigIgn"], 16)
+    caught = int(status["SigCgt"], 16)
+    assert ignored & (1 << (signal.SIGPIPE - 1))
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        assert caught & (1 << (sig - 1)), sig.name
+    g.signal()
+    assert g.wait(10) == 0
