@@ -23,6 +23,12 @@ int incr_queue_init(struct incr_queue *q, uv_loop_t *loop,
   return 0;
 }
 
+/* The full deadline of the run at index i. */
+static uint64_t deadline_of(const struct incr_queue *q, uint64_t i) {
+  uint32_t newest = q->runs[(q->head + q->len - 1) & (q->cap - 1)].deadline;
+  return q->last - (uint32_t)(newest - q->runs[i].deadline);
+}
+
 static void arm(struct incr_queue *q) {
   if (!q->loop)
     return;
@@ -31,7 +37,7 @@ static void arm(struct incr_queue *q) {
     return;
   }
   uint64_t now = uv_now(q->loop);
-  uint64_t deadline = q->runs[q->head].deadline;
+  uint64_t deadline = deadline_of(q, q->head);
   uv_timer_start(&q->timer, on_timer, deadline > now ? deadline - now : 0, 0);
 }
 
@@ -53,7 +59,7 @@ static int grow(struct incr_queue *q) {
 int incr_queue_push(struct incr_queue *q, uint64_t deadline) {
   if (q->len > 0) {
     struct incr_run *tail = &q->runs[(q->head + q->len - 1) & (q->cap - 1)];
-    if (tail->deadline >= deadline) {
+    if (q->last >= deadline && tail->count < UINT32_MAX) {
       /* Same millisecond (or a clock that did not move): join the run. */
       tail->count++;
       q->pending++;
@@ -63,7 +69,9 @@ int incr_queue_push(struct incr_queue *q, uint64_t deadline) {
   if (q->len == q->cap && grow(q) != 0)
     return UV_ENOMEM;
   struct incr_run *run = &q->runs[(q->head + q->len) & (q->cap - 1)];
-  run->deadline = deadline;
+  if (q->len == 0 || deadline > q->last)
+    q->last = deadline;
+  run->deadline = (uint32_t)q->last;
   run->count = 1;
   q->len++;
   q->pending++;
@@ -74,7 +82,7 @@ int incr_queue_push(struct incr_queue *q, uint64_t deadline) {
 
 uint64_t incr_queue_pop_due(struct incr_queue *q, uint64_t now) {
   uint64_t n = 0;
-  while (q->len > 0 && q->runs[q->head].deadline <= now) {
+  while (q->len > 0 && deadline_of(q, q->head) <= now) {
     n += q->runs[q->head].count;
     q->head = (q->head + 1) & (q->cap - 1);
     q->len--;
@@ -86,7 +94,7 @@ uint64_t incr_queue_pop_due(struct incr_queue *q, uint64_t now) {
 }
 
 uint64_t incr_queue_next_deadline(const struct incr_queue *q) {
-  return q->len ? q->runs[q->head].deadline : UINT64_MAX;
+  return q->len ? deadline_of(q, q->head) : UINT64_MAX;
 }
 
 uint64_t incr_queue_clear(struct incr_queue *q) {

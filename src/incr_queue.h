@@ -3,7 +3,7 @@
  * The delay is one constant, so deadlines arrive in non-decreasing order and a
  * FIFO is a priority queue. Equal deadlines (every request within one loop
  * tick shares uv_now) are stored as one run { deadline, count }, in a ring
- * buffer that doubles when full: 16 bytes per run, and a run holds as many
+ * buffer that doubles when full: 8 bytes per run, and a run holds as many
  * increments as arrive within the same millisecond. One uv_timer is armed for
  * the head run; nothing is allocated per increment. */
 #ifndef GRACEFULD_INCR_QUEUE_H
@@ -13,9 +13,12 @@
 
 #include <uv.h>
 
+/* A run keeps the low 32 bits of its deadline: all pending deadlines lie
+ * within INCR_DELAY_MS (at most a day) of one another, so each is known
+ * from its distance to the newest, whose full value the queue keeps. */
 struct incr_run {
-  uint64_t deadline; /* in uv_now() milliseconds */
-  uint64_t count;
+  uint32_t deadline; /* uv_now() milliseconds, modulo 2^32 */
+  uint32_t count;
 };
 
 struct incr_queue;
@@ -29,6 +32,7 @@ struct incr_queue {
   uint64_t head;    /* index of the oldest run */
   uint64_t len;     /* runs in use */
   uint64_t pending; /* increments in all runs */
+  uint64_t last;    /* the newest run's deadline, in full */
   uv_timer_t timer;
   uv_loop_t *loop;
   incr_queue_due_cb on_due;

@@ -33,9 +33,27 @@ static void push_run(struct incr_queue *q, uint64_t deadline) {
     assert_int_equal(incr_queue_push(q, deadline), 0);
 }
 
-static void test_queue_run_fits_in_16_bytes(void **state) {
+static void test_queue_run_fits_in_8_bytes(void **state) {
   (void)state;
-  assert_true(sizeof(struct incr_run) <= 16);
+  assert_true(sizeof(struct incr_run) <= 8);
+}
+
+static void test_queue_deadlines_cross_2_to_the_32_ms(void **state) {
+  struct incr_queue *q = *state;
+  /* uv_now passes 2^32 ms after 49.7 days: a run keeps only the low bits. */
+  const uint64_t wrap = UINT64_C(1) << 32;
+  for (uint64_t d = wrap - 3; d <= wrap + 3; d++) {
+    assert_int_equal(incr_queue_push(q, d), 0);
+    assert_int_equal(incr_queue_push(q, d), 0);
+  }
+  assert_int_equal(q->len, 7);
+  for (uint64_t d = wrap - 3; d <= wrap + 3; d++) {
+    assert_int_equal(incr_queue_next_deadline(q), d);
+    assert_int_equal(incr_queue_pop_due(q, d - 1), 0);
+    assert_int_equal(incr_queue_pop_due(q, d), 2);
+  }
+  assert_int_equal(q->pending, 0);
+  assert_int_equal(incr_queue_next_deadline(q), UINT64_MAX);
 }
 
 static void test_queue_starts_empty(void **state) {
@@ -356,7 +374,8 @@ static void test_queue_clear_stops_the_timer(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_queue_run_fits_in_16_bytes),
+      cmocka_unit_test(test_queue_run_fits_in_8_bytes),
+      QUEUE_TEST(test_queue_deadlines_cross_2_to_the_32_ms),
       QUEUE_TEST(test_queue_starts_empty),
       QUEUE_TEST(test_queue_pops_due_in_deadline_order),
       QUEUE_TEST(test_queue_merges_equal_deadlines_into_one_run),
