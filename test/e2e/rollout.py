@@ -1,0 +1,1082 @@
+#!/usr/bin/env python3
+"""The rolling-update experiment: constant-rate load through a Service while
+a Deployment rolls, then the verdict: the Redis counter must equal the number
+of 200 responses, and no request may have failed.
+
+Real parts only:
+  - a private redis-server;
+  - HAProxy in TCP mode as the Service (`retries 0`, no redispatch: like
+    kube-proxy's DNAT, a refused connection is the client's error), driven
+    through its runtime API socket; servers are added and taken out the way
+    the endpoint controller adds and removes endpoints, with no health checks;
+  - `hey` as the constant-rate client (its -q is per worker: rate = workers
+    x q);
+  - replicas of gracefuld as processes of the built binary, or as podman
+    containers of the project's image (`--containers`).
+
+The rollout mirrors a Deployment with maxSurge 1, maxUnavailable 0, and the
+kubelet: for each old replica, start a new one; once its /readyz is 200, add
+it to HAProxy; then, concurrently, (a) after ENDPOINT_LAG take the old one
+out of HAProxy (`set server ... state maint`: established connections live
+on, as conntrack flows do), and (b) run its preStop sleep, send SIGTERM
+(`podman stop -t` for containers) and SIGKILL when the grace period, counted
+from the deletion as Kubernetes does, runs out. Then the next replica.
+
+After the load, the surviving replicas are stopped gracefully (with no
+deadline but their own SHUTDOWN_TIMEOUT_MS) so that everything they accepted
+reaches Redis, and the counter is read.
+
+    test/e2e/rollout.py --bin build/gracefuld            # the classic run
+    test/e2e/rollout.py --containers --image gracefuld:dev
+    test/e2e/rollout.py --help
+
+Prints a table for people and, last, one JSON line. Exit status: 0 when
+nothing was lost and nothing failed, 1 when something was, 2 when the
+experiment could not be run. Every process and container it started is
+stopped on the way out, also on SIGINT, SIGTERM or SIGHUP.
+"""
+
+import argparse
+import dataclasses
+import http.client
+import json
+import math
+import os
+import random
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE_DIR = (os.environ.get("GRACEFULD_SOURCE_DIR")
+              or os.path.dirname(os.path.dirname(HERE)))
+sys.path.insert(0, os.path.join(SOURCE_DIR, "test", "lib"))
+
+from gracefuld_testlib import LineReader, Redis  # noqa: E402
+
+CONTAINERS_CONF = os.path.join(SOURCE_DIR, "test", "container",
+                               "containers.conf")
+SANITIZER_MARKS = ("Sanitizer", "runtime error:", "LeakSanitizer")
+
+
+class HarnessError(Exception):
+    """The experiment could not be run (as opposed to: it ran and failed)."""
+
+
+class Aborted(Exception):
+    """A signal asked the experiment to stop."""
+
+
+# -- parameters --------------------------------------------------------------
+
+@dataclasses.dataclass
+class Params:
+    """One experiment. The defaults are the classic one: 1000 requests at 25
+    per second (40 s), keep-alive off, three replicas rolled once, halfway,
+    with a 1 s endpoint lag covered by a 2 s SHUTDOWN_DELAY_MS."""
+
+    requests: int = 1000
+    rate: float = 25.0
+    workers: int = 5
+    keep_alive: bool = False
+    replicas: int = 3
+    rollouts: int = 1
+    first_rollout: float = None  # s after the load starts; None: centred
+    spacing: float = 5.0         # s between rollout starts
+    endpoint_lag: float = 1.0    # s from deletion to removal from HAProxy
+    prestop: float = 0.0         # s of preStop sleep before SIGTERM
+    grace: float = 30.0          # terminationGracePeriodSeconds
+    incr_delay_ms: int = 5000
+    shutdown_delay_ms: int = 2000
+    shutdown_timeout_ms: int = None  # None: gracefuld's default
+    containers: bool = False
+    image: str = "localhost/gracefuld:e2e"
+    binary: str = None           # None: $GRACEFULD_BIN
+    request_timeout: float = 10.0  # hey -t
+    ready_timeout: float = 30.0
+
+    @property
+    def duration(self):
+        return self.requests / self.rate
+
+    def schedule(self):
+        """When each rollout starts, in seconds after the load starts."""
+        first = self.first_rollout
+        if first is None:
+            first = max(1.0, (self.duration
+                              - (self.rollouts - 1) * self.spacing) / 2)
+        return [first + i * self.spacing for i in range(self.rollouts)]
+
+    def validate(self):
+        if self.requests < 1 or self.rate <= 0 or self.workers < 1:
+            raise HarnessError("requests, rate and workers must be positive")
+        if self.requests % self.workers:
+            raise HarnessError(
+                f"requests ({self.requests}) must be a multiple of workers "
+                f"({self.workers}): hey gives each worker requests/workers")
+        if self.requests < self.workers:
+            raise HarnessError("fewer requests than workers")
+        if self.replicas < 1 or self.rollouts < 0:
+            raise HarnessError("replicas >= 1 and rollouts >= 0 please")
+        for name in ("endpoint_lag", "prestop", "grace", "spacing"):
+            if getattr(self, name) < 0:
+                raise HarnessError(f"{name} must not be negative")
+        if not self.containers:
+            self.binary = self.binary or os.environ.get("GRACEFULD_BIN")
+            if not self.binary or not os.access(self.binary, os.X_OK):
+                raise HarnessError(
+                    "process replicas need the gracefuld binary: --bin PATH "
+                    f"or GRACEFULD_BIN (got {self.binary!r})")
+        tools = ["haproxy", "hey", "redis-server", "redis-cli"]
+        if self.containers:
+            tools.append("podman")
+        missing = [t for t in tools if not shutil.which(t)]
+        if missing:
+            raise HarnessError(f"missing {', '.join(missing)} "
+                               "(scripts/bootstrap test installs them)")
+
+    def gracefuld_env(self):
+        env = {
+            "INCR_DELAY_MS": str(self.incr_delay_ms),
+            "SHUTDOWN_DELAY_MS": str(self.shutdown_delay_ms),
+            "LOG_FORMAT": "json",
+            "TERMINATION_LOG": "",
+        }
+        if self.shutdown_timeout_ms is not None:
+            env["SHUTDOWN_TIMEOUT_MS"] = str(self.shutdown_timeout_ms)
+        return env
+
+
+# -- small helpers -----------------------------------------------------------
+
+_ports_taken = set()
+_ports_lock = threading.Lock()
+
+
+def pick_port():
+    """A free port below the ephemeral range. A port from bind(0) comes from
+    that range, where the load's own client connections (hey to HAProxy,
+    HAProxy to the replicas) take their source ports: one of them could
+    take it between our check and the replica's bind."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    low = max(2048, min(low, 32768))
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(1024 + (low - 1024) // 4, low)
+        with _ports_lock:
+            if port in _ports_taken:
+                continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        with _ports_lock:
+            _ports_taken.add(port)
+        return port
+    raise HarnessError("no free port below the ephemeral range")
+
+
+def json_events(lines):
+    out = []
+    for line in lines:
+        if not line.startswith("{"):
+            continue
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def fmt_t(t):
+    return "-" if t is None else f"{t:6.2f}"
+
+
+# -- the Service -------------------------------------------------------------
+
+class HAProxy:
+    """HAProxy in TCP mode with one empty backend; the harness adds and
+    removes servers through the runtime API."""
+
+    CONFIG = """\
+global
+    stats socket {sock} mode 600 level admin
+    nbthread 1
+    maxconn 4000
+
+defaults
+    mode tcp
+    # As kube-proxy's DNAT: one backend per connection, no second try, a
+    # refused connection is the client's problem.
+    retries 0
+    no option redispatch
+    timeout connect 5s
+    timeout client 10m
+    timeout server 10m
+
+frontend service
+    bind 127.0.0.1:{port}
+    default_backend endpoints
+
+backend endpoints
+    balance roundrobin
+"""
+
+    def __init__(self, workdir):
+        self.dir = workdir
+        self.port = pick_port()
+        self.sock = os.path.join(workdir, "haproxy.sock")
+        self.cfg = os.path.join(workdir, "haproxy.cfg")
+        self.log = os.path.join(workdir, "haproxy.log")
+        self.proc = None
+        self._lock = threading.Lock()
+
+    def start(self, timeout=30):
+        with open(self.cfg, "w") as f:
+            f.write(self.CONFIG.format(sock=self.sock, port=self.port))
+        # Master-worker mode with systemd's readiness protocol: the master,
+        # our child, sends READY=1 once the listener and the admin socket
+        # are bound, which is the event we wait for.
+        notify_path = os.path.join(self.dir, "haproxy.notify")
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            notify.bind(notify_path)
+            env = dict(os.environ, NOTIFY_SOCKET=notify_path)
+            with open(self.log, "ab") as log:
+                self.proc = subprocess.Popen(
+                    ["haproxy", "-Ws", "-f", self.cfg], env=env,
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                    start_new_session=True)
+            exited = os.pidfd_open(self.proc.pid)
+            try:
+                deadline = time.monotonic() + timeout
+                while True:
+                    left = deadline - time.monotonic()
+                    r, _, _ = select.select([notify, exited], [], [],
+                                            max(0, left))
+                    if notify in r and b"READY=1" in notify.recv(4096):
+                        return self
+                    if exited in r or left <= 0:
+                        break
+            finally:
+                os.close(exited)
+        finally:
+            notify.close()
+        self.stop()
+        with open(self.log) as f:
+            raise HarnessError(f"haproxy did not start:\n{f.read()}")
+
+    def command(self, line):
+        with self._lock:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(10)
+                s.connect(self.sock)
+                s.sendall(line.encode() + b"\n")
+                out = b""
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    out += chunk
+        return out.decode("utf-8", "replace").strip()
+
+    def add(self, name, port):
+        out = self.command(f"add server endpoints/{name} 127.0.0.1:{port}")
+        if "New server registered" not in out:
+            raise HarnessError(f"haproxy add server {name}: {out}")
+        # Dynamic servers start in maintenance.
+        out = self.command(f"enable server endpoints/{name}")
+        if out:
+            raise HarnessError(f"haproxy enable server {name}: {out}")
+
+    def maint(self, name):
+        """Out of the rotation; established sessions go on."""
+        out = self.command(f"set server endpoints/{name} state maint")
+        if out:
+            raise HarnessError(f"haproxy maint {name}: {out}")
+
+    def delete(self, name):
+        """Drops a server in maintenance once it has no sessions left;
+        returns whether it did."""
+        return "Server deleted" in self.command(
+            f"del server endpoints/{name}")
+
+    def stop(self):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()  # the master stops its worker, then exits
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# -- replicas ----------------------------------------------------------------
+
+class Replica:
+    """One pod's container: a gracefuld, its log, and its timeline (seconds
+    after the load started)."""
+
+    def __init__(self, exp, name, role):
+        self.exp = exp
+        self.name = name
+        self.role = role
+        self.port = pick_port()
+        self.proc = None
+        self.log = None
+        self.log_path = os.path.join(exp.workdir, f"{name}.log")
+        self.started_at = self.ready_at = None
+        self.deleted_at = self.unrouted_at = None
+        self.sigterm_at = self.exited_at = None
+        self.returncode = None
+        self.killed = False          # SIGKILL at the end of the grace period
+        self.stopped_at_end = False  # survivor, stopped after the load
+        self.early_exit = False      # exited before anyone asked it to
+
+    # subclasses: _popen(), _sigterm(), _sigkill(), _stop_with_grace(secs)
+
+    def env(self):
+        env = self.exp.p.gracefuld_env()
+        env["LISTEN_ADDR"] = f"127.0.0.1:{self.port}"
+        env["REDIS_ADDR"] = self.exp.redis.addr
+        return env
+
+    def start(self):
+        self.started_at = self.exp.now()
+        self.proc = self._popen()
+        self._sink = open(self.log_path, "a")
+        self.log = LineReader(self.proc.stderr, self._sink)
+        return self
+
+    def wait_event(self, event, timeout):
+        def match(line):
+            try:
+                return json.loads(line).get("event") == event
+            except ValueError:
+                return False
+        return json.loads(self.log.wait_for(match, timeout))
+
+    def wait_ready(self, timeout):
+        """Ready as the kubelet sees it: /readyz answers 200. gracefuld
+        logs redis_up at the moment that starts to be true, so we await the
+        line, then probe to confirm (and probe on, kubelet-like, if not)."""
+        deadline = time.monotonic() + timeout
+        try:
+            self.wait_event("redis_up", timeout)
+        except TimeoutError as e:
+            raise HarnessError(f"{self.name} did not reach Redis:\n{e}")
+        while True:
+            status = self.probe("/readyz")
+            if status == 200:
+                self.ready_at = self.exp.now()
+                return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise HarnessError(
+                    f"{self.name} not ready (/readyz {status}); log:\n"
+                    + "\n".join(self.log.lines[-20:]))
+            self.exp.pause(0.1)  # the probe period
+
+    def probe(self, path):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+        try:
+            conn.request("GET", path, headers={"Connection": "close"})
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status
+        except OSError as e:
+            return f"{type(e).__name__}"
+        finally:
+            conn.close()
+
+    def _reap(self):
+        self.returncode = self.proc.wait()
+        self.exited_at = self.exp.now()
+        self.log.join()
+        self._sink.close()
+
+    def terminate_pod(self, deleted_at):
+        """The kubelet's part after the deletion: preStop, SIGTERM, SIGKILL
+        when the grace period (counted from the deletion) is over."""
+        p = self.exp.p
+        if self.proc.poll() is not None:
+            self.early_exit = True
+            self._reap()
+            return
+        self.exp.pause_until(deleted_at + p.prestop)
+        remaining = p.grace - (self.exp.now() - deleted_at)
+        self._stop_with_grace(remaining)
+
+    def stop_gracefully(self, timeout):
+        """After the experiment: SIGTERM and wait for the drain."""
+        if self.proc.poll() is not None:
+            self.early_exit = True
+            self._reap()
+            return
+        self.stopped_at_end = True
+        self._stop_with_grace(timeout)
+
+    def force_stop(self):
+        """Cleanup on the way out: nothing graceful."""
+        if self.proc is not None and self.proc.poll() is None:
+            self._sigkill()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+
+    # -- what the run saw --------------------------------------------------
+
+    def summary(self):
+        for ev in reversed(json_events(self.log.lines if self.log else [])):
+            if ev.get("event") == "exit":
+                return ev
+        return None
+
+    def status_text(self):
+        rc = self.returncode
+        if rc is None:
+            return "running"
+        if self.killed or rc in (-signal.SIGKILL, 128 + signal.SIGKILL):
+            return "SIGKILL"
+        if rc < 0:
+            return signal.Signals(-rc).name
+        return f"exit {rc}"
+
+    def sanitizer_reports(self):
+        return [line for line in (self.log.lines if self.log else [])
+                if any(m in line for m in SANITIZER_MARKS)]
+
+    def report(self):
+        s = self.summary() or {}
+        drain = (None if self.sigterm_at is None or self.exited_at is None
+                 else round(self.exited_at - self.sigterm_at, 3))
+        r3 = (lambda t: None if t is None else round(t, 3))
+        return {
+            "name": self.name, "role": self.role, "port": self.port,
+            "started": r3(self.started_at), "ready": r3(self.ready_at),
+            "deleted": r3(self.deleted_at),
+            "unrouted": r3(self.unrouted_at),
+            "sigterm": r3(self.sigterm_at), "exited": r3(self.exited_at),
+            "status": self.status_text(), "exit_code": self.returncode,
+            "killed": self.killed, "stopped_after_load": self.stopped_at_end,
+            "early_exit": self.early_exit, "drain_s": drain,
+            "accepted": s.get("accepted"), "done": s.get("done"),
+            "abandoned": s.get("abandoned"), "reason": s.get("reason"),
+        }
+
+
+class ProcessReplica(Replica):
+    kind = "process"
+
+    def _popen(self):
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        for k in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"):
+            if k in os.environ:
+                env[k] = os.environ[k]
+        env.update(self.env())
+        # A session of its own: a Ctrl+C at the terminal reaches the harness,
+        # which stops everything in order, and not every replica at once.
+        return subprocess.Popen([self.exp.p.binary], env=env,
+                                stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE,
+                                start_new_session=True)
+
+    def _sigkill(self):
+        try:
+            self.proc.kill()
+        except ProcessLookupError:
+            pass
+
+    def _stop_with_grace(self, remaining):
+        if remaining > 0:
+            self.sigterm_at = self.exp.now()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(remaining)
+            except subprocess.TimeoutExpired:
+                self.killed = True
+                self._sigkill()
+        else:
+            self.killed = True  # no grace left: SIGKILL at once
+            self._sigkill()
+        self._reap()
+
+
+class ContainerReplica(Replica):
+    """`podman run` attached: the container's stderr is our log and the
+    client's exit status is the container's."""
+
+    kind = "container"
+
+    def __init__(self, exp, name, role):
+        super().__init__(exp, name, role)
+        self.cname = f"{exp.container_prefix}{name}"
+
+    def _popen(self):
+        args = ["podman", "run", "--rm", "--name", self.cname,
+                "--network", "host", "--read-only", "--cap-drop", "ALL",
+                "--stop-signal", "SIGTERM", "--log-driver", "none"]
+        for k, v in self.env().items():
+            args += ["-e", f"{k}={v}"]
+        args.append(self.exp.p.image)
+        return subprocess.Popen(args, env=self.exp.podman_env(),
+                                stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE,
+                                start_new_session=True)
+
+    def _podman(self, *args, timeout=120):
+        return subprocess.run(["podman", *args], env=self.exp.podman_env(),
+                              stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def _sigkill(self):
+        self._podman("rm", "-f", "-t", "0", self.cname)
+
+    def _stop_with_grace(self, remaining):
+        # podman stop -t N: the image's STOPSIGNAL (SIGTERM), then SIGKILL
+        # after N whole seconds; it returns once the container is gone.
+        secs = max(0, math.ceil(remaining))
+        self.sigterm_at = self.exp.now()
+        out = self._podman("stop", "-t", str(secs), self.cname,
+                           timeout=secs + 60)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            raise HarnessError(f"{self.cname}: podman run did not return "
+                               f"after podman stop: {out.stderr}")
+        self.killed = self.proc.returncode == 128 + signal.SIGKILL
+        self._reap()
+
+
+# -- the load ----------------------------------------------------------------
+
+ERROR_KINDS = (
+    ("refused", re.compile(r"connection refused")),
+    ("reset", re.compile(r"connection reset")),
+    ("timeout", re.compile(r"Timeout|timeout|deadline exceeded")),
+    # The connection closed before a response: what a client of HAProxy
+    # (or of kube-proxy) sees when the backend refused or vanished.
+    ("closed", re.compile(r"EOF|server closed|broken pipe")),
+)
+
+
+def error_kind(message):
+    for kind, rx in ERROR_KINDS:
+        if rx.search(message):
+            return kind
+    return "other"
+
+
+def parse_hey(text):
+    """Status codes and errors from hey's summary (its CSV output lists
+    successful requests only)."""
+    statuses, errors = {}, {}
+    section = None
+    for line in text.splitlines():
+        if line.startswith("Status code distribution:"):
+            section = "status"
+            continue
+        if line.startswith("Error distribution:"):
+            section = "error"
+            continue
+        if not line.startswith(" "):
+            section = None if line.strip() else section
+            continue
+        m = re.match(r"\s*\[(\d+)\]\s+(.*)$", line)
+        if not m:
+            continue
+        if section == "status":
+            n = re.match(r"(\d+) responses", m.group(2))
+            if n:
+                statuses[int(m.group(1))] = int(n.group(1))
+        elif section == "error":
+            errors[m.group(2).strip()] = int(m.group(1))
+    rps = re.search(r"Requests/sec:\s*([\d.]+)", text)
+    total = re.search(r"Total:\s*([\d.]+) secs", text)
+    return {
+        "statuses": statuses, "errors": errors,
+        "rps": float(rps.group(1)) if rps else None,
+        "total_s": float(total.group(1)) if total else None,
+    }
+
+
+# -- the experiment ----------------------------------------------------------
+
+class Experiment:
+    def __init__(self, params, workdir=None, out=None):
+        self.p = params
+        self.out = out
+        self._own_workdir = workdir is None
+        self.workdir = workdir or tempfile.mkdtemp(prefix="gracefuld-e2e-")
+        os.makedirs(self.workdir, exist_ok=True)
+        self.container_prefix = f"gracefuld-e2e-{os.getpid()}-"
+        self.t0 = time.monotonic()
+        self.abort = threading.Event()
+        self.redis = None
+        self.lb = None
+        self.hey = None
+        self.replicas = []     # every replica ever started
+        self.serving = []      # the Deployment's current replicas
+        self.terminations = []
+        self.rollout_times = []
+        self.errors = []       # exceptions from background threads
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    # -- time ------------------------------------------------------------
+
+    def now(self):
+        return time.monotonic() - self.t0
+
+    def pause(self, secs):
+        if secs > 0 and self.abort.wait(secs):
+            raise Aborted()
+        if self.abort.is_set():
+            raise Aborted()
+
+    def pause_until(self, t):
+        self.pause(t - self.now())
+
+    def say(self, msg):
+        if self.out:
+            print(f"[{self.now():7.2f}] {msg}", file=self.out, flush=True)
+
+    def podman_env(self):
+        env = dict(os.environ)
+        env.setdefault("CONTAINERS_CONF", CONTAINERS_CONF)
+        return env
+
+    # -- the pieces ------------------------------------------------------
+
+    def new_replica(self, role):
+        with self._lock:
+            self._seq += 1
+            name = f"r{self._seq}"
+        cls = ContainerReplica if self.p.containers else ProcessReplica
+        r = cls(self, name, role)
+        self.replicas.append(r)
+        r.start()
+        r.wait_ready(self.p.ready_timeout)
+        return r
+
+    def _background(self, target, *args):
+        def run():
+            try:
+                target(*args)
+            except Aborted:
+                pass
+            except BaseException as e:  # reported, and fails the run
+                self.errors.append(f"{target.__name__}: {e!r}")
+                self.abort.set()
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        return t
+
+    def delete_pod(self, r):
+        """A Deployment scaling down: the endpoint goes after the lag,
+        the kubelet stops the container at the same time."""
+        r.deleted_at = self.now()
+        self.say(f"{r.name}: deleted (endpoint out in {self.p.endpoint_lag}s"
+                 f", preStop {self.p.prestop}s, grace {self.p.grace}s)")
+
+        def unroute():
+            self.pause_until(r.deleted_at + self.p.endpoint_lag)
+            self.lb.maint(r.name)
+            r.unrouted_at = self.now()
+            self.say(f"{r.name}: out of the Service")
+
+        def kubelet():
+            r.terminate_pod(r.deleted_at)
+            self.say(f"{r.name}: {r.status_text()}"
+                     + (f" after {r.exited_at - r.sigterm_at:.2f}s"
+                        if r.sigterm_at is not None else ""))
+
+        self.terminations.append(self._background(unroute))
+        self.terminations.append(self._background(kubelet))
+
+    def rollout(self, number):
+        start = self.now()
+        self.say(f"rollout {number}: begins")
+        for old in list(self.serving):
+            new = self.new_replica(f"rollout {number}")
+            self.lb.add(new.name, new.port)
+            self.say(f"{new.name}: ready on :{new.port} after "
+                     f"{new.ready_at - new.started_at:.2f}s, in the Service")
+            self.serving[self.serving.index(old)] = new
+            self.delete_pod(old)
+        self.rollout_times.append((round(start, 3), round(self.now(), 3)))
+        self.say(f"rollout {number}: all replicas replaced")
+
+    def start_load(self):
+        p = self.p
+        q = p.rate / p.workers
+        args = ["hey", "-n", str(p.requests), "-c", str(p.workers),
+                "-q", f"{q:g}", "-t", f"{p.request_timeout:g}"]
+        if not p.keep_alive:
+            args.append("-disable-keepalive")
+        args.append(f"http://127.0.0.1:{self.lb.port}/incr")
+        self.hey_out = os.path.join(self.workdir, "hey.txt")
+        self._hey_file = open(self.hey_out, "w")
+        self.hey = subprocess.Popen(args, stdin=subprocess.DEVNULL,
+                                    stdout=self._hey_file,
+                                    stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        self.hey_args = args
+
+    # -- the run ---------------------------------------------------------
+
+    def run(self):
+        try:
+            return self._run()
+        except Aborted:
+            # Only a failed background step (or the cleanup) sets abort.
+            raise HarnessError("; ".join(self.errors) or "aborted")
+
+    def _run(self):
+        p = self.p
+        p.validate()
+        self.redis = Redis().start()
+        self.lb = HAProxy(self.workdir).start()
+        for _ in range(p.replicas):
+            r = self.new_replica("initial")
+            self.lb.add(r.name, r.port)
+            self.serving.append(r)
+        self.t0 = time.monotonic()  # t = 0: the load starts
+        for r in self.replicas:
+            r.started_at = r.ready_at = 0.0
+        self.say(f"load: {p.requests} requests at {p.rate:g}/s "
+                 f"({p.workers} workers), keep-alive "
+                 f"{'on' if p.keep_alive else 'off'}, "
+                 f"{p.replicas} {'containers' if p.containers else 'processes'}"
+                 f" on :{self.lb.port}")
+        self.start_load()
+        for i, at in enumerate(p.schedule(), 1):
+            self.pause_until(at)
+            self.rollout(i)
+        while True:
+            # The load runs its course; a failing background step ends it.
+            try:
+                self.hey.wait(1.0)
+                break
+            except subprocess.TimeoutExpired:
+                if self.errors:
+                    raise HarnessError("; ".join(self.errors))
+        self._hey_file.close()
+        load_end = self.now()
+        self.say(f"load: done (hey exit {self.hey.returncode})")
+        for t in self.terminations:
+            t.join()
+        if self.errors:
+            raise HarnessError("; ".join(self.errors))
+        # Survivors drain in parallel so that everything reaches Redis.
+        stop_timeout = ((p.shutdown_timeout_ms or 25000) / 1000
+                        + p.shutdown_delay_ms / 1000 + 10)
+        for r in self.serving:
+            self.lb.maint(r.name)
+        stops = [self._background(r.stop_gracefully, stop_timeout)
+                 for r in self.serving]
+        for t in stops:
+            t.join()
+        if self.errors:
+            raise HarnessError("; ".join(self.errors))
+        self.say("replicas: all stopped")
+        for r in self.replicas:
+            self.lb.delete(r.name)
+        counter = self.redis.counter()
+        with open(self.hey_out) as f:
+            hey_text = f.read()
+        if self.hey.returncode != 0:
+            raise HarnessError(f"hey failed ({self.hey.returncode}):\n"
+                               f"{hey_text}")
+        return self.result(parse_hey(hey_text), counter, load_end)
+
+    def result(self, hey, counter, load_end):
+        p = self.p
+        ok = hey["statuses"].get(200, 0)
+        failures = {}
+        for code, n in hey["statuses"].items():
+            if code != 200:
+                failures[f"http_{code}"] = failures.get(f"http_{code}", 0) + n
+        for msg, n in hey["errors"].items():
+            kind = error_kind(msg)
+            failures[kind] = failures.get(kind, 0) + n
+        failed = sum(failures.values())
+        sent = ok + failed
+        expected = p.workers * (p.requests // p.workers)
+        reports = [r.report() for r in self.replicas]
+        sanitizer = {r.name: r.sanitizer_reports() for r in self.replicas
+                     if r.sanitizer_reports()}
+        accepted = [x["accepted"] for x in reports]
+        problems = []
+        if failed:
+            problems.append(f"{failed} requests failed")
+        lost, extra = max(0, ok - counter), max(0, counter - ok)
+        if lost:
+            problems.append(f"{lost} increments lost")
+        if extra:
+            problems.append(f"{extra} increments counted twice")
+        if sent != expected:
+            problems.append(f"hey sent {sent} requests, not {expected}")
+        for r in self.replicas:
+            if r.early_exit:
+                problems.append(f"{r.name} exited on its own "
+                                f"({r.status_text()})")
+        if sanitizer:
+            problems.append("sanitizer reports from "
+                            + ", ".join(sorted(sanitizer)))
+        return {
+            "verdict": "fail" if problems else "pass",
+            "problems": problems,
+            "sent": sent, "ok": ok, "failed": failed, "failures": failures,
+            "counter": counter, "lost": lost, "extra": extra,
+            "accepted_by_replicas": (sum(accepted)
+                                     if None not in accepted else None),
+            "errors": hey["errors"],
+            "achieved_rps": hey["rps"], "load_s": round(load_end, 3),
+            "rollouts": self.rollout_times,
+            "params": dataclasses.asdict(p),
+            "replicas": reports,
+            "sanitizer": sanitizer,
+            "workdir": self.workdir,
+        }
+
+    # -- the way out -----------------------------------------------------
+
+    def cleanup(self):
+        self.abort.set()
+        if self.hey is not None and self.hey.poll() is None:
+            self.hey.kill()
+            self.hey.wait()
+        for r in self.replicas:
+            r.force_stop()
+        if self.p.containers:
+            self._remove_containers()
+        for r in self.replicas:
+            if r.log is not None:
+                r.log.join(2)
+        if self.lb is not None:
+            self.lb.stop()
+        if self.redis is not None:
+            self.redis.cleanup()
+        with _ports_lock:
+            for r in self.replicas:
+                _ports_taken.discard(r.port)
+            if self.lb is not None:
+                _ports_taken.discard(self.lb.port)
+
+    def _remove_containers(self):
+        """Whatever still carries our prefix, even a container whose podman
+        run we never saw start."""
+        try:
+            out = subprocess.run(
+                ["podman", "ps", "-a", "--format", "{{.Names}}",
+                 "--filter", f"name=^{self.container_prefix}"],
+                env=self.podman_env(), capture_output=True, text=True,
+                timeout=60).stdout.split()
+            if out:
+                subprocess.run(["podman", "rm", "-f", "-t", "0", *out],
+                               env=self.podman_env(), capture_output=True,
+                               timeout=120)
+        except (OSError, subprocess.SubprocessError):
+            pass
+
+    def remove_workdir(self):
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def run(params, workdir=None, out=None):
+    """Runs one experiment; returns its result (a dict, see README), or
+    raises HarnessError when it could not be run."""
+    exp = Experiment(params, workdir, out)
+    try:
+        return exp.run()
+    finally:
+        exp.cleanup()
+
+
+# -- output ------------------------------------------------------------------
+
+def table(res):
+    p = res["params"]
+    lines = []
+    kind = "containers" if p["containers"] else "processes"
+    lines.append(
+        f"rolling update: {p['replicas']} {kind}, {p['rollouts']} rollout(s)"
+        f", {p['requests']} requests at {p['rate']:g}/s, keep-alive "
+        f"{'on' if p['keep_alive'] else 'off'}")
+    lines.append(
+        f"  endpoint lag {p['endpoint_lag']:g}s, preStop {p['prestop']:g}s, "
+        f"grace {p['grace']:g}s, INCR_DELAY_MS {p['incr_delay_ms']}, "
+        f"SHUTDOWN_DELAY_MS {p['shutdown_delay_ms']}")
+    lines.append("")
+    fails = ", ".join(f"{k} {v}" for k, v in sorted(res["failures"].items()))
+    rows = [
+        ("sent", res["sent"]),
+        ("200 OK", res["ok"]),
+        ("failed", f"{res['failed']}" + (f"  ({fails})" if fails else "")),
+        ("counter", res["counter"]),
+        ("lost", res["lost"]),
+        ("extra", res["extra"]),
+        ("achieved rate", f"{res['achieved_rps']:.1f}/s"
+         if res["achieved_rps"] else "-"),
+    ]
+    for k, v in rows:
+        lines.append(f"  {k:<14} {v}")
+    lines.append("")
+    lines.append("  replica  role         ready  deleted  unrouted  SIGTERM"
+                 "   exited  status    drain  accepted")
+    for r in res["replicas"]:
+        drain = "-" if r["drain_s"] is None else f"{r['drain_s']:5.2f}s"
+        role = r["role"] + (" *" if r["stopped_after_load"] else "")
+        lines.append(
+            f"  {r['name']:<8} {role:<12} {fmt_t(r['ready'])} "
+            f"{fmt_t(r['deleted']):>8} {fmt_t(r['unrouted']):>9} "
+            f"{fmt_t(r['sigterm']):>8} {fmt_t(r['exited']):>8}  "
+            f"{r['status']:<9} {drain:>6}  "
+            f"{'-' if r['accepted'] is None else r['accepted']:>8}")
+    lines.append("  (times in s after the load started; * stopped after the "
+                 "load)")
+    lines.append("")
+    verdict = "PASS: nothing lost, nothing failed" if \
+        res["verdict"] == "pass" else "FAIL: " + "; ".join(res["problems"])
+    lines.append(verdict)
+    return "\n".join(lines)
+
+
+def parse_args(argv):
+    d = Params()
+    ap = argparse.ArgumentParser(
+        description="The rolling-update experiment: constant-rate load "
+        "through HAProxy (the Service) while gracefuld replicas roll as a "
+        "Deployment with maxSurge 1, maxUnavailable 0; the Redis counter "
+        "must equal the 200s and no request may fail. Exit 0: pass, 1: "
+        "something was lost or failed, 2: could not run. The defaults are "
+        "the classic experiment.")
+    ap.add_argument("--requests", type=int, default=d.requests,
+                    help="requests in all (default %(default)s)")
+    ap.add_argument("--rate", type=float, default=d.rate,
+                    help="requests per second, all workers together "
+                    "(default %(default)g)")
+    ap.add_argument("--workers", type=int, default=d.workers,
+                    help="hey -c; each sends rate/workers per second and "
+                    "requests/workers in all (default %(default)s)")
+    ap.add_argument("--keep-alive", choices=("on", "off"), default="off",
+                    help="reuse connections (default %(default)s)")
+    ap.add_argument("--replicas", type=int, default=d.replicas,
+                    help="the Deployment's replicas (default %(default)s)")
+    ap.add_argument("--rollouts", type=int, default=d.rollouts,
+                    help="rolling updates during the load "
+                    "(default %(default)s)")
+    ap.add_argument("--first-rollout", type=float, default=None,
+                    metavar="SECONDS", help="when the first one starts, "
+                    "after the load started (default: the rollouts centred "
+                    "in the load)")
+    ap.add_argument("--spacing", type=float, default=d.spacing,
+                    metavar="SECONDS", help="between rollout starts "
+                    "(default %(default)g)")
+    ap.add_argument("--endpoint-lag", type=float, default=d.endpoint_lag,
+                    metavar="SECONDS", help="from a pod's deletion to its "
+                    "removal from the Service (default %(default)g)")
+    ap.add_argument("--prestop", type=float, default=d.prestop,
+                    metavar="SECONDS", help="preStop sleep before SIGTERM "
+                    "(default %(default)g)")
+    ap.add_argument("--grace", type=float, default=d.grace,
+                    metavar="SECONDS", help="terminationGracePeriodSeconds, "
+                    "counted from the deletion; SIGKILL after it "
+                    "(default %(default)g)")
+    ap.add_argument("--incr-delay-ms", type=int, default=d.incr_delay_ms,
+                    help="gracefuld's INCR_DELAY_MS (default %(default)s)")
+    ap.add_argument("--shutdown-delay-ms", type=int,
+                    default=d.shutdown_delay_ms,
+                    help="gracefuld's SHUTDOWN_DELAY_MS (default %(default)s)")
+    ap.add_argument("--shutdown-timeout-ms", type=int, default=None,
+                    help="gracefuld's SHUTDOWN_TIMEOUT_MS (default: its own)")
+    ap.add_argument("--containers", action="store_true",
+                    help="replicas are podman containers of --image "
+                    "(default: processes of --bin)")
+    ap.add_argument("--image", default=d.image,
+                    help="the image for --containers (default %(default)s)")
+    ap.add_argument("--bin", default=None,
+                    help="the gracefuld binary (default: $GRACEFULD_BIN)")
+    ap.add_argument("--workdir", default=None,
+                    help="keep the logs here (default: a temporary "
+                    "directory, removed after a pass)")
+    ap.add_argument("--json", default=None, metavar="FILE",
+                    help="also write the JSON result to FILE")
+    ap.add_argument("--quiet", action="store_true",
+                    help="no timeline on stderr while it runs")
+    a = ap.parse_args(argv)
+    return a, Params(
+        requests=a.requests, rate=a.rate, workers=a.workers,
+        keep_alive=a.keep_alive == "on", replicas=a.replicas,
+        rollouts=a.rollouts, first_rollout=a.first_rollout,
+        spacing=a.spacing, endpoint_lag=a.endpoint_lag, prestop=a.prestop,
+        grace=a.grace, incr_delay_ms=a.incr_delay_ms,
+        shutdown_delay_ms=a.shutdown_delay_ms,
+        shutdown_timeout_ms=a.shutdown_timeout_ms, containers=a.containers,
+        image=a.image, binary=a.bin)
+
+
+def main(argv=None):
+    args, params = parse_args(argv if argv is not None else sys.argv[1:])
+
+    def on_signal(signum, frame):
+        # Once: a second signal must not cut the cleanup short.
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, signal.SIG_IGN)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+    # Installed explicitly: a shell starts a background job with SIGINT
+    # ignored, and Python then leaves it so.
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, on_signal)
+
+    exp = Experiment(params, args.workdir,
+                     None if args.quiet else sys.stderr)
+    try:
+        res = exp.run()
+    except HarnessError as e:
+        print(f"rollout: could not run the experiment: {e}", file=sys.stderr)
+        print(f"rollout: logs in {exp.workdir}", file=sys.stderr)
+        exp.cleanup()
+        return 2
+    except KeyboardInterrupt:
+        print("rollout: interrupted; stopping everything it started",
+              file=sys.stderr)
+        exp.cleanup()
+        exp.remove_workdir()
+        return 130
+    except BaseException:
+        exp.cleanup()
+        raise
+    exp.cleanup()
+    print(table(res))
+    line = json.dumps(res, sort_keys=True)
+    print(line)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(line + "\n")
+    if res["verdict"] == "pass":
+        exp.remove_workdir()
+    else:
+        print(f"rollout: logs in {exp.workdir}", file=sys.stderr)
+    return 0 if res["verdict"] == "pass" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
