@@ -1,0 +1,1284 @@
+#!/usr/bin/env python3
+"""gracefuld's benchmark, side by side with nginx answering `return 200`.
+
+    python3 test/bench/bench.py --build build-release         # about 7 minutes
+    python3 test/bench/bench.py --build build-release --quick # about 2 minutes
+    python3 test/bench/bench.py --build build-release --only drain,allocs
+    python3 test/bench/bench.py --build build-release --only profile
+
+Not part of the pass/fail suite: it measures, prints a table and writes a
+JSON file (test/bench/results/bench-<time>.json, with a .md table beside it).
+It starts its own redis-server, nginx (one worker) and gracefuld, pins the
+servers to one CPU and the load generators (and Redis) to the other, and
+runs the reference and gracefuld alternately, several rounds, reporting
+medians and the per-round ratios. See test/bench/README.md for what each
+figure means and how it is measured.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "test", "lib"))
+
+from gracefuld_testlib import LineReader, Redis, free_port  # noqa: E402
+
+PHASES = ["throughput", "latency", "memory", "drain", "startup", "redis",
+          "allocs", "syscalls", "profile"]
+DEFAULT_PHASES = [p for p in PHASES if p != "profile"]
+TICK = os.sysconf("SC_CLK_TCK")
+
+_children = []  # every process this script started, killed at exit
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr,
+          flush=True)
+
+
+# ---- processes ---------------------------------------------------------------
+
+def pinned(cpu):
+    """A preexec_fn that pins the child (and the threads it starts)."""
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+def pin_all_threads(pid, cpu):
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), {cpu})
+        except OSError:
+            pass
+
+
+def spawn(cmd, cpu=None, **kw):
+    p = subprocess.Popen(cmd, preexec_fn=pinned(cpu), **kw)
+    _children.append(p)
+    return p
+
+
+def kill_children():
+    for p in _children:
+        if p.poll() is None:
+            try:
+                p.kill()
+                p.wait(5)
+            except Exception:
+                pass
+
+
+def cpu_seconds(pids):
+    """utime + stime of these processes (all their threads), in seconds."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError):
+            pass
+    return total / TICK
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def children_of(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def run_rusage(cmd, cpu, timeout=600):
+    """Runs cmd to its end; returns (output, exit code, CPU seconds used)."""
+    p = spawn(cmd, cpu, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    timer = threading.Timer(timeout, p.kill)
+    timer.start()
+    try:
+        out = p.stdout.read().decode("utf-8", "replace")
+        _, status, ru = os.wait4(p.pid, 0)
+    finally:
+        timer.cancel()
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return out, p.returncode, ru.ru_utime + ru.ru_stime
+
+
+def http_status(port, path, timeout=2.0):
+    """One GET on a new connection; the status, or None when refused."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: b\r\n"
+                      "Connection: close\r\n\r\n".encode())
+            data = b""
+            while b"\r\n" not in data:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            return int(data.split()[1]) if data else None
+    except OSError:
+        return None
+
+
+def metric(port, name):
+    try:
+        with socket.create_connection(("127.0.0.1", port), 5) as s:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: b\r\n"
+                      b"Connection: close\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    m = re.search(rb"^" + re.escape(name.encode()) + rb" (\S+)$", data, re.M)
+    return float(m.group(1)) if m else None
+
+
+# ---- the servers -------------------------------------------------------------
+
+class Nginx:
+    name = "nginx"
+
+    def __init__(self, cpu):
+        self.cpu = cpu
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="gracefuld-bench-nginx-")
+        with open(os.path.join(HERE, "nginx.conf.in")) as f:
+            conf = f.read().replace("@DIR@", self.dir).replace(
+                "@PORT@", str(self.port))
+        self.conf = os.path.join(self.dir, "nginx.conf")
+        with open(self.conf, "w") as f:
+            f.write(conf)
+        self.proc = None
+        self.started = None
+
+    def start(self):
+        self.started = time.monotonic()
+        self.proc = spawn([shutil.which("nginx") or "/usr/sbin/nginx", "-p",
+                           self.dir, "-c", self.conf, "-e",
+                           os.path.join(self.dir, "error.log")],
+                          self.cpu, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while http_status(self.port, "/incr") != 200:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("nginx did not start: " + self.error_log())
+            time.sleep(0.0005)
+        self.ready_s = time.monotonic() - self.started
+        return self
+
+    def error_log(self):
+        try:
+            with open(os.path.join(self.dir, "error.log")) as f:
+                return f.read()[-2000:]
+        except OSError:
+            return ""
+
+    def pids(self):
+        return [self.proc.pid, *children_of(self.proc.pid)]
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Gracefuld:
+    name = "gracefuld"
+
+    def __init__(self, binary, redis, cpu, env=None, preload=None):
+        self.binary = binary
+        self.cpu = cpu
+        self.port = free_port()
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LISTEN_ADDR": f"127.0.0.1:{self.port}",
+            "REDIS_ADDR": redis.addr,
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "info",
+            "TERMINATION_LOG": "",
+        }
+        self.env.update(env or {})
+        if preload:
+            self.env["LD_PRELOAD"] = preload
+        self.proc = None
+        self.log = None
+        self.cmd = [binary]
+
+    def start(self, wait_ready=True):
+        self.started = time.monotonic()
+        self.proc = spawn(self.cmd, self.cpu, env=self.env,
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
+        self.log = LineReader(self.proc.stderr)
+        if wait_ready:
+            self.wait_event("redis_up", 30)
+        return self
+
+    def wait_event(self, event, timeout=10.0):
+        def match(line):
+            try:
+                return json.loads(line).get("event") == event
+            except ValueError:
+                return False
+        return json.loads(self.log.wait_for(match, timeout))
+
+    def pids(self):
+        return [self.proc.pid]
+
+    def signal(self, sig=signal.SIGTERM):
+        self.proc.send_signal(sig)
+
+    def drain(self, timeout=60):
+        """SIGTERM and wait for the drained exit; returns the exit summary."""
+        self.signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout)
+        self.log.join()
+        summary = self.wait_event("exit", 1)
+        summary["rc"] = rc
+        return summary
+
+    def stop(self):
+        """Ends it quickly: two signals abandon what is pending (exit 3)."""
+        if self.proc and self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            time.sleep(0.05)
+            if self.proc.poll() is None:
+                self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.log:
+            self.log.join()
+
+
+# ---- load generators ---------------------------------------------------------
+
+def parse_wrk(text):
+    def dur(v, unit):
+        return float(v) * {"us": 1, "ms": 1e3, "s": 1e6, "m": 60e6}[unit]
+    out = {}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    if not m:
+        raise RuntimeError("wrk said:\n" + text)
+    out["rps"] = float(m.group(1))
+    m = re.search(r"(\d+) requests in", text)
+    out["requests"] = int(m.group(1)) if m else 0
+    lat = {}
+    for pct in ("50", "75", "90", "99"):
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s|m)\s*$", text, re.M)
+        if m:
+            lat["p" + pct] = round(dur(*m.groups()), 1)
+    out["lat_us"] = lat
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    out["non2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), "
+                  r"timeout (\d+)", text)
+    out["socket_errors"] = sum(map(int, m.groups())) if m else 0
+    return out
+
+
+class Bench:
+    def __init__(self, args):
+        self.a = args
+        self.binary = os.path.join(args.build, "gracefuld")
+        if not os.access(self.binary, os.X_OK):
+            sys.exit(f"bench: no gracefuld binary at {self.binary}; build "
+                     "with cmake -S . -B build-release -DCMAKE_BUILD_TYPE="
+                     "Release && cmake --build build-release")
+        self.tools = os.path.join(args.build, "bench")
+        os.makedirs(self.tools, exist_ok=True)
+        self.loadgen = os.path.join(self.tools, "loadgen")
+        self.shim = os.path.join(self.tools, "alloccount.so")
+        cc = shutil.which("cc") or "gcc"
+        subprocess.run([cc, "-O2", "-Wall", "-o", self.loadgen,
+                        os.path.join(HERE, "loadgen.c")], check=True)
+        subprocess.run([cc, "-O2", "-Wall", "-shared", "-fPIC", "-o",
+                        self.shim, os.path.join(HERE, "alloccount.c")],
+                       check=True)
+        self.perf = shutil.which("perf")
+        if self.perf and subprocess.run(
+                [self.perf, "stat", "-e", "raw_syscalls:sys_enter", "true"],
+                capture_output=True).returncode != 0:
+            self.perf = None
+        self.redis = Redis().start()
+        pin_all_threads(self.redis.proc.pid, args.client_cpu)
+        self.results = {}
+
+    def close(self):
+        self.redis.cleanup()
+
+    # -- helpers --
+
+    def gracefuld(self, delay_ms, env=None, preload=None):
+        e = {"INCR_DELAY_MS": str(delay_ms)}
+        e.update(env or {})
+        return Gracefuld(self.binary, self.redis, self.a.server_cpu, e,
+                         preload).start()
+
+    def nginx(self):
+        return Nginx(self.a.server_cpu).start()
+
+    def wrk(self, port, seconds, latency=False):
+        # wrk takes whole seconds.
+        cmd = ["wrk", "-t1", f"-c{self.a.conns}",
+               f"-d{max(1, round(seconds))}s"]
+        if latency:
+            cmd.append("--latency")
+        cmd.append(f"http://127.0.0.1:{port}/incr")
+        out, rc, cpu = run_rusage(cmd, self.a.client_cpu)
+        if rc != 0:
+            raise RuntimeError("wrk failed:\n" + out)
+        res = parse_wrk(out)
+        res["client_cpu_s"] = cpu
+        return res
+
+    def loadgen_args(self, port, *extra):
+        return [self.loadgen, "--port", str(port), *map(str, extra)]
+
+    def run_loadgen(self, port, *extra):
+        out, rc, cpu = run_rusage(self.loadgen_args(port, *extra),
+                                  self.a.client_cpu)
+        lines = [l for l in out.splitlines() if l.startswith("{")]
+        if not lines:
+            raise RuntimeError("loadgen failed:\n" + out)
+        res = json.loads(lines[-1])
+        res["client_cpu_s"] = cpu
+        res["rc"] = rc
+        return res
+
+    def staged_loadgen(self, port, *extra):
+        """A loadgen that connects and warms up, then waits: returns the
+        process once it is ready."""
+        p = spawn(self.loadgen_args(port, *extra, "--wait-go"),
+                  self.a.client_cpu, stdin=subprocess.PIPE,
+                  stdout=subprocess.PIPE, text=True)
+        line = p.stdout.readline()
+        if not line.startswith("ready"):
+            raise RuntimeError("loadgen did not get ready: " + line)
+        return p
+
+    @staticmethod
+    def go(p):
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        out = p.stdout.read()
+        p.wait()
+        return json.loads(out.strip().splitlines()[-1])
+
+    # -- phases --
+
+    def measured_wrk(self, srv, seconds, latency=True):
+        """One wrk run, with the CPU the server and Redis used meanwhile."""
+        cpu0 = cpu_seconds(srv.pids())
+        redis0 = cpu_seconds([self.redis.proc.pid])
+        t0 = time.monotonic()
+        res = self.wrk(srv.port, seconds, latency)
+        wall = time.monotonic() - t0
+        cpu = cpu_seconds(srv.pids()) - cpu0
+        res["server_cpu_pct"] = round(100 * cpu / wall, 1)
+        res["server_cpu_us_per_req"] = round(
+            cpu * 1e6 / max(res["requests"], 1), 2)
+        res["client_cpu_pct"] = round(100 * res.pop("client_cpu_s") / wall,
+                                      1)
+        res["redis_cpu_pct"] = round(100 * (cpu_seconds(
+            [self.redis.proc.pid]) - redis0) / wall, 1)
+        return res
+
+    def throughput(self):
+        """Two windows on each fresh server. http_only: the first seconds,
+        before any increment falls due (gracefuld does HTTP and queues).
+        steady: after INCR_DELAY_MS of load, so that increments fall due
+        (INCRs go out, Redis works) all through the window: the state the
+        service runs in."""
+        a = self.a
+        delay_s = a.incr_delay_ms / 1000
+        first = max(min(a.duration, delay_s - 1), 1)
+        rounds = []
+        for r in range(a.rounds):
+            order = [Nginx, Gracefuld] if r % 2 == 0 else [Gracefuld, Nginx]
+            row = {"round": r + 1, "loadavg": os.getloadavg()[0]}
+            for kind in order:
+                srv = (self.nginx() if kind is Nginx
+                       else self.gracefuld(a.incr_delay_ms))
+                res = {}
+                try:
+                    res["http_only"] = self.measured_wrk(srv, first)
+                    # The load goes on until the first increments fall due.
+                    self.wrk(srv.port, max(delay_s - first, 0) + 0.5)
+                    res["steady"] = self.measured_wrk(srv, a.duration)
+                    if kind is Gracefuld:
+                        res["rss_kb"] = rss_kb(srv.proc.pid)
+                finally:
+                    srv.stop()
+                row[srv.name] = res
+                log(f"throughput round {r + 1} {srv.name}: " + "; ".join(
+                    f"{w} {res[w]['rps']:.0f} req/s (server CPU "
+                    f"{res[w]['server_cpu_pct']}%, wrk "
+                    f"{res[w]['client_cpu_pct']}%, redis "
+                    f"{res[w]['redis_cpu_pct']}%)"
+                    for w in ("http_only", "steady")))
+            for w in ("http_only", "steady"):
+                row[w + "_ratio"] = round(row["gracefuld"][w]["rps"] /
+                                          row["nginx"][w]["rps"], 3)
+            rounds.append(row)
+
+        def med(k, w, f):
+            return statistics.median(f(r[k][w]) for r in rounds)
+        summary = {}
+        for w in ("http_only", "steady"):
+            summary[w] = {
+                "seconds": first if w == "http_only" else a.duration,
+                "median": {
+                    k: {"rps": med(k, w, lambda x: x["rps"]),
+                        "p50_us": med(k, w, lambda x: x["lat_us"].get("p50",
+                                                                      0)),
+                        "p99_us": med(k, w, lambda x: x["lat_us"].get("p99",
+                                                                      0)),
+                        "server_cpu_pct": med(k, w, lambda x:
+                                              x["server_cpu_pct"]),
+                        "client_cpu_pct": med(k, w, lambda x:
+                                              x["client_cpu_pct"]),
+                        "redis_cpu_pct": med(k, w, lambda x:
+                                             x["redis_cpu_pct"]),
+                        "server_cpu_us_per_req":
+                            med(k, w, lambda x: x["server_cpu_us_per_req"])}
+                    for k in ("nginx", "gracefuld")},
+                "ratio_median": statistics.median(r[w + "_ratio"]
+                                                  for r in rounds),
+                "ratios": [r[w + "_ratio"] for r in rounds],
+            }
+        self.results["throughput"] = {
+            "conns": a.conns, "incr_delay_ms": a.incr_delay_ms,
+            "rounds": rounds, **summary}
+
+    def latency(self):
+        a = self.a
+        rounds = []
+        for r in range(a.rounds):
+            order = [Nginx, Gracefuld] if r % 2 == 0 else [Gracefuld, Nginx]
+            row = {"round": r + 1, "loadavg": os.getloadavg()[0]}
+            for kind in order:
+                srv = (self.nginx() if kind is Nginx
+                       else self.gracefuld(a.incr_delay_ms))
+                try:
+                    warm = a.lat_warmup
+                    cpu0 = cpu_seconds(srv.pids())
+                    t0 = time.monotonic()
+                    res = self.run_loadgen(
+                        srv.port, "--rate", a.rate, "--duration",
+                        warm + a.duration, "--skip", warm, "--conns",
+                        a.conns)
+                    res["server_cpu_pct"] = round(100 * (
+                        cpu_seconds(srv.pids()) - cpu0) /
+                        (time.monotonic() - t0), 1)
+                finally:
+                    srv.stop()
+                row[srv.name] = res
+                log(f"latency round {r + 1} {srv.name}: p50 "
+                    f"{res['lat_us']['p50']} p99 {res['lat_us']['p99']} "
+                    f"p99.9 {res['lat_us']['p99_9']} us")
+            row["p99_ratio"] = round(row["gracefuld"]["lat_us"]["p99"] /
+                                     row["nginx"]["lat_us"]["p99"], 3)
+            rounds.append(row)
+        keys = ("mean", "p50", "p90", "p99", "p99_9", "max")
+        self.results["latency"] = {
+            "rate": a.rate, "conns": a.conns, "seconds": a.duration,
+            "warmup": a.lat_warmup, "incr_delay_ms": a.incr_delay_ms,
+            "rounds": rounds,
+            "median": {
+                k: {q: statistics.median(r[k]["lat_us"][q] for r in rounds)
+                    for q in keys} for k in ("nginx", "gracefuld")},
+            "p99_ratio_median": statistics.median(r["p99_ratio"]
+                                                  for r in rounds),
+            "p99_ratios": [r["p99_ratio"] for r in rounds],
+        }
+
+    def memory(self):
+        a = self.a
+        out = {}
+        cases = [("full_speed", ["--count", a.pending, "--conns", a.conns]),
+                 ("constant_rate", ["--rate", a.slow_rate, "--duration",
+                                    a.slow_seconds, "--conns", 10])]
+        for name, lg_args in cases:
+            g = self.gracefuld(600000, {"MAX_PENDING": "100000000"})
+            try:
+                idle_kb = rss_kb(g.proc.pid)
+                p = self.staged_loadgen(g.port, *lg_args)
+                time.sleep(0.2)
+                before = rss_kb(g.proc.pid)
+                res = self.go(p)
+                time.sleep(0.2)
+                after = rss_kb(g.proc.pid)
+                pending = metric(g.port, "gracefuld_increments_pending")
+            finally:
+                g.stop()
+            accepted = res["ok"]
+            out[name] = {
+                "accepted": accepted, "pending": pending,
+                "rate": round(res["rate"]),
+                "rss_idle_kb": idle_kb, "rss_before_kb": before,
+                "rss_after_kb": after,
+                "bytes_per_pending": round((after - before) * 1024 /
+                                           max(accepted, 1), 3),
+            }
+            log(f"memory {name}: {accepted} pending at {res['rate']:.0f}/s, "
+                f"RSS {before} -> {after} kB: "
+                f"{out[name]['bytes_per_pending']} B/pending")
+        self.results["memory"] = out
+
+    def redis_fd(self, pid):
+        """The descriptor of gracefuld's connection to Redis."""
+        inodes = set()
+        with open("/proc/net/tcp") as f:
+            for line in f.readlines()[1:]:
+                parts = line.split()
+                if int(parts[2].split(":")[1], 16) == self.redis.port:
+                    inodes.add(parts[9])
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            m = re.match(r"socket:\[(\d+)\]", target)
+            if m and m.group(1) in inodes:
+                return int(fd)
+        return None
+
+    def drain(self):
+        a = self.a
+        rounds = []
+        for r in range(a.drain_rounds):
+            rounds.append(self.drain_round(r))
+        keys = ["overhead_external_us", "overhead_trace_us",
+                "exit_after_last_deadline_ms", "sigterm_to_exit_ms"]
+        med = {}
+        for k in keys:
+            vals = [x[k] for x in rounds if x.get(k) is not None]
+            med[k] = round(statistics.median(vals), 3) if vals else None
+        self.results["drain"] = {"incr_delay_ms": a.drain_delay_ms,
+                                 "burst": a.drain_burst, "rounds": rounds,
+                                 "median": med}
+
+    def drain_round(self, r):
+        a = self.a
+        delay = a.drain_delay_ms
+        monitor = Monitor(self.redis.port)
+        g = self.gracefuld(delay)
+        trace = None
+        trace_out = os.path.join(self.tools, "drain-trace.txt")
+        try:
+            fd = self.redis_fd(g.proc.pid)
+            if self.perf:
+                trace = spawn([self.perf, "trace", "-p", str(g.proc.pid),
+                               "-e", "read,exit_group", "-o", trace_out],
+                              stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+                time.sleep(1.0)  # perf trace attaches
+            counter0 = self.redis.counter()
+            burst = self.run_loadgen(g.port, "--count", a.drain_burst,
+                                     "--conns", a.conns)
+            # The last request: its 200 is the last deadline's start.
+            with socket.create_connection(("127.0.0.1", g.port), 5) as s:
+                s.sendall(b"GET /incr HTTP/1.1\r\nHost: b\r\n\r\n")
+                data = b""
+                while b"ok\n" not in data:
+                    data += s.recv(4096)
+                t_last_200 = time.time()
+            pidfd = os.pidfd_open(g.proc.pid)
+            t_sig = time.time()
+            g.signal(signal.SIGTERM)
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            poller.poll(60000)
+            t_exit = time.time()
+            os.close(pidfd)
+            rc = g.proc.wait(10)
+            g.log.join()
+            summary = g.wait_event("exit", 1)
+        finally:
+            g.stop()
+            if trace and trace.poll() is None:
+                time.sleep(0.2)
+                trace.send_signal(signal.SIGINT)
+                try:
+                    trace.wait(10)
+                except subprocess.TimeoutExpired:
+                    trace.kill()
+        monitor.wait_quiet()
+        monitor.close()
+        counted = self.redis.counter() - counter0
+        row = {
+            "round": r + 1, "rc": rc,
+            "accepted": summary.get("accepted"), "counted": counted,
+            "burst_rate": round(burst["rate"]),
+            "flushing_ms": summary.get("flushing_ms"),
+            "sigterm_to_exit_ms": round((t_exit - t_sig) * 1e3, 3),
+            "last_deadline_after_sigterm_ms": round(
+                (t_last_200 + delay / 1e3 - t_sig) * 1e3, 3),
+            "exit_after_last_deadline_ms": round(
+                (t_exit - t_last_200 - delay / 1e3) * 1e3, 3),
+            "overhead_external_us": (round((t_exit - monitor.last_incr) * 1e6,
+                                           1) if monitor.last_incr else None),
+            "overhead_trace_us": None,
+        }
+        if trace:
+            row["overhead_trace_us"] = trace_overhead(trace_out, fd)
+        log(f"drain round {r + 1}: rc {rc}, {row['accepted']} accepted, "
+            f"{counted} counted; last INCR at Redis -> exit "
+            f"{row['overhead_external_us']} us; last reply read -> "
+            f"exit_group {row['overhead_trace_us']} us (perf trace); exit "
+            f"{row['exit_after_last_deadline_ms']} ms after the last deadline")
+        return row
+
+    def startup(self):
+        a = self.a
+        out = {}
+        for kind in ("gracefuld", "nginx"):
+            times = []
+            for _ in range(a.startup_runs):
+                if kind == "nginx":
+                    srv = Nginx(a.server_cpu)
+                    try:
+                        srv.start()
+                        times.append(srv.ready_s * 1e3)
+                    finally:
+                        srv.stop()
+                    continue
+                g = Gracefuld(self.binary, self.redis, a.server_cpu,
+                              {"INCR_DELAY_MS": "1000"})
+                t0 = time.monotonic()
+                g.start(wait_ready=False)
+                try:
+                    while http_status(g.port, "/readyz") != 200:
+                        if time.monotonic() - t0 > 10:
+                            raise RuntimeError("gracefuld never got ready")
+                        time.sleep(0.0002)
+                    times.append((time.monotonic() - t0) * 1e3)
+                finally:
+                    g.drain()
+            out[kind] = {"runs": len(times),
+                         "median_ms": round(statistics.median(times), 3),
+                         "min_ms": round(min(times), 3),
+                         "max_ms": round(max(times), 3)}
+            log(f"startup {kind}: median {out[kind]['median_ms']} ms")
+        out["what"] = ("exec to the first 200 (gracefuld: /readyz, i.e. "
+                       "listening and Redis reached; nginx: /incr)")
+        self.results["startup"] = out
+
+    def redis_stats(self):
+        info = {}
+        for section in ("commandstats", "stats"):
+            for line in self.redis.cli("INFO", section).splitlines():
+                if ":" in line:
+                    k, v = line.split(":", 1)
+                    info[k] = v.strip()
+        calls = {}
+        for k, v in info.items():
+            if k.startswith("cmdstat_"):
+                calls[k[8:]] = int(re.search(r"calls=(\d+)", v).group(1))
+        return calls, int(info.get("total_reads_processed", 0))
+
+    def redis_commands(self):
+        a = self.a
+        calls0, reads0 = self.redis_stats()
+        g = self.gracefuld(100)
+        try:
+            res = self.run_loadgen(g.port, "--count", a.redis_requests,
+                                   "--conns", a.conns)
+            summary = g.drain()
+        finally:
+            g.stop()
+        calls1, reads1 = self.redis_stats()
+        delta = {k: v - calls0.get(k, 0) for k, v in calls1.items()
+                 if v - calls0.get(k, 0)}
+        incr = delta.get("incr", 0)
+        accepted = summary["accepted"]
+        # Our own INFO connections read once each; they are a handful.
+        reads = reads1 - reads0
+        self.results["redis"] = {
+            "requests": res["ok"], "accepted": accepted,
+            "done": summary.get("done"), "rc": summary["rc"],
+            "commands": delta,
+            "incr_per_request": round(incr / max(accepted, 1), 4),
+            "other_commands": sum(v for k, v in delta.items()
+                                  if k not in ("incr", "info")),
+            "redis_reads": reads,
+            "incr_per_redis_read": round(incr / max(reads, 1), 1),
+        }
+        log(f"redis: {incr} INCR for {accepted} accepted; "
+            f"{self.results['redis']['incr_per_redis_read']} INCRs per "
+            "read on the Redis side")
+
+    def allocs(self):
+        a = self.a
+        runs = []
+        for n in (a.alloc_requests // 6, a.alloc_requests):
+            out = os.path.join(self.tools, f"alloccount-{n}.json")
+            if os.path.exists(out):
+                os.unlink(out)
+            g = self.gracefuld(20, {"ALLOCCOUNT_OUT": out}, preload=self.shim)
+            try:
+                res = self.run_loadgen(g.port, "--count", n, "--conns",
+                                       a.conns)
+                summary = g.drain()
+            finally:
+                g.stop()
+            with open(out) as f:
+                counts = json.load(f)
+            runs.append((summary["accepted"], summary["rc"], counts))
+        (n1, rc1, c1), (n2, rc2, c2) = runs
+        per = {}
+        for region in c2:
+            per[region] = {}
+            for op in ("malloc", "calloc", "realloc", "memalign", "free"):
+                per[region][op] = round((c2[region][op] - c1[region][op]) /
+                                        (n2 - n1), 4)
+            per[region]["allocations"] = round(sum(
+                per[region][op] for op in
+                ("malloc", "calloc", "realloc", "memalign")), 4)
+        fixed = {region: sum(c1[region][op] for op in
+                             ("malloc", "calloc", "realloc", "memalign"))
+                 for region in c1}
+        self.results["allocs"] = {
+            "requests": [n1, n2], "rc": [rc1, rc2],
+            "per_request": per, "total_small_run": fixed,
+            "how": ("LD_PRELOAD counter by calling object; (run with "
+                    f"{n2} requests - run with {n1}) / {n2 - n1}; every "
+                    "increment fell due and was INCRed in both runs"),
+        }
+        log("allocs per request: " + ", ".join(
+            f"{k} {v['allocations']}" for k, v in per.items()))
+
+    def syscalls(self):
+        """Syscalls per request at saturation, counted by perf's tracepoints
+        (no ptrace stop: the servers run at full speed)."""
+        if not self.perf:
+            self.results["syscalls"] = {"skipped": "perf not usable"}
+            return
+        a = self.a
+        names = ["read", "readv", "recvfrom", "write", "writev", "sendto",
+                 "sendmsg", "epoll_wait", "epoll_pwait", "epoll_ctl",
+                 "accept4", "ioctl", "setsockopt", "clock_gettime"]
+        events = ["raw_syscalls:sys_enter"] + [
+            f"syscalls:sys_enter_{n}" for n in names]
+        events += ["context-switches", "task-clock"]
+        out = {}
+        for kind in (Nginx, Gracefuld):
+            srv = (self.nginx() if kind is Nginx
+                   else self.gracefuld(a.syscall_delay_ms))
+            try:
+                self.wrk(srv.port, 2)
+                pids = ",".join(map(str, srv.pids()))
+                stat_out = os.path.join(self.tools, "perf-stat.txt")
+                perf = spawn([self.perf, "stat", "-x", ",", "-o", stat_out,
+                              "-e", ",".join(events), "-p", pids],
+                             stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+                time.sleep(0.3)
+                res = self.wrk(srv.port, a.syscall_seconds)
+                perf.send_signal(signal.SIGINT)
+                perf.wait(10)
+            finally:
+                srv.stop()
+            counts = {}
+            with open(stat_out) as f:
+                for line in f:
+                    parts = line.strip().split(",")
+                    if len(parts) < 3 or line.startswith("#"):
+                        continue
+                    try:
+                        value = float(parts[0])
+                    except ValueError:
+                        continue
+                    ev = parts[2].replace("syscalls:sys_enter_", "").replace(
+                        "raw_syscalls:sys_enter", "all")
+                    counts[ev] = value
+            reqs = max(res["requests"], 1)
+            per = {k: round(v / reqs, 3) for k, v in counts.items()
+                   if v and k != "task-clock"}
+            per["cpu_us"] = round(counts.get("task-clock", 0) * 1e3 / reqs,
+                                  2)
+            out[srv.name] = {"requests": res["requests"], "rps": res["rps"],
+                             "per_request": per}
+            log(f"syscalls {srv.name}: {per.get('all')} per request")
+        out["incr_delay_ms"] = a.syscall_delay_ms
+        self.results["syscalls"] = out
+
+    def profile(self):
+        """Where gracefuld's instructions go per request (callgrind, two
+        fixed-count runs, the difference divided by the difference in
+        requests), and where its time goes at saturation (perf record)."""
+        a = self.a
+        out = {}
+        valgrind = shutil.which("valgrind")
+        if valgrind:
+            runs = []
+            for n in (a.profile_requests // 5, a.profile_requests):
+                cg = os.path.join(self.tools, f"callgrind-{n}.out")
+                g = Gracefuld(self.binary, self.redis, a.server_cpu,
+                              {"INCR_DELAY_MS": "20"})
+                g.cmd = [valgrind, "--tool=callgrind",
+                         f"--callgrind-out-file={cg}", self.binary]
+                g.start()
+                try:
+                    self.run_loadgen(g.port, "--count", n, "--conns",
+                                     a.conns)
+                    summary = g.drain(120)
+                finally:
+                    g.stop()
+                runs.append((summary["accepted"], callgrind_functions(cg)))
+            (n1, f1), (n2, f2) = runs
+            per_fn = {k: (v - f1.get(k, 0)) / (n2 - n1)
+                      for k, v in f2.items()}
+            by_obj = {}
+            for (fn, obj), v in per_fn.items():
+                by_obj[obj] = by_obj.get(obj, 0) + v
+            total = sum(by_obj.values())
+            top = sorted(per_fn.items(), key=lambda kv: -kv[1])[:30]
+            out["callgrind"] = {
+                "requests": [n1, n2],
+                "instructions_per_request": round(total),
+                "by_object": {k: round(v) for k, v in sorted(
+                    by_obj.items(), key=lambda kv: -kv[1]) if v >= 1},
+                "top_functions": [
+                    {"function": fn, "object": obj, "ir": round(v)}
+                    for (fn, obj), v in top],
+            }
+            log(f"callgrind: {round(total)} instructions per request")
+        if self.perf:
+            g = self.gracefuld(a.incr_delay_ms)
+            data = os.path.join(self.tools, "perf.data")
+            try:
+                load = spawn(["wrk", "-t1", f"-c{a.conns}",
+                              f"-d{a.incr_delay_ms / 1000 + 8:.0f}s",
+                              f"http://127.0.0.1:{g.port}/incr"],
+                             a.client_cpu, stdout=subprocess.DEVNULL)
+                time.sleep(a.incr_delay_ms / 1000 + 0.5)
+                subprocess.run([self.perf, "record", "-e", "cpu-clock",
+                                "-F", "4000", "-g", "-o", data, "-p",
+                                str(g.proc.pid), "--", "sleep", "5"],
+                               capture_output=True, check=True)
+                load.wait(30)
+            finally:
+                g.stop()
+            out["perf"] = {
+                "by_dso": perf_report(self.perf, data, "dso"),
+                "top_symbols": perf_report(self.perf, data, "dso,sym")[:40],
+                "data": data,
+            }
+            log("perf: " + ", ".join(f"{x['name']} {x['pct']}%"
+                                     for x in out["perf"]["by_dso"][:6]))
+        self.results["profile"] = out
+
+
+class Monitor:
+    """Redis MONITOR on its own connection: the time Redis ran the last
+    INCR (its wall clock, microseconds)."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), 5)
+        self.sock.sendall(b"MONITOR\r\n")
+        buf = b""
+        while b"\r\n" not in buf:
+            buf += self.sock.recv(4096)
+        self.last_incr = None
+        self.last_line = time.monotonic()
+        self.incrs = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        buf = b""
+        self.sock.settimeout(0.2)
+        while not self._stop:
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+            lines = buf.split(b"\r\n")
+            buf = lines.pop()
+            for line in lines:
+                if b'"INCR"' in line or b'"incr"' in line:
+                    self.last_incr = float(line[1:].split(b" ", 1)[0])
+                    self.incrs += 1
+            self.last_line = time.monotonic()
+
+    def wait_quiet(self, quiet=0.3, timeout=10):
+        end = time.monotonic() + timeout
+        while time.monotonic() - self.last_line < quiet and \
+                time.monotonic() < end:
+            time.sleep(0.05)
+
+    def close(self):
+        self._stop = True
+        self._thread.join(2)
+        self.sock.close()
+
+
+def trace_overhead(path, fd):
+    """From perf trace's log: microseconds from the end of the last read
+    that returned bytes on the Redis descriptor to exit_group."""
+    last_end = None
+    exit_at = None
+    pat = re.compile(r"^\s*([\d.]+) \(\s*([\d.]*)(?: ms)?\s*\): .*?"
+                     r"(read|exit_group)"
+                     r"\((?:fd: (\d+))?.*?\)\s+= (\S+)")
+    try:
+        with open(path) as f:
+            for line in f:
+                m = pat.match(line)
+                if not m:
+                    continue
+                ts, dur, call, lfd, ret = m.groups()
+                if call == "exit_group":
+                    exit_at = float(ts)
+                elif (fd is None or lfd == str(fd)) and ret.isdigit() \
+                        and int(ret) > 0:
+                    last_end = float(ts) + float(dur or 0)
+    except OSError:
+        return None
+    if last_end is None or exit_at is None:
+        return None
+    return round((exit_at - last_end) * 1e3, 1)
+
+
+def callgrind_functions(path):
+    """{(function, object): Ir} from callgrind_annotate (self cost)."""
+    out = subprocess.run(["callgrind_annotate", "--threshold=100", path],
+                         capture_output=True, text=True, check=True).stdout
+    funcs = {}
+    pat = re.compile(r"^\s*([\d,]+)\s+\([^)]*\)\s+(.*?)\s+\[(.*)\]\s*$")
+    for line in out.splitlines():
+        m = pat.match(line)
+        if not m or "PROGRAM TOTALS" in line:
+            continue
+        ir = int(m.group(1).replace(",", ""))
+        name = m.group(2)
+        fn = name.split(":", 1)[1] if ":" in name else name
+        obj = os.path.basename(m.group(3))
+        funcs[(fn, obj)] = funcs.get((fn, obj), 0) + ir
+    return funcs
+
+
+def perf_report(perf, data, sort):
+    out = subprocess.run([perf, "report", "-i", data, "--stdio",
+                          "--no-children", "--sort", sort, "-g", "none",
+                          "--percent-limit", "0.5"],
+                         capture_output=True, text=True).stdout
+    rows = []
+    for line in out.splitlines():
+        m = re.match(r"^\s+([\d.]+)%\s+(.*\S)\s*$", line)
+        if m:
+            rows.append({"pct": float(m.group(1)),
+                         "name": re.sub(r"\s+", " ", m.group(2))})
+    return rows
+
+
+# ---- the report --------------------------------------------------------------
+
+def fmt(v, digits=0):
+    if v is None:
+        return "–"
+    if isinstance(v, (int, float)):
+        return f"{v:,.{digits}f}"
+    return str(v)
+
+
+def table(res):
+    rows = []
+
+    def add(what, g, n="", ratio="", target=""):
+        rows.append((what, g, n, ratio, target))
+
+    t = res.get("throughput")
+    if t:
+        for w, label in (("steady", "steady state, INCRs falling due"),
+                         ("http_only", "before the first INCR falls due")):
+            x = t[w]
+            m = x["median"]
+            add(f"throughput, req/s ({label}; wrk -t1 -c{t['conns']}, "
+                f"{x['seconds']:g} s, median of {len(t['rounds'])})",
+                fmt(m["gracefuld"]["rps"]), fmt(m["nginx"]["rps"]),
+                f"**{x['ratio_median']:.2f}×** (rounds: " +
+                ", ".join(f"{v:.2f}" for v in x["ratios"]) + ")", "≥ 1.0×")
+            add(f"  CPU % server / wrk / redis-server ({w})",
+                " / ".join(fmt(m["gracefuld"][k]) for k in
+                           ("server_cpu_pct", "client_cpu_pct",
+                            "redis_cpu_pct")),
+                " / ".join(fmt(m["nginx"][k]) for k in
+                           ("server_cpu_pct", "client_cpu_pct",
+                            "redis_cpu_pct")))
+            g, n = (m["gracefuld"]["server_cpu_us_per_req"],
+                    m["nginx"]["server_cpu_us_per_req"])
+            add(f"  server CPU per request ({w}), µs", fmt(g, 2), fmt(n, 2),
+                f"{g / n:.2f}×" if n else "")
+            add(f"  latency at saturation ({w}, wrk) p50 / p99, µs",
+                f"{fmt(m['gracefuld']['p50_us'])} / "
+                f"{fmt(m['gracefuld']['p99_us'])}",
+                f"{fmt(m['nginx']['p50_us'])} / {fmt(m['nginx']['p99_us'])}")
+    lt = res.get("latency")
+    if lt:
+        m = lt["median"]
+        for q, label in (("p50", "p50"), ("p90", "p90"), ("p99", "p99"),
+                         ("p99_9", "p99.9")):
+            ratio = (f"{m['gracefuld'][q] / m['nginx'][q]:.2f}×"
+                     if m["nginx"][q] else "")
+            if q == "p99":
+                ratio = (f"**{lt['p99_ratio_median']:.2f}×** (rounds: " +
+                         ", ".join(f"{x:.2f}" for x in lt["p99_ratios"]) +
+                         ")")
+            add(f"latency at {fmt(lt['rate'])} req/s constant, {label}, µs",
+                fmt(m["gracefuld"][q]), fmt(m["nginx"][q]), ratio,
+                "≤ 1.0×" if q == "p99" else "")
+    mem = res.get("memory")
+    if mem:
+        for name, label in (("full_speed", "full speed"),
+                            ("constant_rate", "constant rate")):
+            x = mem.get(name)
+            if x:
+                add(f"bytes per pending increment ({fmt(x['accepted'])} "
+                    f"pending, {label}, {fmt(x['rate'])}/s)",
+                    fmt(x["bytes_per_pending"], 2), "", "", "≤ 16")
+        x = mem.get("full_speed")
+        if x:
+            add(f"RSS with {fmt(x['accepted'])} pending, kB",
+                fmt(x["rss_after_kb"]), "", "",
+                f"idle {fmt(x['rss_idle_kb'])} kB")
+    d = res.get("drain")
+    if d:
+        m = d["median"]
+        add("drain overhead: last INCR at Redis → process gone (external), µs",
+            fmt(m["overhead_external_us"]), "", "", "< 10,000")
+        add("drain overhead: last reply read → exit_group (perf trace), µs",
+            fmt(m["overhead_trace_us"]), "", "", "< 10,000")
+        add("exit after the last deadline, ms",
+            fmt(m["exit_after_last_deadline_ms"], 2), "", "", "< 10")
+        ok = all(r["rc"] == 0 and r["counted"] == r["accepted"]
+                 for r in d["rounds"])
+        add("drained rounds with counter = accepted, exit 0",
+            f"{sum(1 for r in d['rounds'] if r['rc'] == 0 and r['counted'] == r['accepted'])}"
+            f"/{len(d['rounds'])}", "", "", "all" if ok else "**FAIL**")
+    s = res.get("startup")
+    if s:
+        add("start-up: exec → first 200 (/readyz; nginx /incr), ms",
+            fmt(s["gracefuld"]["median_ms"], 2), fmt(s["nginx"]["median_ms"],
+                                                    2))
+    r = res.get("redis")
+    if r:
+        add("Redis INCR per request (INFO commandstats)",
+            fmt(r["incr_per_request"], 4), "", "", "1")
+        add("Redis other commands during the run", fmt(r["other_commands"]),
+            "", "", "0")
+        add("INCRs per Redis read (pipelining)",
+            fmt(r["incr_per_redis_read"], 1), "", "", "many")
+    al = res.get("allocs")
+    if al:
+        p = al["per_request"]
+        add("allocations per request: gracefuld's own code",
+            fmt(p["gracefuld"]["allocations"], 4), "", "", "0")
+        add("allocations per request: hiredis (per INCR)",
+            fmt(p["hiredis"]["allocations"], 4))
+        add("allocations per request: libuv + libc",
+            fmt(p["libuv"]["allocations"] + p["libc"]["allocations"], 4))
+    sc = res.get("syscalls")
+    if sc and "gracefuld" in sc:
+        g, n = sc["gracefuld"]["per_request"], sc["nginx"]["per_request"]
+        add("syscalls per request at saturation (perf tracepoints)",
+            fmt(g.get("all"), 2), fmt(n.get("all"), 2))
+        for k in ("read", "write", "writev", "epoll_wait", "epoll_ctl",
+                  "ioctl", "context-switches"):
+            if g.get(k) or n.get(k):
+                add(f"  … of which {k}", fmt(g.get(k, 0), 3),
+                    fmt(n.get(k, 0), 3))
+    lines = ["| measure | gracefuld | nginx `return 200` | ratio | target |",
+             "|---|---:|---:|---|---|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def profile_text(p):
+    lines = []
+    cg = p.get("callgrind")
+    if cg:
+        lines.append(f"callgrind: {cg['instructions_per_request']:,} "
+                     "instructions per request (user space only)")
+        for obj, ir in cg["by_object"].items():
+            lines.append(f"  {ir:8,}  {obj}")
+        lines.append("  top functions (self):")
+        for f in cg["top_functions"][:20]:
+            lines.append(f"  {f['ir']:8,}  {f['function']} [{f['object']}]")
+    pf = p.get("perf")
+    if pf:
+        lines.append("perf record at saturation (cpu-clock), by object:")
+        for x in pf["by_dso"][:10]:
+            lines.append(f"  {x['pct']:6.2f}%  {x['name']}")
+        lines.append("  top symbols:")
+        for x in pf["top_symbols"][:25]:
+            lines.append(f"  {x['pct']:6.2f}%  {x['name']}")
+    return "\n".join(lines)
+
+
+def meta(args):
+    def cmd(*c):
+        try:
+            r = subprocess.run(c, capture_output=True, text=True, timeout=10)
+            return (r.stdout + r.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return None
+    model = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(l.split(":", 1)[1].strip() for l in f
+                         if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain",
+                            "src"], capture_output=True, text=True).stdout
+    return {
+        "time": datetime.datetime.now().isoformat(timespec="seconds"),
+        "commit": cmd("git", "-C", ROOT, "rev-parse", "--short", "HEAD"),
+        "src_modified": bool(dirty.strip()),
+        "binary": os.path.abspath(os.path.join(args.build, "gracefuld")),
+        "cpus": os.cpu_count(), "cpu_model": model,
+        "kernel": platform.release(),
+        "nginx": cmd("nginx", "-v"), "wrk": cmd("wrk", "-v"),
+        "redis": cmd("redis-server", "--version"),
+        "loadavg_start": os.getloadavg(),
+        "server_cpu": args.server_cpu, "client_cpu": args.client_cpu,
+        "args": vars(args),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--build", default=os.path.join(ROOT, "build-release"),
+                    help="build directory holding gracefuld (Release)")
+    ap.add_argument("--only", default=",".join(DEFAULT_PHASES),
+                    help="comma-separated phases: " + ",".join(PHASES) +
+                    " (default: all but profile)")
+    ap.add_argument("--quick", action="store_true",
+                    help="2 rounds of 3 s: a smoke run, not a measurement")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=float, default=10,
+                    help="seconds measured per run")
+    ap.add_argument("--lat-warmup", type=float, default=5)
+    ap.add_argument("--conns", type=int, default=50)
+    ap.add_argument("--incr-delay-ms", type=int, default=5000)
+    ap.add_argument("--rate", type=int, default=10000,
+                    help="constant request rate of the latency runs")
+    ap.add_argument("--pending", type=int, default=300000,
+                    help="increments sent at full speed for the memory run")
+    ap.add_argument("--slow-rate", type=int, default=1000)
+    ap.add_argument("--slow-seconds", type=float, default=30)
+    ap.add_argument("--drain-rounds", type=int, default=5)
+    ap.add_argument("--drain-delay-ms", type=int, default=1000)
+    ap.add_argument("--drain-burst", type=int, default=50000)
+    ap.add_argument("--startup-runs", type=int, default=10)
+    ap.add_argument("--redis-requests", type=int, default=200000)
+    ap.add_argument("--alloc-requests", type=int, default=120000)
+    ap.add_argument("--syscall-seconds", type=float, default=4)
+    ap.add_argument("--syscall-delay-ms", type=int, default=1000)
+    ap.add_argument("--profile-requests", type=int, default=25000)
+    ap.add_argument("--server-cpu", type=int, default=0)
+    ap.add_argument("--client-cpu", type=int, default=1,
+                    help="CPU of wrk, loadgen and redis-server")
+    ap.add_argument("--out", help="JSON file to write (default: "
+                    "test/bench/results/bench-<time>.json)")
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.duration, args.lat_warmup = 2, 3, 2
+        args.incr_delay_ms = 2000
+        args.slow_seconds, args.drain_rounds, args.startup_runs = 10, 2, 3
+        args.pending, args.redis_requests = 100000, 50000
+        args.alloc_requests, args.profile_requests = 30000, 10000
+    phases = [p.strip() for p in args.only.split(",") if p.strip()]
+    for p in phases:
+        if p not in PHASES:
+            ap.error(f"unknown phase {p!r}")
+    if os.cpu_count() < 2:
+        log("fewer than 2 CPUs: server and load share one, figures suffer")
+        args.client_cpu = args.server_cpu
+    for tool in ("wrk", "nginx", "redis-server", "cc"):
+        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
+            sys.exit(f"bench: {tool} is not installed (scripts/bench "
+                     "installs what it needs)")
+
+    results = {"meta": meta(args)}
+    bench = Bench(args)
+    bench.results = results
+    try:
+        for p in phases:
+            log(f"phase {p}")
+            getattr(bench, "redis_commands" if p == "redis" else p)()
+    finally:
+        bench.close()
+        kill_children()
+
+    out = args.out or os.path.join(
+        HERE, "results",
+        "bench-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S") +
+        ".json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(results, f, indent=2)
+    text = table(results)
+    if "profile" in results:
+        text += "\n\n```\n" + profile_text(results["profile"]) + "\n```"
+    m = results["meta"]
+    head = (f"gracefuld {m['commit']}{' (src modified)' if m['src_modified'] else ''}"
+            f" on {m['cpus']} × {m['cpu_model']}, {m['kernel']}; "
+            f"{m['nginx']}; load average at start {m['loadavg_start'][0]:.2f}")
+    with open(os.path.splitext(out)[0] + ".md", "w") as f:
+        f.write(head + "\n\n" + text + "\n")
+    print(head + "\n")
+    print(text)
+    print(f"\nwritten: {out}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        kill_children()
