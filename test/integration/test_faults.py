@@ -17,16 +17,6 @@ import time
 from gracefuld_testlib import Gracefuld, Redis
 
 
-def metrics(g):
-    _, _, body = g.request("/metrics")
-    out = {}
-    for line in body.decode().splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
 def timed_incrs(g, n):
     """n /incr on one keep-alive connection; returns the slowest answer's
     time. All must be 200."""
@@ -74,7 +64,7 @@ def test_redis_paused_requests_answered_at_once_increments_land_after(
     try:
         worst = timed_incrs(g, 50)
         assert worst < 0.25, f"an /incr took {worst * 1000:.0f} ms"
-        m = metrics(g)
+        m = g.metrics()
         assert m["gracefuld_increments_pending"] == 50
         assert m["gracefuld_increments_done_total"] == 0
         assert redis.counter() == 0  # a read: not held by a WRITE pause
@@ -107,7 +97,7 @@ def test_redis_paused_past_redis_timeout_reconnects_and_counts_at_least_once(
         assert timeout["in_flight"] == n
         g.wait_event("redis_down", start=mark)
         g.wait_event("redis_up", start=mark)
-        assert metrics(g)["gracefuld_increments_pending"] == n
+        assert g.metrics()["gracefuld_increments_pending"] == n
     finally:
         redis.cli("CLIENT", "UNPAUSE")
     g.signal()
@@ -141,7 +131,7 @@ def test_long_outage_backoff_quiet_logs_and_max_pending_503():
         assert status == 503 and headers["Retry-After"] == "1"
         assert body == b"too many pending increments\n"
         assert g.get("/healthz") == 200
-        assert metrics(g)["gracefuld_increments_pending"] == 20
+        assert g.metrics()["gracefuld_increments_pending"] == 20
 
         # Seven failed attempts take the backoff to its cap.
         g.wait_event("redis_retry", start=mark, timeout=30, failures=7)
@@ -185,7 +175,7 @@ def test_wrongtype_reply_is_failed_logged_and_never_retried(redis, server):
     first = g.wait_event("incr_failed", failed=1)
     assert first["level"] == "error" and "WRONGTYPE" in first["reply"]
     g.wait_event("incr_failed", failed=4)
-    m = metrics(g)
+    m = g.metrics()
     assert m["gracefuld_increments_failed_total"] == 4
     assert m["gracefuld_increments_done_total"] == 0  # not success
     assert m["gracefuld_increments_retried_total"] == 0

@@ -68,22 +68,12 @@ def only_response(sock, timeout=10.0):
     return responses[0]
 
 
-def metrics(g):
-    _, _, body = g.request("/metrics")
-    out = {}
-    for line in body.decode().splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
 def wait_metric(g, name, predicate, timeout=10.0):
     """Reads /metrics (every 20 ms) until name's value satisfies predicate:
     for states that no log line announces, such as a connection gone."""
     deadline = time.monotonic() + timeout
     while True:
-        value = metrics(g)[name]
+        value = g.metrics()[name]
         if predicate(value):
             return value
         if time.monotonic() > deadline:
@@ -167,7 +157,7 @@ def test_header_block_larger_than_header_max_bytes_is_431(server):
     s.sendall(b"GET /incr HTTP/1.1\r\n" + headers_of(20, 60) + b"\r\n")
     assert only_response(s)[0] == 431
     s.close()
-    assert metrics(g)["gracefuld_increments_accepted_total"] == 0
+    assert g.metrics()["gracefuld_increments_accepted_total"] == 0
     stop_cleanly(g)
 
 
@@ -196,7 +186,7 @@ def test_whitespace_counts_toward_header_max_bytes(server):
             break
     assert answer.startswith(b"HTTP/1.1 431 "), answer
     s.close()
-    assert metrics(g)["gracefuld_increments_accepted_total"] == 0
+    assert g.metrics()["gracefuld_increments_accepted_total"] == 0
     stop_cleanly(g)
 
 
@@ -248,7 +238,7 @@ def test_request_target_longer_than_url_max_bytes_is_414(server):
     assert status == 414 and headers["connection"] == "close"
     assert body == b"request target too long\n"
     s.close()
-    assert metrics(g)["gracefuld_increments_accepted_total"] == 0
+    assert g.metrics()["gracefuld_increments_accepted_total"] == 0
     stop_cleanly(g)
 
 
@@ -283,7 +273,7 @@ def test_body_larger_than_max_body_bytes_is_413_at_once(server):
               + b"1\r\nx\r\n0\r\n\r\n")
     assert only_response(s)[0] == 413
     s.close()
-    assert metrics(g)["gracefuld_increments_accepted_total"] == 0
+    assert g.metrics()["gracefuld_increments_accepted_total"] == 0
     stop_cleanly(g)
 
 
@@ -318,7 +308,7 @@ def test_body_within_the_limit_is_read_and_discarded(redis, server):
     assert [r[2] for r in responses] == [b"ok\n", b"ok\n", b"ok\n"]
     assert end == "eof"
     s.close()
-    assert metrics(g)["gracefuld_increments_accepted_total"] == 2
+    assert g.metrics()["gracefuld_increments_accepted_total"] == 2
     stop_cleanly(g)
     assert redis.counter() == 2
 
@@ -336,7 +326,7 @@ def test_incomplete_headers_get_408_after_header_timeout(server):
     assert body == b"request timeout\n"
     assert 0.45 <= elapsed < 3.0, elapsed
     s.close()
-    assert metrics(g)["gracefuld_increments_accepted_total"] == 0
+    assert g.metrics()["gracefuld_increments_accepted_total"] == 0
     stop_cleanly(g)
 
 
@@ -384,7 +374,7 @@ def test_incomplete_body_gets_408(server):
               b"only part of it")
     assert only_response(s)[0] == 408
     s.close()
-    assert metrics(g)["gracefuld_increments_accepted_total"] == 0
+    assert g.metrics()["gracefuld_increments_accepted_total"] == 0
     stop_cleanly(g)
 
 
@@ -493,7 +483,7 @@ def test_malformed_request_is_400_close_and_nothing_after_it_is_read(
     assert status == 400 and headers["connection"] == "close"
     assert body == b"bad request\n"
     s.close()
-    m = metrics(g)
+    m = g.metrics()
     assert m["gracefuld_increments_accepted_total"] == 0
     assert m['gracefuld_http_requests_total{route="other",code="400"}'] == 1
     stop_cleanly(g)
@@ -508,7 +498,7 @@ def test_malformed_bytes_split_across_reads_are_still_rejected(server):
                + INCR, len(b" b\r\n\r\n" + INCR))
     assert only_response(s)[0] == 400
     s.close()
-    assert metrics(g)["gracefuld_increments_accepted_total"] == 0
+    assert g.metrics()["gracefuld_increments_accepted_total"] == 0
     stop_cleanly(g)
 
 
@@ -538,7 +528,7 @@ def test_client_reset_mid_response_costs_nothing(server):
         assert first[0][0] == 200
         # The server has stopped reading: the requests it has not parsed
         # yet still wait in its receive queue.
-        assert metrics(g)['gracefuld_http_requests_total{route="metrics",'
+        assert g.metrics()['gracefuld_http_requests_total{route="metrics",'
                           'code="200"}'] < 5000 * (round_ + 1)
         reset(s)
         other.request("GET", "/healthz")
@@ -614,7 +604,7 @@ def test_a_few_hundred_slow_clients_do_not_delay_a_normal_request(server):
             s = g.raw()
             s.sendall(b"GET /incr HTTP/1.1\r\nHost: t\r\nX-Slow: ")
             slow.append(s)
-        assert metrics(g)["gracefuld_open_connections"] == n + 1
+        assert g.metrics()["gracefuld_open_connections"] == n + 1
         stop = threading.Event()
 
         def trickle():

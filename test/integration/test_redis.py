@@ -6,14 +6,6 @@ import threading
 from gracefuld_testlib import Gracefuld, Redis
 
 
-def metric(g, name):
-    _, _, body = g.request("/metrics")
-    for line in body.decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise KeyError(name)
-
-
 def test_redis_absent_at_start_alive_not_ready_then_ready():
     r = Redis()  # a port, but no server yet
     g = Gracefuld(redis=r, env={"INCR_DELAY_MS": "0"}).start()
@@ -46,7 +38,7 @@ def test_redis_outage_after_start_keeps_ready_and_buffers():
         assert g.get("/readyz") == 200
         for _ in range(7):
             assert g.get("/incr") == 200
-        assert metric(g, "gracefuld_increments_pending") == 7
+        assert g.metric("gracefuld_increments_pending") == 7
         r.start()
         g.wait_event("redis_up", start=mark)
         g.signal()
@@ -71,8 +63,8 @@ def test_incrs_in_flight_on_a_killed_connection_are_sent_again(redis, server):
     redis.cli("CLIENT", "PAUSE", "10000", "WRITE")
     for _ in range(10):
         assert g.get("/incr") == 200
-    assert metric(g, "gracefuld_increments_pending") == 10
-    assert metric(g, "gracefuld_increments_done_total") == 0
+    assert g.metric("gracefuld_increments_pending") == 10
+    assert g.metric("gracefuld_increments_done_total") == 0
     mark = g.mark()
     redis.cli("CLIENT", "KILL", "TYPE", "normal")
     g.wait_event("redis_down", start=mark)

@@ -23,14 +23,6 @@ def incr_n(g, n):
     conn.close()
 
 
-def metric(g, name):
-    _, _, body = g.request("/metrics")
-    for line in body.decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise KeyError(name)
-
-
 def test_sigterm_after_n_requests_counts_exactly_n_and_exits_promptly(
         redis, server):
     delay_s = 1.0
@@ -149,7 +141,7 @@ def test_pipelined_batch_sent_before_drain_is_fully_answered(redis, server):
     sender.start()
     # The first response proves the server is working through the batch.
     first = read_http_responses(s, 1, timeout=30, exact=False)
-    answered = metric(g, "gracefuld_increments_accepted_total")
+    answered = g.metric("gracefuld_increments_accepted_total")
     assert answered < n, "the server answered everything before the signal"
 
     mark = g.mark()

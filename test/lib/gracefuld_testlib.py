@@ -257,6 +257,20 @@ class Gracefuld:
     def get(self, path):
         return self.request(path)[0]
 
+    def metrics(self):
+        """/metrics as {sample name with its labels: value}."""
+        _, _, body = self.request("/metrics")
+        out = {}
+        for line in body.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def metric(self, name):
+        """One sample of /metrics; KeyError when it is not there."""
+        return self.metrics()[name]
+
     def raw(self, timeout=10.0):
         """A plain TCP socket to the server."""
         s = socket.create_connection((self.listen_host, self.port),
