@@ -52,24 +52,24 @@ APP = "gracefuld"
 def kubectl():
     path = shutil.which("kubectl")
     if not path:
-        pytest.skip("kubectl (with its built-in kustomize) is not installed")
+        pytest.skip("kubectl (with its built-in kustomize) is not installed "
+                    "(scripts/bootstrap test installs kubernetes-client)")
     return path
 
 
 def render(tmp_path, image_ref):
-    """`kubectl kustomize` of an overlay over a copy of k8s/ that sets the
-    gracefuld image to image_ref (NAME:TAG); the objects, parsed."""
-    shutil.copytree(K8S_DIR, tmp_path / "base")
-    overlay = tmp_path / "overlay"
-    overlay.mkdir()
+    """`kubectl kustomize` of a copy of k8s/ whose images: entry names
+    image_ref (NAME:TAG), as `kustomize edit set image` would; the objects,
+    parsed."""
+    base = tmp_path / "base"
+    shutil.copytree(K8S_DIR, base)
+    path = base / "kustomization.yaml"
+    kust = yaml.safe_load(path.read_text())
     new_name, _, new_tag = image_ref.rpartition(":")
-    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "resources": ["../base"],
-        "images": [{"name": APP, "newName": new_name, "newTag": new_tag}],
-    }))
-    out = subprocess.run([kubectl(), "kustomize", str(overlay)],
+    (entry,) = [e for e in kust["images"] if e["name"] == APP]
+    entry.update(newName=new_name, newTag=new_tag)
+    path.write_text(yaml.safe_dump(kust))
+    out = subprocess.run([kubectl(), "kustomize", str(base)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, f"kubectl kustomize failed:\n{out.stderr}"
     return [d for d in yaml.safe_load_all(out.stdout) if d]
