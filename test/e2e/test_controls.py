@@ -4,7 +4,15 @@ damage (exit status 1, a FAIL verdict, and numbers of the expected size),
 so that a passing test_rollout.py means something.
 
 The runs are shorter than the classic one: 300 requests at 25/s (12 s),
-one rollout at 6 s, INCR_DELAY_MS 2000."""
+one rollout at 6 s, INCR_DELAY_MS 2000. Last, the harness itself: when
+interrupted, it leaves nothing running."""
+
+import os
+import signal
+import subprocess
+import sys
+
+from conftest import ROLLOUT
 
 RATE = 25
 REQUESTS = 300
@@ -70,3 +78,58 @@ def test_zero_grace_period_loses_the_pending_increments(experiment):
     assert any("increments lost" in p for p in run["problems"])
     for rep in run.old_replicas():
         assert rep["status"] == "SIGKILL" and rep["killed"]
+
+
+def children_of(pid):
+    """The processes whose parent is pid."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The field after the parenthesised name, which may hold spaces.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            out.append(int(entry))
+    return out
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_interrupted_it_stops_everything_it_started(tmp_path):
+    """Ctrl+C in the middle of a rollout: rollout.py exits 130 and leaves
+    no process behind (Redis, HAProxy, hey, every replica, old and new)."""
+    cmd = [sys.executable, ROLLOUT, "--workdir", str(tmp_path / "logs"),
+           *map(str, COMMON), "--prestop", "3"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            # An old replica is in its preStop sleep, a new one serves.
+            if ": deleted" in line:
+                break
+        started = children_of(proc.pid)
+        # redis-server, haproxy, hey, three old and one new replica at least.
+        assert len(started) >= 7, "".join(seen)
+        proc.send_signal(signal.SIGINT)
+        seen.extend(proc.stderr)
+        assert proc.wait(timeout=60) == 130, "".join(seen)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert any("interrupted" in line for line in seen), "".join(seen)
+    left = [pid for pid in started if alive(pid)]
+    assert left == [], f"still running after the harness: {left}"
