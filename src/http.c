@@ -37,10 +37,16 @@ static int walk_head(struct http_parser *p, const char *at, const char *end) {
     p->head = HEAD_ON;
     p->head_from = at;
   }
-  for (const char *q = p->head_from; q < end; q++) {
+  const char *q = p->head_from;
+  if (q < end) {
+    /* A line that begins with SP or HT: after each LF, and at the start of
+     * this span when the last one ended with a LF. */
     if (p->after_lf && (*q == ' ' || *q == '\t'))
       return fail(p, 400);
-    p->after_lf = *q == '\n';
+    while ((q = memchr(q, '\n', (size_t)(end - q))) && ++q < end)
+      if (*q == ' ' || *q == '\t')
+        return fail(p, 400);
+    p->after_lf = end[-1] == '\n';
   }
   p->header_bytes += (uint64_t)(end - p->head_from);
   p->head_from = end;
