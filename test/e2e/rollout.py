@@ -37,6 +37,7 @@ stopped on the way out, also on SIGINT, SIGTERM or SIGHUP.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import http.client
 import json
@@ -64,6 +65,28 @@ from gracefuld_testlib import LineReader, Redis  # noqa: E402
 CONTAINERS_CONF = os.path.join(SOURCE_DIR, "test", "container",
                                "containers.conf")
 SANITIZER_MARKS = ("Sanitizer", "runtime error:", "LeakSanitizer")
+
+
+# A stop signal raises KeyboardInterrupt in the main thread, which then
+# stops everything it started. Between starting a process and recording it
+# where the cleanup looks, the signal is held, or the process would be
+# missed; _held counts the main thread's open held_signals() blocks.
+_held = {"depth": 0, "pending": None}
+
+
+@contextlib.contextmanager
+def held_signals():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _held["depth"] += 1
+    try:
+        yield
+    finally:
+        _held["depth"] -= 1
+        if _held["depth"] == 0 and _held["pending"]:
+            name, _held["pending"] = _held["pending"], None
+            raise KeyboardInterrupt(name)
 
 
 class HarnessError(Exception):
@@ -254,7 +277,7 @@ backend endpoints
         try:
             notify.bind(notify_path)
             env = dict(os.environ, NOTIFY_SOCKET=notify_path)
-            with open(self.log, "ab") as log:
+            with open(self.log, "ab") as log, held_signals():
                 self.proc = subprocess.Popen(
                     ["haproxy", "-Ws", "-f", self.cfg], env=env,
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -356,7 +379,8 @@ class Replica:
 
     def start(self):
         self.started_at = self.exp.now()
-        self.proc = self._popen()
+        with held_signals():
+            self.proc = self._popen()
         self._sink = open(self.log_path, "a")
         self.log = LineReader(self.proc.stderr, self._sink)
         return self
@@ -732,10 +756,11 @@ class Experiment:
         args.append(f"http://127.0.0.1:{self.lb.port}/incr")
         self.hey_out = os.path.join(self.workdir, "hey.txt")
         self._hey_file = open(self.hey_out, "w")
-        self.hey = subprocess.Popen(args, stdin=subprocess.DEVNULL,
-                                    stdout=self._hey_file,
-                                    stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+        with held_signals():
+            self.hey = subprocess.Popen(args, stdin=subprocess.DEVNULL,
+                                        stdout=self._hey_file,
+                                        stderr=subprocess.STDOUT,
+                                        start_new_session=True)
         self.hey_args = args
 
     # -- the run ---------------------------------------------------------
@@ -750,8 +775,12 @@ class Experiment:
     def _run(self):
         p = self.p
         p.validate()
-        self.redis = Redis().start()
-        self.lb = HAProxy(self.workdir).start()
+        with held_signals():
+            self.redis = Redis().start()
+        # Known to the cleanup before it starts: it may be interrupted
+        # while waiting for HAProxy to be ready.
+        self.lb = HAProxy(self.workdir)
+        self.lb.start()
         for _ in range(p.replicas):
             r = self.new_replica("initial")
             self.lb.add(r.name, r.port)
@@ -1040,7 +1069,11 @@ def main(argv=None):
         # Once: a second signal must not cut the cleanup short.
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(s, signal.SIG_IGN)
-        raise KeyboardInterrupt(signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if _held["depth"]:
+            _held["pending"] = name
+            return
+        raise KeyboardInterrupt(name)
     # Installed explicitly: a shell starts a background job with SIGINT
     # ignored, and Python then leaves it so.
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

@@ -133,3 +133,19 @@ def test_interrupted_it_stops_everything_it_started(tmp_path):
     assert any("interrupted" in line for line in seen), "".join(seen)
     left = [pid for pid in started if alive(pid)]
     assert left == [], f"still running after the harness: {left}"
+    # Nor a replica it started as the signal came (e2e tests run alone).
+    binary = os.path.realpath(os.environ["GRACEFULD_BIN"])
+    assert running(binary) == []
+
+
+def running(exe):
+    """Live processes of the executable exe."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and alive(int(entry)):
+            try:
+                if os.readlink(f"/proc/{entry}/exe") == exe:
+                    out.append(int(entry))
+            except OSError:
+                pass
+    return out
