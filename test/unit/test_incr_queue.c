@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "incr_queue.h"
@@ -258,119 +259,111 @@ static void on_closed(struct incr_queue *q) {
   f->closed++;
 }
 
-static void test_queue_timer_fires_on_due_at_each_deadline(void **state) {
-  (void)state;
+/* A queue on a real loop, with a record of what its timer did. */
+struct timed {
   uv_loop_t loop;
   struct incr_queue q;
   struct fires f;
-  memset(&f, 0, sizeof f);
-  assert_int_equal(uv_loop_init(&loop), 0);
-  assert_int_equal(incr_queue_init(&q, &loop, on_due), 0);
-  q.data = &f;
+};
 
-  uint64_t start = uv_now(&loop);
+static int setup_timed(void **state) {
+  struct timed *t = calloc(1, sizeof *t);
+  assert_non_null(t);
+  assert_int_equal(uv_loop_init(&t->loop), 0);
+  assert_int_equal(incr_queue_init(&t->q, &t->loop, on_due), 0);
+  t->q.data = &t->f;
+  *state = t;
+  return 0;
+}
+
+/* Closes the queue (a test may have done so already) and asserts that
+ * nothing is left on the loop. */
+static int teardown_timed(void **state) {
+  struct timed *t = *state;
+  incr_queue_close(&t->q, NULL);
+  uv_run(&t->loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&t->loop), 0);
+  free(t);
+  return 0;
+}
+
+static void test_queue_timer_fires_on_due_at_each_deadline(void **state) {
+  struct timed *t = *state;
+
+  uint64_t start = uv_now(&t->loop);
   for (int i = 0; i < 3; i++)
-    assert_int_equal(incr_queue_push(&q, start + 30), 0);
-  assert_int_equal(incr_queue_push(&q, start + 60), 0);
-  assert_int_equal(incr_queue_push(&q, start + 60), 0);
+    assert_int_equal(incr_queue_push(&t->q, start + 30), 0);
+  assert_int_equal(incr_queue_push(&t->q, start + 60), 0);
+  assert_int_equal(incr_queue_push(&t->q, start + 60), 0);
   /* The timer is the only thing keeping the loop alive; once the queue is
    * empty it stops and uv_run returns. */
-  uv_run(&loop, UV_RUN_DEFAULT);
+  uv_run(&t->loop, UV_RUN_DEFAULT);
 
-  assert_int_equal(f.calls, 2);
-  assert_int_equal(f.n[0], 3);
-  assert_true(f.at[0] >= start + 30);
-  assert_true(f.at[0] < start + 30 + 2000);
-  assert_int_equal(f.n[1], 2);
-  assert_true(f.at[1] >= start + 60);
-  assert_true(f.at[1] < start + 60 + 2000);
-  assert_int_equal(q.pending, 0);
-  assert_false(uv_is_active((uv_handle_t *)&q.timer));
+  assert_int_equal(t->f.calls, 2);
+  assert_int_equal(t->f.n[0], 3);
+  assert_true(t->f.at[0] >= start + 30);
+  assert_true(t->f.at[0] < start + 30 + 2000);
+  assert_int_equal(t->f.n[1], 2);
+  assert_true(t->f.at[1] >= start + 60);
+  assert_true(t->f.at[1] < start + 60 + 2000);
+  assert_int_equal(t->q.pending, 0);
+  assert_false(uv_is_active((uv_handle_t *)&t->q.timer));
 
-  incr_queue_close(&q, on_closed);
-  assert_int_equal(f.closed, 0);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  assert_int_equal(f.closed, 1);
-  assert_null(q.runs);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  incr_queue_close(&t->q, on_closed);
+  assert_int_equal(t->f.closed, 0);
+  uv_run(&t->loop, UV_RUN_DEFAULT);
+  assert_int_equal(t->f.closed, 1);
+  assert_null(t->q.runs);
 }
 
 static void test_queue_timer_rearms_when_pushed_after_draining(void **state) {
-  (void)state;
-  uv_loop_t loop;
-  struct incr_queue q;
-  struct fires f;
-  memset(&f, 0, sizeof f);
-  assert_int_equal(uv_loop_init(&loop), 0);
-  assert_int_equal(incr_queue_init(&q, &loop, on_due), 0);
-  q.data = &f;
+  struct timed *t = *state;
 
-  assert_int_equal(incr_queue_push(&q, uv_now(&loop) + 10), 0);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  assert_int_equal(f.calls, 1);
-  assert_int_equal(f.n[0], 1);
+  assert_int_equal(incr_queue_push(&t->q, uv_now(&t->loop) + 10), 0);
+  uv_run(&t->loop, UV_RUN_DEFAULT);
+  assert_int_equal(t->f.calls, 1);
+  assert_int_equal(t->f.n[0], 1);
 
-  uv_update_time(&loop);
-  uint64_t again = uv_now(&loop) + 10;
-  assert_int_equal(incr_queue_push(&q, again), 0);
-  assert_int_equal(incr_queue_push(&q, again), 0);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  assert_int_equal(f.calls, 2);
-  assert_int_equal(f.n[1], 2);
-  assert_true(f.at[1] >= again);
-
-  incr_queue_close(&q, NULL);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  uv_update_time(&t->loop);
+  uint64_t again = uv_now(&t->loop) + 10;
+  assert_int_equal(incr_queue_push(&t->q, again), 0);
+  assert_int_equal(incr_queue_push(&t->q, again), 0);
+  uv_run(&t->loop, UV_RUN_DEFAULT);
+  assert_int_equal(t->f.calls, 2);
+  assert_int_equal(t->f.n[1], 2);
+  assert_true(t->f.at[1] >= again);
 }
 
 static void test_queue_close_discards_pending_and_frees_the_loop(void **state) {
-  (void)state;
-  uv_loop_t loop;
-  struct incr_queue q;
-  struct fires f;
-  memset(&f, 0, sizeof f);
-  assert_int_equal(uv_loop_init(&loop), 0);
-  assert_int_equal(incr_queue_init(&q, &loop, on_due), 0);
-  q.data = &f;
+  struct timed *t = *state;
 
   for (uint64_t d = 1; d <= 100; d++)
-    assert_int_equal(incr_queue_push(&q, uv_now(&loop) + 1000 + d), 0);
-  incr_queue_close(&q, on_closed);
-  assert_int_equal(q.pending, 0);
+    assert_int_equal(incr_queue_push(&t->q, uv_now(&t->loop) + 1000 + d), 0);
+  incr_queue_close(&t->q, on_closed);
+  assert_int_equal(t->q.pending, 0);
   /* Closing twice is harmless. */
-  incr_queue_close(&q, on_closed);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  assert_int_equal(f.calls, 0);
-  assert_int_equal(f.closed, 1);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  incr_queue_close(&t->q, on_closed);
+  uv_run(&t->loop, UV_RUN_DEFAULT);
+  assert_int_equal(t->f.calls, 0);
+  assert_int_equal(t->f.closed, 1);
 }
 
 static void test_queue_clear_stops_the_timer(void **state) {
-  (void)state;
-  uv_loop_t loop;
-  struct incr_queue q;
-  struct fires f;
-  memset(&f, 0, sizeof f);
-  assert_int_equal(uv_loop_init(&loop), 0);
-  assert_int_equal(incr_queue_init(&q, &loop, on_due), 0);
-  q.data = &f;
+  struct timed *t = *state;
 
-  assert_int_equal(incr_queue_push(&q, uv_now(&loop) + 5), 0);
-  assert_true(uv_is_active((uv_handle_t *)&q.timer));
-  assert_int_equal(incr_queue_clear(&q), 1);
+  assert_int_equal(incr_queue_push(&t->q, uv_now(&t->loop) + 5), 0);
+  assert_true(uv_is_active((uv_handle_t *)&t->q.timer));
+  assert_int_equal(incr_queue_clear(&t->q), 1);
   /* Nothing is armed: the loop has nothing to wait for. */
-  assert_false(uv_is_active((uv_handle_t *)&q.timer));
-  assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
-  assert_int_equal(f.calls, 0);
-
-  incr_queue_close(&q, NULL);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  assert_false(uv_is_active((uv_handle_t *)&t->q.timer));
+  assert_int_equal(uv_run(&t->loop, UV_RUN_DEFAULT), 0);
+  assert_int_equal(t->f.calls, 0);
 }
 
 #define QUEUE_TEST(f)                                                          \
   cmocka_unit_test_setup_teardown(f, setup_queue, teardown_queue)
+#define TIMED_TEST(f)                                                          \
+  cmocka_unit_test_setup_teardown(f, setup_timed, teardown_timed)
 
 int main(void) {
   const struct CMUnitTest tests[] = {
@@ -386,10 +379,10 @@ int main(void) {
       QUEUE_TEST(test_queue_keeps_order_across_many_wraps),
       QUEUE_TEST(test_queue_clear_returns_pending_and_empties),
       QUEUE_TEST(test_queue_pending_counts_every_increment),
-      cmocka_unit_test(test_queue_timer_fires_on_due_at_each_deadline),
-      cmocka_unit_test(test_queue_timer_rearms_when_pushed_after_draining),
-      cmocka_unit_test(test_queue_close_discards_pending_and_frees_the_loop),
-      cmocka_unit_test(test_queue_clear_stops_the_timer),
+      TIMED_TEST(test_queue_timer_fires_on_due_at_each_deadline),
+      TIMED_TEST(test_queue_timer_rearms_when_pushed_after_draining),
+      TIMED_TEST(test_queue_close_discards_pending_and_frees_the_loop),
+      TIMED_TEST(test_queue_clear_stops_the_timer),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
