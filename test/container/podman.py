@@ -30,7 +30,7 @@ import time
 
 import pytest
 
-from gracefuld_testlib import LineReader
+from gracefuld_testlib import LineReader, stop_process
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE_DIR = os.environ.get("GRACEFULD_SOURCE_DIR") or os.path.abspath(
@@ -180,13 +180,7 @@ class Logs:
         self.reader.join(timeout)
 
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.reader.join()
 
 

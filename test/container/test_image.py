@@ -127,25 +127,35 @@ def termination_log_file(tmp_path):
     return path
 
 
-@pytest.mark.slow
-def test_read_only_without_capabilities_serves_and_drains(
-        image, redis, cleanup, tmp_path):
-    requests = 50
+def run_hardened(image, redis, cleanup, tmp_path, name, incr_delay_ms):
+    """Runs the image as the manifests do (read-only root, no
+    capabilities), REDIS_ADDR a host name for the host's redis-server and a
+    termination log file mounted; returns (container, published port,
+    termination log, Logs) once it is started."""
     port = free_port()
     tlog = termination_log_file(tmp_path)
-    ctr = unique_name("run")
+    ctr = unique_name(name)
     cleanup.container(ctr)
     podman("run", "--detach", "--name", ctr,
            "--read-only", "--cap-drop", "ALL",
            "--network", "slirp4netns",
            "--add-host", f"redis:{HOST_LOOPBACK}",
            "--env", f"REDIS_ADDR=redis:{redis.port}",
-           "--env", "INCR_DELAY_MS=2000",
+           "--env", f"INCR_DELAY_MS={incr_delay_ms}",
            "--volume", f"{tlog}:/dev/termination-log",
            "--publish", f"127.0.0.1:{port}:8080",
            image.ref)
     logs = Logs(ctr)
     cleanup.call("logs " + ctr, logs.close)
+    return ctr, port, tlog, logs
+
+
+@pytest.mark.slow
+def test_read_only_without_capabilities_serves_and_drains(
+        image, redis, cleanup, tmp_path):
+    requests = 50
+    ctr, port, tlog, logs = run_hardened(image, redis, cleanup, tmp_path,
+                                         "run", 2000)
 
     start = logs.wait_event("start")
     assert start["redis"] == f"redis:{redis.port}"
@@ -204,21 +214,8 @@ def test_a_second_stop_signal_abandons_and_exits_3(image, redis, cleanup,
                                                   tmp_path):
     """The exit status the orchestrator sees when the drain is cut short:
     3, and the summary says how many increments were given up."""
-    port = free_port()
-    tlog = termination_log_file(tmp_path)
-    ctr = unique_name("abandon")
-    cleanup.container(ctr)
-    podman("run", "--detach", "--name", ctr,
-           "--read-only", "--cap-drop", "ALL",
-           "--network", "slirp4netns",
-           "--add-host", f"redis:{HOST_LOOPBACK}",
-           "--env", f"REDIS_ADDR=redis:{redis.port}",
-           "--env", "INCR_DELAY_MS=600000",
-           "--volume", f"{tlog}:/dev/termination-log",
-           "--publish", f"127.0.0.1:{port}:8080",
-           image.ref)
-    logs = Logs(ctr)
-    cleanup.call("logs " + ctr, logs.close)
+    ctr, port, tlog, logs = run_hardened(image, redis, cleanup, tmp_path,
+                                         "abandon", 600000)
     logs.wait_event("redis_up")
     for _ in range(3):
         assert get(port, "/incr")[0] == 200

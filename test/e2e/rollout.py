@@ -60,7 +60,7 @@ SOURCE_DIR = (os.environ.get("GRACEFULD_SOURCE_DIR")
               or os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, os.path.join(SOURCE_DIR, "test", "lib"))
 
-from gracefuld_testlib import LineReader, Redis  # noqa: E402
+from gracefuld_testlib import LineReader, Redis, stop_process  # noqa: E402
 
 CONTAINERS_CONF = os.path.join(SOURCE_DIR, "test", "container",
                                "containers.conf")
@@ -337,14 +337,7 @@ backend endpoints
             f"del server endpoints/{name}")
 
     def stop(self):
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()  # the master stops its worker, then exits
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)  # the master stops its worker, then exits
 
 
 # -- replicas ----------------------------------------------------------------

@@ -29,6 +29,18 @@ def free_port(host="127.0.0.1"):
         return s.getsockname()[1]
 
 
+def stop_process(proc, timeout=10.0):
+    """SIGTERM, then SIGKILL if proc has not exited within timeout."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def require_binary():
     if not BIN or not os.access(BIN, os.X_OK):
         raise RuntimeError(
@@ -111,13 +123,7 @@ class Redis:
         return self
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def cleanup(self):
