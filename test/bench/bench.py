@@ -354,6 +354,16 @@ class Bench:
     def nginx(self):
         return Nginx(self.a.server_cpu).start()
 
+    def server(self, kind, delay_ms):
+        """A started nginx or gracefuld (with INCR_DELAY_MS delay_ms)."""
+        return self.nginx() if kind is Nginx else self.gracefuld(delay_ms)
+
+    @staticmethod
+    def round_order(r):
+        """Which server goes first in round r: they take turns, so that
+        neither always runs on a machine the other has just warmed."""
+        return [Nginx, Gracefuld] if r % 2 == 0 else [Gracefuld, Nginx]
+
     def wrk(self, port, seconds, latency=False):
         # wrk takes whole seconds.
         cmd = ["wrk", "-t1", f"-c{self.a.conns}",
@@ -431,11 +441,9 @@ class Bench:
         first = max(min(a.duration, delay_s - 1), 1)
         rounds = []
         for r in range(a.rounds):
-            order = [Nginx, Gracefuld] if r % 2 == 0 else [Gracefuld, Nginx]
             row = {"round": r + 1, "loadavg": os.getloadavg()[0]}
-            for kind in order:
-                srv = (self.nginx() if kind is Nginx
-                       else self.gracefuld(a.incr_delay_ms))
+            for kind in self.round_order(r):
+                srv = self.server(kind, a.incr_delay_ms)
                 res = {}
                 try:
                     res["http_only"] = self.measured_wrk(srv, first)
@@ -491,11 +499,9 @@ class Bench:
         a = self.a
         rounds = []
         for r in range(a.rounds):
-            order = [Nginx, Gracefuld] if r % 2 == 0 else [Gracefuld, Nginx]
             row = {"round": r + 1, "loadavg": os.getloadavg()[0]}
-            for kind in order:
-                srv = (self.nginx() if kind is Nginx
-                       else self.gracefuld(a.incr_delay_ms))
+            for kind in self.round_order(r):
+                srv = self.server(kind, a.incr_delay_ms)
                 try:
                     warm = a.lat_warmup
                     cpu0 = cpu_seconds(srv.pids())
@@ -800,8 +806,7 @@ class Bench:
         events += ["context-switches", "task-clock"]
         out = {}
         for kind in (Nginx, Gracefuld):
-            srv = (self.nginx() if kind is Nginx
-                   else self.gracefuld(a.syscall_delay_ms))
+            srv = self.server(kind, a.syscall_delay_ms)
             try:
                 self.wrk(srv.port, 2)
                 pids = ",".join(map(str, srv.pids()))
