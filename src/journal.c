@@ -1,0 +1,273 @@
+#include "journal.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <uv.h>
+
+#include "journal_lua.h" /* generated from src/lua by CMakeLists.txt */
+
+void journal_cmd_free(struct journal_cmd *cmd) {
+  free(cmd->buf);
+  memset(cmd, 0, sizeof *cmd);
+}
+
+static int key(char *dst, const char *prefix, const char *what,
+               const char *id) {
+  int n = snprintf(dst, JOURNAL_KEY_MAX, "%s%s%s%s", prefix, what,
+                   id ? ":" : "", id ? id : "");
+  return n < 0 || n >= JOURNAL_KEY_MAX ? UV_EINVAL : 0;
+}
+
+int journal_init(struct journal *j, const char *prefix, const char *counter,
+                 uint64_t random) {
+  memset(j, 0, sizeof *j);
+  snprintf(j->id, sizeof j->id, "%016" PRIx64, random);
+  if (strlen(counter) >= sizeof j->counter ||
+      strlen(prefix) >= sizeof j->prefix)
+    return UV_EINVAL;
+  strcpy(j->counter, counter);
+  strcpy(j->prefix, prefix);
+  if (key(j->fence, prefix, "fence", j->id) ||
+      key(j->skip, prefix, "skip", j->id) ||
+      key(j->journal, prefix, "journal", j->id) ||
+      key(j->lease, prefix, "lease", j->id) ||
+      key(j->replicas, prefix, "replicas", NULL))
+    return UV_EINVAL;
+  return 0;
+}
+
+void journal_clock_set(struct journal *j, uint64_t wall_ms, uint64_t mono_ms) {
+  j->clock_offset = (int64_t)wall_ms - (int64_t)mono_ms;
+}
+
+uint64_t journal_wall(const struct journal *j, uint64_t mono_ms) {
+  return (uint64_t)((int64_t)mono_ms + j->clock_offset);
+}
+
+uint64_t journal_renew_period_ms(uint64_t lease_ms) {
+  uint64_t p = lease_ms / 3;
+  return p > 0 ? p : 1;
+}
+
+uint64_t journal_adoption_bound_ms(uint64_t lease_ms) {
+  return lease_ms + journal_renew_period_ms(lease_ms);
+}
+
+/* ---- Redis protocol, into a reused buffer ------------------------------- */
+
+static int reserve(struct journal_cmd *cmd, size_t more) {
+  if (cmd->len + more <= cmd->cap)
+    return 0;
+  size_t cap = cmd->cap ? cmd->cap : 1024;
+  while (cap < cmd->len + more)
+    cap *= 2;
+  char *buf = realloc(cmd->buf, cap);
+  if (!buf)
+    return UV_ENOMEM;
+  cmd->buf = buf;
+  cmd->cap = cap;
+  return 0;
+}
+
+static int put(struct journal_cmd *cmd, const char *s, size_t n) {
+  if (reserve(cmd, n))
+    return UV_ENOMEM;
+  memcpy(cmd->buf + cmd->len, s, n);
+  cmd->len += n;
+  return 0;
+}
+
+static int head(struct journal_cmd *cmd, char type, uint64_t n) {
+  char h[32];
+  int len = snprintf(h, sizeof h, "%c%" PRIu64 "\r\n", type, n);
+  return put(cmd, h, (size_t)len);
+}
+
+static int arg(struct journal_cmd *cmd, const char *s, size_t n) {
+  if (head(cmd, '$', n) || put(cmd, s, n) || put(cmd, "\r\n", 2))
+    return UV_ENOMEM;
+  return 0;
+}
+
+static int arg_str(struct journal_cmd *cmd, const char *s) {
+  return arg(cmd, s, strlen(s));
+}
+
+static int arg_u64(struct journal_cmd *cmd, uint64_t v) {
+  char d[24];
+  int len = snprintf(d, sizeof d, "%" PRIu64, v);
+  return arg(cmd, d, (size_t)len);
+}
+
+/* EVAL <script> <nkeys> <keys...>, leaving the arguments to the caller;
+ * nargs counts them. */
+static int eval(struct journal_cmd *cmd, const char *script, size_t len,
+                const char *const *keys, unsigned nkeys, size_t nargs) {
+  cmd->len = 0;
+  int rc = head(cmd, '*', 3 + nkeys + nargs);
+  rc = rc ? rc : arg_str(cmd, "EVAL");
+  rc = rc ? rc : arg(cmd, script, len);
+  rc = rc ? rc : arg_u64(cmd, nkeys);
+  for (unsigned i = 0; i < nkeys && !rc; i++)
+    rc = arg_str(cmd, keys[i]);
+  return rc;
+}
+
+#define EVAL(cmd, script, keys, nargs)                                         \
+  eval(cmd, script, sizeof script - 1, keys, sizeof keys / sizeof *keys, nargs)
+
+int journal_cmd_batch(struct journal_cmd *cmd, const struct journal *j,
+                      uint64_t seq, uint64_t n) {
+  const char *keys[] = {j->counter, j->fence};
+  int rc = EVAL(cmd, lua_batch, keys, 3);
+  rc = rc ? rc : arg_u64(cmd, seq);
+  rc = rc ? rc : arg_u64(cmd, n);
+  return rc ? rc : arg_u64(cmd, JOURNAL_FENCE_TTL_MS);
+}
+
+int journal_cmd_write(struct journal_cmd *cmd, const struct journal *j,
+                      uint64_t seq, uint64_t deadline_wall, uint64_t n,
+                      uint64_t known, uint64_t lease_ms) {
+  const char *keys[] = {j->journal, j->fence, j->skip, j->lease, j->replicas};
+  int rc = EVAL(cmd, lua_journal_write, keys, 7);
+  rc = rc ? rc : arg_u64(cmd, seq);
+  rc = rc ? rc : arg_u64(cmd, deadline_wall);
+  rc = rc ? rc : arg_u64(cmd, n);
+  rc = rc ? rc : arg_u64(cmd, known);
+  rc = rc ? rc : arg_u64(cmd, lease_ms);
+  rc = rc ? rc : arg_u64(cmd, JOURNAL_FENCE_TTL_MS);
+  return rc ? rc : arg_str(cmd, j->id);
+}
+
+int journal_cmd_resolve(struct journal_cmd *cmd, const struct journal *j,
+                        uint64_t seq) {
+  const char *keys[] = {j->fence, j->skip};
+  int rc = EVAL(cmd, lua_journal_resolve, keys, 2);
+  rc = rc ? rc : arg_u64(cmd, seq);
+  return rc ? rc : arg_u64(cmd, JOURNAL_FENCE_TTL_MS);
+}
+
+int journal_cmd_move(struct journal_cmd *cmd, const struct journal *j,
+                     const uint64_t *deadlines_wall, size_t n) {
+  if (n > JOURNAL_MOVE_MAX)
+    return UV_EINVAL;
+  const char *keys[] = {j->counter, j->journal};
+  int rc = EVAL(cmd, lua_journal_move, keys, n);
+  for (size_t i = 0; i < n && !rc; i++)
+    rc = arg_u64(cmd, deadlines_wall[i]);
+  return rc;
+}
+
+int journal_cmd_renew(struct journal_cmd *cmd, const struct journal *j,
+                      uint64_t lease_ms) {
+  cmd->len = 0;
+  int rc = head(cmd, '*', 5);
+  rc = rc ? rc : arg_str(cmd, "SET");
+  rc = rc ? rc : arg_str(cmd, j->lease);
+  rc = rc ? rc : arg_str(cmd, j->id);
+  rc = rc ? rc : arg_str(cmd, "PX");
+  return rc ? rc : arg_u64(cmd, lease_ms);
+}
+
+int journal_cmd_adopt(struct journal_cmd *cmd, const struct journal *j,
+                      uint64_t wall_now) {
+  const char *keys[] = {j->journal, j->replicas};
+  int rc = EVAL(cmd, lua_journal_adopt, keys, 3);
+  rc = rc ? rc : arg_str(cmd, j->prefix);
+  rc = rc ? rc : arg_str(cmd, j->id);
+  return rc ? rc : arg_u64(cmd, wall_now);
+}
+
+int journal_cmd_leave(struct journal_cmd *cmd, const struct journal *j) {
+  const char *keys[] = {j->journal, j->lease, j->replicas};
+  int rc = EVAL(cmd, lua_journal_leave, keys, 1);
+  return rc ? rc : arg_str(cmd, j->id);
+}
+
+/* ---- Replies ------------------------------------------------------------ */
+
+enum journal_outcome journal_batch_outcome(const redisReply *reply) {
+  if (reply->type == REDIS_REPLY_ERROR)
+    return JOURNAL_ERROR;
+  if (reply->type != REDIS_REPLY_INTEGER)
+    return JOURNAL_BAD_REPLY;
+  switch (reply->integer) {
+  case 1:
+    return JOURNAL_APPLIED;
+  case 0:
+    return JOURNAL_DUPLICATE;
+  case -1:
+    return JOURNAL_OUT_OF_ORDER;
+  default:
+    return JOURNAL_BAD_REPLY;
+  }
+}
+
+enum journal_outcome journal_write_outcome(const redisReply *reply) {
+  if (reply->type == REDIS_REPLY_ERROR)
+    return JOURNAL_ERROR;
+  if (reply->type != REDIS_REPLY_INTEGER ||
+      (reply->integer != 0 && reply->integer != 1))
+    return JOURNAL_BAD_REPLY;
+  return reply->integer ? JOURNAL_APPLIED : JOURNAL_NOT_APPLIED;
+}
+
+bool journal_count_of(const redisReply *reply, uint64_t *count) {
+  if (reply->type != REDIS_REPLY_INTEGER || reply->integer < 0)
+    return false;
+  *count = (uint64_t)reply->integer;
+  return true;
+}
+
+/* A flat array of (string, integer) pairs, as the adoption script builds. */
+static bool pairs_ok(const redisReply *r) {
+  if (r->type != REDIS_REPLY_ARRAY || r->elements % 2)
+    return false;
+  for (size_t i = 0; i < r->elements; i += 2)
+    if (r->element[i]->type != REDIS_REPLY_STRING ||
+        r->element[i + 1]->type != REDIS_REPLY_INTEGER ||
+        r->element[i + 1]->integer < 0)
+      return false;
+  return true;
+}
+
+bool journal_adoption_of(const redisReply *reply, struct journal_adoption *a) {
+  if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+      !pairs_ok(reply->element[0]) || !pairs_ok(reply->element[1]))
+    return false;
+  a->who = reply->element[0];
+  a->added = reply->element[1];
+  return true;
+}
+
+bool journal_adoption_replica(const struct journal_adoption *a, size_t i,
+                              const char **id, size_t *id_len, uint64_t *n) {
+  if (2 * i >= a->who->elements)
+    return false;
+  *id = a->who->element[2 * i]->str;
+  *id_len = a->who->element[2 * i]->len;
+  *n = (uint64_t)a->who->element[2 * i + 1]->integer;
+  return true;
+}
+
+bool journal_adoption_entry(const struct journal_adoption *a, size_t i,
+                            uint64_t *deadline_wall, uint64_t *n) {
+  if (2 * i >= a->added->elements)
+    return false;
+  const redisReply *d = a->added->element[2 * i];
+  char digits[24];
+  if (d->len == 0 || d->len >= sizeof digits)
+    return false;
+  memcpy(digits, d->str, d->len);
+  digits[d->len] = '\0';
+  char *end;
+  unsigned long long v = strtoull(digits, &end, 10);
+  if (*end)
+    return false;
+  *deadline_wall = v;
+  *n = (uint64_t)a->added->element[2 * i + 1]->integer;
+  return true;
+}

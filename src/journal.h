@@ -1,0 +1,136 @@
+/* The Redis side of exactly once: the keys a replica owns, the commands
+ * that run the scripts of src/lua, and the decoding of their replies. Pure:
+ * no sockets, no loop, so the unit tests drive all of it.
+ *
+ * Memory mode sends each batch of increments that fell due together as one
+ * numbered, fenced INCRBY (lua/batch.lua). Journal mode records a loop
+ * turn's increments in the replica's journal before their 200s
+ * (journal_write.lua), settles a write whose reply was lost
+ * (journal_resolve.lua), moves due entries to the counter
+ * (journal_move.lua), adopts the journals of replicas whose lease lapsed
+ * (journal_adopt.lua) and leaves (journal_leave.lua).
+ *
+ * Keys, all under KEY_PREFIX but the counter:
+ *   <prefix>fence:<id>    the last batch or write number applied
+ *   <prefix>skip:<id>     journal writes fenced off while their outcome was
+ *                         being asked for (a sorted set, usually absent)
+ *   <prefix>journal:<id>  deadline (wall-clock ms) -> increments
+ *   <prefix>lease:<id>    present while the replica lives
+ *   <prefix>replicas      the ids of replicas that may hold a journal */
+#ifndef GRACEFULD_JOURNAL_H
+#define GRACEFULD_JOURNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <hiredis/hiredis.h>
+
+#define JOURNAL_ID_LEN 16 /* hex digits of a 64-bit random id */
+#define JOURNAL_KEY_MAX 600
+/* How long a fence outlives the last batch or write it fenced: longer than
+ * any pause after which a command from a broken connection could still be
+ * executed. */
+#define JOURNAL_FENCE_TTL_MS (24ull * 3600 * 1000)
+/* Deadlines moved by one command at most (Lua's unpack has a limit). */
+#define JOURNAL_MOVE_MAX 1000
+
+/* A command in Redis protocol form, in a buffer that grows and is reused. */
+struct journal_cmd {
+  char *buf;
+  size_t len;
+  size_t cap;
+};
+
+void journal_cmd_free(struct journal_cmd *cmd);
+
+struct journal {
+  char id[JOURNAL_ID_LEN + 1];
+  char counter[JOURNAL_KEY_MAX];
+  char fence[JOURNAL_KEY_MAX];
+  char skip[JOURNAL_KEY_MAX];
+  char journal[JOURNAL_KEY_MAX];
+  char lease[JOURNAL_KEY_MAX];
+  char replicas[JOURNAL_KEY_MAX];
+  char prefix[JOURNAL_KEY_MAX];
+  /* wall-clock ms at monotonic 0: deadlines are monotonic time plus this, a
+   * wall clock that never runs backwards within the process */
+  int64_t clock_offset;
+};
+
+/* Names the keys of replica `random` (its id is the hex of it). Returns 0,
+ * or UV_EINVAL when a key would not fit. */
+int journal_init(struct journal *j, const char *prefix, const char *counter,
+                 uint64_t random);
+
+/* Fixes the clock: wall_ms is the wall clock when the monotonic clock read
+ * mono_ms. */
+void journal_clock_set(struct journal *j, uint64_t wall_ms, uint64_t mono_ms);
+
+/* The wall-clock ms of monotonic time mono_ms. */
+uint64_t journal_wall(const struct journal *j, uint64_t mono_ms);
+
+/* ---- Leases -------------------------------------------------------------
+ * A lease is renewed every third of its length, and each renewal also looks
+ * for lapsed leases to adopt: a replica that dies is adopted at most
+ * lease + renewal period after its last renewal. */
+uint64_t journal_renew_period_ms(uint64_t lease_ms);
+uint64_t journal_adoption_bound_ms(uint64_t lease_ms);
+
+/* ---- Commands: each fills cmd (reusing its buffer); 0 or UV_ENOMEM ------ */
+
+int journal_cmd_batch(struct journal_cmd *cmd, const struct journal *j,
+                      uint64_t seq, uint64_t n);
+int journal_cmd_write(struct journal_cmd *cmd, const struct journal *j,
+                      uint64_t seq, uint64_t deadline_wall, uint64_t n,
+                      uint64_t known, uint64_t lease_ms);
+int journal_cmd_resolve(struct journal_cmd *cmd, const struct journal *j,
+                        uint64_t seq);
+/* Moves the entries at the given wall-clock deadlines (at most
+ * JOURNAL_MOVE_MAX). */
+int journal_cmd_move(struct journal_cmd *cmd, const struct journal *j,
+                     const uint64_t *deadlines_wall, size_t n);
+int journal_cmd_renew(struct journal_cmd *cmd, const struct journal *j,
+                      uint64_t lease_ms);
+int journal_cmd_adopt(struct journal_cmd *cmd, const struct journal *j,
+                      uint64_t wall_now);
+int journal_cmd_leave(struct journal_cmd *cmd, const struct journal *j);
+
+/* ---- Replies ------------------------------------------------------------ */
+
+enum journal_outcome {
+  JOURNAL_APPLIED,      /* counted, or recorded in the journal */
+  JOURNAL_DUPLICATE,    /* a batch applied before: done, not counted again */
+  JOURNAL_NOT_APPLIED,  /* a write fenced off, or resolved as not written */
+  JOURNAL_OUT_OF_ORDER, /* a batch whose predecessor is missing: send both */
+  JOURNAL_ERROR,        /* an error reply: the caller classifies it */
+  JOURNAL_BAD_REPLY,    /* a reply of a kind the script never sends */
+};
+
+/* Decodes the reply to a batch (lua/batch.lua). */
+enum journal_outcome journal_batch_outcome(const redisReply *reply);
+
+/* Decodes the reply to a journal write or resolve: applied or not. */
+enum journal_outcome journal_write_outcome(const redisReply *reply);
+
+/* The integer a move or leave answers; false for anything else. */
+bool journal_count_of(const redisReply *reply, uint64_t *count);
+
+/* An adoption's reply, walked entry by entry. */
+struct journal_adoption {
+  const redisReply *who;   /* id, increments, id, increments ... */
+  const redisReply *added; /* deadline (wall ms, this clock), increments ... */
+};
+
+/* Checks the shape of an adoption reply; false if it is not one. */
+bool journal_adoption_of(const redisReply *reply, struct journal_adoption *a);
+
+/* The i-th adopted replica and its increments; false past the end. */
+bool journal_adoption_replica(const struct journal_adoption *a, size_t i,
+                              const char **id, size_t *id_len, uint64_t *n);
+
+/* The i-th entry added to this journal; false past the end. */
+bool journal_adoption_entry(const struct journal_adoption *a, size_t i,
+                            uint64_t *deadline_wall, uint64_t *n);
+
+#endif

@@ -1,0 +1,25 @@
+-- Journal mode: record increments in this replica's journal before their
+-- 200s are sent. One write per loop turn, for every /incr of that turn.
+--   KEYS[1] journal (hash: deadline ms -> increments)   KEYS[2] fence
+--   KEYS[3] fenced-off writes (zset)   KEYS[4] lease   KEYS[5] replicas (set)
+--   ARGV[1] write number   ARGV[2] deadline, wall-clock ms   ARGV[3] increments
+--   ARGV[4] writes up to this number have a known outcome (prune KEYS[3])
+--   ARGV[5] lease, ms   ARGV[6] fence lifetime, ms   ARGV[7] replica id
+-- A write is sent once and never again: when its reply is lost, the replica
+-- resolves it with journal_resolve.lua instead. Write numbers only grow, so
+-- a write numbered at or below the fence is a late copy of one that was
+-- applied or fenced off: it answers 0 and changes nothing.
+-- Returns 1 when recorded, 0 when not.
+local seq = tonumber(ARGV[1])
+local last = tonumber(redis.call('GET', KEYS[2]) or 0)
+if seq <= last then
+  return 0
+end
+redis.call('HINCRBY', KEYS[1], ARGV[2], ARGV[3])
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[6])
+redis.call('SET', KEYS[4], ARGV[7], 'PX', ARGV[5])
+redis.call('SADD', KEYS[5], ARGV[7])
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[4])
+end
+return 1

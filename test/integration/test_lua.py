@@ -1,0 +1,289 @@
+"""The scripts of src/lua, run against a real redis-server exactly as the
+binary sends them: each batch counted once however often it is sent, a
+journal write either held or fenced off for good, adoption judged by
+Redis's clock, moves that cannot count twice."""
+
+import os
+import signal
+import socket
+
+import pytest
+
+from gracefuld_testlib import Redis
+
+LUA = os.path.join(os.environ.get("GRACEFULD_SOURCE_DIR", "."), "src", "lua")
+TTL = 86400000
+
+
+def script(name):
+    with open(os.path.join(LUA, name + ".lua"), "rb") as f:
+        return f.read()
+
+
+def encode(*args):
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        a = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+class Conn:
+    """One Redis connection speaking RESP2, enough for these scripts."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+
+    def close(self):
+        self.sock.close()
+
+    def send(self, *args):
+        self.sock.sendall(encode(*args))
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("redis closed the connection")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def read(self):
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            return RedisError(rest.decode())
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            while len(self.buf) < n + 2:
+                self.buf += self.sock.recv(65536)
+            data, self.buf = self.buf[:n], self.buf[n + 2:]
+            return data.decode()
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self.read() for _ in range(n)]
+        raise ValueError(f"unexpected reply {line!r}")
+
+    def call(self, *args):
+        self.send(*args)
+        return self.read()
+
+    def eval(self, name, keys, *argv):
+        return self.call("EVAL", script(name), len(keys), *keys, *argv)
+
+
+class RedisError(str):
+    pass
+
+
+@pytest.fixture
+def redis():
+    with Redis() as r:
+        yield r
+
+
+@pytest.fixture
+def conn(redis):
+    c = Conn(redis.port)
+    yield c
+    c.close()
+
+
+def batch(conn, seq, n, counter="counter", fence="p:fence:a"):
+    return conn.eval("batch", [counter, fence], seq, n, TTL)
+
+
+def write_keys(rid="a"):
+    return [f"p:journal:{rid}", f"p:fence:{rid}", f"p:skip:{rid}",
+            f"p:lease:{rid}", "p:replicas"]
+
+
+def write(conn, seq, deadline, n, known=0, lease=3000, rid="a"):
+    return conn.eval("journal_write", write_keys(rid), seq, deadline, n,
+                     known, lease, TTL, rid)
+
+
+def resolve(conn, seq, rid="a"):
+    return conn.eval("journal_resolve", [f"p:fence:{rid}", f"p:skip:{rid}"],
+                     seq, TTL)
+
+
+def journal(conn, rid="a"):
+    flat = conn.call("HGETALL", f"p:journal:{rid}")
+    return {int(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+def redis_ms(conn):
+    s, us = conn.call("TIME")
+    return int(s) * 1000 + int(us) // 1000
+
+
+def test_batch_counts_once_however_often_it_is_sent(conn):
+    assert batch(conn, 1, 5) == 1
+    assert batch(conn, 1, 5) == 0  # a retry
+    assert batch(conn, 3, 7) == -1  # 2 is missing: nothing applied
+    assert batch(conn, 2, 4) == 1
+    assert batch(conn, 3, 7) == 1
+    assert batch(conn, 2, 4) == 0  # a late copy
+    assert int(conn.call("GET", "counter")) == 16
+    assert int(conn.call("GET", "p:fence:a")) == 3
+    assert 0 < conn.call("PTTL", "p:fence:a") <= TTL
+
+
+def test_batch_fences_of_two_replicas_are_independent(conn):
+    assert batch(conn, 1, 2, fence="p:fence:a") == 1
+    assert batch(conn, 1, 3, fence="p:fence:b") == 1
+    assert int(conn.call("GET", "counter")) == 5
+
+
+def test_batch_refused_by_the_counter_consumes_its_number(conn):
+    conn.call("SET", "counter", "not a number")
+    r = batch(conn, 1, 5)
+    assert isinstance(r, RedisError) and "not an integer" in r
+    conn.call("SET", "counter", "10")
+    assert batch(conn, 1, 5) == 0  # never applied later
+    assert batch(conn, 2, 1) == 1  # the next one goes on
+    assert int(conn.call("GET", "counter")) == 11
+
+
+def test_batch_refused_for_memory_is_sent_again_with_its_number(conn):
+    conn.call("CONFIG", "SET", "maxmemory", "1")
+    conn.call("CONFIG", "SET", "maxmemory-policy", "noeviction")
+    r = batch(conn, 1, 5)
+    assert isinstance(r, RedisError) and r.startswith("OOM")
+    conn.call("CONFIG", "SET", "maxmemory", "0")
+    assert batch(conn, 1, 5) == 1
+    assert int(conn.call("GET", "counter")) == 5
+
+
+def test_write_records_once_and_takes_the_lease(conn):
+    assert write(conn, 1, 1000, 3) == 1
+    assert write(conn, 2, 1000, 2) == 1
+    assert write(conn, 2, 1000, 2) == 0  # a late copy is never applied
+    assert write(conn, 3, 1001, 4) == 1
+    assert journal(conn) == {1000: 5, 1001: 4}
+    assert conn.call("GET", "p:lease:a") == "a"
+    assert 0 < conn.call("PTTL", "p:lease:a") <= 3000
+    assert conn.call("SMEMBERS", "p:replicas") == ["a"]
+
+
+def test_resolve_tells_applied_from_fenced_off_for_good(conn):
+    assert write(conn, 1, 1000, 3) == 1
+    assert resolve(conn, 1) == 1  # its reply was lost, but it is held
+    assert resolve(conn, 2) == 0  # never arrived: fenced off
+    assert resolve(conn, 2) == 0  # the answer to a second ask is the same
+    assert write(conn, 2, 1000, 9) == 0  # the late copy changes nothing
+    assert journal(conn) == {1000: 3}
+    assert resolve(conn, 1) == 1
+    # Later writes prune what was fenced off once its outcome is known.
+    assert write(conn, 3, 1002, 1, known=2) == 1
+    assert conn.call("EXISTS", "p:skip:a") == 0
+
+
+def test_a_late_write_and_its_resolution_always_agree(redis):
+    """Redis paused with a write in the buffer of a connection that is gone
+    and a resolution on a new one: whichever it runs first, the resolution's
+    answer says whether the journal holds the write."""
+    outcomes = set()
+    for seq in range(1, 21):
+        write_cmd = ("EVAL", script("journal_write"), 5, *write_keys(), seq,
+                     5000 + seq, 1, 0, 3000, TTL, "a")
+        resolve_cmd = ("EVAL", script("journal_resolve"), 2, "p:fence:a",
+                       "p:skip:a", seq, TTL)
+        os.kill(redis.proc.pid, signal.SIGSTOP)
+        try:
+            # Redis accepts and reads them in the order they came: alternate
+            # it, so that both orders of execution occur. Half the old
+            # connections are gone before Redis reads them.
+            if seq % 2:
+                old, new = Conn(redis.port), Conn(redis.port)
+            else:
+                new, old = Conn(redis.port), Conn(redis.port)
+            old.send(*write_cmd)
+            new.send(*resolve_cmd)
+            if seq % 4 < 2:
+                old.close()
+        finally:
+            os.kill(redis.proc.pid, signal.SIGCONT)
+        held = new.read()
+        check = Conn(redis.port)
+        check.call("PING")  # after the old connection's command, if any
+        in_journal = check.call("HGET", "p:journal:a", 5000 + seq) is not None
+        assert bool(held) == in_journal, (seq, held)
+        assert resolve(check, seq) == held  # asked again: the same answer
+        for c in (check, new, old):
+            c.close()
+        outcomes.add(held)
+    print(f"outcomes seen: {sorted(outcomes)}")
+    assert outcomes == {0, 1}
+
+
+def test_move_counts_due_entries_once(conn):
+    write(conn, 1, 1000, 3)
+    write(conn, 2, 1001, 4)
+    write(conn, 3, 1002, 5)
+    move = ["counter", "p:journal:a"]
+    assert conn.eval("journal_move", move, 1000, 1001, 999) == 7
+    assert conn.eval("journal_move", move, 1000, 1001) == 0
+    assert int(conn.call("GET", "counter")) == 7
+    assert journal(conn) == {1002: 5}
+    assert conn.eval("journal_move", move, 1002) == 5
+    assert conn.call("EXISTS", "p:journal:a") == 0  # an empty journal goes
+
+
+def test_move_refused_by_the_counter_keeps_the_journal(conn):
+    write(conn, 1, 1000, 3)
+    conn.call("SET", "counter", "x")
+    r = conn.eval("journal_move", ["counter", "p:journal:a"], 1000)
+    assert isinstance(r, RedisError)
+    assert journal(conn) == {1000: 3}
+
+
+def test_adopt_takes_lapsed_journals_by_redis_clock(conn):
+    now = redis_ms(conn)
+    # Replica a wrote an entry due 2 s from now by Redis's clock, one long
+    # past due; its lease is 100 ms. Replica b lives on.
+    write(conn, 1, now + 2000, 3, lease=100, rid="a")
+    write(conn, 2, now - 60000, 4, lease=100, rid="a")
+    write(conn, 1, now + 500, 1, lease=60000, rid="b")
+    conn.call("DEL", "p:lease:a")  # as if a had not renewed it in time
+    # Replica c's clock is 1,000 s behind Redis's: deadlines follow Redis.
+    mine = now - 1000000
+    who, added = conn.eval("journal_adopt", ["p:journal:c", "p:replicas"],
+                           "p:", "c", mine)
+    assert who == ["a", 7]
+    entries = {int(added[i]): added[i + 1] for i in range(0, len(added), 2)}
+    assert sum(entries.values()) == 7
+    past_due = [d for d, n in entries.items() if n == 4]
+    future = [d for d, n in entries.items() if n == 3]
+    assert past_due == [mine]  # due at once
+    assert len(future) == 1 and 1000 < future[0] - mine <= 2000
+    assert journal(conn, "c") == entries
+    assert conn.call("EXISTS", "p:journal:a") == 0
+    assert conn.call("SMEMBERS", "p:replicas") == ["b"]
+    # Nothing left to adopt: b holds its lease; a second call adopts nothing.
+    assert conn.eval("journal_adopt", ["p:journal:c", "p:replicas"], "p:",
+                     "c", mine) == [[], []]
+    assert journal(conn, "b") == {now + 500: 1}
+
+
+def test_leave_drops_the_lease_and_only_an_empty_journal(conn):
+    write(conn, 1, 1000, 3)
+    keys = ["p:journal:a", "p:lease:a", "p:replicas"]
+    assert conn.eval("journal_leave", keys, "a") == 3
+    assert conn.call("EXISTS", "p:lease:a") == 0
+    assert conn.call("SMEMBERS", "p:replicas") == ["a"]  # left for adoption
+    conn.eval("journal_move", ["counter", "p:journal:a"], 1000)
+    write(conn, 2, 1001, 0)  # takes the lease again, records nothing
+    conn.call("HDEL", "p:journal:a", 1001)
+    assert conn.eval("journal_leave", keys, "a") == 0
+    assert conn.call("SMEMBERS", "p:replicas") == []
+    assert conn.call("KEYS", "p:*") == ["p:fence:a"]

@@ -1,0 +1,301 @@
+/* journal: key names, the clock, lease arithmetic, the commands as Redis
+ * reads them, and the decoding of the scripts' replies. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <hiredis/hiredis.h>
+
+#include <uv.h>
+
+#include "journal.h"
+
+static struct journal j;
+static struct journal_cmd cmd;
+
+static int setup(void **state) {
+  (void)state;
+  return journal_init(&j, "gd:", "counter", 0xabcdef0123456789ull);
+}
+
+static int teardown(void **state) {
+  (void)state;
+  journal_cmd_free(&cmd);
+  return 0;
+}
+
+/* Parses cmd the way Redis does: an array of bulk strings. */
+static redisReply *parsed(void) {
+  redisReader *r = redisReaderCreate();
+  assert_non_null(r);
+  assert_int_equal(redisReaderFeed(r, cmd.buf, cmd.len), REDIS_OK);
+  void *reply = NULL;
+  assert_int_equal(redisReaderGetReply(r, &reply), REDIS_OK);
+  assert_non_null(reply);
+  void *more = NULL;
+  assert_int_equal(redisReaderGetReply(r, &more), REDIS_OK);
+  assert_null(more); /* exactly one command, nothing after it */
+  redisReaderFree(r);
+  redisReply *a = reply;
+  assert_int_equal(a->type, REDIS_REPLY_ARRAY);
+  for (size_t i = 0; i < a->elements; i++)
+    assert_int_equal(a->element[i]->type, REDIS_REPLY_STRING);
+  return a;
+}
+
+static void assert_arg(const redisReply *a, size_t i, const char *want) {
+  assert_true(i < a->elements);
+  assert_int_equal(a->element[i]->len, strlen(want));
+  assert_memory_equal(a->element[i]->str, want, strlen(want));
+}
+
+/* EVAL <script> <nkeys> keys...: checks the keys, returns the first
+ * argument's index. */
+static size_t assert_eval(const redisReply *a, const char *script_start,
+                          const char *const *keys, size_t nkeys) {
+  assert_arg(a, 0, "EVAL");
+  assert_true(strncmp(a->element[1]->str, script_start, strlen(script_start)) ==
+              0);
+  char n[8];
+  snprintf(n, sizeof n, "%zu", nkeys);
+  assert_arg(a, 2, n);
+  for (size_t i = 0; i < nkeys; i++)
+    assert_arg(a, 3 + i, keys[i]);
+  return 3 + nkeys;
+}
+
+static void test_journal_names_every_key_under_the_prefix(void **state) {
+  (void)state;
+  assert_string_equal(j.id, "abcdef0123456789");
+  assert_string_equal(j.counter, "counter");
+  assert_string_equal(j.fence, "gd:fence:abcdef0123456789");
+  assert_string_equal(j.skip, "gd:skip:abcdef0123456789");
+  assert_string_equal(j.journal, "gd:journal:abcdef0123456789");
+  assert_string_equal(j.lease, "gd:lease:abcdef0123456789");
+  assert_string_equal(j.replicas, "gd:replicas");
+}
+
+static void test_journal_refuses_a_prefix_too_long_for_its_keys(void **state) {
+  (void)state;
+  struct journal k;
+  char prefix[JOURNAL_KEY_MAX];
+  memset(prefix, 'p', sizeof prefix - 1);
+  prefix[sizeof prefix - 1] = '\0';
+  assert_int_equal(journal_init(&k, prefix, "c", 1), UV_EINVAL);
+  prefix[JOURNAL_KEY_MAX - 30] = '\0';
+  assert_int_equal(journal_init(&k, prefix, "c", 1), 0);
+}
+
+static void
+test_journal_clock_is_wall_time_that_follows_the_monotonic(void **state) {
+  (void)state;
+  struct journal k = j;
+  journal_clock_set(&k, 1700000000000ull, 5000);
+  assert_int_equal(journal_wall(&k, 5000), 1700000000000ull);
+  assert_int_equal(journal_wall(&k, 8000), 1700000003000ull);
+  /* The wall clock stepping back later changes nothing: only the monotonic
+   * clock moves deadlines. */
+  uint64_t before = journal_wall(&k, 9000);
+  assert_true(journal_wall(&k, 9001) > before);
+}
+
+static void test_journal_lease_is_renewed_three_times_per_length(void **state) {
+  (void)state;
+  assert_int_equal(journal_renew_period_ms(3000), 1000);
+  assert_int_equal(journal_adoption_bound_ms(3000), 4000);
+  assert_int_equal(journal_renew_period_ms(1), 1);
+}
+
+static void test_journal_batch_is_one_fenced_eval(void **state) {
+  (void)state;
+  assert_int_equal(journal_cmd_batch(&cmd, &j, 42, 1000), 0);
+  redisReply *a = parsed();
+  const char *keys[] = {"counter", "gd:fence:abcdef0123456789"};
+  size_t i = assert_eval(a, "-- Memory mode", keys, 2);
+  assert_int_equal(a->elements, i + 3);
+  assert_arg(a, i, "42");
+  assert_arg(a, i + 1, "1000");
+  assert_arg(a, i + 2, "86400000");
+  freeReplyObject(a);
+}
+
+static void test_journal_write_names_lease_and_replica(void **state) {
+  (void)state;
+  assert_int_equal(
+      journal_cmd_write(&cmd, &j, 7, 1700000005000ull, 33, 6, 3000), 0);
+  redisReply *a = parsed();
+  const char *keys[] = {j.journal, j.fence, j.skip, j.lease, j.replicas};
+  size_t i = assert_eval(a, "-- Journal mode: record", keys, 5);
+  assert_int_equal(a->elements, i + 7);
+  assert_arg(a, i, "7");
+  assert_arg(a, i + 1, "1700000005000");
+  assert_arg(a, i + 2, "33");
+  assert_arg(a, i + 3, "6");
+  assert_arg(a, i + 4, "3000");
+  assert_arg(a, i + 6, "abcdef0123456789");
+  freeReplyObject(a);
+}
+
+static void test_journal_commands_reuse_one_buffer(void **state) {
+  (void)state;
+  assert_int_equal(journal_cmd_resolve(&cmd, &j, 9), 0);
+  char *buf = cmd.buf;
+  size_t len = cmd.len;
+  assert_int_equal(journal_cmd_resolve(&cmd, &j, 8), 0);
+  assert_ptr_equal(cmd.buf, buf);
+  assert_int_equal(cmd.len, len);
+  redisReply *a = parsed();
+  const char *keys[] = {j.fence, j.skip};
+  size_t i = assert_eval(a, "-- Journal mode: settle", keys, 2);
+  assert_arg(a, i, "8");
+  freeReplyObject(a);
+}
+
+static void test_journal_move_takes_each_due_deadline(void **state) {
+  (void)state;
+  uint64_t due[] = {1700000000001ull, 1700000000007ull};
+  assert_int_equal(journal_cmd_move(&cmd, &j, due, 2), 0);
+  redisReply *a = parsed();
+  const char *keys[] = {"counter", j.journal};
+  size_t i = assert_eval(a, "-- Journal mode: increments", keys, 2);
+  assert_int_equal(a->elements, i + 2);
+  assert_arg(a, i, "1700000000001");
+  assert_arg(a, i + 1, "1700000000007");
+  freeReplyObject(a);
+  assert_int_equal(journal_cmd_move(&cmd, &j, due, JOURNAL_MOVE_MAX + 1),
+                   UV_EINVAL);
+}
+
+static void test_journal_renew_is_a_set_with_expiry(void **state) {
+  (void)state;
+  assert_int_equal(journal_cmd_renew(&cmd, &j, 3000), 0);
+  redisReply *a = parsed();
+  assert_int_equal(a->elements, 5);
+  assert_arg(a, 0, "SET");
+  assert_arg(a, 1, j.lease);
+  assert_arg(a, 2, j.id);
+  assert_arg(a, 3, "PX");
+  assert_arg(a, 4, "3000");
+  freeReplyObject(a);
+}
+
+static void test_journal_adopt_and_leave_pass_prefix_and_id(void **state) {
+  (void)state;
+  assert_int_equal(journal_cmd_adopt(&cmd, &j, 1700000000000ull), 0);
+  redisReply *a = parsed();
+  const char *keys[] = {j.journal, j.replicas};
+  size_t i = assert_eval(a, "-- Journal mode: take over", keys, 2);
+  assert_arg(a, i, "gd:");
+  assert_arg(a, i + 1, j.id);
+  assert_arg(a, i + 2, "1700000000000");
+  freeReplyObject(a);
+  assert_int_equal(journal_cmd_leave(&cmd, &j), 0);
+  a = parsed();
+  const char *lkeys[] = {j.journal, j.lease, j.replicas};
+  i = assert_eval(a, "-- Journal mode: a replica stops", lkeys, 3);
+  assert_arg(a, i, j.id);
+  freeReplyObject(a);
+}
+
+static redisReply integer(long long v) {
+  return (redisReply){.type = REDIS_REPLY_INTEGER, .integer = v};
+}
+
+static void test_journal_batch_replies_decode(void **state) {
+  (void)state;
+  redisReply r = integer(1);
+  assert_int_equal(journal_batch_outcome(&r), JOURNAL_APPLIED);
+  r = integer(0);
+  assert_int_equal(journal_batch_outcome(&r), JOURNAL_DUPLICATE);
+  r = integer(-1);
+  assert_int_equal(journal_batch_outcome(&r), JOURNAL_OUT_OF_ORDER);
+  r = integer(2);
+  assert_int_equal(journal_batch_outcome(&r), JOURNAL_BAD_REPLY);
+  r = (redisReply){.type = REDIS_REPLY_ERROR, .str = "OOM", .len = 3};
+  assert_int_equal(journal_batch_outcome(&r), JOURNAL_ERROR);
+  r = (redisReply){.type = REDIS_REPLY_NIL};
+  assert_int_equal(journal_batch_outcome(&r), JOURNAL_BAD_REPLY);
+}
+
+static void test_journal_write_replies_decode(void **state) {
+  (void)state;
+  redisReply r = integer(1);
+  assert_int_equal(journal_write_outcome(&r), JOURNAL_APPLIED);
+  r = integer(0);
+  assert_int_equal(journal_write_outcome(&r), JOURNAL_NOT_APPLIED);
+  r = integer(-1);
+  assert_int_equal(journal_write_outcome(&r), JOURNAL_BAD_REPLY);
+  uint64_t n = 0;
+  r = integer(12);
+  assert_true(journal_count_of(&r, &n));
+  assert_int_equal(n, 12);
+  r = integer(-3);
+  assert_false(journal_count_of(&r, &n));
+}
+
+static void
+test_journal_adoption_reply_walks_replicas_and_entries(void **state) {
+  (void)state;
+  redisReply id = {.type = REDIS_REPLY_STRING, .str = "0123", .len = 4};
+  redisReply n5 = integer(5), n3 = integer(3), n2 = integer(2);
+  redisReply d1 = {
+      .type = REDIS_REPLY_STRING, .str = "1700000000100", .len = 13};
+  redisReply d2 = {
+      .type = REDIS_REPLY_STRING, .str = "1700000000900", .len = 13};
+  redisReply *who_e[] = {&id, &n5};
+  redisReply *added_e[] = {&d1, &n3, &d2, &n2};
+  redisReply who = {.type = REDIS_REPLY_ARRAY, .elements = 2, .element = who_e};
+  redisReply added = {
+      .type = REDIS_REPLY_ARRAY, .elements = 4, .element = added_e};
+  redisReply *top_e[] = {&who, &added};
+  redisReply top = {.type = REDIS_REPLY_ARRAY, .elements = 2, .element = top_e};
+
+  struct journal_adoption a;
+  assert_true(journal_adoption_of(&top, &a));
+  const char *s;
+  size_t len;
+  uint64_t n, d;
+  assert_true(journal_adoption_replica(&a, 0, &s, &len, &n));
+  assert_int_equal(len, 4);
+  assert_memory_equal(s, "0123", 4);
+  assert_int_equal(n, 5);
+  assert_false(journal_adoption_replica(&a, 1, &s, &len, &n));
+  assert_true(journal_adoption_entry(&a, 1, &d, &n));
+  assert_int_equal(d, 1700000000900ull);
+  assert_int_equal(n, 2);
+  assert_false(journal_adoption_entry(&a, 2, &d, &n));
+
+  /* Not an adoption: odd pairs, a count that is not an integer. */
+  added.elements = 3;
+  assert_false(journal_adoption_of(&top, &a));
+  added.elements = 4;
+  added_e[1] = &d2;
+  assert_false(journal_adoption_of(&top, &a));
+  top.elements = 1;
+  assert_false(journal_adoption_of(&top, &a));
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_journal_names_every_key_under_the_prefix),
+      cmocka_unit_test(test_journal_refuses_a_prefix_too_long_for_its_keys),
+      cmocka_unit_test(
+          test_journal_clock_is_wall_time_that_follows_the_monotonic),
+      cmocka_unit_test(test_journal_lease_is_renewed_three_times_per_length),
+      cmocka_unit_test(test_journal_batch_is_one_fenced_eval),
+      cmocka_unit_test(test_journal_write_names_lease_and_replica),
+      cmocka_unit_test(test_journal_commands_reuse_one_buffer),
+      cmocka_unit_test(test_journal_move_takes_each_due_deadline),
+      cmocka_unit_test(test_journal_renew_is_a_set_with_expiry),
+      cmocka_unit_test(test_journal_adopt_and_leave_pass_prefix_and_id),
+      cmocka_unit_test(test_journal_batch_replies_decode),
+      cmocka_unit_test(test_journal_write_replies_decode),
+      cmocka_unit_test(test_journal_adoption_reply_walks_replicas_and_entries),
+  };
+  return cmocka_run_group_tests(tests, setup, teardown);
+}
