@@ -1,5 +1,6 @@
 #include "incr_queue.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -78,6 +79,81 @@ int incr_queue_push(struct incr_queue *q, uint64_t deadline) {
   if (q->len == 1)
     arm(q);
   return 0;
+}
+
+/* Rebuilds the ring with count more increments at an earlier deadline than
+ * the newest, in its place: the rare path of incr_queue_add, taken only by
+ * increments adopted from another replica. */
+static int insert(struct incr_queue *q, uint64_t deadline, uint32_t count) {
+  uint64_t cap = q->cap;
+  while (cap < q->len + 1)
+    cap *= 2;
+  struct incr_run *runs = malloc(cap * sizeof *runs);
+  if (!runs)
+    return UV_ENOMEM;
+  uint64_t len = 0;
+  bool placed = false;
+  for (uint64_t k = 0; k < q->len; k++) {
+    uint64_t i = (q->head + k) & (q->cap - 1);
+    uint64_t d = deadline_of(q, i);
+    if (!placed && d >= deadline) {
+      placed = true;
+      if (d == deadline && q->runs[i].count <= UINT32_MAX - count) {
+        runs[len] = q->runs[i];
+        runs[len++].count += count;
+        continue;
+      }
+      runs[len++] = (struct incr_run){(uint32_t)deadline, count};
+    }
+    runs[len++] = q->runs[i];
+  }
+  free(q->runs);
+  q->runs = runs;
+  q->cap = cap;
+  q->head = 0;
+  q->len = len;
+  q->pending += count;
+  arm(q);
+  return 0;
+}
+
+int incr_queue_add(struct incr_queue *q, uint64_t deadline, uint64_t count) {
+  while (count > 0) {
+    uint32_t part = count > UINT32_MAX ? UINT32_MAX : (uint32_t)count;
+    int rc;
+    if (q->len > 0 && deadline < q->last) {
+      rc = insert(q, deadline, part);
+    } else {
+      rc = incr_queue_push(q, deadline);
+      if (rc == 0) {
+        /* push joined or opened the newest run with one; add the rest */
+        struct incr_run *tail = &q->runs[(q->head + q->len - 1) & (q->cap - 1)];
+        if (tail->count <= UINT32_MAX - (part - 1)) {
+          tail->count += part - 1;
+          q->pending += part - 1;
+        } else {
+          part = 1;
+        }
+      }
+    }
+    if (rc)
+      return rc;
+    count -= part;
+  }
+  return 0;
+}
+
+bool incr_queue_pop_run(struct incr_queue *q, uint64_t now, uint64_t *deadline,
+                        uint64_t *count) {
+  if (q->len == 0 || deadline_of(q, q->head) > now)
+    return false;
+  *deadline = deadline_of(q, q->head);
+  *count = q->runs[q->head].count;
+  q->pending -= *count;
+  q->head = (q->head + 1) & (q->cap - 1);
+  if (--q->len == 0)
+    q->head = 0;
+  return true;
 }
 
 uint64_t incr_queue_pop_due(struct incr_queue *q, uint64_t now) {

@@ -9,6 +9,7 @@
 #ifndef GRACEFULD_INCR_QUEUE_H
 #define GRACEFULD_INCR_QUEUE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include <uv.h>
@@ -49,6 +50,17 @@ int incr_queue_init(struct incr_queue *q, uv_loop_t *loop,
  * last one pushed. Arms the timer when the queue was empty. Returns 0 or
  * UV_ENOMEM (the queue is unchanged then). */
 int incr_queue_push(struct incr_queue *q, uint64_t deadline);
+
+/* Adds count increments due at deadline, which may be earlier than the last
+ * one pushed (increments adopted from another replica): in order this costs
+ * what a push costs, out of order the ring is rebuilt. Returns 0 or
+ * UV_ENOMEM; on UV_ENOMEM part of count may have been added, never more. */
+int incr_queue_add(struct incr_queue *q, uint64_t deadline, uint64_t count);
+
+/* Removes the earliest run if it is due at or before now: its deadline and
+ * count go to *deadline and *count. Returns false when nothing is due. */
+bool incr_queue_pop_run(struct incr_queue *q, uint64_t now, uint64_t *deadline,
+                        uint64_t *count);
 
 /* Removes every increment due at or before now; returns how many. */
 uint64_t incr_queue_pop_due(struct incr_queue *q, uint64_t now);

@@ -360,6 +360,64 @@ static void test_queue_clear_stops_the_timer(void **state) {
   assert_int_equal(t->f.calls, 0);
 }
 
+static void test_queue_pop_run_gives_each_deadline_and_count(void **state) {
+  struct incr_queue *q = *state;
+  push_run(q, 10);
+  push_run(q, 12);
+  uint64_t d, n;
+  assert_false(incr_queue_pop_run(q, 9, &d, &n));
+  assert_true(incr_queue_pop_run(q, 12, &d, &n));
+  assert_int_equal(d, 10);
+  assert_int_equal(n, count_at(10));
+  assert_true(incr_queue_pop_run(q, 12, &d, &n));
+  assert_int_equal(d, 12);
+  assert_int_equal(n, count_at(12));
+  assert_false(incr_queue_pop_run(q, 1000, &d, &n));
+  assert_int_equal(q->pending, 0);
+}
+
+static void test_queue_add_in_order_joins_or_opens_a_run(void **state) {
+  struct incr_queue *q = *state;
+  assert_int_equal(incr_queue_add(q, 100, 40), 0);
+  assert_int_equal(incr_queue_add(q, 100, 2), 0);
+  assert_int_equal(incr_queue_add(q, 105, 7), 0);
+  assert_int_equal(q->len, 2);
+  assert_int_equal(q->pending, 49);
+  uint64_t d, n;
+  assert_true(incr_queue_pop_run(q, 200, &d, &n));
+  assert_int_equal(d, 100);
+  assert_int_equal(n, 42);
+}
+
+static void test_queue_add_out_of_order_keeps_deadline_order(void **state) {
+  struct incr_queue *q = *state;
+  /* A wrapped ring, so the rebuild has to follow head around. */
+  for (uint64_t d = 1; d <= 60; d++)
+    push_run(q, d);
+  incr_queue_pop_due(q, 50);
+  for (uint64_t d = 61; d <= 100; d++)
+    push_run(q, d);
+  assert_int_equal(incr_queue_add(q, 70, 1000), 0); /* joins run 70 */
+  assert_int_equal(incr_queue_add(q, 3, 5), 0);     /* past due: first */
+  assert_int_equal(incr_queue_add(q, 99, 0), 0);    /* nothing */
+  uint64_t expect_pending = 5 + 1000;
+  for (uint64_t d = 51; d <= 100; d++)
+    expect_pending += count_at(d);
+  assert_int_equal(q->pending, expect_pending);
+  uint64_t d, n, prev = 0, total = 0;
+  while (incr_queue_pop_run(q, UINT64_MAX - 1, &d, &n)) {
+    assert_true(d >= prev);
+    if (d == 3)
+      assert_int_equal(n, 5);
+    if (d == 70)
+      assert_int_equal(n, count_at(70) + 1000);
+    prev = d;
+    total += n;
+  }
+  assert_int_equal(total, expect_pending);
+  assert_int_equal(q->pending, 0);
+}
+
 #define QUEUE_TEST(f)                                                          \
   cmocka_unit_test_setup_teardown(f, setup_queue, teardown_queue)
 #define TIMED_TEST(f)                                                          \
@@ -379,6 +437,9 @@ int main(void) {
       QUEUE_TEST(test_queue_keeps_order_across_many_wraps),
       QUEUE_TEST(test_queue_clear_returns_pending_and_empties),
       QUEUE_TEST(test_queue_pending_counts_every_increment),
+      QUEUE_TEST(test_queue_pop_run_gives_each_deadline_and_count),
+      QUEUE_TEST(test_queue_add_in_order_joins_or_opens_a_run),
+      QUEUE_TEST(test_queue_add_out_of_order_keeps_deadline_order),
       TIMED_TEST(test_queue_timer_fires_on_due_at_each_deadline),
       TIMED_TEST(test_queue_timer_rearms_when_pushed_after_draining),
       TIMED_TEST(test_queue_close_discards_pending_and_frees_the_loop),
