@@ -84,7 +84,7 @@ static void on_poll(uv_poll_t *handle, int status, int events) {
       redisAsyncHandleRead(ac);
     if (!p->closed) {
       /* hiredis found nothing wrong; never leave a context unwatched. */
-      log_debug("redis_poll", "status=%s", uv_err_name(status));
+      log_debug("redis_poll", LOG_STR("status", uv_err_name(status)));
       redisAsyncFree(ac);
     }
     return;
@@ -171,12 +171,15 @@ static void retry_later(struct redis_link *link, const char *why) {
   if (!link->down_logged) {
     link->down_logged = true;
     link->down_since = now;
-    log_warn("redis_down",
-             "addr=%s:%u reason=\"%s\" pending=%llu retrying=backoff",
-             link->cfg->redis_host, link->cfg->redis_port, why,
-             (unsigned long long)redis_link_pending(link));
+    char addr[300];
+    snprintf(addr, sizeof addr, "%s:%u", link->cfg->redis_host,
+             link->cfg->redis_port);
+    log_warn("redis_down", LOG_STR("addr", addr), LOG_STR("reason", why),
+             LOG_UINT("pending", redis_link_pending(link)),
+             LOG_STR("retrying", "backoff"));
   } else {
-    log_debug("redis_retry", "reason=\"%s\" failures=%u", why, link->failures);
+    log_debug("redis_retry", LOG_STR("reason", why),
+              LOG_UINT("failures", link->failures));
   }
   link->state = LINK_IDLE;
   unsigned shift = link->failures < 5 ? link->failures : 5;
@@ -215,9 +218,8 @@ static void on_watchdog(uv_timer_t *timer) {
     arm_watchdog(link);
     return;
   }
-  log_warn("redis_timeout", "in_flight=%llu waited_ms=%llu",
-           (unsigned long long)link->in_flight,
-           (unsigned long long)(now - link->last_progress));
+  log_warn("redis_timeout", LOG_UINT("in_flight", link->in_flight),
+           LOG_UINT("waited_ms", now - link->last_progress));
   /* Outside any hiredis callback: this frees at once, hands the in-flight
    * INCRs back through on_reply(NULL) and calls on_disconnect. */
   redisAsyncFree(link->ac);
@@ -260,10 +262,10 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata) {
     uint64_t failed = ++link->metrics->incr_failed;
     /* One line for the first failures, then one per power of two. */
     if ((failed & (failed - 1)) == 0)
-      log_error("incr_failed", "failed=%llu reply=\"%.*s\"",
-                (unsigned long long)failed,
-                reply->type == REDIS_REPLY_ERROR ? (int)reply->len : 0,
-                reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+      log_error("incr_failed", LOG_UINT("failed", failed),
+                LOG_STRN("reply",
+                         reply->type == REDIS_REPLY_ERROR ? reply->str : "",
+                         reply->type == REDIS_REPLY_ERROR ? reply->len : 0));
   }
   if (link->due > 0 && link->in_flight < WINDOW / 2)
     send_due(link);
@@ -287,12 +289,16 @@ static void on_connect(const redisAsyncContext *ac, int status) {
   link->state = LINK_CONNECTED;
   if (link->ever_connected)
     link->metrics->redis_reconnects++;
-  if (link->down_logged || !link->ever_connected)
+  if (link->down_logged || !link->ever_connected) {
+    char addr[300];
+    snprintf(addr, sizeof addr, "%s:%u", link->cfg->redis_host,
+             link->cfg->redis_port);
     log_info(
-        "redis_up", "addr=%s:%u attempts=%u down_ms=%llu pending=%llu",
-        link->cfg->redis_host, link->cfg->redis_port, link->failures + 1,
-        (unsigned long long)(link->down_logged ? now - link->down_since : 0),
-        (unsigned long long)redis_link_pending(link));
+        "redis_up", LOG_STR("addr", addr),
+        LOG_UINT("attempts", link->failures + 1),
+        LOG_UINT("down_ms", link->down_logged ? now - link->down_since : 0),
+        LOG_UINT("pending", redis_link_pending(link)));
+  }
   link->ever_connected = true;
   link->down_logged = false;
   link->failures = 0;
