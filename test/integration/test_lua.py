@@ -188,6 +188,27 @@ def test_resolve_tells_applied_from_fenced_off_for_good(conn):
     assert conn.call("EXISTS", "p:skip:a") == 0
 
 
+def test_writes_passed_over_are_fenced_off_in_any_order(conn):
+    """Write 2 is lost on its way (or still in a paused Redis's buffers)
+    while write 4 applies: 2 and 3 can never apply after that, and their
+    resolution says so, however late it is asked."""
+    assert write(conn, 1, 1000, 1) == 1
+    assert write(conn, 4, 1000, 4) == 1
+    assert write(conn, 2, 1000, 2) == 0  # late: refused
+    assert resolve(conn, 2) == 0
+    assert resolve(conn, 3) == 0
+    assert resolve(conn, 4) == 1
+    assert resolve(conn, 1) == 1
+    assert resolve(conn, 6) == 0  # 5 and 6 fenced off together
+    assert resolve(conn, 5) == 0
+    assert write(conn, 5, 1000, 5) == 0
+    assert write(conn, 7, 1000, 7) == 1
+    assert journal(conn) == {1000: 12}
+    # Once the replica knows every outcome up to 6, the ranges go.
+    assert write(conn, 8, 1000, 1, known=6) == 1
+    assert conn.call("EXISTS", "p:skip:a") == 0
+
+
 def test_a_late_write_and_its_resolution_always_agree(redis):
     """Redis paused with a write in the buffer of a connection that is gone
     and a resolution on a new one: whichever it runs first, the resolution's
