@@ -20,6 +20,15 @@ struct metrics {
   uint64_t incr_failed;    /* Redis answered with an error */
   uint64_t incr_abandoned; /* still pending when the process gave up */
   uint64_t redis_reconnects;
+  uint64_t batches;             /* memory: batches sent (first sends) */
+  uint64_t journal_writes;      /* journal writes sent */
+  uint64_t journal_written;     /* increments held by the journal: 200 */
+  uint64_t journal_refused;     /* increments not written: 503 */
+  uint64_t journal_resolutions; /* writes whose lost reply was asked for */
+  uint64_t journal_moves;       /* moves sent */
+  uint64_t journal_adoptions;   /* journals of lapsed replicas taken over */
+  uint64_t journal_adopted;     /* increments in them */
+  uint64_t journal_handed_over; /* left in the journal at a cut-short end */
   uint64_t connections_accepted;
   uint64_t connections_rejected; /* over MAX_CONNECTIONS */
   double start_time;             /* Unix seconds */

@@ -1,0 +1,427 @@
+/* counter: what goes to Redis, and what each reply, lost reply or error
+ * means for the increments, in both durabilities. A fake transport records
+ * the commands; the test answers them as Redis would. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <hiredis/hiredis.h>
+
+#include "counter.h"
+
+#define MAX_SENT 64
+
+struct sent {
+  uint64_t tag;
+  redisReply *args; /* the command as Redis parses it */
+};
+
+struct fixture {
+  struct counter c;
+  struct incr_queue q;
+  struct metrics m;
+  struct sent sent[MAX_SENT];
+  size_t nsent;
+  size_t next_reply; /* the oldest sent command not answered yet */
+  bool refuse;       /* send fails: no connection ready */
+  unsigned retired;
+  uint64_t written[MAX_SENT];
+  bool held[MAX_SENT];
+  size_t nwritten;
+  unsigned idle, left;
+};
+
+static struct fixture *fixture_of(struct counter *c) {
+  return (struct fixture *)((char *)c - offsetof(struct fixture, c));
+}
+
+static int fake_send(struct counter *c, const char *cmd, size_t len,
+                     uint64_t tag) {
+  struct fixture *f = fixture_of(c);
+  if (f->refuse)
+    return UV_ENOTCONN;
+  assert_true(f->nsent < MAX_SENT);
+  redisReader *r = redisReaderCreate();
+  void *reply = NULL;
+  assert_int_equal(redisReaderFeed(r, cmd, len), REDIS_OK);
+  assert_int_equal(redisReaderGetReply(r, &reply), REDIS_OK);
+  assert_non_null(reply);
+  redisReaderFree(r);
+  f->sent[f->nsent++] = (struct sent){tag, reply};
+  return 0;
+}
+
+static void fake_retire(struct counter *c, const char *why, size_t len) {
+  (void)why;
+  (void)len;
+  fixture_of(c)->retired++;
+}
+
+static bool fake_permanent(const char *err, size_t len) {
+  return len >= 9 && strncmp(err, "WRONGTYPE", 9) == 0;
+}
+
+static void on_written(struct counter *c, uint64_t seq, bool held) {
+  struct fixture *f = fixture_of(c);
+  f->written[f->nwritten] = seq;
+  f->held[f->nwritten++] = held;
+}
+
+static void on_idle(struct counter *c) { fixture_of(c)->idle++; }
+static void on_left(struct counter *c) { fixture_of(c)->left++; }
+
+static const struct counter_transport transport = {fake_send, fake_retire,
+                                                   fake_permanent};
+static const struct counter_events events = {on_written, on_idle, on_left};
+
+static int setup(void **state, enum durability d) {
+  struct fixture *f = calloc(1, sizeof *f);
+  if (!f || incr_queue_init(&f->q, NULL, NULL) != 0)
+    return -1;
+  metrics_init(&f->m);
+  if (counter_init(&f->c, NULL, d, "gd:", "counter", 0x1234, 3000, &f->q, &f->m,
+                   &transport, &events) != 0)
+    return -1;
+  *state = f;
+  return 0;
+}
+
+static int setup_memory(void **state) {
+  return setup(state, DURABILITY_MEMORY);
+}
+static int setup_journal(void **state) {
+  return setup(state, DURABILITY_REDIS);
+}
+
+static int teardown(void **state) {
+  struct fixture *f = *state;
+  for (size_t i = 0; i < f->nsent; i++)
+    freeReplyObject(f->sent[i].args);
+  counter_close(&f->c);
+  incr_queue_free(&f->q);
+  free(f);
+  return 0;
+}
+
+/* ---- Helpers ------------------------------------------------------------ */
+
+/* The script a sent EVAL runs, by the first words of its comment. */
+static bool runs(const struct sent *s, const char *script_start) {
+  return s->args->elements > 1 &&
+         strncmp(s->args->element[0]->str, "EVAL", 4) == 0 &&
+         strncmp(s->args->element[1]->str, script_start,
+                 strlen(script_start)) == 0;
+}
+
+/* The i-th argument after the keys of a sent EVAL, as a number. */
+static uint64_t argv_u64(const struct sent *s, size_t i) {
+  size_t nkeys = strtoull(s->args->element[2]->str, NULL, 10);
+  return strtoull(s->args->element[3 + nkeys + i]->str, NULL, 10);
+}
+
+static void reply_with(struct fixture *f, const redisReply *r) {
+  assert_true(f->next_reply < f->nsent);
+  counter_on_reply(&f->c, f->sent[f->next_reply++].tag, r);
+}
+
+static void reply_int(struct fixture *f, long long v) {
+  redisReply r = {.type = REDIS_REPLY_INTEGER, .integer = v};
+  reply_with(f, &r);
+}
+
+static void reply_error(struct fixture *f, const char *err) {
+  redisReply r = {
+      .type = REDIS_REPLY_ERROR, .str = (char *)err, .len = strlen(err)};
+  reply_with(f, &r);
+}
+
+/* The connection breaks: every reply in flight is lost, in order. */
+static void connection_breaks(struct fixture *f) {
+  while (f->next_reply < f->nsent)
+    reply_with(f, NULL);
+  counter_on_down(&f->c);
+}
+
+/* ---- Memory mode -------------------------------------------------------- */
+
+static void test_counter_sends_what_fell_due_as_one_batch(void **state) {
+  struct fixture *f = *state;
+  counter_on_ready(&f->c);
+  counter_add_due(&f->c, 5);
+  assert_int_equal(f->nsent, 1);
+  assert_true(runs(&f->sent[0], "-- Memory mode"));
+  assert_int_equal(argv_u64(&f->sent[0], 0), 1); /* batch number */
+  assert_int_equal(argv_u64(&f->sent[0], 1), 5); /* increments */
+  assert_int_equal(counter_pending(&f->c), 5);
+  reply_int(f, 1);
+  assert_int_equal(f->m.incr_done, 5);
+  assert_int_equal(counter_pending(&f->c), 0);
+  assert_true(f->idle > 0);
+}
+
+static void test_counter_gathers_what_fell_due_while_down(void **state) {
+  struct fixture *f = *state;
+  counter_add_due(&f->c, 1);
+  counter_add_due(&f->c, 2);
+  counter_add_due(&f->c, 3);
+  assert_int_equal(f->nsent, 0);
+  counter_on_ready(&f->c);
+  assert_int_equal(f->nsent, 1);
+  assert_int_equal(argv_u64(&f->sent[0], 1), 6);
+}
+
+static void
+test_counter_sends_a_lost_batch_again_with_its_number(void **state) {
+  struct fixture *f = *state;
+  counter_on_ready(&f->c);
+  counter_add_due(&f->c, 3);
+  counter_add_due(&f->c, 4);
+  connection_breaks(f);
+  assert_int_equal(f->m.incr_retried, 7);
+  counter_add_due(&f->c, 1); /* while down: a batch of its own later */
+  counter_on_ready(&f->c);
+  assert_int_equal(f->nsent, 5);
+  assert_int_equal(argv_u64(&f->sent[2], 0), 1);
+  assert_int_equal(argv_u64(&f->sent[2], 1), 3);
+  assert_int_equal(argv_u64(&f->sent[3], 0), 2);
+  assert_int_equal(argv_u64(&f->sent[4], 0), 3);
+  assert_int_equal(argv_u64(&f->sent[4], 1), 1);
+  reply_int(f, 0); /* applied before the break: done, not counted again */
+  reply_int(f, 1);
+  reply_int(f, 1);
+  assert_int_equal(f->m.incr_done, 8);
+  assert_int_equal(counter_pending(&f->c), 0);
+}
+
+static void
+test_counter_resends_in_order_after_a_transient_error(void **state) {
+  struct fixture *f = *state;
+  counter_on_ready(&f->c);
+  counter_add_due(&f->c, 2);
+  counter_add_due(&f->c, 3);
+  reply_error(f, "BUSY Redis is busy running a script");
+  reply_int(f, -1); /* its predecessor is missing: nothing applied */
+  assert_true(f->retired > 0);
+  assert_int_equal(f->m.incr_done, 0);
+  assert_int_equal(f->m.incr_failed, 0);
+  counter_on_down(&f->c);
+  counter_on_ready(&f->c);
+  assert_int_equal(f->nsent, 4);
+  assert_int_equal(argv_u64(&f->sent[2], 0), 1);
+  assert_int_equal(argv_u64(&f->sent[3], 0), 2);
+  reply_int(f, 1);
+  reply_int(f, 1);
+  assert_int_equal(f->m.incr_done, 5);
+}
+
+static void test_counter_fails_a_batch_no_retry_can_fix(void **state) {
+  struct fixture *f = *state;
+  counter_on_ready(&f->c);
+  counter_add_due(&f->c, 2);
+  counter_add_due(&f->c, 3);
+  reply_error(f, "WRONGTYPE Operation against a key holding the wrong kind");
+  reply_int(f, 1);
+  assert_int_equal(f->m.incr_failed, 2);
+  assert_int_equal(f->m.incr_done, 3);
+  assert_int_equal(f->retired, 0);
+  assert_int_equal(counter_pending(&f->c), 0);
+  counter_add_due(&f->c, 1);
+  assert_int_equal(argv_u64(&f->sent[2], 0), 3); /* numbers go on */
+}
+
+/* ---- Journal mode ------------------------------------------------------- */
+
+/* Answers the lease renewal and adoption sent when a connection is ready. */
+static void ready_with_lease(struct fixture *f) {
+  counter_on_ready(&f->c);
+  redisReply ok = {.type = REDIS_REPLY_STATUS, .str = "OK", .len = 2};
+  reply_with(f, &ok);
+  redisReply empty = {.type = REDIS_REPLY_ARRAY, .elements = 0};
+  redisReply *two[] = {&empty, &empty};
+  redisReply adopt = {.type = REDIS_REPLY_ARRAY, .elements = 2, .element = two};
+  reply_with(f, &adopt);
+}
+
+static void test_counter_renews_its_lease_when_ready(void **state) {
+  struct fixture *f = *state;
+  counter_on_ready(&f->c);
+  assert_int_equal(f->nsent, 2);
+  assert_string_equal(f->sent[0].args->element[0]->str, "SET");
+  assert_string_equal(f->sent[0].args->element[1]->str,
+                      "gd:lease:0000000000001234");
+  assert_true(runs(&f->sent[1], "-- Journal mode: take over"));
+}
+
+static void test_counter_holds_a_write_until_redis_has_it(void **state) {
+  struct fixture *f = *state;
+  ready_with_lease(f);
+  uint64_t seq = counter_write(&f->c, 5000, 7);
+  assert_int_equal(seq, 1);
+  assert_true(runs(&f->sent[2], "-- Journal mode: record"));
+  assert_int_equal(argv_u64(&f->sent[2], 0), 1);
+  assert_int_equal(argv_u64(&f->sent[2], 2), 7);
+  assert_int_equal(f->nwritten, 0);
+  assert_int_equal(f->q.pending, 0);
+  reply_int(f, 1);
+  assert_int_equal(f->nwritten, 1);
+  assert_int_equal(f->written[0], 1);
+  assert_true(f->held[0]);
+  assert_int_equal(f->q.pending, 7); /* now pending, due at its deadline */
+  assert_int_equal(incr_queue_next_deadline(&f->q), 5000);
+}
+
+static void test_counter_refuses_a_write_with_no_connection(void **state) {
+  struct fixture *f = *state;
+  assert_int_equal(counter_write(&f->c, 5000, 7), 0);
+  assert_int_equal(f->nsent, 0);
+  assert_int_equal(f->nwritten, 0);
+}
+
+static void
+test_counter_resolves_lost_writes_and_reports_in_order(void **state) {
+  struct fixture *f = *state;
+  ready_with_lease(f);
+  counter_write(&f->c, 5000, 1);
+  counter_write(&f->c, 5001, 2);
+  connection_breaks(f);
+  assert_int_equal(f->nwritten, 0); /* their 200s wait */
+  assert_int_equal(counter_unresolved(&f->c), 2);
+  ready_with_lease(f); /* lease + adopt went first: resolutions follow */
+  assert_int_equal(f->nsent, 4 + 2 + 2);
+  assert_true(runs(&f->sent[6], "-- Journal mode: settle"));
+  assert_int_equal(argv_u64(&f->sent[6], 0), 1);
+  assert_int_equal(argv_u64(&f->sent[7], 0), 2);
+  reply_int(f, 1); /* write 1 had been applied */
+  reply_int(f, 0); /* write 2 had not: fenced off now */
+  assert_int_equal(f->nwritten, 2);
+  assert_true(f->held[0]);
+  assert_false(f->held[1]);
+  assert_int_equal(f->q.pending, 1);
+  assert_int_equal(f->m.journal_refused, 2);
+  assert_int_equal(counter_unresolved(&f->c), 0);
+}
+
+static void
+test_counter_reports_writes_in_order_when_outcomes_are_not(void **state) {
+  struct fixture *f = *state;
+  ready_with_lease(f);
+  counter_write(&f->c, 5000, 1);
+  connection_breaks(f);
+  ready_with_lease(f);
+  /* The resolution fails; a write sent behind it succeeds. */
+  uint64_t later = counter_write(&f->c, 5001, 3);
+  assert_int_equal(later, 2);
+  reply_error(f, "BUSY Redis is busy running a script");
+  reply_int(f, 1);
+  assert_int_equal(f->nwritten, 0); /* write 2 waits for write 1 */
+  counter_on_down(&f->c);
+  ready_with_lease(f);
+  reply_int(f, 0);
+  assert_int_equal(f->nwritten, 2);
+  assert_int_equal(f->written[0], 1);
+  assert_false(f->held[0]);
+  assert_int_equal(f->written[1], 2);
+  assert_true(f->held[1]);
+}
+
+static void test_counter_moves_due_runs_and_again_if_lost(void **state) {
+  struct fixture *f = *state;
+  ready_with_lease(f);
+  counter_write(&f->c, 5000, 2);
+  counter_write(&f->c, 5003, 3);
+  reply_int(f, 1);
+  reply_int(f, 1);
+  counter_due(&f->c, 4999);
+  assert_int_equal(f->nsent, 4); /* nothing due yet */
+  counter_due(&f->c, 5003);
+  assert_int_equal(f->nsent, 5);
+  assert_true(runs(&f->sent[4], "-- Journal mode: increments"));
+  uint64_t wall = argv_u64(&f->sent[4], 0);
+  assert_int_equal(argv_u64(&f->sent[4], 1), wall + 3); /* both deadlines */
+  assert_int_equal(counter_pending(&f->c), 5);
+  connection_breaks(f);
+  ready_with_lease(f);
+  assert_true(runs(&f->sent[7], "-- Journal mode: increments"));
+  reply_int(f, 5);
+  assert_int_equal(f->m.incr_done, 5);
+  assert_int_equal(counter_pending(&f->c), 0);
+  assert_int_equal(f->q.pending, 0);
+}
+
+static void test_counter_queues_adopted_entries_at_their_time(void **state) {
+  struct fixture *f = *state;
+  counter_on_ready(&f->c);
+  redisReply ok = {.type = REDIS_REPLY_STATUS, .str = "OK", .len = 2};
+  reply_with(f, &ok);
+  uint64_t mine = argv_u64(&f->sent[1], 2); /* this clock, when asked */
+  char d1[24], d2[24];
+  snprintf(d1, sizeof d1, "%llu", (unsigned long long)mine);
+  snprintf(d2, sizeof d2, "%llu", (unsigned long long)mine + 1500);
+  redisReply id = {.type = REDIS_REPLY_STRING, .str = "dead", .len = 4};
+  redisReply n9 = {.type = REDIS_REPLY_INTEGER, .integer = 9};
+  redisReply e1 = {.type = REDIS_REPLY_STRING, .str = d1, .len = strlen(d1)};
+  redisReply e2 = {.type = REDIS_REPLY_STRING, .str = d2, .len = strlen(d2)};
+  redisReply n4 = {.type = REDIS_REPLY_INTEGER, .integer = 4};
+  redisReply n5 = {.type = REDIS_REPLY_INTEGER, .integer = 5};
+  redisReply *who_e[] = {&id, &n9};
+  redisReply *added_e[] = {&e2, &n5, &e1, &n4};
+  redisReply who = {.type = REDIS_REPLY_ARRAY, .elements = 2, .element = who_e};
+  redisReply added = {
+      .type = REDIS_REPLY_ARRAY, .elements = 4, .element = added_e};
+  redisReply *top_e[] = {&who, &added};
+  redisReply top = {.type = REDIS_REPLY_ARRAY, .elements = 2, .element = top_e};
+  reply_with(f, &top);
+  assert_int_equal(f->m.journal_adoptions, 1);
+  assert_int_equal(f->m.journal_adopted, 9);
+  assert_int_equal(f->q.pending, 9);
+  /* The monotonic clock of the test is 0 at the adoption: one entry due at
+   * once, the other 1.5 s later. */
+  uint64_t deadline, n;
+  assert_true(incr_queue_pop_run(&f->q, 0, &deadline, &n));
+  assert_int_equal(n, 4);
+  assert_false(incr_queue_pop_run(&f->q, 1499, &deadline, &n));
+  assert_true(incr_queue_pop_run(&f->q, 1500, &deadline, &n));
+  assert_int_equal(n, 5);
+}
+
+static void test_counter_leaves_once_even_if_the_reply_is_lost(void **state) {
+  struct fixture *f = *state;
+  ready_with_lease(f);
+  counter_leave(&f->c);
+  assert_true(runs(&f->sent[2], "-- Journal mode: a replica stops"));
+  assert_int_equal(f->left, 0);
+  connection_breaks(f);
+  assert_int_equal(f->left, 1);
+  counter_on_ready(&f->c);
+  assert_int_equal(f->nsent, 3); /* no lease taken again */
+  counter_on_down(&f->c);
+  assert_int_equal(f->left, 1);
+  assert_int_equal(counter_write(&f->c, 1, 1), 0);
+}
+
+#define MEMORY(t) cmocka_unit_test_setup_teardown(t, setup_memory, teardown)
+#define JOURNAL(t) cmocka_unit_test_setup_teardown(t, setup_journal, teardown)
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      MEMORY(test_counter_sends_what_fell_due_as_one_batch),
+      MEMORY(test_counter_gathers_what_fell_due_while_down),
+      MEMORY(test_counter_sends_a_lost_batch_again_with_its_number),
+      MEMORY(test_counter_resends_in_order_after_a_transient_error),
+      MEMORY(test_counter_fails_a_batch_no_retry_can_fix),
+      JOURNAL(test_counter_renews_its_lease_when_ready),
+      JOURNAL(test_counter_holds_a_write_until_redis_has_it),
+      JOURNAL(test_counter_refuses_a_write_with_no_connection),
+      JOURNAL(test_counter_resolves_lost_writes_and_reports_in_order),
+      JOURNAL(test_counter_reports_writes_in_order_when_outcomes_are_not),
+      JOURNAL(test_counter_moves_due_runs_and_again_if_lost),
+      JOURNAL(test_counter_queues_adopted_entries_at_their_time),
+      JOURNAL(test_counter_leaves_once_even_if_the_reply_is_lost),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
