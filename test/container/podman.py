@@ -52,12 +52,33 @@ _bin = []
 
 
 def podman_bin():
+    """The podman to use; skips the test (a failure under CI=true, see
+    test/conftest.py) when there is none or when it cannot run a container
+    here."""
     if not _bin:
         path = shutil.which("podman")
         if not path:
             pytest.skip("podman is not installed (scripts/bootstrap test)")
         _bin.append(path)
+        _bin.append(cannot_run_containers(path))
+    if _bin[1]:
+        pytest.skip(f"podman cannot run containers here: {_bin[1]}")
     return _bin[0]
+
+
+def cannot_run_containers(path):
+    """Why podman cannot start a container on this machine (say, inside an
+    unprivileged container, where mounting /proc or a cgroup fails), or
+    None when it can. The probe needs no image: the host's own root,
+    /bin/true, no network."""
+    out = subprocess.run(
+        [path, "run", "--rm", "--network", "none", "--rootfs", "/",
+         "/bin/true"], env=env(), capture_output=True, text=True,
+        stdin=subprocess.DEVNULL, timeout=120)
+    if out.returncode == 0:
+        return None
+    lines = (out.stderr or out.stdout).strip().splitlines()
+    return lines[-1] if lines else f"podman run exited {out.returncode}"
 
 
 def env():
