@@ -901,7 +901,7 @@ class Experiment:
 
     # -- the pieces ------------------------------------------------------
 
-    def new_replica(self, role):
+    def new_replica(self, role, wait=True):
         with self._lock:
             self._seq += 1
             name = f"r{self._seq}"
@@ -909,7 +909,8 @@ class Experiment:
         r = cls(self, name, role)
         self.replicas.append(r)
         r.start()
-        r.wait_ready(self.p.ready_timeout)
+        if wait:
+            r.wait_ready(self.p.ready_timeout)
         return r
 
     def _background(self, target, *args):
@@ -1000,10 +1001,13 @@ class Experiment:
         self.say(f"haproxy: maxconn {self.lb.maxconn} (hard file limit "
                  f"{self.lb.nofile})")
         self.lb.start()
+        # The Deployment's first replicas start together, as a new
+        # Deployment's pods do, and are probed side by side.
         for _ in range(p.replicas):
-            r = self.new_replica("initial")
+            self.serving.append(self.new_replica("initial", wait=False))
+        for r in self.serving:
+            r.wait_ready(p.ready_timeout)
             self.lb.add(r.name, r.port)
-            self.serving.append(r)
         self.t0 = time.monotonic()  # t = 0: the load starts
         self.wall_t0 = time.time()
         self.lifecycle.clear()
@@ -1068,7 +1072,7 @@ class Experiment:
         """A few times a second: each running replica's pending increments
         and the Redis counter, for the report."""
         redis = None
-        while not stop.is_set():
+        while not stop.is_set() and not self.abort.is_set():
             for r in list(self.replicas):
                 if r.running():
                     r.sample()
