@@ -33,6 +33,7 @@ STATE_COLOURS = {"starting": "#c8c8c8", "serving": "#8fd19e",
                  "draining": "#fb9a29", "flushing": "#6baed6"}
 REPLICA_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
                    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+GAP_S = 1.0        # pending samples further apart: not observed between
 FIGURES = ("sent", "ok", "failed", "counter", "lost", "extra")
 FIGURE_NAMES = {"sent": "sent", "ok": "200 OK", "failed": "failed",
                 "counter": "counter", "lost": "lost", "extra": "extra"}
@@ -284,10 +285,22 @@ def pending_chart(res, scale):
     legend = []
     for i, name in enumerate(names):
         colour = REPLICA_COLOURS[i % len(REPLICA_COLOURS)]
-        pts = [(scale.x(t), top + h - n / scale.pending_max * h)
-               for t, n in tl["pending"][name]]
-        parts.append(polyline(pts, colour, "pending",
-                              f'data-replica="{esc(name)}"'))
+        samples = tl["pending"][name]
+        parts.append(f'<g class="pending" data-replica="{esc(name)}">')
+        # Observed runs as steps; where it went unobserved for longer (its
+        # listener closed while it drained), a thin dashed line from the
+        # last value seen to the next (its log, its exit).
+        run = []
+        for k, (t, n) in enumerate(samples):
+            pt = (scale.x(t), top + h - n / scale.pending_max * h)
+            if run and t - samples[k - 1][0] > GAP_S:
+                parts.append(polyline(run, colour, "seen"))
+                parts.append(polyline([run[-1], pt], colour, "unseen",
+                                      'stroke-dasharray="2,3"', step=False,
+                                      width=1))
+                run = []
+            run.append(pt)
+        parts.append(polyline(run, colour, "seen") + "</g>")
         kills = [e[0] for e in tl["lifecycle"]
                  if e[1] == name and e[2] == "sigkill"]
         if kills:
@@ -303,7 +316,8 @@ def pending_chart(res, scale):
         legend.append(f'<span><i style="background:{colour}"></i>'
                       f'{esc(name)}</span>')
     return ('<h3>increments pending per replica (its /metrics while it '
-            'listens, its log while it drains)</h3>'
+            'listens, its log and exit while it drains; dashed: not seen in '
+            'between)</h3>'
             + svg(LEFT + W + RIGHT, top + h + 16, "".join(parts), "pending")
             + f'<div class="legend">{"".join(legend)}</div>')
 
@@ -335,10 +349,11 @@ def counter_chart(res, scale):
     parts.append(f'<text x="{xe}" y="{y(res["counter"]) + 10:.1f}" '
                  f'style="fill:#1f77b4">counter {res["counter"]}</text>')
     if res["lost"]:
+        mid = (y(res["ok"]) + y(res["counter"])) / 2 + 3
         parts.append(f'<line x1="{LEFT + W}" x2="{LEFT + W}" '
                      f'y1="{y(res["ok"]):.1f}" y2="{y(res["counter"]):.1f}" '
                      f'stroke="#c62828" stroke-width="3"/>'
-                     f'<text x="{xe}" y="{(y(res["ok"]) + y(res["counter"])) / 2 + 3:.1f}" '
+                     f'<text x="{xe}" y="{mid:.1f}" '
                      f'style="fill:#c62828" font-weight="700">lost '
                      f'{res["lost"]}</text>')
     what = ("the running total of 200s" if tl["per_request"]

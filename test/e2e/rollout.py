@@ -632,6 +632,9 @@ class Replica:
         report = " ".join(f"{k}={s[k]}" for k in
                           ("reason", "accepted", "done", "abandoned")
                           if k in s)
+        if not self.killed and isinstance(s.get("abandoned"), int):
+            # What it left pending when it exited: what it abandoned.
+            self.pending.append((round(self.exited_at, 3), s["abandoned"]))
         if self.killed:
             self.mark("sigkill", "grace period over" if self.sigterm_at
                       is not None else "no grace period", t=self.exited_at)

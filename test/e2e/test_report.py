@@ -5,7 +5,6 @@ result's. The run is a short --compare: the negative control (no delay, no
 preStop, zero grace) beside the recommended configuration, with the
 manifests' 1 s readiness probe period, so the replacements are staggered."""
 
-import os
 
 import pytest
 
@@ -36,7 +35,7 @@ for (const run of document.querySelectorAll('.run')) {
     height: l.getBoundingClientRect().height,
   }));
   runs.push({fig, buckets, lanes,
-             pending: run.querySelectorAll('polyline.pending').length});
+             pending: run.querySelectorAll('g.pending').length});
 }
 return {runs, scripts: document.scripts.length,
         external: [...document.querySelectorAll('[src],[href]')].length};
