@@ -11,7 +11,7 @@ import math
 import re
 
 SERIES = (("gracefuld", "#1f77b4"), ("nginx", "#ff7f0e"))
-W, H, LEFT, TOP = 360, 150, 56, 16
+W, H, LEFT, TOP = 360, 150, 56, 24
 
 CSS = """
 body { font: 13px/1.4 system-ui, sans-serif; margin: 16px; color: #222; }
