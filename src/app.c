@@ -35,7 +35,7 @@ static void respond(void *data, const struct http_request *req,
   } else {
     struct routes_state state = {
         .ready =
-            app->link.ever_connected && app->shutdown.phase == PHASE_RUNNING,
+            app->link.ever_ready && app->shutdown.phase == PHASE_RUNNING,
         .queue_full = pending(app) >= app->cfg->max_pending,
     };
     routes_handle(req, &state, &r);
@@ -249,7 +249,8 @@ static void finish(struct app *app) {
     log_warn("abandoned", "increments=%llu reason=%s",
              (unsigned long long)app->abandoned,
              shutdown_reason_name(app->shutdown.reason));
-  app->exit_code = shutdown_exit_code(&app->shutdown, app->abandoned);
+  app->exit_code = shutdown_exit_code(&app->shutdown, app->abandoned,
+                                     app->metrics.incr_failed);
 
   server_close(&app->server);
   incr_queue_close(&app->queue, NULL);
@@ -300,9 +301,9 @@ int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg) {
 int app_run(struct app *app) {
   const struct config *cfg = app->cfg;
   log_info("start",
-           "version=%s redis=%s:%u incr_delay_ms=%llu shutdown_delay_ms=%llu "
+           "version=%s redis=%s incr_delay_ms=%llu shutdown_delay_ms=%llu "
            "shutdown_timeout_ms=%llu max_pending=%llu",
-           GRACEFULD_VERSION, cfg->redis_host, cfg->redis_port,
+           GRACEFULD_VERSION, app->link.addr,
            (unsigned long long)cfg->incr_delay_ms,
            (unsigned long long)cfg->shutdown_delay_ms,
            (unsigned long long)cfg->shutdown_timeout_ms,

@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 
 #include "log.h"
+#include "redis_url.h"
 
 #define CONFIG_HOST_MAX 256
 #define CONFIG_KEY_MAX 512
@@ -20,8 +21,9 @@ struct config {
   char listen_host[CONFIG_HOST_MAX]; /* an IP literal, no brackets */
   uint16_t listen_port;
   struct sockaddr_storage listen_addr;
-  char redis_host[CONFIG_HOST_MAX]; /* an IP literal or a host name */
-  uint16_t redis_port;
+  /* REDIS_ADDR or REDIS_URL, with REDIS_USERNAME and the password of
+   * REDIS_PASSWORD_FILE folded in. */
+  struct redis_target redis;
   uint64_t incr_delay_ms;
   char counter_key[CONFIG_KEY_MAX];
   uint64_t shutdown_delay_ms;

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "redis_error.h"
 
 /* INCRs in flight at most: bounds hiredis's buffers when a long outage ends
  * with millions due, and keeps the replies flowing. */
@@ -143,6 +144,7 @@ void redis_link_init(struct redis_link *link, uv_loop_t *loop,
   uv_timer_init(loop, &link->timer);
   link->timer.data = link;
   link->resolver.data = link;
+  redis_target_format(&cfg->redis, link->addr, sizeof link->addr);
   size_t key_len = strlen(cfg->counter_key);
   int n = snprintf(link->cmd, sizeof link->cmd, "*2\r\n$4\r\nINCR\r\n$%zu\r\n",
                    key_len);
@@ -156,10 +158,18 @@ uint64_t redis_link_pending(const struct redis_link *link) {
 }
 
 bool redis_link_connected(const struct redis_link *link) {
-  return link->state == LINK_CONNECTED;
+  return link->state == LINK_READY;
 }
 
 static void on_backoff(uv_timer_t *timer) { connect_now(timer->data); }
+
+/* Keeps the reason for the retry that follows, as Redis or hiredis gave it. */
+static void set_why(struct redis_link *link, const char *why, size_t len) {
+  if (len >= sizeof link->why)
+    len = sizeof link->why - 1;
+  memcpy(link->why, why, len);
+  link->why[len] = '\0';
+}
 
 /* A connect attempt failed or a connection was lost: try again after a
  * backoff. Only the change of state is logged, not every attempt. */
@@ -172,12 +182,12 @@ static void retry_later(struct redis_link *link, const char *why) {
     link->down_logged = true;
     link->down_since = now;
     log_warn("redis_down",
-             "addr=%s:%u reason=\"%s\" pending=%llu retrying=backoff",
-             link->cfg->redis_host, link->cfg->redis_port, why,
-             (unsigned long long)redis_link_pending(link));
+             "addr=%s reason=\"%s\" pending=%llu retrying=backoff", link->addr,
+             why, (unsigned long long)redis_link_pending(link));
   } else {
     log_debug("redis_retry", "reason=\"%s\" failures=%u", why, link->failures);
   }
+  link->why[0] = '\0';
   link->state = LINK_IDLE;
   unsigned shift = link->failures < 5 ? link->failures : 5;
   uint64_t ceiling = (uint64_t)BACKOFF_MIN_MS << shift;
@@ -192,6 +202,12 @@ static void retry_later(struct redis_link *link, const char *why) {
 static void on_connect_timeout(uv_timer_t *timer) {
   struct redis_link *link = timer->data;
   redisAsyncContext *ac = link->ac;
+  if (link->state == LINK_HANDSHAKE) {
+    /* Connected: freeing calls on_disconnect, which retries. */
+    snprintf(link->why, sizeof link->why, "no answer to AUTH/SELECT");
+    redisAsyncFree(ac);
+    return;
+  }
   /* Not connected yet, so freeing runs no callback of ours. */
   link->ac = NULL;
   redisAsyncFree(ac);
@@ -208,7 +224,8 @@ static void arm_watchdog(struct redis_link *link) {
 
 static void on_watchdog(uv_timer_t *timer) {
   struct redis_link *link = timer->data;
-  if (link->state != LINK_CONNECTED || link->in_flight == 0)
+  if ((link->state != LINK_READY && link->state != LINK_RETIRING) ||
+      link->in_flight == 0)
     return;
   uint64_t now = uv_now(link->loop);
   if (now - link->last_progress < link->cfg->redis_timeout_ms) {
@@ -218,13 +235,16 @@ static void on_watchdog(uv_timer_t *timer) {
   log_warn("redis_timeout", "in_flight=%llu waited_ms=%llu",
            (unsigned long long)link->in_flight,
            (unsigned long long)(now - link->last_progress));
+  snprintf(link->why, sizeof link->why, "no reply for %llu ms",
+           (unsigned long long)(now - link->last_progress));
   /* Outside any hiredis callback: this frees at once, hands the in-flight
    * INCRs back through on_reply(NULL) and calls on_disconnect. */
   redisAsyncFree(link->ac);
 }
 
+/* Sends due work, only ever on a connection whose handshake is done. */
 static void send_due(struct redis_link *link) {
-  if (link->state != LINK_CONNECTED)
+  if (link->state != LINK_READY)
     return;
   bool was_idle = link->in_flight == 0;
   while (link->due > 0 && link->in_flight < WINDOW) {
@@ -238,6 +258,27 @@ static void send_due(struct redis_link *link) {
     link->last_progress = uv_now(link->loop);
     arm_watchdog(link);
   }
+}
+
+/* This connection takes no more work: once its last reply is in, it is
+ * closed and a fresh one made after a backoff (through on_disconnect). */
+static void retire(struct redis_link *link, const char *why, size_t len) {
+  if (link->state != LINK_READY)
+    return;
+  link->state = LINK_RETIRING;
+  set_why(link, why, len);
+  log_warn("redis_retiring", "addr=%s reply=\"%s\" in_flight=%llu",
+           link->addr, link->why, (unsigned long long)link->in_flight);
+}
+
+static void count_failed(struct redis_link *link, const redisReply *reply) {
+  uint64_t failed = ++link->metrics->incr_failed;
+  /* One line for the first failures, then one per power of two. */
+  if ((failed & (failed - 1)) == 0)
+    log_error("incr_failed", "failed=%llu reply=\"%.*s\"",
+              (unsigned long long)failed,
+              reply->type == REDIS_REPLY_ERROR ? (int)reply->len : 0,
+              reply->type == REDIS_REPLY_ERROR ? reply->str : "");
 }
 
 static void on_reply(redisAsyncContext *ac, void *r, void *privdata) {
@@ -256,47 +297,144 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata) {
   link->last_progress = uv_now(link->loop);
   if (reply->type == REDIS_REPLY_INTEGER) {
     link->metrics->incr_done++;
+  } else if (reply->type == REDIS_REPLY_ERROR &&
+             redis_error_classify(reply->str, reply->len) !=
+                 REDIS_ERROR_PERMANENT) {
+    /* Not executed, and another attempt can succeed. */
+    link->due++;
+    link->metrics->incr_retried++;
+    retire(link, reply->str, reply->len);
   } else {
-    uint64_t failed = ++link->metrics->incr_failed;
-    /* One line for the first failures, then one per power of two. */
-    if ((failed & (failed - 1)) == 0)
-      log_error("incr_failed", "failed=%llu reply=\"%.*s\"",
-                (unsigned long long)failed,
-                reply->type == REDIS_REPLY_ERROR ? (int)reply->len : 0,
-                reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+    count_failed(link, reply);
+  }
+  if (link->state == LINK_RETIRING) {
+    if (link->in_flight == 0)
+      redisAsyncDisconnect(ac); /* deferred until this callback returns */
+    return;
   }
   if (link->due > 0 && link->in_flight < WINDOW / 2)
     send_due(link);
-  if (link->in_flight == 0 && link->state == LINK_CONNECTED)
+  if (link->in_flight == 0 && link->state == LINK_READY)
     uv_timer_stop(&link->timer);
   if (link->due == 0 && link->in_flight == 0)
     link->on_idle(link);
+}
+
+/* ---- The handshake: AUTH, SELECT, before anything is counted ------------- */
+
+/* The AUTH of a password to a Redis that has none: Redis 6+ and Redis 5
+ * word it differently. The connection is usable; only a warning is due. */
+static bool auth_unneeded(const redisReply *reply) {
+  return strstr(reply->str, "without any password configured") ||
+         strstr(reply->str, "no password is set");
+}
+
+static void handshake_done(struct redis_link *link) {
+  uint64_t now = uv_now(link->loop);
+  uv_timer_stop(&link->timer);
+  link->state = LINK_READY;
+  if (link->ever_ready)
+    link->metrics->redis_reconnects++;
+  if (link->down_logged || !link->ever_ready)
+    log_info(
+        "redis_up", "addr=%s attempts=%u down_ms=%llu pending=%llu",
+        link->addr, link->failures + 1,
+        (unsigned long long)(link->down_logged ? now - link->down_since : 0),
+        (unsigned long long)redis_link_pending(link));
+  link->ever_ready = true;
+  link->down_logged = false;
+  link->auth_failed_logged = false;
+  link->failures = 0;
+  send_due(link);
+  if (link->due == 0 && link->in_flight == 0)
+    link->on_idle(link);
+}
+
+static void on_handshake_reply(redisAsyncContext *ac, void *r, void *privdata) {
+  struct redis_link *link = ac->data;
+  redisReply *reply = r;
+  bool is_auth = privdata != NULL;
+  link->handshake_left--;
+  if (!reply || link->state != LINK_HANDSHAKE)
+    return; /* the connection is going; on_disconnect retries */
+  if (reply->type == REDIS_REPLY_ERROR && !link->why[0]) {
+    if (is_auth && auth_unneeded(reply)) {
+      if (!link->auth_unneeded_logged)
+        log_warn("redis_auth_unneeded", "addr=%s reply=\"%.*s\"", link->addr,
+                 (int)reply->len, reply->str);
+      link->auth_unneeded_logged = true;
+    } else {
+      set_why(link, reply->str, reply->len);
+      if (redis_error_is_auth(reply->str, reply->len) &&
+          !link->auth_failed_logged) {
+        link->auth_failed_logged = true;
+        log_error("redis_auth_failed", "addr=%s error=\"%s\"", link->addr,
+                  link->why);
+      }
+    }
+  }
+  if (link->handshake_left > 0)
+    return;
+  if (link->why[0])
+    redisAsyncDisconnect(ac); /* on_disconnect retries after a backoff */
+  else
+    handshake_done(link);
+}
+
+/* Queues the commands that make a fresh connection fit to count on: AUTH
+ * (user and password, or the password alone) and SELECT db; at least a
+ * PING, so that a Redis that wants a password says so (NOAUTH) before the
+ * link is ready. Their replies arrive before any reply to due work. */
+static int send_handshake(struct redis_link *link) {
+  const struct redis_target *t = &link->cfg->redis;
+  redisAsyncContext *ac = link->ac;
+  static int auth_tag;
+  int rc = REDIS_OK;
+  link->handshake_left = 0;
+  link->why[0] = '\0';
+  if (t->has_password) {
+    const char *argv[3] = {"AUTH", t->user, t->password};
+    size_t lens[3] = {4, strlen(t->user), strlen(t->password)};
+    if (t->user[0])
+      rc = redisAsyncCommandArgv(ac, on_handshake_reply, &auth_tag, 3, argv,
+                                 lens);
+    else
+      rc = redisAsyncCommandArgv(ac, on_handshake_reply, &auth_tag, 2,
+                                 (const char *[]){"AUTH", t->password},
+                                 (size_t[]){4, lens[2]});
+    link->handshake_left += rc == REDIS_OK;
+  }
+  if (rc == REDIS_OK && t->db) {
+    char db[16];
+    int n = snprintf(db, sizeof db, "%u", t->db);
+    rc = redisAsyncCommandArgv(ac, on_handshake_reply, NULL, 2,
+                               (const char *[]){"SELECT", db},
+                               (size_t[]){6, (size_t)n});
+    link->handshake_left += rc == REDIS_OK;
+  }
+  if (rc == REDIS_OK && link->handshake_left == 0) {
+    rc = redisAsyncCommand(ac, on_handshake_reply, NULL, "PING");
+    link->handshake_left += rc == REDIS_OK;
+  }
+  return rc == REDIS_OK ? 0 : UV_ENOMEM;
 }
 
 static void on_connect(const redisAsyncContext *ac, int status) {
   struct redis_link *link = ac->data;
   if (link->state == LINK_CLOSED)
     return;
-  uv_timer_stop(&link->timer);
   if (status != REDIS_OK) {
+    uv_timer_stop(&link->timer);
     /* hiredis frees the context when this returns. */
     retry_later(link, ac->errstr);
     return;
   }
-  uint64_t now = uv_now(link->loop);
-  link->state = LINK_CONNECTED;
-  if (link->ever_connected)
-    link->metrics->redis_reconnects++;
-  if (link->down_logged || !link->ever_connected)
-    log_info(
-        "redis_up", "addr=%s:%u attempts=%u down_ms=%llu pending=%llu",
-        link->cfg->redis_host, link->cfg->redis_port, link->failures + 1,
-        (unsigned long long)(link->down_logged ? now - link->down_since : 0),
-        (unsigned long long)redis_link_pending(link));
-  link->ever_connected = true;
-  link->down_logged = false;
-  link->failures = 0;
-  send_due(link);
+  /* The connect timeout keeps running: it bounds the handshake too. */
+  link->state = LINK_HANDSHAKE;
+  if (send_handshake(link) != 0) {
+    snprintf(link->why, sizeof link->why, "out of memory");
+    redisAsyncDisconnect(link->ac);
+  }
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status) {
@@ -307,12 +445,16 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
     link->ac = NULL;
     return;
   }
-  retry_later(link, ac->errstr ? ac->errstr : "disconnected");
+  char why[sizeof link->why];
+  snprintf(why, sizeof why, "%s",
+           ac->err && ac->errstr[0] ? ac->errstr
+           : link->why[0]           ? link->why
+                                    : "disconnected");
+  retry_later(link, why);
   /* INCRs handed back by the broken connection are waiting now. */
 }
 
-static void connect_to(struct redis_link *link, const char *ip) {
-  redisAsyncContext *ac = redisAsyncConnect(ip, link->cfg->redis_port);
+static void watch(struct redis_link *link, redisAsyncContext *ac) {
   if (!ac) {
     retry_later(link, "out of memory");
     return;
@@ -363,29 +505,33 @@ static void on_resolved(uv_getaddrinfo_t *req, int status,
   if (link->state == LINK_CLOSED)
     return;
   if (status != 0) {
-    char why[CONFIG_HOST_MAX + 96];
-    snprintf(why, sizeof why, "resolving %s: %s", link->cfg->redis_host,
+    char why[REDIS_HOST_MAX + 96];
+    snprintf(why, sizeof why, "resolving %s: %s", link->cfg->redis.host,
              uv_strerror(status));
     retry_later(link, why);
     return;
   }
-  connect_to(link, ip);
+  watch(link, redisAsyncConnect(ip, link->cfg->redis.port));
 }
 
 static void connect_now(struct redis_link *link) {
-  const char *host = link->cfg->redis_host;
+  const struct redis_target *t = &link->cfg->redis;
+  if (t->transport == REDIS_UNIX) {
+    watch(link, redisAsyncConnectUnix(t->path));
+    return;
+  }
   struct sockaddr_in6 a6;
   struct sockaddr_in a4;
-  if (uv_ip4_addr(host, 0, &a4) == 0 || uv_ip6_addr(host, 0, &a6) == 0) {
-    connect_to(link, host);
+  if (uv_ip4_addr(t->host, 0, &a4) == 0 || uv_ip6_addr(t->host, 0, &a6) == 0) {
+    watch(link, redisAsyncConnect(t->host, t->port));
     return;
   }
   /* A name: resolved again at every attempt, so a Service or a restarted
    * Redis with a new address is found. */
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
   link->state = LINK_RESOLVING;
-  int rc = uv_getaddrinfo(link->loop, &link->resolver, on_resolved, host, NULL,
-                          &hints);
+  int rc = uv_getaddrinfo(link->loop, &link->resolver, on_resolved, t->host,
+                          NULL, &hints);
   if (rc)
     retry_later(link, uv_strerror(rc));
 }
@@ -410,7 +556,7 @@ void redis_link_close(struct redis_link *link) {
     uv_cancel((uv_req_t *)&link->resolver);
   if (link->ac) {
     redisAsyncContext *ac = link->ac;
-    if (was == LINK_CONNECTED && link->in_flight == 0) {
+    if (was == LINK_READY && link->in_flight == 0) {
       /* Clean: deferred by hiredis if we are inside one of its callbacks. */
       redisAsyncDisconnect(ac);
     } else {

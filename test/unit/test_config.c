@@ -114,8 +114,8 @@ static void test_config_defaults_without_flags_or_environment(void **state) {
   assert_int_equal(sin->sin_family, AF_INET);
   assert_int_equal(ntohs(sin->sin_port), 8080);
   assert_int_equal(ntohl(sin->sin_addr.s_addr), INADDR_ANY);
-  assert_string_equal(cfg.redis_host, "127.0.0.1");
-  assert_int_equal(cfg.redis_port, 6379);
+  assert_string_equal(cfg.redis.host, "127.0.0.1");
+  assert_int_equal(cfg.redis.port, 6379);
   assert_int_equal(cfg.incr_delay_ms, 5000);
   assert_string_equal(cfg.counter_key, "counter");
   assert_int_equal(cfg.shutdown_delay_ms, 0);
@@ -182,8 +182,8 @@ static void test_config_environment_overrides_every_default(void **state) {
   expect_ok(NONE, every_env);
   assert_string_equal(cfg.listen_host, "127.0.0.1");
   assert_int_equal(cfg.listen_port, 9001);
-  assert_string_equal(cfg.redis_host, "redis.example");
-  assert_int_equal(cfg.redis_port, 6390);
+  assert_string_equal(cfg.redis.host, "redis.example");
+  assert_int_equal(cfg.redis.port, 6390);
   assert_int_equal(cfg.incr_delay_ms, 250);
   assert_string_equal(cfg.counter_key, "env:key");
   assert_int_equal(cfg.shutdown_delay_ms, 1200);
@@ -216,8 +216,8 @@ test_config_flags_override_every_environment_variable(void **state) {
             every_env);
   assert_string_equal(cfg.listen_host, "127.0.0.2");
   assert_int_equal(cfg.listen_port, 9002);
-  assert_string_equal(cfg.redis_host, "10.1.2.3");
-  assert_int_equal(cfg.redis_port, 6391);
+  assert_string_equal(cfg.redis.host, "10.1.2.3");
+  assert_int_equal(cfg.redis.port, 6391);
   assert_int_equal(cfg.incr_delay_ms, 1);
   assert_string_equal(cfg.counter_key, "flag:key");
   assert_int_equal(cfg.shutdown_delay_ms, 2);
@@ -320,15 +320,15 @@ static void test_config_listen_accepts_bracketed_ipv6_address(void **state) {
 static void test_config_redis_accepts_host_name_and_ip_literals(void **state) {
   (void)state;
   expect_ok(NONE, LIST("REDIS_ADDR=redis.default.svc.cluster.local:6380"));
-  assert_string_equal(cfg.redis_host, "redis.default.svc.cluster.local");
-  assert_int_equal(cfg.redis_port, 6380);
+  assert_string_equal(cfg.redis.host, "redis.default.svc.cluster.local");
+  assert_int_equal(cfg.redis.port, 6380);
   expect_ok(NONE, LIST("REDIS_ADDR=10.0.0.7:6379"));
-  assert_string_equal(cfg.redis_host, "10.0.0.7");
+  assert_string_equal(cfg.redis.host, "10.0.0.7");
   expect_ok(NONE, LIST("REDIS_ADDR=[::1]:6379"));
-  assert_string_equal(cfg.redis_host, "::1");
-  assert_int_equal(cfg.redis_port, 6379);
+  assert_string_equal(cfg.redis.host, "::1");
+  assert_int_equal(cfg.redis.port, 6379);
   expect_ok(NONE, LIST("REDIS_ADDR=redis:65535"));
-  assert_int_equal(cfg.redis_port, 65535);
+  assert_int_equal(cfg.redis.port, 65535);
 }
 
 static void test_config_rejects_address_without_port(void **state) {
