@@ -85,7 +85,7 @@ static void on_poll(uv_poll_t *handle, int status, int events) {
       redisAsyncHandleRead(ac);
     if (!p->closed) {
       /* hiredis found nothing wrong; never leave a context unwatched. */
-      log_debug("redis_poll", "status=%s", uv_err_name(status));
+      log_debug("redis_poll", LOG_STR("status", uv_err_name(status)));
       redisAsyncFree(ac);
     }
     return;
@@ -181,11 +181,12 @@ static void retry_later(struct redis_link *link, const char *why) {
   if (!link->down_logged) {
     link->down_logged = true;
     link->down_since = now;
-    log_warn("redis_down",
-             "addr=%s reason=\"%s\" pending=%llu retrying=backoff", link->addr,
-             why, (unsigned long long)redis_link_pending(link));
+    log_warn("redis_down", LOG_STR("addr", link->addr), LOG_STR("reason", why),
+             LOG_UINT("pending", redis_link_pending(link)),
+             LOG_STR("retrying", "backoff"));
   } else {
-    log_debug("redis_retry", "reason=\"%s\" failures=%u", why, link->failures);
+    log_debug("redis_retry", LOG_STR("reason", why),
+              LOG_UINT("failures", link->failures));
   }
   link->why[0] = '\0';
   link->state = LINK_IDLE;
@@ -232,9 +233,8 @@ static void on_watchdog(uv_timer_t *timer) {
     arm_watchdog(link);
     return;
   }
-  log_warn("redis_timeout", "in_flight=%llu waited_ms=%llu",
-           (unsigned long long)link->in_flight,
-           (unsigned long long)(now - link->last_progress));
+  log_warn("redis_timeout", LOG_UINT("in_flight", link->in_flight),
+           LOG_UINT("waited_ms", now - link->last_progress));
   snprintf(link->why, sizeof link->why, "no reply for %llu ms",
            (unsigned long long)(now - link->last_progress));
   /* Outside any hiredis callback: this frees at once, hands the in-flight
@@ -267,18 +267,18 @@ static void retire(struct redis_link *link, const char *why, size_t len) {
     return;
   link->state = LINK_RETIRING;
   set_why(link, why, len);
-  log_warn("redis_retiring", "addr=%s reply=\"%s\" in_flight=%llu",
-           link->addr, link->why, (unsigned long long)link->in_flight);
+  log_warn("redis_retiring", LOG_STR("addr", link->addr),
+           LOG_STR("reply", link->why), LOG_UINT("in_flight", link->in_flight));
 }
 
 static void count_failed(struct redis_link *link, const redisReply *reply) {
   uint64_t failed = ++link->metrics->incr_failed;
   /* One line for the first failures, then one per power of two. */
   if ((failed & (failed - 1)) == 0)
-    log_error("incr_failed", "failed=%llu reply=\"%.*s\"",
-              (unsigned long long)failed,
-              reply->type == REDIS_REPLY_ERROR ? (int)reply->len : 0,
-              reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+    log_error("incr_failed", LOG_UINT("failed", failed),
+              LOG_STRN("reply",
+                       reply->type == REDIS_REPLY_ERROR ? reply->str : "",
+                       reply->type == REDIS_REPLY_ERROR ? reply->len : 0));
 }
 
 static void on_reply(redisAsyncContext *ac, void *r, void *privdata) {
@@ -336,11 +336,10 @@ static void handshake_done(struct redis_link *link) {
   if (link->ever_ready)
     link->metrics->redis_reconnects++;
   if (link->down_logged || !link->ever_ready)
-    log_info(
-        "redis_up", "addr=%s attempts=%u down_ms=%llu pending=%llu",
-        link->addr, link->failures + 1,
-        (unsigned long long)(link->down_logged ? now - link->down_since : 0),
-        (unsigned long long)redis_link_pending(link));
+    log_info("redis_up", LOG_STR("addr", link->addr),
+             LOG_UINT("attempts", link->failures + 1),
+             LOG_UINT("down_ms", link->down_logged ? now - link->down_since : 0),
+             LOG_UINT("pending", redis_link_pending(link)));
   link->ever_ready = true;
   link->down_logged = false;
   link->auth_failed_logged = false;
@@ -360,16 +359,16 @@ static void on_handshake_reply(redisAsyncContext *ac, void *r, void *privdata) {
   if (reply->type == REDIS_REPLY_ERROR && !link->why[0]) {
     if (is_auth && auth_unneeded(reply)) {
       if (!link->auth_unneeded_logged)
-        log_warn("redis_auth_unneeded", "addr=%s reply=\"%.*s\"", link->addr,
-                 (int)reply->len, reply->str);
+        log_warn("redis_auth_unneeded", LOG_STR("addr", link->addr),
+                 LOG_STRN("reply", reply->str, reply->len));
       link->auth_unneeded_logged = true;
     } else {
       set_why(link, reply->str, reply->len);
       if (redis_error_is_auth(reply->str, reply->len) &&
           !link->auth_failed_logged) {
         link->auth_failed_logged = true;
-        log_error("redis_auth_failed", "addr=%s error=\"%s\"", link->addr,
-                  link->why);
+        log_error("redis_auth_failed", LOG_STR("addr", link->addr),
+                  LOG_STR("error", link->why));
       }
     }
   }
