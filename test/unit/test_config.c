@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config.h"
 
@@ -622,8 +623,91 @@ static void test_config_version_prints_version_and_exits(void **state) {
   assert_string_equal(printed, "gracefuld " GRACEFULD_VERSION "\n");
 }
 
+/* ---- Redis URL, user and password -------------------------------------- */
+
+static void test_config_redis_url_sets_target_user_password_db(void **state) {
+  (void)state;
+  expect_ok(NONE, LIST("REDIS_URL=redis://app:pw%40x@redis.example:6390/4"));
+  assert_int_equal(cfg.redis.transport, REDIS_TCP);
+  assert_string_equal(cfg.redis.host, "redis.example");
+  assert_int_equal(cfg.redis.port, 6390);
+  assert_int_equal(cfg.redis.db, 4);
+  assert_string_equal(cfg.redis.user, "app");
+  assert_string_equal(cfg.redis.password, "pw@x");
+  expect_ok(LIST("--redis-url", "unix:///tmp/r.sock?db=1"), NONE);
+  assert_int_equal(cfg.redis.transport, REDIS_UNIX);
+  assert_string_equal(cfg.redis.path, "/tmp/r.sock");
+  assert_int_equal(cfg.redis.db, 1);
+}
+
+static void test_config_redis_url_and_addr_together_name_both(void **state) {
+  (void)state;
+  expect_error(NONE, LIST("REDIS_URL=redis://h", "REDIS_ADDR=h:1"),
+               LIST("REDIS_URL", "REDIS_ADDR"));
+  expect_error(LIST("--redis", "h:1"), LIST("REDIS_URL=redis://h"),
+               LIST("REDIS_URL", "REDIS_ADDR"));
+}
+
+static void test_config_bad_redis_url_never_echoes_the_password(void **state) {
+  (void)state;
+  expect_error(NONE, LIST("REDIS_URL=rediss://:hunter2@h"),
+               LIST("REDIS_URL", "rediss://:***@h", "TLS"));
+  assert_null(strstr(err, "hunter2"));
+  expect_error(NONE, LIST("REDIS_URL=redis://u:hunter2@h:0"),
+               LIST("REDIS_URL", "port"));
+  assert_null(strstr(err, "hunter2"));
+}
+
+static const char *write_file(const char *text) {
+  static char path[] = "/tmp/gracefuld-test-secret-XXXXXX";
+  memcpy(path + strlen(path) - 6, "XXXXXX", 6);
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+  close(fd);
+  return path;
+}
+
+static void test_config_password_file_drops_one_trailing_newline(
+    void **state) {
+  (void)state;
+  char env[128];
+  const char *path = write_file("pa ss\n");
+  snprintf(env, sizeof env, "REDIS_PASSWORD_FILE=%s", path);
+  expect_ok(NONE, LIST(env, "REDIS_USERNAME=app"));
+  unlink(path);
+  assert_string_equal(cfg.redis.password, "pa ss");
+  assert_true(cfg.redis.has_password);
+  assert_string_equal(cfg.redis.user, "app");
+}
+
+static void test_config_password_file_errors_name_the_file_only(
+    void **state) {
+  (void)state;
+  char env[128];
+  expect_error(NONE, LIST("REDIS_PASSWORD_FILE=/nonexistent/pw"),
+               LIST("REDIS_PASSWORD_FILE", "/nonexistent/pw", "cannot open"));
+  const char *path = write_file("\n");
+  snprintf(env, sizeof env, "REDIS_PASSWORD_FILE=%s", path);
+  expect_error(NONE, LIST(env), LIST("REDIS_PASSWORD_FILE", "empty"));
+  unlink(path);
+  path = write_file("hunter2");
+  snprintf(env, sizeof env, "REDIS_PASSWORD_FILE=%s", path);
+  expect_error(NONE, LIST(env, "REDIS_URL=redis://:other@h"),
+               LIST("REDIS_PASSWORD_FILE", "one place"));
+  unlink(path);
+  assert_null(strstr(err, "hunter2"));
+  expect_error(NONE, LIST("REDIS_URL=redis://a@h", "REDIS_USERNAME=b"),
+               LIST("REDIS_USERNAME", "one place"));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_config_redis_url_sets_target_user_password_db),
+      cmocka_unit_test(test_config_redis_url_and_addr_together_name_both),
+      cmocka_unit_test(test_config_bad_redis_url_never_echoes_the_password),
+      cmocka_unit_test(test_config_password_file_drops_one_trailing_newline),
+      cmocka_unit_test(test_config_password_file_errors_name_the_file_only),
       cmocka_unit_test(test_config_defaults_without_flags_or_environment),
       cmocka_unit_test(
           test_config_shutdown_delay_defaults_to_5000_under_kubernetes),
