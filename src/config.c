@@ -14,6 +14,7 @@ enum kind {
   K_REDIS_URL,
   K_REDIS_USER,
   K_SECRET_FILE,
+  K_SENTINELS,
   K_UINT,
   K_STRING,
   K_PATH,
@@ -51,7 +52,20 @@ static const struct setting settings[] = {
     {"REDIS_PASSWORD_FILE", "redis-password-file", "PATH", "(none)",
      "file holding the Redis password, read once at start (a trailing "
      "newline is dropped)",
-     K_SECRET_FILE, 0, 0, 0},
+     K_SECRET_FILE, FIELD(redis.password), 0, 0},
+    {"REDIS_SENTINELS", "redis-sentinels", "HOST:PORT,...", "(none)",
+     "ask these Sentinels for the master (with REDIS_MASTER_NAME); the "
+     "port defaults to 26379",
+     K_SENTINELS, 0, 0, 0},
+    {"REDIS_MASTER_NAME", "redis-master-name", "NAME", "(none)",
+     "the master's name in Sentinel (with REDIS_SENTINELS)", K_STRING,
+     FIELD(master_name), 0, 0},
+    {"REDIS_SENTINEL_PASSWORD_FILE", "redis-sentinel-password-file", "PATH",
+     "(none)", "file holding the Sentinels' password (requirepass)",
+     K_SECRET_FILE, FIELD(sentinel_password), 0, 0},
+    {"REDIS_MIN_REPLICAS", "redis-min-replicas", "N", "0",
+     "an increment is done only once N replicas have it (WAIT, batched)",
+     K_UINT, FIELD(min_replicas), 0, 16},
     {"INCR_DELAY_MS", "incr-delay-ms", "MS", "5000",
      "delay between answering /incr and sending its INCR", K_UINT,
      FIELD(incr_delay_ms), 0, DAY_MS},
@@ -245,16 +259,42 @@ static int apply(struct config *cfg, const struct setting *s, const char *v,
       return fail(err, err_len, s, v, "too long"), -1;
     memcpy(cfg->redis.user, v, strlen(v) + 1);
     return 0;
-  case K_SECRET_FILE:
-    if (cfg->redis.has_password)
+  case K_SECRET_FILE: {
+    bool sentinel = s->offset == FIELD(sentinel_password);
+    bool *has = sentinel ? &cfg->has_sentinel_password
+                         : &cfg->redis.has_password;
+    if (*has)
       return fail(err, err_len, s, v,
                   "REDIS_URL holds a password already; set it in one place"),
              -1;
-    why = read_secret(v, cfg->redis.password, sizeof cfg->redis.password);
+    why = read_secret(v, (char *)cfg + s->offset, REDIS_PASSWORD_MAX);
     if (why)
       return fail(err, err_len, s, v, why), -1;
-    cfg->redis.has_password = true;
+    *has = true;
     return 0;
+  }
+  case K_SENTINELS: {
+    cfg->n_sentinels = 0;
+    for (const char *p = v;;) {
+      size_t len = strcspn(p, ",");
+      struct config_sentinel *sn = &cfg->sentinels[cfg->n_sentinels];
+      if (cfg->n_sentinels == CONFIG_SENTINELS_MAX)
+        return fail(err, err_len, s, v, "at most 8 sentinels"), -1;
+      why = redis_split_host_port(p, len, sn->host, sizeof sn->host, 26379,
+                                  &sn->port);
+      if (!why && sn->port == 0)
+        why = "port must be from 1 to 65535";
+      if (!why && !redis_host_valid(sn->host))
+        why = "not a host name or IP address";
+      if (why)
+        return fail(err, err_len, s, v, why), -1;
+      cfg->n_sentinels++;
+      if (p[len] == '\0')
+        break;
+      p += len + 1;
+    }
+    return 0;
+  }
   case K_UINT: {
     int rc = parse_uint(v, &n);
     if (rc == -1)
@@ -374,6 +414,12 @@ enum config_result config_parse(struct config *cfg, int argc, char *const *argv,
              "set: use one of them");
     return CONFIG_ERROR;
   }
+  if (given(flag_values, K_SENTINELS) && given(flag_values, K_ADDR_REDIS)) {
+    snprintf(err, err_len,
+             "REDIS_SENTINELS (--redis-sentinels) and REDIS_ADDR (--redis) "
+             "are both set: the Sentinels name the master");
+    return CONFIG_ERROR;
+  }
   for (size_t k = 0; k < N_SETTINGS; k++) {
     const struct setting *s = &settings[k];
     const char *v = flag_values[k];
@@ -386,6 +432,24 @@ enum config_result config_parse(struct config *cfg, int argc, char *const *argv,
     }
     if (apply(cfg, s, v, err, err_len) != 0)
       return CONFIG_ERROR;
+  }
+  if (cfg->n_sentinels > 0 && !cfg->master_name[0]) {
+    snprintf(err, err_len,
+             "REDIS_SENTINELS (--redis-sentinels) needs REDIS_MASTER_NAME "
+             "(--redis-master-name)");
+    return CONFIG_ERROR;
+  }
+  if (cfg->master_name[0] && cfg->n_sentinels == 0) {
+    snprintf(err, err_len,
+             "REDIS_MASTER_NAME (--redis-master-name) needs REDIS_SENTINELS "
+             "(--redis-sentinels)");
+    return CONFIG_ERROR;
+  }
+  if (cfg->n_sentinels > 0 && cfg->redis.transport == REDIS_UNIX) {
+    snprintf(err, err_len,
+             "REDIS_SENTINELS (--redis-sentinels) with a unix:// REDIS_URL: "
+             "Sentinels name TCP addresses");
+    return CONFIG_ERROR;
   }
   return CONFIG_OK;
 }

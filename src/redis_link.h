@@ -29,7 +29,10 @@ enum redis_link_state {
   LINK_IDLE,       /* not started, or waiting out a backoff */
   LINK_RESOLVING,  /* uv_getaddrinfo in progress */
   LINK_CONNECTING, /* TCP or unix socket connect in progress */
-  LINK_HANDSHAKE,  /* AUTH / SELECT (or PING) sent, replies awaited */
+  LINK_ASKING,     /* connected to a Sentinel, the master's address asked */
+  LINK_ASKED,      /* the address is known; the Sentinel connection closes
+                      and the master is connected to next */
+  LINK_HANDSHAKE,  /* AUTH / SELECT / ROLE (or PING) sent, replies awaited */
   LINK_READY,      /* authenticated, database selected: due work goes out */
   LINK_RETIRING,   /* a transient error reply: no more sends; closed and
                       reconnected once the last reply is in */
@@ -50,6 +53,9 @@ struct redis_link {
   uv_getaddrinfo_t resolver;
   uint64_t due;           /* increments waiting to be sent */
   uint64_t in_flight;     /* INCRs sent, reply not yet read */
+  uint64_t unconfirmed;   /* REDIS_MIN_REPLICAS: INCRs executed, not yet
+                             confirmed on enough replicas by a WAIT */
+  unsigned waits;         /* WAITs sent, reply not yet read */
   uint64_t last_progress; /* uv_now of the last reply (or first send) */
   uint64_t down_since;    /* uv_now when the link was last lost */
   unsigned failures;      /* consecutive failed attempts */
@@ -58,6 +64,16 @@ struct redis_link {
   bool down_logged;
   bool auth_failed_logged; /* since the last successful handshake */
   bool auth_unneeded_logged;
+  /* Sentinel: the master's address, when known, is in target; the
+   * Sentinel asked next is sentinels[sentinel]. */
+  bool master_known;
+  bool asking; /* the connection being made is to a Sentinel */
+  size_t sentinel;
+  struct redis_target target; /* where the next connection goes, and how it
+                                 logs in: cfg->redis, or the master */
+  const char *host; /* of the connection being made: target's or a
+                       Sentinel's */
+  uint16_t port;
   uint32_t rng;
   redis_link_idle_cb on_idle;
   void *data; /* the owner's */
