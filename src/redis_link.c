@@ -268,6 +268,12 @@ static void on_watchdog(uv_timer_t *timer) {
 /* Sends due work, only ever on a connection whose handshake is done. */
 static void on_wait_reply(redisAsyncContext *ac, void *r, void *privdata);
 
+/* WAIT's own timeout, in ms: under the reply watchdog's. */
+static uint64_t wait_timeout(const struct redis_link *link) {
+  uint64_t t = link->cfg->redis_timeout_ms / 2;
+  return t ? t : 1;
+}
+
 static void send_due(struct redis_link *link) {
   if (link->state != LINK_READY)
     return;
@@ -285,14 +291,11 @@ static void send_due(struct redis_link *link) {
    * write this connection made before it. Its timeout stays under the
    * reply watchdog's. */
   uint64_t min = link->cfg->min_replicas;
-  if (sent && min) {
-    uint64_t timeout = link->cfg->redis_timeout_ms / 2;
-    if (redisAsyncCommand(link->ac, on_wait_reply, NULL, "WAIT %llu %llu",
-                          (unsigned long long)min,
-                          (unsigned long long)(timeout ? timeout : 1)) ==
-        REDIS_OK)
-      link->waits++;
-  }
+  if (sent && min &&
+      redisAsyncCommand(link->ac, on_wait_reply, NULL, "WAIT %llu %llu",
+                        (unsigned long long)min,
+                        (unsigned long long)wait_timeout(link)) == REDIS_OK)
+    link->waits++;
   if (was_idle && awaited(link) > 0) {
     link->last_progress = uv_now(link->loop);
     arm_watchdog(link);
@@ -386,16 +389,30 @@ static void on_wait_reply(redisAsyncContext *ac, void *r, void *privdata) {
     return;
   }
   link->last_progress = uv_now(link->loop);
-  if (reply->type == REDIS_REPLY_INTEGER &&
-      (uint64_t)reply->integer >= link->cfg->min_replicas) {
+  uint64_t min = link->cfg->min_replicas;
+  if (reply->type == REDIS_REPLY_INTEGER && (uint64_t)reply->integer >= min) {
     link->metrics->incr_done += n;
+    link->wait_short_logged = false;
+  } else if (reply->type == REDIS_REPLY_INTEGER) {
+    /* Not on enough replicas yet (a replica resyncing after a failover).
+     * Sending them again here would count them twice on this master: wait
+     * again on this connection instead. A master since demoted answers the
+     * next WAIT with an error; a broken connection hands them back. */
+    link->unconfirmed = n;
+    if (!link->wait_short_logged)
+      log_warn("redis_wait_short", LOG_STR("addr", link->addr),
+               LOG_INT("replicas", reply->integer), LOG_UINT("wanted", min),
+               LOG_UINT("unconfirmed", n));
+    link->wait_short_logged = true;
+    if (link->state == LINK_READY &&
+        redisAsyncCommand(ac, on_wait_reply, NULL, "WAIT %llu %llu",
+                          (unsigned long long)min,
+                          (unsigned long long)wait_timeout(link)) == REDIS_OK)
+      link->waits++;
   } else {
+    /* WAIT refused: a replica now (READONLY is near), or not allowed. */
     char why[96];
-    if (reply->type == REDIS_REPLY_INTEGER)
-      snprintf(why, sizeof why, "WAIT: %lld of %llu replicas in time",
-               reply->integer, (unsigned long long)link->cfg->min_replicas);
-    else
-      snprintf(why, sizeof why, "WAIT: %.*s", (int)reply->len, reply->str);
+    snprintf(why, sizeof why, "WAIT: %.*s", (int)reply->len, reply->str);
     link->due += n;
     link->metrics->incr_retried += n;
     retire(link, why, strlen(why));

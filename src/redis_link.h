@@ -64,6 +64,7 @@ struct redis_link {
   bool down_logged;
   bool auth_failed_logged; /* since the last successful handshake */
   bool auth_unneeded_logged;
+  bool wait_short_logged; /* since the last WAIT that was satisfied */
   /* Sentinel: the master's address, when known, is in target; the
    * Sentinel asked next is sentinels[sentinel]. */
   bool master_known;
