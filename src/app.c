@@ -34,8 +34,7 @@ static void respond(void *data, const struct http_request *req,
     routes_error(error_status, &r);
   } else {
     struct routes_state state = {
-        .ready =
-            app->link.ever_ready && app->shutdown.phase == PHASE_RUNNING,
+        .ready = app->link.ever_ready && app->shutdown.phase == PHASE_RUNNING,
         .queue_full = pending(app) >= app->cfg->max_pending,
     };
     routes_handle(req, &state, &r);
@@ -257,7 +256,7 @@ static void finish(struct app *app) {
     log_warn("abandoned", LOG_UINT("increments", app->abandoned),
              LOG_STR("reason", shutdown_reason_name(app->shutdown.reason)));
   app->exit_code = shutdown_exit_code(&app->shutdown, app->abandoned,
-                                     app->metrics.incr_failed);
+                                      app->metrics.incr_failed);
 
   server_close(&app->server);
   incr_queue_close(&app->queue, NULL);

@@ -161,8 +161,7 @@ static int parse_uint(const char *v, uint64_t *out) {
 static const char *split_host_port(const char *v, char *host, size_t host_len,
                                    uint64_t *port) {
   uint16_t p = 0;
-  const char *why =
-      redis_split_host_port(v, strlen(v), host, host_len, 0, &p);
+  const char *why = redis_split_host_port(v, strlen(v), host, host_len, 0, &p);
   *port = p;
   return why;
 }
@@ -261,8 +260,8 @@ static int apply(struct config *cfg, const struct setting *s, const char *v,
     return 0;
   case K_SECRET_FILE: {
     bool sentinel = s->offset == FIELD(sentinel_password);
-    bool *has = sentinel ? &cfg->has_sentinel_password
-                         : &cfg->redis.has_password;
+    bool *has =
+        sentinel ? &cfg->has_sentinel_password : &cfg->redis.has_password;
     if (*has)
       return fail(err, err_len, s, v,
                   "REDIS_URL holds a password already; set it in one place"),

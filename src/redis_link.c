@@ -436,10 +436,11 @@ static void handshake_done(struct redis_link *link) {
   if (link->ever_ready)
     link->metrics->redis_reconnects++;
   if (link->down_logged || !link->ever_ready)
-    log_info("redis_up", LOG_STR("addr", link->addr),
-             LOG_UINT("attempts", link->failures + 1),
-             LOG_UINT("down_ms", link->down_logged ? now - link->down_since : 0),
-             LOG_UINT("pending", redis_link_pending(link)));
+    log_info(
+        "redis_up", LOG_STR("addr", link->addr),
+        LOG_UINT("attempts", link->failures + 1),
+        LOG_UINT("down_ms", link->down_logged ? now - link->down_since : 0),
+        LOG_UINT("pending", redis_link_pending(link)));
   link->ever_ready = true;
   link->down_logged = false;
   link->auth_failed_logged = false;
@@ -478,8 +479,7 @@ static const char *take_master(struct redis_link *link,
     t->port = (uint16_t)port;
     redis_target_format(t, link->addr, sizeof link->addr);
     if (strcmp(was, link->addr) != 0) {
-      const struct config_sentinel *sn =
-          &link->cfg->sentinels[link->sentinel];
+      const struct config_sentinel *sn = &link->cfg->sentinels[link->sentinel];
       char from[REDIS_HOST_MAX + 8];
       snprintf(from, sizeof from, "%s:%u", sn->host, sn->port);
       log_info("redis_master", LOG_STR("from", was), LOG_STR("to", link->addr),
@@ -504,8 +504,7 @@ static void on_handshake_reply(redisAsyncContext *ac, void *r, void *privdata) {
   struct redis_link *link = ac->data;
   redisReply *reply = r;
   link->handshake_left--;
-  if (!reply ||
-      (link->state != LINK_HANDSHAKE && link->state != LINK_ASKING))
+  if (!reply || (link->state != LINK_HANDSHAKE && link->state != LINK_ASKING))
     return; /* the connection is going; on_disconnect retries */
   if (reply->type == REDIS_REPLY_ERROR && !link->why[0]) {
     if (privdata == &tag_auth && auth_unneeded(reply)) {
@@ -742,8 +741,8 @@ static void connect_now(struct redis_link *link) {
    * Redis with a new address is found. */
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
   link->state = LINK_RESOLVING;
-  int rc = uv_getaddrinfo(link->loop, &link->resolver, on_resolved,
-                          link->host, NULL, &hints);
+  int rc = uv_getaddrinfo(link->loop, &link->resolver, on_resolved, link->host,
+                          NULL, &hints);
   if (rc)
     retry_later(link, uv_strerror(rc));
 }

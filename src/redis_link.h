@@ -51,14 +51,14 @@ struct redis_link {
   enum redis_link_state state;
   uv_timer_t timer; /* backoff, connect timeout or reply watchdog */
   uv_getaddrinfo_t resolver;
-  uint64_t due;           /* increments waiting to be sent */
-  uint64_t in_flight;     /* INCRs sent, reply not yet read */
-  uint64_t unconfirmed;   /* REDIS_MIN_REPLICAS: INCRs executed, not yet
-                             confirmed on enough replicas by a WAIT */
-  unsigned waits;         /* WAITs sent, reply not yet read */
-  uint64_t last_progress; /* uv_now of the last reply (or first send) */
-  uint64_t down_since;    /* uv_now when the link was last lost */
-  unsigned failures;      /* consecutive failed attempts */
+  uint64_t due;            /* increments waiting to be sent */
+  uint64_t in_flight;      /* INCRs sent, reply not yet read */
+  uint64_t unconfirmed;    /* REDIS_MIN_REPLICAS: INCRs executed, not yet
+                              confirmed on enough replicas by a WAIT */
+  unsigned waits;          /* WAITs sent, reply not yet read */
+  uint64_t last_progress;  /* uv_now of the last reply (or first send) */
+  uint64_t down_since;     /* uv_now when the link was last lost */
+  unsigned failures;       /* consecutive failed attempts */
   unsigned handshake_left; /* handshake replies still awaited */
   bool ever_ready;         /* a handshake has completed once */
   bool down_logged;
@@ -72,12 +72,12 @@ struct redis_link {
   size_t sentinel;
   struct redis_target target; /* where the next connection goes, and how it
                                  logs in: cfg->redis, or the master */
-  const char *host; /* of the connection being made: target's or a
-                       Sentinel's */
+  const char *host;           /* of the connection being made: target's or a
+                                 Sentinel's */
   uint16_t port;
   uint32_t rng;
   redis_link_idle_cb on_idle;
-  void *data; /* the owner's */
+  void *data;                                      /* the owner's */
   char addr[REDIS_HOST_MAX + REDIS_USER_MAX + 64]; /* as logged: no password */
   char why[256]; /* why the current connection is being dropped */
   size_t cmd_len;

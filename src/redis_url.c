@@ -26,8 +26,7 @@ bool redis_host_valid(const char *h) {
 }
 
 /* The n bytes at v as a decimal number no greater than max. */
-static int parse_decimal(const char *v, size_t n, uint64_t max,
-                         uint64_t *out) {
+static int parse_decimal(const char *v, size_t n, uint64_t max, uint64_t *out) {
   uint64_t x = 0;
   if (n == 0)
     return -1;

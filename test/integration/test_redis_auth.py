@@ -114,41 +114,38 @@ def test_an_acl_user_granted_only_what_gracefuld_needs(protected, tmp_path):
         g.stop()
 
 
-def test_a_unix_socket_and_its_database(tmp_path):
-    sock = str(tmp_path / "redis.sock")
-    r = Redis(args=["--unixsocket", sock, "--unixsocketperm", "700"]).start()
+def count_in_db(redis, url, db, n, addr=None):
+    """n increments through url land in database db, none in database 0."""
+    g = Gracefuld(env={"REDIS_URL": url, "INCR_DELAY_MS": "0"}).start()
     try:
-        g = Gracefuld(env={"REDIS_URL": f"unix://{sock}?db=2",
-                           "INCR_DELAY_MS": "0"}).start()
-        try:
-            g.wait_event("redis_up", addr=f"unix://{sock}?db=2")
-            assert g.get("/readyz") == 200
-            for _ in range(3):
-                assert g.get("/incr") == 200
-            g.signal()
-            assert g.wait(10) == 0
-        finally:
-            g.stop()
-        assert r.cli("-n", "2", "GET", "counter") == "3"
-        assert r.counter() == 0  # nothing in database 0
-    finally:
-        r.cleanup()
-
-
-def test_a_non_zero_database(protected, tmp_path):
-    g = Gracefuld(env={
-        "REDIS_URL": f"redis://:{PASSWORD}@127.0.0.1:{protected.port}/7",
-        "INCR_DELAY_MS": "0"}).start()
-    try:
-        g.wait_event("redis_up")
-        for _ in range(5):
+        up = g.wait_event("redis_up")
+        if addr:
+            assert up["addr"] == addr
+        assert g.get("/readyz") == 200
+        for _ in range(n):
             assert g.get("/incr") == 200
         g.signal()
         assert g.wait(10) == 0
     finally:
         g.stop()
-    assert protected.cli("-n", "7", "GET", "counter") == "5"
-    assert protected.counter() == 0
+    assert redis.cli("-n", str(db), "GET", "counter") == str(n)
+    assert redis.counter() == 0
+
+
+def test_a_unix_socket_and_its_database(tmp_path):
+    sock = str(tmp_path / "redis.sock")
+    r = Redis(args=["--unixsocket", sock, "--unixsocketperm", "700"]).start()
+    try:
+        count_in_db(r, f"unix://{sock}?db=2", 2, 3,
+                    addr=f"unix://{sock}?db=2")
+    finally:
+        r.cleanup()
+
+
+def test_a_non_zero_database(protected):
+    count_in_db(protected,
+                f"redis://:{PASSWORD}@127.0.0.1:{protected.port}/7", 7, 5,
+                addr=f"redis://:***@127.0.0.1:{protected.port}/7")
 
 
 def test_a_wrong_password_is_logged_once_and_never_ready(protected, tmp_path):

@@ -668,8 +668,7 @@ static const char *write_file(const char *text) {
   return path;
 }
 
-static void test_config_password_file_drops_one_trailing_newline(
-    void **state) {
+static void test_config_password_file_drops_one_trailing_newline(void **state) {
   (void)state;
   char env[128];
   const char *path = write_file("pa ss\n");
@@ -681,8 +680,7 @@ static void test_config_password_file_drops_one_trailing_newline(
   assert_string_equal(cfg.redis.user, "app");
 }
 
-static void test_config_password_file_errors_name_the_file_only(
-    void **state) {
+static void test_config_password_file_errors_name_the_file_only(void **state) {
   (void)state;
   char env[128];
   expect_error(NONE, LIST("REDIS_PASSWORD_FILE=/nonexistent/pw"),

@@ -18,9 +18,8 @@ static void test_errors_a_fresh_connection_can_fix_reconnect(void **state) {
   (void)state;
   assert_int_equal(classify("NOAUTH Authentication required."),
                    REDIS_ERROR_RECONNECT);
-  assert_int_equal(
-      classify("LOADING Redis is loading the dataset in memory"),
-      REDIS_ERROR_RECONNECT);
+  assert_int_equal(classify("LOADING Redis is loading the dataset in memory"),
+                   REDIS_ERROR_RECONNECT);
   assert_int_equal(classify("READONLY You can't write against a read only "
                             "replica."),
                    REDIS_ERROR_RECONNECT);

@@ -67,8 +67,8 @@ static void test_url_password_alone_and_user_alone(void **state) {
   assert_string_equal(t.password, "");
 }
 
-static void test_url_percent_encoding_is_decoded_in_user_and_password(
-    void **state) {
+static void
+test_url_percent_encoding_is_decoded_in_user_and_password(void **state) {
   (void)state;
   parse_ok("redis://us%40er:p%3Aa%2Fs%40s%25@host");
   assert_string_equal(t.user, "us@er");
@@ -171,27 +171,24 @@ static void test_redact_masks_the_password_of_any_url(void **state) {
   assert_string_equal(out, "rediss://u:");
 }
 
+/* url, parsed, is logged as want. */
+static void expect_format(const char *url, const char *want) {
+  char out[512];
+  parse_ok(url);
+  redis_target_format(&t, out, sizeof out);
+  assert_string_equal(out, want);
+}
+
 static void test_format_shows_password_as_stars(void **state) {
   (void)state;
-  char out[512];
-  parse_ok("redis://app:s3cret@host:6380/5");
-  redis_target_format(&t, out, sizeof out);
-  assert_string_equal(out, "redis://app:***@host:6380/5");
-  parse_ok("redis://:s3cret@[::1]");
-  redis_target_format(&t, out, sizeof out);
-  assert_string_equal(out, "redis://:***@[::1]:6379/0");
-  parse_ok("redis://host:6380");
-  redis_target_format(&t, out, sizeof out);
-  assert_string_equal(out, "host:6380");
-  parse_ok("redis://[::1]:7");
-  redis_target_format(&t, out, sizeof out);
-  assert_string_equal(out, "[::1]:7");
-  parse_ok("unix://:s3cret@/tmp/r.sock?db=2");
-  redis_target_format(&t, out, sizeof out);
-  assert_string_equal(out, "unix://:***@/tmp/r.sock?db=2");
-  parse_ok("unix:///tmp/r.sock");
-  redis_target_format(&t, out, sizeof out);
-  assert_string_equal(out, "unix:///tmp/r.sock");
+  expect_format("redis://app:s3cret@host:6380/5",
+                "redis://app:***@host:6380/5");
+  expect_format("redis://:s3cret@[::1]", "redis://:***@[::1]:6379/0");
+  expect_format("redis://host:6380", "host:6380");
+  expect_format("redis://[::1]:7", "[::1]:7");
+  expect_format("unix://:s3cret@/tmp/r.sock?db=2",
+                "unix://:***@/tmp/r.sock?db=2");
+  expect_format("unix:///tmp/r.sock", "unix:///tmp/r.sock");
 }
 
 static void test_split_host_port_with_and_without_default(void **state) {
