@@ -6,6 +6,7 @@ may ever reach a log line, --help, /metrics or the termination message."""
 
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -254,3 +255,42 @@ def test_bad_urls_exit_2_naming_the_setting_never_the_password():
     assert "REDIS_URL" in out.stderr and "REDIS_ADDR" in out.stderr
     help_ = run_config({"REDIS_URL": f"redis://:{PASSWORD}@h"}, "--help")
     assert help_.returncode == 0 and PASSWORD not in help_.stdout
+
+
+def test_busy_replies_are_retried_not_failed(redis):
+    """A script that will not end makes Redis answer BUSY: the increment is
+    retried after a backoff, and counted once the script is killed."""
+    redis.cli("CONFIG", "SET", "busy-reply-threshold", "50")
+    g = Gracefuld(redis=redis, env={"INCR_DELAY_MS": "0"}).start()
+    script = None
+    try:
+        g.wait_event("redis_up")
+        script = subprocess.Popen(
+            ["redis-cli", "-p", str(redis.port), "EVAL", "while true do end",
+             "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def busy():
+            out = subprocess.run(["redis-cli", "-p", str(redis.port), "PING"],
+                                 capture_output=True, text=True, timeout=10)
+            return "BUSY" in out.stdout + out.stderr
+        deadline = time.monotonic() + 10
+        while not busy():  # another process's state: nothing to await
+            assert time.monotonic() < deadline, "the script never ran"
+            time.sleep(0.02)
+        mark = g.mark()
+        for _ in range(2):
+            assert g.get("/incr") == 200
+        retiring = g.wait_event("redis_retiring", start=mark)
+        assert retiring["reply"].startswith("BUSY")
+        redis.cli("SCRIPT", "KILL")
+        script.wait(10)
+        g.signal()
+        assert g.wait(15) == 0
+        summary = g.wait_event("exit")
+        assert summary["failed"] == 0 and summary["retried"] >= 1
+        assert redis.counter() == 2
+    finally:
+        g.stop()
+        if script and script.poll() is None:
+            script.kill()
+            script.wait()

@@ -699,8 +699,45 @@ static void test_config_password_file_errors_name_the_file_only(void **state) {
                LIST("REDIS_USERNAME", "one place"));
 }
 
+static void
+test_config_sentinels_with_default_port_and_master_name(void **state) {
+  (void)state;
+  expect_ok(NONE, LIST("REDIS_SENTINELS=s1:26380,10.0.0.2,[::1]:5",
+                       "REDIS_MASTER_NAME=mymaster", "REDIS_MIN_REPLICAS=1"));
+  assert_int_equal(cfg.n_sentinels, 3);
+  assert_string_equal(cfg.sentinels[0].host, "s1");
+  assert_int_equal(cfg.sentinels[0].port, 26380);
+  assert_string_equal(cfg.sentinels[1].host, "10.0.0.2");
+  assert_int_equal(cfg.sentinels[1].port, 26379);
+  assert_string_equal(cfg.sentinels[2].host, "::1");
+  assert_int_equal(cfg.sentinels[2].port, 5);
+  assert_string_equal(cfg.master_name, "mymaster");
+  assert_int_equal(cfg.min_replicas, 1);
+}
+
+static void test_config_sentinel_settings_go_together(void **state) {
+  (void)state;
+  expect_error(NONE, LIST("REDIS_SENTINELS=s1"),
+               LIST("REDIS_SENTINELS", "REDIS_MASTER_NAME"));
+  expect_error(NONE, LIST("REDIS_MASTER_NAME=m"),
+               LIST("REDIS_MASTER_NAME", "REDIS_SENTINELS"));
+  expect_error(
+      NONE, LIST("REDIS_SENTINELS=s1", "REDIS_MASTER_NAME=m", "REDIS_ADDR=h:1"),
+      LIST("REDIS_SENTINELS", "REDIS_ADDR"));
+  expect_error(NONE,
+               LIST("REDIS_SENTINELS=s1", "REDIS_MASTER_NAME=m",
+                    "REDIS_URL=unix:///tmp/r.sock"),
+               LIST("REDIS_SENTINELS", "unix"));
+  expect_rejected("redis-sentinels", "REDIS_SENTINELS", "s1,,s2");
+  expect_rejected("redis-sentinels", "REDIS_SENTINELS", "s1:0");
+  expect_rejected("redis-sentinels", "REDIS_SENTINELS", "a,b,c,d,e,f,g,h,i");
+  expect_rejected("redis-min-replicas", "REDIS_MIN_REPLICAS", "17");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_config_sentinels_with_default_port_and_master_name),
+      cmocka_unit_test(test_config_sentinel_settings_go_together),
       cmocka_unit_test(test_config_redis_url_sets_target_user_password_db),
       cmocka_unit_test(test_config_redis_url_and_addr_together_name_both),
       cmocka_unit_test(test_config_bad_redis_url_never_echoes_the_password),
