@@ -265,7 +265,6 @@ static void on_watchdog(uv_timer_t *timer) {
   redisAsyncFree(link->ac);
 }
 
-/* Sends due work, only ever on a connection whose handshake is done. */
 static void on_wait_reply(redisAsyncContext *ac, void *r, void *privdata);
 
 /* WAIT's own timeout, in ms: under the reply watchdog's. */
@@ -274,6 +273,7 @@ static uint64_t wait_timeout(const struct redis_link *link) {
   return t ? t : 1;
 }
 
+/* Sends due work, only ever on a connection whose handshake is done. */
 static void send_due(struct redis_link *link) {
   if (link->state != LINK_READY)
     return;
@@ -309,8 +309,20 @@ static void retire(struct redis_link *link, const char *why, size_t len) {
     return;
   link->state = LINK_RETIRING;
   set_why(link, why, len);
-  log_warn("redis_retiring", LOG_STR("addr", link->addr),
-           LOG_STR("reply", link->why), LOG_UINT("in_flight", link->in_flight));
+  /* Once until due work succeeds again, not at every reconnect. */
+  if (!link->retiring_logged)
+    log_warn("redis_retiring", LOG_STR("addr", link->addr),
+             LOG_STR("reply", link->why),
+             LOG_UINT("in_flight", link->in_flight));
+  link->retiring_logged = true;
+}
+
+/* Increments executed but never confirmed by a WAIT, on a connection that
+ * is gone: sent again. */
+static void give_back_unconfirmed(struct redis_link *link) {
+  link->due += link->unconfirmed;
+  link->metrics->incr_retried += link->unconfirmed;
+  link->unconfirmed = 0;
 }
 
 static void count_failed(struct redis_link *link, const redisReply *reply) {
@@ -354,6 +366,7 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata) {
   }
   link->last_progress = uv_now(link->loop);
   if (reply->type == REDIS_REPLY_INTEGER) {
+    link->retiring_logged = false;
     if (link->cfg->min_replicas)
       link->unconfirmed++; /* done once a WAIT confirms it */
     else
@@ -379,18 +392,19 @@ static void on_wait_reply(redisAsyncContext *ac, void *r, void *privdata) {
   redisReply *reply = r;
   (void)privdata;
   link->waits--;
-  uint64_t n = link->unconfirmed;
-  link->unconfirmed = 0;
   if (!reply) {
-    if (link->state != LINK_CLOSED) {
-      link->due += n;
-      link->metrics->incr_retried += n;
-    }
+    if (link->state != LINK_CLOSED)
+      give_back_unconfirmed(link);
     return;
   }
+  uint64_t n = link->unconfirmed;
+  link->unconfirmed = 0;
   link->last_progress = uv_now(link->loop);
   uint64_t min = link->cfg->min_replicas;
-  if (reply->type == REDIS_REPLY_INTEGER && (uint64_t)reply->integer >= min) {
+  if (reply->type == REDIS_REPLY_INTEGER && n == 0) {
+    /* A WAIT sent again, overtaken by a later one that confirmed all. */
+  } else if (reply->type == REDIS_REPLY_INTEGER &&
+             (uint64_t)reply->integer >= min) {
     link->metrics->incr_done += n;
     link->wait_short_logged = false;
   } else if (reply->type == REDIS_REPLY_INTEGER) {
@@ -398,7 +412,7 @@ static void on_wait_reply(redisAsyncContext *ac, void *r, void *privdata) {
      * Sending them again here would count them twice on this master: wait
      * again on this connection instead. A master since demoted answers the
      * next WAIT with an error; a broken connection hands them back. */
-    link->unconfirmed = n;
+    link->unconfirmed += n;
     if (!link->wait_short_logged)
       log_warn("redis_wait_short", LOG_STR("addr", link->addr),
                LOG_INT("replicas", reply->integer), LOG_UINT("wanted", min),
@@ -409,6 +423,8 @@ static void on_wait_reply(redisAsyncContext *ac, void *r, void *privdata) {
                           (unsigned long long)min,
                           (unsigned long long)wait_timeout(link)) == REDIS_OK)
       link->waits++;
+    else
+      give_back_unconfirmed(link); /* this connection is being retired */
   } else {
     /* WAIT refused: a replica now (READONLY is near), or not allowed. */
     char why[96];
@@ -647,6 +663,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
     uv_timer_start(&link->timer, on_backoff, 0, 0);
     return;
   }
+  give_back_unconfirmed(link);
   char why[sizeof link->why];
   snprintf(why, sizeof why, "%s",
            ac->err && ac->errstr[0] ? ac->errstr

@@ -65,6 +65,7 @@ struct redis_link {
   bool auth_failed_logged; /* since the last successful handshake */
   bool auth_unneeded_logged;
   bool wait_short_logged; /* since the last WAIT that was satisfied */
+  bool retiring_logged;   /* since the last reply to due work that counted */
   /* Sentinel: the master's address, when known, is in target; the
    * Sentinel asked next is sentinels[sentinel]. */
   bool master_known;

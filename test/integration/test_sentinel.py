@@ -204,3 +204,44 @@ def test_sentinels_tried_in_turn_and_role_checked(cluster):
         assert master.counter() == 1
     finally:
         g.stop()
+
+
+def test_min_replicas_holds_increments_until_a_replica_has_them():
+    """REDIS_MIN_REPLICAS=1 against a master whose replica is away: the
+    increments are executed but stay pending (WAIT says 0 replicas), are
+    not sent again on the same master, and are done once the replica is
+    back: the counter is exact."""
+    master = Redis().start()
+    replica = Redis(args=["--replicaof", "127.0.0.1", str(master.port)])
+    replica.start()
+    g = None
+    try:
+        wait_until("replica in sync", lambda: replication(replica).get(
+            "master_link_status", "").strip() == "up")
+        g = Gracefuld(redis=master, env={
+            "REDIS_MIN_REPLICAS": "1", "REDIS_TIMEOUT_MS": "1000",
+            "INCR_DELAY_MS": "0"}).start()
+        g.wait_event("redis_up")
+        assert g.get("/incr") == 200
+        wait_until("first increment done",
+                   lambda: g.metric("gracefuld_increments_done_total") == 1)
+        replica.stop()
+        mark = g.mark()
+        for _ in range(3):
+            assert g.get("/incr") == 200
+        short = g.wait_event("redis_wait_short", start=mark)
+        assert short["replicas"] == 0 and short["wanted"] == 1
+        # Executed (the later ones behind the first WAIT), not confirmed.
+        wait_until("all executed", lambda: master.counter() == 4)
+        assert g.metric("gracefuld_increments_pending") == 3
+        replica.start()
+        g.signal()
+        assert g.wait(30) == 0
+        summary = g.wait_event("exit")
+        assert summary["done"] == 4 and summary["retried"] == 0
+        assert master.counter() == 4
+    finally:
+        if g:
+            g.stop()
+        master.cleanup()
+        replica.cleanup()
