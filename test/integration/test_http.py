@@ -30,6 +30,7 @@ def test_known_path_with_other_method_is_405_with_allow(server):
 
 def test_head_on_health_endpoints_has_no_body(server):
     g = server()
+    g.wait_event("redis_up")  # /readyz is 200 only from then on
     for path in ("/healthz", "/readyz"):
         status, headers, body = g.request(path, method="HEAD")
         assert status == 200
