@@ -432,6 +432,14 @@ enum config_result config_parse(struct config *cfg, int argc, char *const *argv,
     if (apply(cfg, s, v, err, err_len) != 0)
       return CONFIG_ERROR;
   }
+  if (cfg->redis.user[0] && !cfg->redis.has_password) {
+    /* AUTH takes a password; without one the connection would silently
+     * be the default user. */
+    snprintf(err, err_len,
+             "a Redis user (REDIS_USERNAME or REDIS_URL) needs a password: "
+             "REDIS_PASSWORD_FILE (--redis-password-file) or the URL's");
+    return CONFIG_ERROR;
+  }
   if (cfg->n_sentinels > 0 && !cfg->master_name[0]) {
     snprintf(err, err_len,
              "REDIS_SENTINELS (--redis-sentinels) needs REDIS_MASTER_NAME "

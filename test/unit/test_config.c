@@ -697,6 +697,10 @@ static void test_config_password_file_errors_name_the_file_only(void **state) {
   assert_null(strstr(err, "hunter2"));
   expect_error(NONE, LIST("REDIS_URL=redis://a@h", "REDIS_USERNAME=b"),
                LIST("REDIS_USERNAME", "one place"));
+  expect_error(NONE, LIST("REDIS_USERNAME=app"),
+               LIST("REDIS_USERNAME", "needs a password"));
+  expect_error(NONE, LIST("REDIS_URL=redis://app@h"),
+               LIST("REDIS_URL", "needs a password"));
 }
 
 static void
