@@ -186,9 +186,9 @@ def test_failover_under_load_loses_no_acknowledged_increment(cluster, how):
             restarted.cleanup()
 
 
-def test_sentinels_tried_in_turn_and_role_checked(cluster):
-    """The first sentinel named is down: the next one answers. The link
-    becomes ready only on the master ROLE confirms."""
+def test_sentinels_are_asked_in_turn(cluster):
+    """The first sentinel named is down: the next one answers, and the
+    master it names is the one counted on."""
     master, replica, sentinels = cluster
     dead = free_port()
     g = Gracefuld(env={
