@@ -245,3 +245,26 @@ def test_min_replicas_holds_increments_until_a_replica_has_them():
             g.stop()
         master.cleanup()
         replica.cleanup()
+
+
+def test_an_address_that_is_not_a_master_is_refused_by_role(cluster):
+    """A sentinel that names a replica as the master (here: told to
+    monitor the replica under another name) is not believed: ROLE says
+    replica, the link stays unready, and nothing is sent there."""
+    master, replica, sentinels = cluster
+    assert sentinels[0].cli("SENTINEL", "MONITOR", "not-a-master",
+                            "127.0.0.1", str(replica.port), "1") == ["OK"]
+    g = Gracefuld(env={
+        "REDIS_SENTINELS": f"127.0.0.1:{sentinels[0].port}",
+        "REDIS_MASTER_NAME": "not-a-master", "INCR_DELAY_MS": "0",
+        "SHUTDOWN_TIMEOUT_MS": "500"}).start()
+    try:
+        down = g.wait_event("redis_down")
+        assert "ROLE: not a master" in down["reason"], down
+        assert g.get("/readyz") == 503
+        assert g.get("/incr") == 200
+        assert "cmdstat_incr" not in replica.cli("INFO", "commandstats")
+        g.signal()
+        assert g.wait(10) == 3  # abandoned: no master to count on
+    finally:
+        g.stop()
