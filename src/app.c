@@ -34,8 +34,7 @@ static void respond(void *data, const struct http_request *req,
     routes_error(error_status, &r);
   } else {
     struct routes_state state = {
-        .ready =
-            app->link.ever_connected && app->shutdown.phase == PHASE_RUNNING,
+        .ready = app->link.ever_ready && app->shutdown.phase == PHASE_RUNNING,
         .queue_full = pending(app) >= app->cfg->max_pending,
     };
     routes_handle(req, &state, &r);
@@ -84,9 +83,9 @@ static void advance(struct app *app) {
 static void on_delay_elapsed(uv_timer_t *timer);
 
 static void log_phase(const struct app *app, enum shutdown_phase phase) {
-  log_info("phase", "phase=%s pending=%llu connections=%llu",
-           shutdown_phase_name(phase), (unsigned long long)pending(app),
-           (unsigned long long)app->server.open);
+  log_info("phase", LOG_STR("phase", shutdown_phase_name(phase)),
+           LOG_UINT("pending", pending(app)),
+           LOG_UINT("connections", app->server.open));
 }
 
 /* Performs the effects of the phase the state machine has just entered. */
@@ -123,9 +122,8 @@ static void on_delay_elapsed(uv_timer_t *timer) {
 
 static void on_deadline(uv_timer_t *timer) {
   struct app *app = timer->data;
-  log_warn("shutdown_timeout", "timeout_ms=%llu pending=%llu",
-           (unsigned long long)app->shutdown.timeout_ms,
-           (unsigned long long)pending(app));
+  log_warn("shutdown_timeout", LOG_UINT("timeout_ms", app->shutdown.timeout_ms),
+           LOG_UINT("pending", pending(app)));
   shutdown_deadline_passed(&app->shutdown, uv_now(app->loop));
   finish(app);
 }
@@ -149,14 +147,16 @@ static void on_signal(uv_signal_t *handle, int signum) {
                      : signum == SIGINT ? "SIGINT"
                                         : "SIGHUP";
   if (signum == SIGHUP) {
-    log_info("signal", "signal=SIGHUP action=ignored");
+    log_info("signal", LOG_STR("signal", "SIGHUP"),
+             LOG_STR("action", "ignored"));
     return;
   }
   enum shutdown_phase was = app->shutdown.phase;
   if (was == PHASE_DONE)
     return;
-  log_info("signal", "signal=%s phase=%s pending=%llu", name,
-           shutdown_phase_name(was), (unsigned long long)pending(app));
+  log_info("signal", LOG_STR("signal", name),
+           LOG_STR("phase", shutdown_phase_name(was)),
+           LOG_UINT("pending", pending(app)));
   enum shutdown_phase phase =
       shutdown_signal(&app->shutdown, uv_now(app->loop));
   if (was == PHASE_RUNNING)
@@ -167,31 +167,6 @@ static void on_signal(uv_signal_t *handle, int signum) {
 
 /* ---- The end ------------------------------------------------------------ */
 
-/* The summary of the run, as key=value pairs: the last log line and the
- * termination message. */
-static int summary(const struct app *app, char *buf, size_t cap) {
-  const struct shutdown *s = &app->shutdown;
-  const struct metrics *m = &app->metrics;
-  uint64_t now = uv_now(app->loop);
-  uint64_t first_signal = s->entered[PHASE_DELAYING]
-                              ? s->entered[PHASE_DELAYING]
-                              : s->entered[PHASE_DRAINING];
-  return snprintf(
-      buf, cap,
-      "reason=%s exit_code=%d accepted=%llu done=%llu retried=%llu "
-      "failed=%llu abandoned=%llu running_ms=%llu delaying_ms=%llu "
-      "draining_ms=%llu flushing_ms=%llu shutdown_ms=%llu",
-      shutdown_reason_name(s->reason), app->exit_code,
-      (unsigned long long)m->incr_accepted, (unsigned long long)m->incr_done,
-      (unsigned long long)m->incr_retried, (unsigned long long)m->incr_failed,
-      (unsigned long long)app->abandoned,
-      (unsigned long long)shutdown_phase_ms(s, PHASE_RUNNING, now),
-      (unsigned long long)shutdown_phase_ms(s, PHASE_DELAYING, now),
-      (unsigned long long)shutdown_phase_ms(s, PHASE_DRAINING, now),
-      (unsigned long long)shutdown_phase_ms(s, PHASE_FLUSHING, now),
-      (unsigned long long)(first_signal ? now - first_signal : 0));
-}
-
 /* Kubernetes shows this file's content as the container's termination
  * message. Its absence, or a read-only filesystem, is not an error. */
 static void write_termination_log(const struct app *app, const char *text,
@@ -201,12 +176,44 @@ static void write_termination_log(const struct app *app, const char *text,
     return;
   int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) {
-    log_debug("termination_log", "path=%s error=\"%s\"", path, strerror(errno));
+    log_debug("termination_log", LOG_STR("path", path),
+              LOG_STR("error", strerror(errno)));
     return;
   }
   ssize_t n = write(fd, text, (size_t)len);
   (void)n;
   close(fd);
+}
+
+/* The summary of the run: the last log line and the termination message. */
+static void log_summary(const struct app *app) {
+  const struct shutdown *s = &app->shutdown;
+  const struct metrics *m = &app->metrics;
+  uint64_t now = uv_now(app->loop);
+  uint64_t first_signal = s->entered[PHASE_DELAYING]
+                              ? s->entered[PHASE_DELAYING]
+                              : s->entered[PHASE_DRAINING];
+  const struct log_field fields[] = {
+      LOG_STR("reason", shutdown_reason_name(s->reason)),
+      LOG_INT("exit_code", app->exit_code),
+      LOG_UINT("accepted", m->incr_accepted),
+      LOG_UINT("done", m->incr_done),
+      LOG_UINT("retried", m->incr_retried),
+      LOG_UINT("failed", m->incr_failed),
+      LOG_UINT("abandoned", app->abandoned),
+      LOG_UINT("running_ms", shutdown_phase_ms(s, PHASE_RUNNING, now)),
+      LOG_UINT("delaying_ms", shutdown_phase_ms(s, PHASE_DELAYING, now)),
+      LOG_UINT("draining_ms", shutdown_phase_ms(s, PHASE_DRAINING, now)),
+      LOG_UINT("flushing_ms", shutdown_phase_ms(s, PHASE_FLUSHING, now)),
+      LOG_UINT("shutdown_ms", first_signal ? now - first_signal : 0),
+  };
+  size_t n = sizeof fields / sizeof fields[0];
+  if (log_enabled(LOG_INFO))
+    log_write(LOG_INFO, "exit", fields, n);
+  char line[512];
+  int len = log_format_fields(line, (int)sizeof line - 1, fields, n);
+  line[len++] = '\n';
+  write_termination_log(app, line, len);
 }
 
 static void close_handle(uv_handle_t *h) {
@@ -246,10 +253,10 @@ static void finish(struct app *app) {
   app->abandoned = pending(app);
   app->metrics.incr_abandoned = app->abandoned;
   if (app->abandoned)
-    log_warn("abandoned", "increments=%llu reason=%s",
-             (unsigned long long)app->abandoned,
-             shutdown_reason_name(app->shutdown.reason));
-  app->exit_code = shutdown_exit_code(&app->shutdown, app->abandoned);
+    log_warn("abandoned", LOG_UINT("increments", app->abandoned),
+             LOG_STR("reason", shutdown_reason_name(app->shutdown.reason)));
+  app->exit_code = shutdown_exit_code(&app->shutdown, app->abandoned,
+                                      app->metrics.incr_failed);
 
   server_close(&app->server);
   incr_queue_close(&app->queue, NULL);
@@ -258,13 +265,7 @@ static void finish(struct app *app) {
   close_handle((uv_handle_t *)&app->delay_timer);
   close_handle((uv_handle_t *)&app->deadline_timer);
 
-  char line[512];
-  int len = summary(app, line, sizeof line - 1);
-  if (len < 0 || len >= (int)sizeof line - 1)
-    len = (int)strlen(line);
-  log_info("exit", "%s", line);
-  line[len++] = '\n';
-  write_termination_log(app, line, len);
+  log_summary(app);
 }
 
 /* ---- Construction ------------------------------------------------------- */
@@ -299,18 +300,17 @@ int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg) {
 
 int app_run(struct app *app) {
   const struct config *cfg = app->cfg;
-  log_info("start",
-           "version=%s redis=%s:%u incr_delay_ms=%llu shutdown_delay_ms=%llu "
-           "shutdown_timeout_ms=%llu max_pending=%llu",
-           GRACEFULD_VERSION, cfg->redis_host, cfg->redis_port,
-           (unsigned long long)cfg->incr_delay_ms,
-           (unsigned long long)cfg->shutdown_delay_ms,
-           (unsigned long long)cfg->shutdown_timeout_ms,
-           (unsigned long long)cfg->max_pending);
+  log_info("start", LOG_STR("version", GRACEFULD_VERSION),
+           LOG_STR("redis", app->link.addr),
+           LOG_UINT("incr_delay_ms", cfg->incr_delay_ms),
+           LOG_UINT("shutdown_delay_ms", cfg->shutdown_delay_ms),
+           LOG_UINT("shutdown_timeout_ms", cfg->shutdown_timeout_ms),
+           LOG_UINT("max_pending", cfg->max_pending));
   int rc = server_listen(&app->server);
   if (rc) {
-    log_error("listen_failed", "addr=%s port=%u error=\"%s\"", cfg->listen_host,
-              cfg->listen_port, uv_strerror(rc));
+    log_error("listen_failed", LOG_STR("addr", cfg->listen_host),
+              LOG_UINT("port", cfg->listen_port),
+              LOG_STR("error", uv_strerror(rc)));
     finish(app);
   } else {
     redis_link_start(&app->link);

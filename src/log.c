@@ -1,6 +1,5 @@
 #include "log.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -10,6 +9,7 @@ static enum log_format log_fmt = LOG_FORMAT_JSON;
 static enum log_level log_min = LOG_INFO;
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
+static const char hex[] = "0123456789abcdef";
 
 void log_setup(enum log_format format, enum log_level level) {
   log_fmt = format;
@@ -18,162 +18,215 @@ void log_setup(enum log_format format, enum log_level level) {
 
 bool log_enabled(enum log_level level) { return level >= log_min; }
 
-/* A small appender that never overflows: once full it drops the rest and
- * the line ends truncated rather than torn. */
+struct log_field log_str_field(const char *key, const char *s) {
+  struct log_field f = {.key = key, .type = LOG_TYPE_STR};
+  f.v.str = s ? s : "";
+  f.len = strlen(f.v.str);
+  return f;
+}
+
+/* A small appender that never overflows. A piece is written whole or not
+ * at all, and once one did not fit nothing more is added, so the output is
+ * a prefix cut at a boundary the caller chose. */
 struct out {
   char *buf;
   int len;
   int cap;
+  bool full;
 };
 
-static void put(struct out *o, const char *s, size_t n) {
-  size_t room = (size_t)(o->cap - o->len);
-  if (n > room)
-    n = room;
+static bool put(struct out *o, const char *s, size_t n) {
+  if (o->full || n > (size_t)(o->cap - o->len)) {
+    o->full = true;
+    return false;
+  }
   memcpy(o->buf + o->len, s, n);
   o->len += (int)n;
+  return true;
 }
 
-static void puts_(struct out *o, const char *s) { put(o, s, strlen(s)); }
+static bool puts_(struct out *o, const char *s) { return put(o, s, strlen(s)); }
 
+/* Length of the well-formed UTF-8 sequence at s[0..n), or 0 if it is not
+ * one (RFC 3629: no overlongs, no surrogates, nothing above U+10FFFF). */
+static size_t utf8_len(const unsigned char *s, size_t n) {
+  unsigned char c = s[0];
+  size_t len;
+  unsigned char lo = 0x80, hi = 0xbf;
+  if (c >= 0xc2 && c <= 0xdf) {
+    len = 2;
+  } else if (c >= 0xe0 && c <= 0xef) {
+    len = 3;
+    if (c == 0xe0)
+      lo = 0xa0;
+    if (c == 0xed)
+      hi = 0x9f;
+  } else if (c >= 0xf0 && c <= 0xf4) {
+    len = 4;
+    if (c == 0xf0)
+      lo = 0x90;
+    if (c == 0xf4)
+      hi = 0x8f;
+  } else {
+    return 0;
+  }
+  if (len > n || s[1] < lo || s[1] > hi)
+    return 0;
+  for (size_t i = 2; i < len; i++) {
+    if (s[i] < 0x80 || s[i] > 0xbf)
+      return 0;
+  }
+  return len;
+}
+
+/* A JSON string. Room for the closing quote is kept while the content is
+ * written, so a value cut short still closes. Bytes that are not UTF-8
+ * become U+FFFD, so every line is valid for strict JSON readers. */
 static void put_json_string(struct out *o, const char *s, size_t n) {
-  static const char hex[] = "0123456789abcdef";
+  if (!put(o, "\"", 1))
+    return;
+  if (o->len == o->cap) {
+    o->full = true; /* no room to close it */
+    return;
+  }
+  o->cap--;
+  const unsigned char *u = (const unsigned char *)s;
+  for (size_t i = 0; i < n && !o->full;) {
+    unsigned char ch = u[i];
+    if (ch == '"' || ch == '\\') {
+      char esc[2] = {'\\', (char)ch};
+      put(o, esc, 2);
+      i++;
+    } else if (ch < 0x20 || ch == 0x7f) {
+      char esc[6] = {'\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15]};
+      put(o, esc, 6);
+      i++;
+    } else if (ch < 0x80) {
+      put(o, s + i, 1);
+      i++;
+    } else {
+      size_t len = utf8_len(u + i, n - i);
+      if (len) {
+        put(o, s + i, len);
+        i += len;
+      } else {
+        put(o, "\\ufffd", 6);
+        i++;
+      }
+    }
+  }
+  o->cap++;
+  o->full = false;
   put(o, "\"", 1);
+}
+
+static void put_number(struct out *o, const struct log_field *f) {
+  char num[32];
+  int n;
+  if (f->type == LOG_TYPE_INT)
+    n = snprintf(num, sizeof num, "%lld", f->v.i);
+  else if (f->type == LOG_TYPE_UINT)
+    n = snprintf(num, sizeof num, "%llu", f->v.u);
+  else
+    n = snprintf(num, sizeof num, "%s", f->v.b ? "true" : "false");
+  put(o, num, (size_t)n);
+}
+
+static void put_json_field(struct out *o, const struct log_field *f) {
+  int mark = o->len;
+  put(o, ",", 1);
+  put_json_string(o, f->key, strlen(f->key));
+  put(o, ":", 1);
+  if (f->type == LOG_TYPE_STR)
+    put_json_string(o, f->v.str, f->len);
+  else
+    put_number(o, f);
+  if (o->full)
+    o->len = mark; /* a field whose key or number did not fit: drop it */
+}
+
+/* Text: a string is written bare when it is one unambiguous word. */
+static bool text_needs_quotes(const char *s, size_t n) {
+  if (n == 0)
+    return true;
   for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    if (ch <= ' ' || ch == '"' || ch == '\\' || ch == '=' || ch == 0x7f)
+      return true;
+  }
+  return false;
+}
+
+static void put_text_string(struct out *o, const char *s, size_t n) {
+  bool quoted = text_needs_quotes(s, n);
+  if (quoted) {
+    if (!put(o, "\"", 1))
+      return;
+    if (o->len == o->cap) {
+      o->full = true;
+      return;
+    }
+    o->cap--;
+  }
+  for (size_t i = 0; i < n && !o->full; i++) {
     unsigned char ch = (unsigned char)s[i];
     if (ch == '"' || ch == '\\') {
       char esc[2] = {'\\', (char)ch};
       put(o, esc, 2);
-    } else if (ch < 0x20) {
-      char esc[6] = {'\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15]};
-      put(o, esc, 6);
+    } else if (ch < 0x20 || ch == 0x7f) {
+      char esc[4] = {'\\', 'x', hex[ch >> 4], hex[ch & 15]};
+      put(o, esc, 4);
     } else {
-      put(o, (const char *)&s[i], 1);
+      put(o, s + i, 1);
     }
   }
-  put(o, "\"", 1);
+  if (quoted) {
+    o->cap++;
+    o->full = false;
+    put(o, "\"", 1);
+  }
 }
 
-static bool is_number(const char *s, size_t n) {
-  size_t i = 0;
-  if (i < n && s[i] == '-')
-    i++;
-  if (i == n || s[i] < '0' || s[i] > '9')
-    return false;
-  if (s[i] == '0' && i + 1 < n && s[i + 1] != '.')
-    return false; /* no leading zeros in JSON */
-  bool dot = false;
-  for (; i < n; i++) {
-    if (s[i] == '.' && !dot && i + 1 < n) {
-      dot = true;
-    } else if (s[i] < '0' || s[i] > '9') {
-      return false;
-    }
-  }
-  return true;
-}
-
-static bool is_key(const char *s, size_t n) {
-  if (n == 0)
-    return false;
-  for (size_t i = 0; i < n; i++) {
-    char ch = s[i];
-    if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '_'))
-      return false;
-  }
-  return true;
-}
-
-/* Splits msg into key=value pairs and loose words; pairs become fields. */
-static void put_json_fields(struct out *o, const char *msg) {
-  char loose[512];
-  size_t loose_len = 0;
-  const char *p = msg;
-  while (*p) {
-    while (*p == ' ')
-      p++;
-    if (!*p)
-      break;
-    const char *tok = p;
-    const char *eq = NULL;
-    while (*p && *p != ' ' && *p != '=')
-      p++;
-    if (*p == '=' && is_key(tok, (size_t)(p - tok))) {
-      eq = p++;
-      const char *val = p;
-      size_t val_len;
-      bool quoted = *p == '"';
-      if (quoted) {
-        val = ++p;
-        while (*p && *p != '"')
-          p++;
-        val_len = (size_t)(p - val);
-        if (*p == '"')
-          p++;
-      } else {
-        while (*p && *p != ' ')
-          p++;
-        val_len = (size_t)(p - val);
-      }
-      int mark = o->len;
-      put(o, ",", 1);
-      put_json_string(o, tok, (size_t)(eq - tok));
-      put(o, ":", 1);
-      if (!quoted && is_number(val, val_len))
-        put(o, val, val_len);
-      else
-        put_json_string(o, val, val_len);
-      if (o->len == o->cap) {
-        /* Did not fit: drop the whole field, not half of it. */
-        o->len = mark;
-        return;
-      }
-      continue;
-    }
-    while (*p && *p != ' ')
-      p++;
-    size_t n = (size_t)(p - tok);
-    if (loose_len + n + 1 < sizeof loose) {
-      if (loose_len)
-        loose[loose_len++] = ' ';
-      memcpy(loose + loose_len, tok, n);
-      loose_len += n;
-    }
-  }
-  if (loose_len) {
+static void put_text_fields(struct out *o, const struct log_field *fields,
+                            size_t n) {
+  for (size_t i = 0; i < n && !o->full; i++) {
+    const struct log_field *f = &fields[i];
     int mark = o->len;
-    puts_(o, ",\"msg\":");
-    put_json_string(o, loose, loose_len);
-    if (o->len == o->cap)
+    if (o->len > 0)
+      put(o, " ", 1);
+    put_text_string(o, f->key, strlen(f->key));
+    put(o, "=", 1);
+    if (f->type == LOG_TYPE_STR)
+      put_text_string(o, f->v.str, f->len);
+    else
+      put_number(o, f);
+    if (o->full)
       o->len = mark;
   }
 }
 
-/* Text lines stay one line: control bytes are written as \xHH. */
-static void put_text(struct out *o, const char *s) {
-  static const char hex[] = "0123456789abcdef";
-  for (; *s; s++) {
-    unsigned char ch = (unsigned char)*s;
-    if (ch < 0x20 || ch == 0x7f) {
-      char esc[4] = {'\\', 'x', hex[ch >> 4], hex[ch & 15]};
-      put(o, esc, 4);
-    } else {
-      put(o, s, 1);
-    }
-  }
+int log_format_fields(char *buf, int cap, const struct log_field *fields,
+                      size_t n) {
+  if (cap <= 0)
+    return 0;
+  struct out o = {buf, 0, cap - 1, false};
+  put_text_fields(&o, fields, n);
+  buf[o.len] = '\0';
+  return o.len;
 }
 
 int log_format_line(char *buf, int cap, enum log_format format,
-                    enum log_level level, const char *event, const char *msg) {
+                    enum log_level level, const char *event,
+                    const struct log_field *fields, size_t n) {
   /* Room is kept for the newline, and in JSON for the closing brace. */
-  struct out o = {buf, 0, format == LOG_FORMAT_JSON ? cap - 2 : cap - 1};
+  struct out o = {buf, 0, format == LOG_FORMAT_JSON ? cap - 2 : cap - 1, false};
   struct timespec ts;
   struct tm tm;
   char stamp[40];
   clock_gettime(CLOCK_REALTIME, &ts);
   gmtime_r(&ts.tv_sec, &tm);
-  size_t n = strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
-  snprintf(stamp + n, sizeof stamp - n, ".%03ldZ", ts.tv_nsec / 1000000);
+  size_t sn = strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
+  snprintf(stamp + sn, sizeof stamp - sn, ".%03ldZ", ts.tv_nsec / 1000000);
 
   if (format == LOG_FORMAT_JSON) {
     puts_(&o, "{\"ts\":\"");
@@ -182,31 +235,30 @@ int log_format_line(char *buf, int cap, enum log_format format,
     puts_(&o, level_names[level]);
     puts_(&o, "\",\"event\":");
     put_json_string(&o, event, strlen(event));
-    put_json_fields(&o, msg);
+    for (size_t i = 0; i < n && !o.full; i++)
+      put_json_field(&o, &fields[i]);
     buf[o.len++] = '}';
   } else {
     puts_(&o, stamp);
     puts_(&o, " ");
     puts_(&o, level_names[level]);
     puts_(&o, " ");
-    puts_(&o, event);
-    if (*msg) {
-      puts_(&o, " ");
-      put_text(&o, msg);
+    put_text_string(&o, event, strlen(event));
+    if (n > 0 && put(&o, " ", 1)) {
+      struct out rest = {o.buf + o.len, 0, o.cap - o.len, false};
+      put_text_fields(&rest, fields, n);
+      o.len += rest.len;
     }
   }
   buf[o.len++] = '\n';
   return o.len;
 }
 
-void log_write(enum log_level level, const char *event, const char *fmt, ...) {
-  char msg[1024];
-  char line[2048];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  int len = log_format_line(line, (int)sizeof line, log_fmt, level, event, msg);
+void log_write(enum log_level level, const char *event,
+               const struct log_field *fields, size_t n) {
+  char line[4096];
+  int len =
+      log_format_line(line, (int)sizeof line, log_fmt, level, event, fields, n);
   /* One write per line keeps lines whole when stderr is shared. */
   ssize_t rc = write(STDERR_FILENO, line, (size_t)len);
   (void)rc;

@@ -11,9 +11,9 @@ extern char **environ;
 
 static void print_handle(uv_handle_t *handle, void *arg) {
   (void)arg;
-  log_error("open_handle", "type=%s closing=%d",
-            uv_handle_type_name(uv_handle_get_type(handle)),
-            uv_is_closing(handle));
+  log_error("open_handle",
+            LOG_STR("type", uv_handle_type_name(uv_handle_get_type(handle))),
+            LOG_BOOL("closing", uv_is_closing(handle) != 0));
 }
 
 int main(int argc, char **argv) {
@@ -33,7 +33,7 @@ int main(int argc, char **argv) {
   uv_loop_t loop;
   struct app app;
   if (uv_loop_init(&loop) != 0 || app_init(&app, &loop, &cfg) != 0) {
-    log_error("start_failed", "error=\"out of memory\"");
+    log_error("start_failed", LOG_STR("error", "out of memory"));
     return 1;
   }
   int code = app_run(&app);

@@ -433,8 +433,8 @@ static void on_connection(uv_stream_t *listener, int status) {
     uint64_t now = uv_now(srv->loop);
     if (now - srv->accept_error_logged >= 1000 || !srv->accept_error_logged) {
       srv->accept_error_logged = now ? now : 1;
-      log_error("accept_failed", "error=%s open=%llu", uv_err_name(status),
-                (unsigned long long)srv->open);
+      log_error("accept_failed", LOG_STR("error", uv_err_name(status)),
+                LOG_UINT("open", srv->open));
     }
     return;
   }
@@ -518,7 +518,7 @@ int server_listen(struct server *srv) {
       port = ntohs(((struct sockaddr_in *)&addr)->sin_port);
     }
   }
-  log_info("listening", "addr=%s port=%d", ip, port);
+  log_info("listening", LOG_STR("addr", ip), LOG_INT("port", port));
   return 0;
 }
 

@@ -1,6 +1,7 @@
-/* log_format_line and the log_* macros: one line per event, a JSON object
- * whose fields come from key=value pairs, or plain text. Every JSON line is
- * checked by a small parser for flat objects of strings and numbers. */
+/* log_format_line, log_format_fields and the log_* macros: one line per
+ * event, a JSON object of typed fields or plain text. Every JSON line is
+ * checked by a small parser for flat objects of strings, numbers and
+ * booleans. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -11,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -22,7 +24,7 @@
 
 struct field {
   char key[64];
-  char value[MAX_VALUE]; /* decoded string, or the number as written */
+  char value[MAX_VALUE]; /* decoded string, or the number or bool as written */
   bool is_string;
 };
 
@@ -114,9 +116,20 @@ static int read_string(struct reader *r, char *out, size_t cap) {
 
 static bool is_digit(char c) { return c >= '0' && c <= '9'; }
 
-/* Reads a JSON number, kept as written. */
+/* Reads a JSON number (or true/false), kept as written. */
 static int read_number(struct reader *r, char *out, size_t cap) {
   const char *start = r->p;
+  static const char *const words[] = {"true", "false"};
+  for (int i = 0; i < 2; i++) {
+    size_t wn = strlen(words[i]);
+    if ((size_t)(r->end - r->p) >= wn && memcmp(r->p, words[i], wn) == 0) {
+      if (wn + 1 > cap)
+        return -1;
+      memcpy(out, words[i], wn + 1);
+      r->p += wn;
+      return 0;
+    }
+  }
   if (r->p < r->end && *r->p == '-')
     r->p++;
   if (r->p >= r->end || !is_digit(*r->p))
@@ -202,14 +215,17 @@ static char line[8192];
 static int line_len;
 static struct object obj;
 
+#define NFIELDS(a) (sizeof(a) / sizeof((a)[0]))
+
 /* Formats one line of at most cap bytes and checks it is one line. */
 static void format_line(enum log_format fmt, enum log_level level,
-                        const char *event, const char *msg, int cap) {
+                        const char *event, const struct log_field *fields,
+                        size_t n, int cap) {
   assert_true(cap <= (int)sizeof line);
   /* Exactly cap bytes on the heap, so that ASan sees any overrun. */
   char *buf = malloc((size_t)cap);
   assert_non_null(buf);
-  line_len = log_format_line(buf, cap, fmt, level, event, msg);
+  line_len = log_format_line(buf, cap, fmt, level, event, fields, n);
   memset(line, 0, sizeof line);
   memcpy(line, buf, line_len > 0 && line_len <= cap ? (size_t)line_len : 0);
   free(buf);
@@ -223,15 +239,15 @@ static void format_line(enum log_format fmt, enum log_level level,
 }
 
 static void format_json_cap(enum log_level level, const char *event,
-                            const char *msg, int cap) {
-  format_line(LOG_FORMAT_JSON, level, event, msg, cap);
+                            const struct log_field *fields, size_t n, int cap) {
+  format_line(LOG_FORMAT_JSON, level, event, fields, n, cap);
   if (parse_object(line, (size_t)line_len - 1, &obj) != 0)
     fail_msg("not one JSON object: %.*s", line_len, line);
 }
 
 static void format_json(enum log_level level, const char *event,
-                        const char *msg) {
-  format_json_cap(level, event, msg, 2048);
+                        const struct log_field *fields, size_t n) {
+  format_json_cap(level, event, fields, n, 2048);
 }
 
 static const struct field *field(const char *key) {
@@ -259,16 +275,15 @@ static bool has_field(const char *key) {
 static void expect_text_field(const char *key, const char *value) {
   const struct field *f = field(key);
   if (!f->is_string)
-    fail_msg("%s is a number, expected the string \"%s\": %.*s", key, value,
-             line_len, line);
+    fail_msg("%s is not a string, expected \"%s\": %.*s", key, value, line_len,
+             line);
   assert_string_equal(f->value, value);
 }
 
 static void expect_number_field(const char *key, const char *value) {
   const struct field *f = field(key);
   if (f->is_string)
-    fail_msg("%s is a string, expected the number %s: %.*s", key, value,
-             line_len, line);
+    fail_msg("%s is a string, expected %s: %.*s", key, value, line_len, line);
   assert_string_equal(f->value, value);
 }
 
@@ -282,117 +297,98 @@ static void expect_timestamp(const char *ts, size_t len) {
   }
 }
 
+/* The text line after its timestamp. */
+static void expect_text_rest(const char *rest) {
+  expect_timestamp(line, 24);
+  assert_int_equal(line_len, 24 + strlen(rest));
+  assert_memory_equal(line + 24, rest, strlen(rest));
+}
+
 /* ---- JSON --------------------------------------------------------------- */
 
-static void test_log_json_line_has_ts_level_and_event(void **state) {
+static void test_log_json_line_has_ts_level_event_then_fields(void **state) {
   (void)state;
-  format_json(LOG_INFO, "start", "");
-  assert_int_equal(obj.n, 3);
+  const struct log_field f[] = {LOG_STR("phase", "draining")};
+  format_json(LOG_INFO, "start", f, NFIELDS(f));
+  assert_int_equal(obj.n, 4);
   assert_string_equal(obj.fields[0].key, "ts");
   assert_string_equal(obj.fields[1].key, "level");
   assert_string_equal(obj.fields[2].key, "event");
+  assert_string_equal(obj.fields[3].key, "phase");
   assert_true(obj.fields[0].is_string);
   expect_timestamp(obj.fields[0].value, strlen(obj.fields[0].value));
   expect_text_field("level", "info");
   expect_text_field("event", "start");
+  expect_text_field("phase", "draining");
 }
 
 static void test_log_json_names_each_level(void **state) {
   (void)state;
   static const char *const names[] = {"debug", "info", "warn", "error"};
+  const struct log_field f[] = {LOG_INT("n", 1)};
   for (int l = LOG_DEBUG; l <= LOG_ERROR; l++) {
-    format_json((enum log_level)l, "e", "");
+    format_json((enum log_level)l, "e", f, NFIELDS(f));
     expect_text_field("level", names[l]);
   }
 }
 
-static void test_log_json_pairs_become_fields(void **state) {
+static void test_log_json_writes_each_type_as_its_json_type(void **state) {
   (void)state;
-  format_json(LOG_INFO, "phase", "phase=draining pending=12 connections=3");
-  assert_int_equal(obj.n, 6);
-  expect_text_field("phase", "draining");
-  expect_number_field("pending", "12");
-  expect_number_field("connections", "3");
-  assert_false(has_field("msg"));
-}
-
-static void test_log_json_numbers_stay_unquoted(void **state) {
-  (void)state;
-  format_json(LOG_INFO, "n",
-              "a=42 b=-3 c=0 d=0.25 e=18446744073709551615 f=-0.5 g=10.0");
+  const struct log_field f[] = {
+      LOG_INT("a", 42),          LOG_INT("b", -3),
+      LOG_INT("min", LLONG_MIN), LOG_UINT("max", ULLONG_MAX),
+      LOG_UINT("zero", 0),       LOG_BOOL("yes", true),
+      LOG_BOOL("no", false),     LOG_STR("s", "127.0.0.1:6379"),
+  };
+  format_json(LOG_INFO, "n", f, NFIELDS(f));
+  assert_int_equal(obj.n, 3 + (int)NFIELDS(f));
   expect_number_field("a", "42");
   expect_number_field("b", "-3");
-  expect_number_field("c", "0");
-  expect_number_field("d", "0.25");
-  expect_number_field("e", "18446744073709551615");
-  expect_number_field("f", "-0.5");
-  expect_number_field("g", "10.0");
+  expect_number_field("min", "-9223372036854775808");
+  expect_number_field("max", "18446744073709551615");
+  expect_number_field("zero", "0");
+  expect_number_field("yes", "true");
+  expect_number_field("no", "false");
+  expect_text_field("s", "127.0.0.1:6379");
 }
 
-static void test_log_json_non_numbers_are_quoted(void **state) {
+static void
+test_log_json_string_that_looks_like_a_number_stays_a_string(void **state) {
   (void)state;
-  /* Anything JSON would not read as a number stays a string. */
-  format_json(LOG_INFO, "n",
-              "a=007 b=1. c=1.2.3 d=0x1f e=- f=abc g= h=1e5 i=.5 j=+1 k=12ab "
-              "l=127.0.0.1:6379 m=-");
-  expect_text_field("a", "007");
-  expect_text_field("b", "1.");
-  expect_text_field("c", "1.2.3");
-  expect_text_field("d", "0x1f");
-  expect_text_field("e", "-");
-  expect_text_field("f", "abc");
-  expect_text_field("g", "");
-  expect_text_field("h", "1e5");
-  expect_text_field("i", ".5");
-  expect_text_field("j", "+1");
-  expect_text_field("k", "12ab");
-  expect_text_field("l", "127.0.0.1:6379");
-  expect_text_field("m", "-");
-}
-
-static void test_log_json_quoted_values_keep_spaces(void **state) {
-  (void)state;
-  format_json(LOG_WARN, "redis_down",
-              "addr=redis:6379 reason=\"Connection refused by peer\" "
-              "pending=4 error=\"\"");
-  expect_text_field("addr", "redis:6379");
-  expect_text_field("reason", "Connection refused by peer");
-  expect_number_field("pending", "4");
-  expect_text_field("error", "");
-  assert_false(has_field("msg"));
-}
-
-static void test_log_json_quoted_number_stays_a_string(void **state) {
-  (void)state;
-  format_json(LOG_INFO, "e", "id=\"42\"");
+  const struct log_field f[] = {LOG_STR("id", "42"), LOG_STR("t", "true"),
+                                LOG_STR("e", "")};
+  format_json(LOG_INFO, "e", f, NFIELDS(f));
   expect_text_field("id", "42");
+  expect_text_field("t", "true");
+  expect_text_field("e", "");
 }
 
-static void test_log_json_loose_words_go_under_msg(void **state) {
+static void test_log_json_value_cannot_add_or_break_fields(void **state) {
   (void)state;
-  format_json(LOG_INFO, "hello", "listening on all interfaces");
-  expect_text_field("msg", "listening on all interfaces");
-  format_json(LOG_INFO, "mixed", "hello n=1 big world  x=y");
-  expect_text_field("msg", "hello big world");
-  expect_number_field("n", "1");
-  expect_text_field("x", "y");
+  /* Under the old printf-then-parse API, this value ended the string. */
+  const struct log_field f[] = {
+      LOG_STR("reason", "a\" ,\"level\":\"debug"),
+      LOG_STR("spaced", "reason=\"x y\" pending=4"),
+  };
+  format_json(LOG_WARN, "redis_down", f, NFIELDS(f));
+  assert_int_equal(obj.n, 5);
+  expect_text_field("level", "warn");
+  expect_text_field("reason", "a\" ,\"level\":\"debug");
+  expect_text_field("spaced", "reason=\"x y\" pending=4");
+  assert_false(has_field("pending"));
 }
 
-static void test_log_json_keys_are_lowercase_words(void **state) {
+static void
+test_log_json_escapes_quotes_backslashes_and_controls(void **state) {
   (void)state;
-  /* Not a key: upper case, dashes, an empty name. Those are loose words. */
-  format_json(LOG_INFO, "k", "Key=1 x-y=2 =3 a_b9=4");
-  expect_number_field("a_b9", "4");
-  expect_text_field("msg", "Key=1 x-y=2 =3");
-  assert_false(has_field("Key"));
-  assert_false(has_field("x-y"));
-}
-
-static void test_log_json_escapes_quotes_and_control_characters(void **state) {
-  (void)state;
-  format_json(LOG_ERROR, "ev\"il\n",
-              "q=a\"b back=C:\\dir tab=x\ty nl=one\ntwo cr=a\rb bell=\a "
-              "esc=\x1b[31m us=\x1f loose\x01word");
+  const struct log_field f[] = {
+      LOG_STR("q", "a\"b"),        LOG_STR("back", "C:\\dir"),
+      LOG_STR("tab", "x\ty"),      LOG_STR("nl", "one\ntwo"),
+      LOG_STR("cr", "a\rb"),       LOG_STR("bell", "\a"),
+      LOG_STR("esc", "\x1b[31m"),  LOG_STR("del", "\x7f"),
+      LOG_STR("k\"e\ny", "value"),
+  };
+  format_json(LOG_ERROR, "ev\"il\n", f, NFIELDS(f));
   expect_text_field("event", "ev\"il\n");
   expect_text_field("q", "a\"b");
   expect_text_field("back", "C:\\dir");
@@ -401,70 +397,114 @@ static void test_log_json_escapes_quotes_and_control_characters(void **state) {
   expect_text_field("cr", "a\rb");
   expect_text_field("bell", "\a");
   expect_text_field("esc", "\x1b[31m");
-  expect_text_field("us", "\x1f");
-  expect_text_field("msg", "loose\x01word");
+  expect_text_field("del", "\x7f");
+  expect_text_field("k\"e\ny", "value");
   /* Raw control bytes never reach the line. */
   for (int i = 0; i < line_len - 1; i++)
-    assert_true((unsigned char)line[i] >= 0x20);
+    assert_true((unsigned char)line[i] >= 0x20 &&
+                (unsigned char)line[i] != 0x7f);
 }
 
-static void test_log_json_keeps_utf8_as_is(void **state) {
+static void test_log_json_strn_takes_exactly_n_bytes(void **state) {
   (void)state;
-  format_json(LOG_INFO, "e", "name=caf\xc3\xa9");
-  expect_text_field("name", "caf\xc3\xa9");
+  static const char reply[] = {'E', 'R', 'R', '\0', 'x', 'y', 'z'};
+  const struct log_field f[] = {LOG_STRN("reply", reply, 5),
+                                LOG_STRN("none", "ignored", 0),
+                                LOG_STR("null", NULL)};
+  format_json(LOG_ERROR, "incr_failed", f, NFIELDS(f));
+  /* The NUL inside is escaped, and nothing past n is read. */
+  assert_non_null(strstr(line, "\"reply\":\"ERR\\u0000x\""));
+  expect_text_field("none", "");
+  expect_text_field("null", "");
+}
+
+static void test_log_json_keeps_utf8_and_replaces_other_bytes(void **state) {
+  (void)state;
+  const struct log_field f[] = {
+      LOG_STR("name", "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"),
+      LOG_STR("bad", "a\xff"
+                     "b\xc3(\xed\xa0\x80\xc0\xaf\xe2\x82"),
+  };
+  format_json(LOG_INFO, "e", f, NFIELDS(f));
+  expect_text_field("name", "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
+  /* Each byte that is not part of a well-formed sequence is one U+FFFD. */
+  assert_non_null(strstr(line, "\"bad\":\"a\\ufffdb\\ufffd(\\ufffd\\ufffd"
+                               "\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd\""));
 }
 
 static void test_log_json_truncated_line_stays_one_valid_object(void **state) {
   (void)state;
-  /* log_write formats at most 1023 bytes of message into 2048 bytes of
-   * line; escaping can make the message six times longer. */
-  char msg[1024];
-  strcpy(msg, "reply=");
-  memset(msg + 6, '\x01', sizeof msg - 7);
-  msg[sizeof msg - 1] = '\0';
-  format_json_cap(LOG_ERROR, "incr_failed", msg, 2048);
+  /* A value far longer than the line: cut inside, then closed. */
+  static char big[3000];
+  memset(big, '\x01', sizeof big - 1);
+  const struct log_field f1[] = {LOG_UINT("failed", 1), LOG_STR("reply", big),
+                                 LOG_UINT("after", 7)};
+  format_json_cap(LOG_ERROR, "incr_failed", f1, NFIELDS(f1), 2048);
   expect_text_field("event", "incr_failed");
+  expect_number_field("failed", "1");
+  assert_true(strlen(field("reply")->value) > 100);
+  assert_false(has_field("after"));
 
-  /* Room for the fixed fields, then cut inside a key, a value, a loose word
-   * (72 bytes hold ts, level and event="truncation"). */
-  static const int caps[] = {72, 80, 90, 96, 100, 110, 128};
-  for (size_t i = 0; i < sizeof caps / sizeof caps[0]; i++) {
-    format_json_cap(LOG_INFO, "truncation",
-                    "key_one=value_one key_two=12345 loose words here",
-                    caps[i]);
-  }
+  /* Every cut, from the fixed fields on, stays one object. */
+  const struct log_field f2[] = {LOG_STR("key_one", "value \"one\""),
+                                 LOG_UINT("key_two", 12345),
+                                 LOG_BOOL("key_three", true)};
+  for (int cap = 72; cap <= 160; cap++)
+    format_json_cap(LOG_INFO, "truncation", f2, NFIELDS(f2), cap);
 }
 
 /* ---- Text --------------------------------------------------------------- */
 
-static void test_log_text_line_reads_ts_level_event_message(void **state) {
+static void test_log_text_line_reads_ts_level_event_fields(void **state) {
   (void)state;
-  static const char rest[] = " info drain pending=5 reason=\"a b\"\n";
-  format_line(LOG_FORMAT_TEXT, LOG_INFO, "drain", "pending=5 reason=\"a b\"",
-              2048);
-  assert_int_equal(line_len, 24 + strlen(rest));
-  expect_timestamp(line, 24);
-  assert_memory_equal(line + 24, rest, strlen(rest));
+  const struct log_field f[] = {LOG_UINT("pending", 5),
+                                LOG_STR("reason", "a b"),
+                                LOG_BOOL("closing", false)};
+  format_line(LOG_FORMAT_TEXT, LOG_INFO, "drain", f, NFIELDS(f), 2048);
+  expect_text_rest(" info drain pending=5 reason=\"a b\" closing=false\n");
 }
 
-static void test_log_text_line_without_message(void **state) {
+static void test_log_text_quotes_only_what_needs_it(void **state) {
   (void)state;
-  static const char rest[] = " warn start\n";
-  format_line(LOG_FORMAT_TEXT, LOG_WARN, "start", "", 2048);
-  assert_int_equal(line_len, 24 + strlen(rest));
-  expect_timestamp(line, 24);
-  assert_memory_equal(line + 24, rest, strlen(rest));
+  const struct log_field f[] = {
+      LOG_STR("addr", "127.0.0.1:6379"),
+      LOG_STR("empty", ""),
+      LOG_STR("eq", "a=b"),
+      LOG_STR("q", "say \"hi\""),
+      LOG_STR("back", "C:\\dir"),
+      LOG_INT("neg", -4),
+  };
+  format_line(LOG_FORMAT_TEXT, LOG_WARN, "e", f, NFIELDS(f), 2048);
+  expect_text_rest(" warn e addr=127.0.0.1:6379 empty=\"\" eq=\"a=b\" "
+                   "q=\"say \\\"hi\\\"\" back=\"C:\\\\dir\" neg=-4\n");
 }
 
 static void test_log_text_line_stays_one_line(void **state) {
   (void)state;
-  /* format_line() fails on any newline but the last. */
-  format_line(LOG_FORMAT_TEXT, LOG_ERROR, "incr_failed",
-              "reply=\"ERR one\ntwo\" key=a\r\nb", 2048);
-  char long_msg[1024];
-  memset(long_msg, 'x', sizeof long_msg - 1);
-  long_msg[sizeof long_msg - 1] = '\0';
-  format_line(LOG_FORMAT_TEXT, LOG_INFO, "long", long_msg, 128);
+  const struct log_field f[] = {LOG_STR("reply", "ERR one\ntwo"),
+                                LOG_STR("key", "a\r\nb")};
+  format_line(LOG_FORMAT_TEXT, LOG_ERROR, "incr_failed", f, NFIELDS(f), 2048);
+  expect_text_rest(" error incr_failed reply=\"ERR one\\x0atwo\" "
+                   "key=\"a\\x0d\\x0ab\"\n");
+  static char long_value[1024];
+  memset(long_value, 'x', sizeof long_value - 1);
+  const struct log_field g[] = {LOG_STR("v", long_value)};
+  for (int cap = 40; cap <= 140; cap++)
+    format_line(LOG_FORMAT_TEXT, LOG_INFO, "long", g, NFIELDS(g), cap);
+}
+
+static void test_log_format_fields_writes_pairs_only(void **state) {
+  (void)state;
+  const struct log_field f[] = {LOG_STR("reason", "drained"),
+                                LOG_INT("exit_code", 0), LOG_UINT("done", 3)};
+  char buf[64];
+  int n = log_format_fields(buf, (int)sizeof buf, f, NFIELDS(f));
+  assert_string_equal(buf, "reason=drained exit_code=0 done=3");
+  assert_int_equal(n, (int)strlen(buf));
+  /* Cut between pairs, and always NUL-terminated within cap. */
+  n = log_format_fields(buf, 27, f, NFIELDS(f));
+  assert_string_equal(buf, "reason=drained exit_code=0");
+  assert_int_equal(n, 26);
 }
 
 /* ---- Levels and log_write ----------------------------------------------- */
@@ -513,12 +553,12 @@ static char *capture_stderr(void (*body)(void)) {
 
 static void log_some(void) {
   log_setup(LOG_FORMAT_JSON, LOG_INFO);
-  log_debug("hidden", "n=%d", count_formatting());
-  log_info("shown", "n=%d name=%s", 7, "x y");
-  log_warn("also", "reason=\"%s\"", "a b");
+  log_debug("hidden", LOG_INT("n", count_formatting()));
+  log_info("shown", LOG_INT("n", 7), LOG_STR("name", "x y"));
+  log_warn("also", LOG_STR("reason", "a b"));
   log_setup(LOG_FORMAT_TEXT, LOG_ERROR);
-  log_warn("hidden_too", "n=%d", count_formatting());
-  log_error("text", "n=%d", 9);
+  log_warn("hidden_too", LOG_INT("n", count_formatting()));
+  log_error("text", LOG_INT("n", 9));
   log_setup(LOG_FORMAT_JSON, LOG_INFO);
 }
 
@@ -546,8 +586,7 @@ static void test_log_write_emits_enabled_lines_to_stderr(void **state) {
   assert_int_equal(parse_object(line, (size_t)line_len - 1, &obj), 0);
   expect_text_field("event", "shown");
   expect_number_field("n", "7");
-  expect_text_field("name", "x");
-  expect_text_field("msg", "y");
+  expect_text_field("name", "x y");
 
   line_len = (int)(third - second);
   memcpy(line, second, (size_t)line_len);
@@ -560,21 +599,20 @@ static void test_log_write_emits_enabled_lines_to_stderr(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_log_json_line_has_ts_level_and_event),
+      cmocka_unit_test(test_log_json_line_has_ts_level_event_then_fields),
       cmocka_unit_test(test_log_json_names_each_level),
-      cmocka_unit_test(test_log_json_pairs_become_fields),
-      cmocka_unit_test(test_log_json_numbers_stay_unquoted),
-      cmocka_unit_test(test_log_json_non_numbers_are_quoted),
-      cmocka_unit_test(test_log_json_quoted_values_keep_spaces),
-      cmocka_unit_test(test_log_json_quoted_number_stays_a_string),
-      cmocka_unit_test(test_log_json_loose_words_go_under_msg),
-      cmocka_unit_test(test_log_json_keys_are_lowercase_words),
-      cmocka_unit_test(test_log_json_escapes_quotes_and_control_characters),
-      cmocka_unit_test(test_log_json_keeps_utf8_as_is),
+      cmocka_unit_test(test_log_json_writes_each_type_as_its_json_type),
+      cmocka_unit_test(
+          test_log_json_string_that_looks_like_a_number_stays_a_string),
+      cmocka_unit_test(test_log_json_value_cannot_add_or_break_fields),
+      cmocka_unit_test(test_log_json_escapes_quotes_backslashes_and_controls),
+      cmocka_unit_test(test_log_json_strn_takes_exactly_n_bytes),
+      cmocka_unit_test(test_log_json_keeps_utf8_and_replaces_other_bytes),
       cmocka_unit_test(test_log_json_truncated_line_stays_one_valid_object),
-      cmocka_unit_test(test_log_text_line_reads_ts_level_event_message),
-      cmocka_unit_test(test_log_text_line_without_message),
+      cmocka_unit_test(test_log_text_line_reads_ts_level_event_fields),
+      cmocka_unit_test(test_log_text_quotes_only_what_needs_it),
       cmocka_unit_test(test_log_text_line_stays_one_line),
+      cmocka_unit_test(test_log_format_fields_writes_pairs_only),
       cmocka_unit_test(test_log_enabled_follows_the_minimum_level),
       cmocka_unit_test(test_log_write_emits_enabled_lines_to_stderr),
   };
