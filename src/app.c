@@ -34,8 +34,7 @@ static void respond(void *data, const struct http_request *req,
     routes_error(error_status, &r);
   } else {
     struct routes_state state = {
-        .ready =
-            app->link.ever_connected && app->shutdown.phase == PHASE_RUNNING,
+        .ready = app->link.ever_ready && app->shutdown.phase == PHASE_RUNNING,
         .queue_full = pending(app) >= app->cfg->max_pending,
     };
     routes_handle(req, &state, &r);
@@ -256,7 +255,8 @@ static void finish(struct app *app) {
   if (app->abandoned)
     log_warn("abandoned", LOG_UINT("increments", app->abandoned),
              LOG_STR("reason", shutdown_reason_name(app->shutdown.reason)));
-  app->exit_code = shutdown_exit_code(&app->shutdown, app->abandoned);
+  app->exit_code = shutdown_exit_code(&app->shutdown, app->abandoned,
+                                      app->metrics.incr_failed);
 
   server_close(&app->server);
   incr_queue_close(&app->queue, NULL);
@@ -300,10 +300,8 @@ int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg) {
 
 int app_run(struct app *app) {
   const struct config *cfg = app->cfg;
-  char redis[300];
-  snprintf(redis, sizeof redis, "%s:%u", cfg->redis_host, cfg->redis_port);
   log_info("start", LOG_STR("version", GRACEFULD_VERSION),
-           LOG_STR("redis", redis),
+           LOG_STR("redis", app->link.addr),
            LOG_UINT("incr_delay_ms", cfg->incr_delay_ms),
            LOG_UINT("shutdown_delay_ms", cfg->shutdown_delay_ms),
            LOG_UINT("shutdown_timeout_ms", cfg->shutdown_timeout_ms),

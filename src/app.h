@@ -34,7 +34,7 @@ int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg);
 
 /* Listens, connects to Redis and runs the loop until the service is done;
  * every handle is closed when it returns. Returns the exit status:
- * 0 drained, 1 failure, 3 increments abandoned. */
+ * 0 drained, 1 failure, 3 increments abandoned, 4 increments failed. */
 int app_run(struct app *app);
 
 #endif

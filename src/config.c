@@ -1,14 +1,20 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdbool.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <uv.h>
 
 enum kind {
   K_ADDR_LISTEN,
   K_ADDR_REDIS,
+  K_REDIS_URL,
+  K_REDIS_USER,
+  K_SECRET_FILE,
+  K_SENTINELS,
   K_UINT,
   K_STRING,
   K_PATH,
@@ -37,6 +43,29 @@ static const struct setting settings[] = {
     {"REDIS_ADDR", "redis", "HOST:PORT", "127.0.0.1:6379",
      "Redis server; a host name is resolved again at every reconnect",
      K_ADDR_REDIS, 0, 0, 0},
+    {"REDIS_URL", "redis-url", "URL", "(none)",
+     "redis://[[user][:password]@]host[:port][/db] or "
+     "unix:///path.sock[?db=N]; not with REDIS_ADDR; no rediss:// (no TLS)",
+     K_REDIS_URL, 0, 0, 0},
+    {"REDIS_USERNAME", "redis-username", "USER", "(none)",
+     "ACL user to AUTH as (with the password)", K_REDIS_USER, 0, 0, 0},
+    {"REDIS_PASSWORD_FILE", "redis-password-file", "PATH", "(none)",
+     "file holding the Redis password, read once at start (a trailing "
+     "newline is dropped)",
+     K_SECRET_FILE, FIELD(redis.password), 0, 0},
+    {"REDIS_SENTINELS", "redis-sentinels", "HOST:PORT,...", "(none)",
+     "ask these Sentinels for the master (with REDIS_MASTER_NAME); the "
+     "port defaults to 26379",
+     K_SENTINELS, 0, 0, 0},
+    {"REDIS_MASTER_NAME", "redis-master-name", "NAME", "(none)",
+     "the master's name in Sentinel (with REDIS_SENTINELS)", K_STRING,
+     FIELD(master_name), 0, 0},
+    {"REDIS_SENTINEL_PASSWORD_FILE", "redis-sentinel-password-file", "PATH",
+     "(none)", "file holding the Sentinels' password (requirepass)",
+     K_SECRET_FILE, FIELD(sentinel_password), 0, 0},
+    {"REDIS_MIN_REPLICAS", "redis-min-replicas", "N", "0",
+     "an increment is done only once N replicas have it (WAIT, batched)",
+     K_UINT, FIELD(min_replicas), 0, 16},
     {"INCR_DELAY_MS", "incr-delay-ms", "MS", "5000",
      "delay between answering /incr and sending its INCR", K_UINT,
      FIELD(incr_delay_ms), 0, DAY_MS},
@@ -128,49 +157,55 @@ static int parse_uint(const char *v, uint64_t *out) {
   return 0;
 }
 
-static bool valid_hostname(const char *h) {
-  size_t n = strlen(h);
-  if (n == 0 || n > 253 || h[0] == '-' || h[0] == '.')
-    return false;
-  for (size_t i = 0; i < n; i++) {
-    char c = h[i];
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-              (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_';
-    if (!ok)
-      return false;
-  }
-  return true;
-}
-
 /* Splits "host:port" or "[v6]:port" into host (without brackets) and port. */
 static const char *split_host_port(const char *v, char *host, size_t host_len,
                                    uint64_t *port) {
-  const char *colon;
-  const char *h = v;
-  size_t hn;
-  if (v[0] == '[') {
-    const char *close = strchr(v, ']');
-    if (!close || close[1] != ':')
-      return "expected [IPv6]:PORT";
-    h = v + 1;
-    hn = (size_t)(close - h);
-    colon = close + 1;
-  } else {
-    colon = strrchr(v, ':');
-    if (!colon)
-      return "expected HOST:PORT";
-    hn = (size_t)(colon - v);
-    if (memchr(v, ':', hn))
-      return "an IPv6 address needs brackets: [::1]:PORT";
+  uint16_t p = 0;
+  const char *why = redis_split_host_port(v, strlen(v), host, host_len, 0, &p);
+  *port = p;
+  return why;
+}
+
+/* Reads a secret from path into out (cap bytes, terminated), dropping one
+ * trailing newline. Returns NULL or a reason that never quotes the file. */
+static const char *read_secret(const char *path, char *out, size_t cap) {
+  static char why[128];
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    snprintf(why, sizeof why, "cannot open: %s", strerror(errno));
+    return why;
   }
-  if (hn == 0)
-    return "missing host";
-  if (hn >= host_len)
-    return "host too long";
-  memcpy(host, h, hn);
-  host[hn] = '\0';
-  if (parse_uint(colon + 1, port) != 0 || *port > 65535)
-    return "port must be a number from 0 to 65535";
+  size_t len = 0;
+  for (;;) {
+    ssize_t n = read(fd, out + len, cap - len);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0) {
+      snprintf(why, sizeof why, "cannot read: %s", strerror(errno));
+      close(fd);
+      return why;
+    }
+    if (n == 0)
+      break;
+    len += (size_t)n;
+    if (len == cap) {
+      close(fd);
+      memset(out, 0, cap);
+      return "longer than 511 bytes";
+    }
+  }
+  close(fd);
+  if (len > 0 && out[len - 1] == '\n')
+    len--;
+  if (len > 0 && out[len - 1] == '\r')
+    len--;
+  out[len] = '\0';
+  if (len == 0)
+    return "the file is empty";
+  if (memchr(out, '\0', len) || memchr(out, '\n', len)) {
+    memset(out, 0, cap);
+    return "the password holds a NUL byte or a newline";
+  }
   return NULL;
 }
 
@@ -197,16 +232,68 @@ static int apply(struct config *cfg, const struct setting *s, const char *v,
       return fail(err, err_len, s, v, why), -1;
     if (n == 0)
       return fail(err, err_len, s, v, "port must be from 1 to 65535"), -1;
-    if (!valid_hostname(host) && !strchr(host, ':'))
-      return fail(err, err_len, s, v, "not a host name or IP address"), -1;
-    if (strchr(host, ':')) {
-      struct sockaddr_in6 a6;
-      if (uv_ip6_addr(host, (int)n, &a6))
-        return fail(err, err_len, s, v, "not an IPv6 address"), -1;
-    }
-    memcpy(cfg->redis_host, host, sizeof host);
-    cfg->redis_port = (uint16_t)n;
+    if (!redis_host_valid(host))
+      return fail(err, err_len, s, v,
+                  strchr(host, ':') ? "not an IPv6 address"
+                                    : "not a host name or IP address"),
+             -1;
+    memset(&cfg->redis, 0, sizeof cfg->redis);
+    cfg->redis.transport = REDIS_TCP;
+    memcpy(cfg->redis.host, host, sizeof host);
+    cfg->redis.port = (uint16_t)n;
     return 0;
+  case K_REDIS_URL: {
+    char shown[CONFIG_PATH_MAX];
+    redis_url_redact(v, shown, sizeof shown);
+    if (redis_url_parse(v, &cfg->redis, &why) != 0)
+      return fail(err, err_len, s, shown, why), -1;
+    return 0;
+  }
+  case K_REDIS_USER:
+    if (cfg->redis.user[0])
+      return fail(err, err_len, s, v,
+                  "REDIS_URL names a user already; set it in one place"),
+             -1;
+    if (strlen(v) >= sizeof cfg->redis.user)
+      return fail(err, err_len, s, v, "too long"), -1;
+    memcpy(cfg->redis.user, v, strlen(v) + 1);
+    return 0;
+  case K_SECRET_FILE: {
+    bool sentinel = s->offset == FIELD(sentinel_password);
+    bool *has =
+        sentinel ? &cfg->has_sentinel_password : &cfg->redis.has_password;
+    if (*has)
+      return fail(err, err_len, s, v,
+                  "REDIS_URL holds a password already; set it in one place"),
+             -1;
+    why = read_secret(v, (char *)cfg + s->offset, REDIS_PASSWORD_MAX);
+    if (why)
+      return fail(err, err_len, s, v, why), -1;
+    *has = true;
+    return 0;
+  }
+  case K_SENTINELS: {
+    cfg->n_sentinels = 0;
+    for (const char *p = v;;) {
+      size_t len = strcspn(p, ",");
+      struct config_sentinel *sn = &cfg->sentinels[cfg->n_sentinels];
+      if (cfg->n_sentinels == CONFIG_SENTINELS_MAX)
+        return fail(err, err_len, s, v, "at most 8 sentinels"), -1;
+      why = redis_split_host_port(p, len, sn->host, sizeof sn->host, 26379,
+                                  &sn->port);
+      if (!why && sn->port == 0)
+        why = "port must be from 1 to 65535";
+      if (!why && !redis_host_valid(sn->host))
+        why = "not a host name or IP address";
+      if (why)
+        return fail(err, err_len, s, v, why), -1;
+      cfg->n_sentinels++;
+      if (p[len] == '\0')
+        break;
+      p += len + 1;
+    }
+    return 0;
+  }
   case K_UINT: {
     int rc = parse_uint(v, &n);
     if (rc == -1)
@@ -262,6 +349,13 @@ static const char *env_lookup(char *const *envp, const char *name) {
   return NULL;
 }
 
+static bool given(const char *const *values, enum kind kind) {
+  for (size_t k = 0; k < N_SETTINGS; k++)
+    if (settings[k].kind == kind)
+      return values[k] != NULL;
+  return false;
+}
+
 enum config_result config_parse(struct config *cfg, int argc, char *const *argv,
                                 char *const *envp, FILE *out, char *err,
                                 size_t err_len) {
@@ -307,12 +401,29 @@ enum config_result config_parse(struct config *cfg, int argc, char *const *argv,
   const char *kube = env_lookup(envp, "KUBERNETES_SERVICE_HOST");
   for (size_t k = 0; k < N_SETTINGS; k++) {
     const struct setting *s = &settings[k];
-    const char *v = flag_values[k];
-    if (!v) {
-      v = env_lookup(envp, s->env);
-      if (v && *v == '\0' && s->kind != K_PATH)
-        v = NULL; /* an empty variable counts as unset */
+    if (!flag_values[k]) {
+      flag_values[k] = env_lookup(envp, s->env);
+      if (flag_values[k] && *flag_values[k] == '\0' && s->kind != K_PATH)
+        flag_values[k] = NULL; /* an empty variable counts as unset */
     }
+  }
+  if (given(flag_values, K_ADDR_REDIS) && given(flag_values, K_REDIS_URL)) {
+    snprintf(err, err_len,
+             "REDIS_URL (--redis-url) and REDIS_ADDR (--redis) are both "
+             "set: use one of them");
+    return CONFIG_ERROR;
+  }
+  if (given(flag_values, K_SENTINELS) && given(flag_values, K_ADDR_REDIS)) {
+    snprintf(err, err_len,
+             "REDIS_SENTINELS (--redis-sentinels) and REDIS_ADDR (--redis) "
+             "are both set: the Sentinels name the master");
+    return CONFIG_ERROR;
+  }
+  for (size_t k = 0; k < N_SETTINGS; k++) {
+    const struct setting *s = &settings[k];
+    const char *v = flag_values[k];
+    if (!v && s->def[0] == '(')
+      continue; /* "(none)": no default */
     if (!v) {
       v = s->def;
       if (s->offset == FIELD(shutdown_delay_ms) && s->kind == K_UINT)
@@ -320,6 +431,32 @@ enum config_result config_parse(struct config *cfg, int argc, char *const *argv,
     }
     if (apply(cfg, s, v, err, err_len) != 0)
       return CONFIG_ERROR;
+  }
+  if (cfg->redis.user[0] && !cfg->redis.has_password) {
+    /* AUTH takes a password; without one the connection would silently
+     * be the default user. */
+    snprintf(err, err_len,
+             "a Redis user (REDIS_USERNAME or REDIS_URL) needs a password: "
+             "REDIS_PASSWORD_FILE (--redis-password-file) or the URL's");
+    return CONFIG_ERROR;
+  }
+  if (cfg->n_sentinels > 0 && !cfg->master_name[0]) {
+    snprintf(err, err_len,
+             "REDIS_SENTINELS (--redis-sentinels) needs REDIS_MASTER_NAME "
+             "(--redis-master-name)");
+    return CONFIG_ERROR;
+  }
+  if (cfg->master_name[0] && cfg->n_sentinels == 0) {
+    snprintf(err, err_len,
+             "REDIS_MASTER_NAME (--redis-master-name) needs REDIS_SENTINELS "
+             "(--redis-sentinels)");
+    return CONFIG_ERROR;
+  }
+  if (cfg->n_sentinels > 0 && cfg->redis.transport == REDIS_UNIX) {
+    snprintf(err, err_len,
+             "REDIS_SENTINELS (--redis-sentinels) with a unix:// REDIS_URL: "
+             "Sentinels name TCP addresses");
+    return CONFIG_ERROR;
   }
   return CONFIG_OK;
 }

@@ -5,23 +5,40 @@
 #ifndef GRACEFULD_CONFIG_H
 #define GRACEFULD_CONFIG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/socket.h>
 
 #include "log.h"
+#include "redis_url.h"
 
 #define CONFIG_HOST_MAX 256
 #define CONFIG_KEY_MAX 512
 #define CONFIG_PATH_MAX 1024
+#define CONFIG_SENTINELS_MAX 8
+
+struct config_sentinel {
+  char host[REDIS_HOST_MAX];
+  uint16_t port;
+};
 
 struct config {
   char listen_host[CONFIG_HOST_MAX]; /* an IP literal, no brackets */
   uint16_t listen_port;
   struct sockaddr_storage listen_addr;
-  char redis_host[CONFIG_HOST_MAX]; /* an IP literal or a host name */
-  uint16_t redis_port;
+  /* REDIS_ADDR or REDIS_URL, with REDIS_USERNAME and the password of
+   * REDIS_PASSWORD_FILE folded in. */
+  struct redis_target redis;
+  /* REDIS_SENTINELS: when n_sentinels > 0, the master's address comes from
+   * them (redis.host and redis.port are then only its first guess). */
+  struct config_sentinel sentinels[CONFIG_SENTINELS_MAX];
+  size_t n_sentinels;
+  char master_name[CONFIG_KEY_MAX];
+  char sentinel_password[REDIS_PASSWORD_MAX];
+  bool has_sentinel_password;
+  uint64_t min_replicas; /* REDIS_MIN_REPLICAS: WAIT for this many */
   uint64_t incr_delay_ms;
   char counter_key[CONFIG_KEY_MAX];
   uint64_t shutdown_delay_ms;

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "redis_error.h"
 
 /* INCRs in flight at most: bounds hiredis's buffers when a long outage ends
  * with millions due, and keeps the replies flowing. */
@@ -143,6 +144,11 @@ void redis_link_init(struct redis_link *link, uv_loop_t *loop,
   uv_timer_init(loop, &link->timer);
   link->timer.data = link;
   link->resolver.data = link;
+  link->target = cfg->redis;
+  if (cfg->n_sentinels)
+    snprintf(link->addr, sizeof link->addr, "sentinel:%s", cfg->master_name);
+  else
+    redis_target_format(&link->target, link->addr, sizeof link->addr);
   size_t key_len = strlen(cfg->counter_key);
   int n = snprintf(link->cmd, sizeof link->cmd, "*2\r\n$4\r\nINCR\r\n$%zu\r\n",
                    key_len);
@@ -152,14 +158,27 @@ void redis_link_init(struct redis_link *link, uv_loop_t *loop,
 }
 
 uint64_t redis_link_pending(const struct redis_link *link) {
-  return link->due + link->in_flight;
+  return link->due + link->in_flight + link->unconfirmed;
+}
+
+/* Commands whose replies are awaited, due work's and WAITs. */
+static uint64_t awaited(const struct redis_link *link) {
+  return link->in_flight + link->waits;
 }
 
 bool redis_link_connected(const struct redis_link *link) {
-  return link->state == LINK_CONNECTED;
+  return link->state == LINK_READY;
 }
 
 static void on_backoff(uv_timer_t *timer) { connect_now(timer->data); }
+
+/* Keeps the reason for the retry that follows, as Redis or hiredis gave it. */
+static void set_why(struct redis_link *link, const char *why, size_t len) {
+  if (len >= sizeof link->why)
+    len = sizeof link->why - 1;
+  memcpy(link->why, why, len);
+  link->why[len] = '\0';
+}
 
 /* A connect attempt failed or a connection was lost: try again after a
  * backoff. Only the change of state is logged, not every attempt. */
@@ -168,19 +187,31 @@ static void retry_later(struct redis_link *link, const char *why) {
   link->ac = NULL;
   if (link->state == LINK_CLOSED)
     return;
+  char sentinel_why[sizeof link->why + REDIS_HOST_MAX + 32];
+  if (link->cfg->n_sentinels) {
+    if (link->asking) {
+      /* This Sentinel failed us: the next attempt asks the next one. */
+      const struct config_sentinel *sn = &link->cfg->sentinels[link->sentinel];
+      snprintf(sentinel_why, sizeof sentinel_why, "sentinel %s:%u: %s",
+               sn->host, sn->port, why);
+      why = sentinel_why;
+      link->sentinel = (link->sentinel + 1) % link->cfg->n_sentinels;
+    } else {
+      /* The master may have moved: ask again. */
+      link->master_known = false;
+    }
+  }
   if (!link->down_logged) {
     link->down_logged = true;
     link->down_since = now;
-    char addr[300];
-    snprintf(addr, sizeof addr, "%s:%u", link->cfg->redis_host,
-             link->cfg->redis_port);
-    log_warn("redis_down", LOG_STR("addr", addr), LOG_STR("reason", why),
+    log_warn("redis_down", LOG_STR("addr", link->addr), LOG_STR("reason", why),
              LOG_UINT("pending", redis_link_pending(link)),
              LOG_STR("retrying", "backoff"));
   } else {
     log_debug("redis_retry", LOG_STR("reason", why),
               LOG_UINT("failures", link->failures));
   }
+  link->why[0] = '\0';
   link->state = LINK_IDLE;
   unsigned shift = link->failures < 5 ? link->failures : 5;
   uint64_t ceiling = (uint64_t)BACKOFF_MIN_MS << shift;
@@ -195,6 +226,12 @@ static void retry_later(struct redis_link *link, const char *why) {
 static void on_connect_timeout(uv_timer_t *timer) {
   struct redis_link *link = timer->data;
   redisAsyncContext *ac = link->ac;
+  if (link->state == LINK_HANDSHAKE || link->state == LINK_ASKING) {
+    /* Connected: freeing calls on_disconnect, which retries. */
+    snprintf(link->why, sizeof link->why, "no answer to the handshake");
+    redisAsyncFree(ac);
+    return;
+  }
   /* Not connected yet, so freeing runs no callback of ours. */
   link->ac = NULL;
   redisAsyncFree(ac);
@@ -211,35 +248,107 @@ static void arm_watchdog(struct redis_link *link) {
 
 static void on_watchdog(uv_timer_t *timer) {
   struct redis_link *link = timer->data;
-  if (link->state != LINK_CONNECTED || link->in_flight == 0)
+  if ((link->state != LINK_READY && link->state != LINK_RETIRING) ||
+      awaited(link) == 0)
     return;
   uint64_t now = uv_now(link->loop);
   if (now - link->last_progress < link->cfg->redis_timeout_ms) {
     arm_watchdog(link);
     return;
   }
-  log_warn("redis_timeout", LOG_UINT("in_flight", link->in_flight),
+  log_warn("redis_timeout", LOG_UINT("in_flight", awaited(link)),
            LOG_UINT("waited_ms", now - link->last_progress));
+  snprintf(link->why, sizeof link->why, "no reply for %llu ms",
+           (unsigned long long)(now - link->last_progress));
   /* Outside any hiredis callback: this frees at once, hands the in-flight
    * INCRs back through on_reply(NULL) and calls on_disconnect. */
   redisAsyncFree(link->ac);
 }
 
+static void on_wait_reply(redisAsyncContext *ac, void *r, void *privdata);
+
+/* WAIT's own timeout, in ms: under the reply watchdog's. */
+static uint64_t wait_timeout(const struct redis_link *link) {
+  uint64_t t = link->cfg->redis_timeout_ms / 2;
+  return t ? t : 1;
+}
+
+/* Sends due work, only ever on a connection whose handshake is done. */
 static void send_due(struct redis_link *link) {
-  if (link->state != LINK_CONNECTED)
+  if (link->state != LINK_READY)
     return;
-  bool was_idle = link->in_flight == 0;
+  bool was_idle = awaited(link) == 0;
+  uint64_t sent = 0;
   while (link->due > 0 && link->in_flight < WINDOW) {
     if (redisAsyncFormattedCommand(link->ac, on_reply, NULL, link->cmd,
                                    link->cmd_len) != REDIS_OK)
       break;
     link->due--;
     link->in_flight++;
+    sent++;
   }
-  if (was_idle && link->in_flight > 0) {
+  /* One WAIT after each batch, not one per increment: it confirms every
+   * write this connection made before it. Its timeout stays under the
+   * reply watchdog's. */
+  uint64_t min = link->cfg->min_replicas;
+  if (sent && min &&
+      redisAsyncCommand(link->ac, on_wait_reply, NULL, "WAIT %llu %llu",
+                        (unsigned long long)min,
+                        (unsigned long long)wait_timeout(link)) == REDIS_OK)
+    link->waits++;
+  if (was_idle && awaited(link) > 0) {
     link->last_progress = uv_now(link->loop);
     arm_watchdog(link);
   }
+}
+
+/* This connection takes no more work: once its last reply is in, it is
+ * closed and a fresh one made after a backoff (through on_disconnect). */
+static void retire(struct redis_link *link, const char *why, size_t len) {
+  if (link->state != LINK_READY)
+    return;
+  link->state = LINK_RETIRING;
+  set_why(link, why, len);
+  /* Once until due work succeeds again, not at every reconnect. */
+  if (!link->retiring_logged)
+    log_warn("redis_retiring", LOG_STR("addr", link->addr),
+             LOG_STR("reply", link->why),
+             LOG_UINT("in_flight", link->in_flight));
+  link->retiring_logged = true;
+}
+
+/* Increments executed but never confirmed by a WAIT, on a connection that
+ * is gone: sent again. */
+static void give_back_unconfirmed(struct redis_link *link) {
+  link->due += link->unconfirmed;
+  link->metrics->incr_retried += link->unconfirmed;
+  link->unconfirmed = 0;
+}
+
+static void count_failed(struct redis_link *link, const redisReply *reply) {
+  uint64_t failed = ++link->metrics->incr_failed;
+  /* One line for the first failures, then one per power of two. */
+  if ((failed & (failed - 1)) == 0)
+    log_error("incr_failed", LOG_UINT("failed", failed),
+              LOG_STRN("reply",
+                       reply->type == REDIS_REPLY_ERROR ? reply->str : "",
+                       reply->type == REDIS_REPLY_ERROR ? reply->len : 0));
+}
+
+/* What follows any reply to due work: more sends, or the end of a
+ * connection being retired, or idleness. */
+static void after_reply(struct redis_link *link, redisAsyncContext *ac) {
+  if (link->state == LINK_RETIRING) {
+    if (awaited(link) == 0)
+      redisAsyncDisconnect(ac); /* deferred until this callback returns */
+    return;
+  }
+  if (link->due > 0 && link->in_flight < WINDOW / 2)
+    send_due(link);
+  if (awaited(link) == 0 && link->state == LINK_READY)
+    uv_timer_stop(&link->timer);
+  if (redis_link_pending(link) == 0 && link->waits == 0)
+    link->on_idle(link);
 }
 
 static void on_reply(redisAsyncContext *ac, void *r, void *privdata) {
@@ -257,52 +366,285 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata) {
   }
   link->last_progress = uv_now(link->loop);
   if (reply->type == REDIS_REPLY_INTEGER) {
-    link->metrics->incr_done++;
+    link->retiring_logged = false;
+    if (link->cfg->min_replicas)
+      link->unconfirmed++; /* done once a WAIT confirms it */
+    else
+      link->metrics->incr_done++;
+  } else if (reply->type == REDIS_REPLY_ERROR &&
+             redis_error_classify(reply->str, reply->len) !=
+                 REDIS_ERROR_PERMANENT) {
+    /* Not executed, and another attempt can succeed. */
+    link->due++;
+    link->metrics->incr_retried++;
+    retire(link, reply->str, reply->len);
   } else {
-    uint64_t failed = ++link->metrics->incr_failed;
-    /* One line for the first failures, then one per power of two. */
-    if ((failed & (failed - 1)) == 0)
-      log_error("incr_failed", LOG_UINT("failed", failed),
-                LOG_STRN("reply",
-                         reply->type == REDIS_REPLY_ERROR ? reply->str : "",
-                         reply->type == REDIS_REPLY_ERROR ? reply->len : 0));
+    count_failed(link, reply);
   }
-  if (link->due > 0 && link->in_flight < WINDOW / 2)
-    send_due(link);
-  if (link->in_flight == 0 && link->state == LINK_CONNECTED)
-    uv_timer_stop(&link->timer);
-  if (link->due == 0 && link->in_flight == 0)
+  after_reply(link, ac);
+}
+
+/* The reply to a WAIT: the increments executed before it are done when
+ * enough replicas have them, and sent again (to the master the Sentinels
+ * name next) when not. */
+static void on_wait_reply(redisAsyncContext *ac, void *r, void *privdata) {
+  struct redis_link *link = ac->data;
+  redisReply *reply = r;
+  (void)privdata;
+  link->waits--;
+  if (!reply) {
+    if (link->state != LINK_CLOSED)
+      give_back_unconfirmed(link);
+    return;
+  }
+  uint64_t n = link->unconfirmed;
+  link->unconfirmed = 0;
+  link->last_progress = uv_now(link->loop);
+  uint64_t min = link->cfg->min_replicas;
+  if (reply->type == REDIS_REPLY_INTEGER && n == 0) {
+    /* A WAIT sent again, overtaken by a later one that confirmed all. */
+  } else if (reply->type == REDIS_REPLY_INTEGER &&
+             (uint64_t)reply->integer >= min) {
+    link->metrics->incr_done += n;
+    link->wait_short_logged = false;
+  } else if (reply->type == REDIS_REPLY_INTEGER) {
+    /* Not on enough replicas yet (a replica resyncing after a failover).
+     * Sending them again here would count them twice on this master: wait
+     * again on this connection instead. A master since demoted answers the
+     * next WAIT with an error; a broken connection hands them back. */
+    link->unconfirmed += n;
+    if (!link->wait_short_logged)
+      log_warn("redis_wait_short", LOG_STR("addr", link->addr),
+               LOG_INT("replicas", reply->integer), LOG_UINT("wanted", min),
+               LOG_UINT("unconfirmed", n));
+    link->wait_short_logged = true;
+    if (link->state == LINK_READY &&
+        redisAsyncCommand(ac, on_wait_reply, NULL, "WAIT %llu %llu",
+                          (unsigned long long)min,
+                          (unsigned long long)wait_timeout(link)) == REDIS_OK)
+      link->waits++;
+    else
+      give_back_unconfirmed(link); /* this connection is being retired */
+  } else {
+    /* WAIT refused: a replica now (READONLY is near), or not allowed. */
+    char why[96];
+    snprintf(why, sizeof why, "WAIT: %.*s", (int)reply->len, reply->str);
+    link->due += n;
+    link->metrics->incr_retried += n;
+    retire(link, why, strlen(why));
+  }
+  after_reply(link, ac);
+}
+
+/* ---- The handshake: AUTH, SELECT, before anything is counted ------------- */
+
+/* The AUTH of a password to a Redis that has none: Redis 6+ and Redis 5
+ * word it differently. The connection is usable; only a warning is due. */
+static bool auth_unneeded(const redisReply *reply) {
+  return strstr(reply->str, "without any password configured") ||
+         strstr(reply->str, "no password is set");
+}
+
+static void handshake_done(struct redis_link *link) {
+  uint64_t now = uv_now(link->loop);
+  uv_timer_stop(&link->timer);
+  link->state = LINK_READY;
+  if (link->ever_ready)
+    link->metrics->redis_reconnects++;
+  if (link->down_logged || !link->ever_ready)
+    log_info(
+        "redis_up", LOG_STR("addr", link->addr),
+        LOG_UINT("attempts", link->failures + 1),
+        LOG_UINT("down_ms", link->down_logged ? now - link->down_since : 0),
+        LOG_UINT("pending", redis_link_pending(link)));
+  link->ever_ready = true;
+  link->down_logged = false;
+  link->auth_failed_logged = false;
+  link->failures = 0;
+  send_due(link);
+  if (redis_link_pending(link) == 0 && link->waits == 0)
     link->on_idle(link);
+}
+
+/* Tags telling on_handshake_reply which command a reply answers. */
+static const char tag_auth = 'a', tag_role = 'r', tag_master = 'm';
+
+/* The Sentinel's answer to get-master-addr-by-name: [host, port], or nil
+ * for a name it does not know. Returns NULL or why it is unusable. */
+static const char *take_master(struct redis_link *link,
+                               const redisReply *reply) {
+  if (reply->type == REDIS_REPLY_NIL)
+    return "the sentinel knows no such master";
+  if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+      reply->element[0]->type != REDIS_REPLY_STRING ||
+      reply->element[1]->type != REDIS_REPLY_STRING)
+    return "unexpected reply to SENTINEL get-master-addr-by-name";
+  const redisReply *h = reply->element[0], *p = reply->element[1];
+  char host[REDIS_HOST_MAX];
+  long port = strtol(p->str, NULL, 10);
+  if (h->len == 0 || h->len >= sizeof host || port < 1 || port > 65535)
+    return "unusable master address from the sentinel";
+  memcpy(host, h->str, h->len);
+  host[h->len] = '\0';
+  struct redis_target *t = &link->target;
+  if (strcmp(t->host, host) != 0 || t->port != (uint16_t)port ||
+      !link->ever_ready) {
+    char was[sizeof link->addr];
+    memcpy(was, link->addr, sizeof was);
+    snprintf(t->host, sizeof t->host, "%s", host);
+    t->port = (uint16_t)port;
+    redis_target_format(t, link->addr, sizeof link->addr);
+    if (strcmp(was, link->addr) != 0) {
+      const struct config_sentinel *sn = &link->cfg->sentinels[link->sentinel];
+      char from[REDIS_HOST_MAX + 8];
+      snprintf(from, sizeof from, "%s:%u", sn->host, sn->port);
+      log_info("redis_master", LOG_STR("from", was), LOG_STR("to", link->addr),
+               LOG_STR("master_name", link->cfg->master_name),
+               LOG_STR("sentinel", from));
+    }
+  }
+  return NULL;
+}
+
+/* ROLE's first element says what the server is now. */
+static const char *check_role(const redisReply *reply) {
+  if (reply->type != REDIS_REPLY_ARRAY || reply->elements == 0 ||
+      reply->element[0]->type != REDIS_REPLY_STRING)
+    return "unexpected reply to ROLE";
+  if (strcmp(reply->element[0]->str, "master") != 0)
+    return "ROLE: not a master (any more); asking the sentinels again";
+  return NULL;
+}
+
+static void on_handshake_reply(redisAsyncContext *ac, void *r, void *privdata) {
+  struct redis_link *link = ac->data;
+  redisReply *reply = r;
+  link->handshake_left--;
+  if (!reply || (link->state != LINK_HANDSHAKE && link->state != LINK_ASKING))
+    return; /* the connection is going; on_disconnect retries */
+  if (reply->type == REDIS_REPLY_ERROR && !link->why[0]) {
+    if (privdata == &tag_auth && auth_unneeded(reply)) {
+      if (!link->auth_unneeded_logged)
+        log_warn("redis_auth_unneeded", LOG_STR("addr", link->addr),
+                 LOG_STRN("reply", reply->str, reply->len));
+      link->auth_unneeded_logged = true;
+    } else {
+      set_why(link, reply->str, reply->len);
+      if (redis_error_is_auth(reply->str, reply->len) &&
+          !link->auth_failed_logged) {
+        link->auth_failed_logged = true;
+        log_error("redis_auth_failed",
+                  LOG_STR("addr", link->asking ? "sentinel" : link->addr),
+                  LOG_STR("error", link->why));
+      }
+    }
+  } else if (reply->type != REDIS_REPLY_ERROR && !link->why[0]) {
+    const char *why = privdata == &tag_master ? take_master(link, reply)
+                      : privdata == &tag_role ? check_role(reply)
+                                              : NULL;
+    if (why)
+      set_why(link, why, strlen(why));
+  }
+  if (link->handshake_left > 0)
+    return;
+  if (link->why[0]) {
+    redisAsyncDisconnect(ac); /* on_disconnect retries after a backoff */
+  } else if (link->state == LINK_ASKING) {
+    link->master_known = true;
+    link->state = LINK_ASKED;
+    redisAsyncDisconnect(ac); /* on_disconnect connects to the master */
+  } else {
+    handshake_done(link);
+  }
+}
+
+/* Queues AUTH (user and password, or the password alone) when there is a
+ * password; returns hiredis's status. */
+static int send_auth(struct redis_link *link, const char *user,
+                     const char *password) {
+  const char *argv[3] = {"AUTH", user, password};
+  size_t lens[3] = {4, strlen(user), strlen(password)};
+  int rc;
+  if (user[0])
+    rc = redisAsyncCommandArgv(link->ac, on_handshake_reply, (void *)&tag_auth,
+                               3, argv, lens);
+  else
+    rc = redisAsyncCommandArgv(link->ac, on_handshake_reply, (void *)&tag_auth,
+                               2, (const char *[]){"AUTH", password},
+                               (size_t[]){4, lens[2]});
+  link->handshake_left += rc == REDIS_OK;
+  return rc;
+}
+
+/* Queues the commands that make a fresh connection fit to count on: AUTH
+ * and SELECT db; ROLE behind Sentinel, to be sure it is the master; at
+ * least a PING, so that a Redis that wants a password says so (NOAUTH)
+ * before the link is ready. Their replies arrive before any reply to due
+ * work. */
+static int send_handshake(struct redis_link *link) {
+  const struct redis_target *t = &link->target;
+  redisAsyncContext *ac = link->ac;
+  int rc = REDIS_OK;
+  link->handshake_left = 0;
+  link->why[0] = '\0';
+  if (t->has_password)
+    rc = send_auth(link, t->user, t->password);
+  if (rc == REDIS_OK && t->db) {
+    char db[16];
+    int n = snprintf(db, sizeof db, "%u", t->db);
+    rc = redisAsyncCommandArgv(ac, on_handshake_reply, NULL, 2,
+                               (const char *[]){"SELECT", db},
+                               (size_t[]){6, (size_t)n});
+    link->handshake_left += rc == REDIS_OK;
+  }
+  if (rc == REDIS_OK && link->cfg->n_sentinels) {
+    rc = redisAsyncCommand(ac, on_handshake_reply, (void *)&tag_role, "ROLE");
+    link->handshake_left += rc == REDIS_OK;
+  }
+  if (rc == REDIS_OK && link->handshake_left == 0) {
+    rc = redisAsyncCommand(ac, on_handshake_reply, NULL, "PING");
+    link->handshake_left += rc == REDIS_OK;
+  }
+  return rc == REDIS_OK ? 0 : UV_ENOMEM;
+}
+
+/* Asks a Sentinel where the master is (after its AUTH, if it has one). */
+static int send_sentinel_query(struct redis_link *link) {
+  const struct config *cfg = link->cfg;
+  int rc = REDIS_OK;
+  link->handshake_left = 0;
+  link->why[0] = '\0';
+  if (cfg->has_sentinel_password)
+    rc = send_auth(link, "", cfg->sentinel_password);
+  if (rc == REDIS_OK) {
+    size_t n = strlen(cfg->master_name);
+    rc = redisAsyncCommandArgv(
+        link->ac, on_handshake_reply, (void *)&tag_master, 3,
+        (const char *[]){"SENTINEL", "get-master-addr-by-name",
+                         cfg->master_name},
+        (size_t[]){8, 23, n});
+    link->handshake_left += rc == REDIS_OK;
+  }
+  return rc == REDIS_OK ? 0 : UV_ENOMEM;
 }
 
 static void on_connect(const redisAsyncContext *ac, int status) {
   struct redis_link *link = ac->data;
   if (link->state == LINK_CLOSED)
     return;
-  uv_timer_stop(&link->timer);
   if (status != REDIS_OK) {
+    uv_timer_stop(&link->timer);
     /* hiredis frees the context when this returns. */
     retry_later(link, ac->errstr);
     return;
   }
-  uint64_t now = uv_now(link->loop);
-  link->state = LINK_CONNECTED;
-  if (link->ever_connected)
-    link->metrics->redis_reconnects++;
-  if (link->down_logged || !link->ever_connected) {
-    char addr[300];
-    snprintf(addr, sizeof addr, "%s:%u", link->cfg->redis_host,
-             link->cfg->redis_port);
-    log_info(
-        "redis_up", LOG_STR("addr", addr),
-        LOG_UINT("attempts", link->failures + 1),
-        LOG_UINT("down_ms", link->down_logged ? now - link->down_since : 0),
-        LOG_UINT("pending", redis_link_pending(link)));
+  /* The connect timeout keeps running: it bounds the handshake too. */
+  link->state = link->asking ? LINK_ASKING : LINK_HANDSHAKE;
+  int rc = link->asking ? send_sentinel_query(link) : send_handshake(link);
+  if (rc != 0) {
+    snprintf(link->why, sizeof link->why, "out of memory");
+    redisAsyncDisconnect(link->ac);
   }
-  link->ever_connected = true;
-  link->down_logged = false;
-  link->failures = 0;
-  send_due(link);
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status) {
@@ -313,12 +655,25 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
     link->ac = NULL;
     return;
   }
-  retry_later(link, ac->errstr ? ac->errstr : "disconnected");
+  if (link->state == LINK_ASKED) {
+    /* The Sentinel has answered: the master next, at once (from the loop,
+     * once hiredis has let go of this context). */
+    link->ac = NULL;
+    link->state = LINK_IDLE;
+    uv_timer_start(&link->timer, on_backoff, 0, 0);
+    return;
+  }
+  give_back_unconfirmed(link);
+  char why[sizeof link->why];
+  snprintf(why, sizeof why, "%s",
+           ac->err && ac->errstr[0] ? ac->errstr
+           : link->why[0]           ? link->why
+                                    : "disconnected");
+  retry_later(link, why);
   /* INCRs handed back by the broken connection are waiting now. */
 }
 
-static void connect_to(struct redis_link *link, const char *ip) {
-  redisAsyncContext *ac = redisAsyncConnect(ip, link->cfg->redis_port);
+static void watch(struct redis_link *link, redisAsyncContext *ac) {
   if (!ac) {
     retry_later(link, "out of memory");
     return;
@@ -369,29 +724,42 @@ static void on_resolved(uv_getaddrinfo_t *req, int status,
   if (link->state == LINK_CLOSED)
     return;
   if (status != 0) {
-    char why[CONFIG_HOST_MAX + 96];
-    snprintf(why, sizeof why, "resolving %s: %s", link->cfg->redis_host,
+    char why[REDIS_HOST_MAX + 96];
+    snprintf(why, sizeof why, "resolving %s: %s", link->host,
              uv_strerror(status));
     retry_later(link, why);
     return;
   }
-  connect_to(link, ip);
+  watch(link, redisAsyncConnect(ip, link->port));
 }
 
 static void connect_now(struct redis_link *link) {
-  const char *host = link->cfg->redis_host;
+  const struct config *cfg = link->cfg;
+  const struct redis_target *t = &link->target;
+  link->asking = cfg->n_sentinels && !link->master_known;
+  if (link->asking) {
+    link->host = cfg->sentinels[link->sentinel].host;
+    link->port = cfg->sentinels[link->sentinel].port;
+  } else if (t->transport == REDIS_UNIX) {
+    watch(link, redisAsyncConnectUnix(t->path));
+    return;
+  } else {
+    link->host = t->host;
+    link->port = t->port;
+  }
   struct sockaddr_in6 a6;
   struct sockaddr_in a4;
-  if (uv_ip4_addr(host, 0, &a4) == 0 || uv_ip6_addr(host, 0, &a6) == 0) {
-    connect_to(link, host);
+  if (uv_ip4_addr(link->host, 0, &a4) == 0 ||
+      uv_ip6_addr(link->host, 0, &a6) == 0) {
+    watch(link, redisAsyncConnect(link->host, link->port));
     return;
   }
   /* A name: resolved again at every attempt, so a Service or a restarted
    * Redis with a new address is found. */
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
   link->state = LINK_RESOLVING;
-  int rc = uv_getaddrinfo(link->loop, &link->resolver, on_resolved, host, NULL,
-                          &hints);
+  int rc = uv_getaddrinfo(link->loop, &link->resolver, on_resolved, link->host,
+                          NULL, &hints);
   if (rc)
     retry_later(link, uv_strerror(rc));
 }
@@ -416,7 +784,7 @@ void redis_link_close(struct redis_link *link) {
     uv_cancel((uv_req_t *)&link->resolver);
   if (link->ac) {
     redisAsyncContext *ac = link->ac;
-    if (was == LINK_CONNECTED && link->in_flight == 0) {
+    if (was == LINK_READY && awaited(link) == 0) {
       /* Clean: deferred by hiredis if we are inside one of its callbacks. */
       redisAsyncDisconnect(ac);
     } else {

@@ -104,8 +104,9 @@ const char *shutdown_reason_name(enum shutdown_reason r) {
   return "unknown";
 }
 
-int shutdown_exit_code(const struct shutdown *s, uint64_t abandoned) {
+int shutdown_exit_code(const struct shutdown *s, uint64_t abandoned,
+                       uint64_t failed) {
   if (s->reason == REASON_FAILURE)
     return 1;
-  return abandoned ? 3 : 0;
+  return abandoned ? 3 : failed ? 4 : 0;
 }

@@ -74,8 +74,10 @@ uint64_t shutdown_phase_ms(const struct shutdown *s, enum shutdown_phase p,
 const char *shutdown_phase_name(enum shutdown_phase p);
 const char *shutdown_reason_name(enum shutdown_reason r);
 
-/* The exit status: 0 when drained, 3 when increments were abandoned, 1 on a
- * failure. */
-int shutdown_exit_code(const struct shutdown *s, uint64_t abandoned);
+/* The exit status: 0 when drained, 1 on a failure, 3 when increments were
+ * abandoned, 4 when Redis answered some with an error no retry could fix
+ * (failed): an increment lost either way must not look like a clean exit. */
+int shutdown_exit_code(const struct shutdown *s, uint64_t abandoned,
+                       uint64_t failed);
 
 #endif

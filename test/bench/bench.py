@@ -7,7 +7,8 @@
     python3 test/bench/bench.py --build build-release --only profile
 
 Not part of the pass/fail suite: it measures, prints a table and writes a
-JSON file (test/bench/results/bench-<time>.json, with a .md table beside it).
+JSON file (test/bench/results/bench-<time>.json, with a .md table and an
+.html page charting each round beside it).
 It starts its own redis-server, nginx (one worker) and gracefuld, pins the
 servers to one CPU and the load generators (and Redis) to the other, and
 runs the reference and gracefuld alternately, several rounds, reporting
@@ -1277,6 +1278,9 @@ def main():
             f"{m['nginx']}; load average at start {m['loadavg_start'][0]:.2f}")
     with open(os.path.splitext(out)[0] + ".md", "w") as f:
         f.write(head + "\n\n" + text + "\n")
+    import bench_html  # beside this file: the table and each round, charted
+    with open(os.path.splitext(out)[0] + ".html", "w") as f:
+        f.write(bench_html.page(results, head, text))
     print(head + "\n")
     print(text)
     print(f"\nwritten: {out}")

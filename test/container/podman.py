@@ -52,12 +52,30 @@ _bin = []
 
 
 def podman_bin():
+    """The podman to use; skips the test (a failure under CI=true, see
+    test/conftest.py) when there is none."""
     if not _bin:
         path = shutil.which("podman")
         if not path:
             pytest.skip("podman is not installed (scripts/bootstrap test)")
         _bin.append(path)
     return _bin[0]
+
+
+# What podman says when its runtime cannot start any container on this
+# machine (inside an unprivileged container, say, where mounting /proc or a
+# cgroup fails), as opposed to a failure of the test's own container.
+RUNTIME_FAILURES = ("OCI runtime", "runc create failed",
+                    "error during container init")
+
+
+def runtime_failure(output):
+    """The line of podman's output that says it cannot run containers here,
+    or None."""
+    for line in output.splitlines():
+        if any(m in line for m in RUNTIME_FAILURES):
+            return line.strip()
+    return None
 
 
 def env():
@@ -77,6 +95,9 @@ def podman(*args, check=True, timeout=120, input=None, cwd=None):
                          stdin=None if input is not None else
                          subprocess.DEVNULL)
     if check and out.returncode != 0:
+        why = runtime_failure(out.stdout + out.stderr)
+        if why:
+            pytest.skip(f"podman cannot run containers here: {why}")
         raise AssertionError(
             f"{' '.join(cmd)} exited {out.returncode}:\n"
             f"{out.stdout[-4000:]}{out.stderr[-4000:]}")

@@ -86,7 +86,8 @@ def env_value(c, name):
     return value
 
 
-def for_podman(objs, deployment_name, redis_port, host_port, tlog_path):
+def for_podman(objs, deployment_name, redis_port, host_port, tlog_path,
+               secret_dir):
     """The rendered objects as podman kube play runs them on this host.
     Returns (objects, the original gracefuld Deployment)."""
     (orig,) = [o for o in objs if o["kind"] == "Deployment" and
@@ -132,6 +133,13 @@ def for_podman(objs, deployment_name, redis_port, host_port, tlog_path):
         # probes' paths itself, through the published port.
         c.pop("livenessProbe", None)
         c.pop("readinessProbe", None)
+        # The Secret volume (redis-auth, which k8s/ does not ship) as a host
+        # directory holding the same key, for the test's password.
+        for v in spec.get("volumes", []):
+            if "secret" in v:
+                v.pop("secret")
+                v["hostPath"] = {"path": str(secret_dir),
+                                 "type": "Directory"}
         # The kubelet bind-mounts a file at terminationMessagePath; kube play
         # does not (and /dev is not writable for uid 65532), so mount one.
         spec.setdefault("volumes", []).append({
@@ -173,8 +181,17 @@ def test_the_deployment_under_kube_play_serves_and_drains(
 
     rendered = render(tmp_path, image.ref)
     deployment_name = unique_name("kube")
+    # Redis requires the password the pod reads from its Secret volume.
+    password = "kube-play-" + unique_name("pw")
+    secret_dir = tmp_path / "redis-auth"
+    secret_dir.mkdir()
+    (secret_dir / "password").write_text(password + "\n")
+    os.chmod(secret_dir, 0o755)
+    os.chmod(secret_dir / "password", 0o644)
+    redis.cli("CONFIG", "SET", "requirepass", password)
+    redis.password = password
     objs, orig = for_podman(rendered, deployment_name, redis.port, host_port,
-                            tlog)
+                            tlog, secret_dir)
     orig_c = app_container(orig)
     assert orig_c["image"] == image.ref
     settings = {e["name"]: e["value"] for e in orig_c["env"]}
@@ -205,7 +222,7 @@ def test_the_deployment_under_kube_play_serves_and_drains(
     assert start["shutdown_delay_ms"] == delay_ms
     assert start["shutdown_timeout_ms"] == int(settings["SHUTDOWN_TIMEOUT_MS"])
     up = logs.wait_event("redis_up")
-    assert up["addr"] == f"redis:{redis.port}"
+    assert up["addr"] == f"redis://:***@redis:{redis.port}/0"
 
     # The pod runs the image built here, as the securityContext says.
     info = inspect(ctr)

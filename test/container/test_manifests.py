@@ -379,6 +379,88 @@ def check_redis(objs):
     assert port_number(c, ports[0].get("targetPort", ports[0]["port"])) == 6379
 
 
+def secret_key_of_env(c, name):
+    """(secret name, key) that container c's env variable name comes from."""
+    for e in c.get("env", []):
+        if e["name"] == name:
+            ref = e.get("valueFrom", {}).get("secretKeyRef")
+            assert ref, f"{name} of {c['name']} is not from a Secret"
+            return ref["name"], ref["key"]
+    raise AssertionError(f"{c['name']} has no env {name}")
+
+
+def check_redis_auth(objs):
+    """Redis requires a password from a Secret that k8s/ does not ship, and
+    gracefuld reads that same Secret key as a file through
+    REDIS_PASSWORD_FILE, readable by its user, never from its environment."""
+    assert not find(objs, "Secret"), "k8s/ must not ship a password"
+    r = container(objs, "redis")
+    args = r.get("command", []) + r.get("args", [])
+    pairs = list(zip(args, args[1:]))
+    ref = [v for k, v in pairs if k == "--requirepass"]
+    assert len(ref) == 1, f"redis does not require a password: {args}"
+    m = re.fullmatch(r"\$\(([A-Z_]+)\)", ref[0])
+    assert m, f"--requirepass {ref[0]!r} is not from the environment"
+    secret = secret_key_of_env(r, m.group(1))
+
+    c = container(objs)
+    env = env_of(c)
+    assert "REDIS_URL" not in env or "@" not in env["REDIS_URL"], \
+        "a password in REDIS_URL"
+    path = env.get("REDIS_PASSWORD_FILE")
+    assert path, "gracefuld has no REDIS_PASSWORD_FILE"
+    spec = pod_spec(objs)
+    found = None
+    for mount in c.get("volumeMounts", []):
+        prefix = mount["mountPath"].rstrip("/") + "/"
+        if not path.startswith(prefix):
+            continue
+        (vol,) = [v for v in spec.get("volumes", [])
+                  if v["name"] == mount["name"]]
+        sec = vol.get("secret")
+        assert sec, f"{path} is not on a Secret volume"
+        items = {i["path"]: i["key"] for i in sec.get("items", [])}
+        rel = path[len(prefix):]
+        key = items.get(rel, rel if not items else None)
+        found = (sec["secretName"], key, sec.get("defaultMode", 0o644))
+    assert found, f"REDIS_PASSWORD_FILE {path} is on no volume"
+    assert found[:2] == secret, \
+        f"gracefuld reads {found[:2]}, Redis requires {secret}"
+    mode = found[2]
+    group = spec.get("securityContext", {}).get("fsGroup")
+    assert mode & 0o004 or (mode & 0o040 and group == UID), \
+        f"mode {oct(mode)} with fsGroup {group}: unreadable for uid {UID}"
+
+
+def check_network_policy(objs):
+    """One NetworkPolicy selects the Redis pods for Ingress and lets in
+    only the gracefuld pods, only on Redis's port."""
+    redis_labels = one(objs, "Deployment", "redis")["spec"]["template"][
+        "metadata"]["labels"]
+    app_labels = one(objs, "Deployment", APP)["spec"]["template"][
+        "metadata"]["labels"]
+    pols = [p for p in find(objs, "NetworkPolicy")
+            if labels_match(p["spec"]["podSelector"].get("matchLabels"),
+                            redis_labels)]
+    assert len(pols) == 1, "no NetworkPolicy selects the redis pods"
+    spec = pols[0]["spec"]
+    assert "Ingress" in spec.get("policyTypes", ["Ingress"])
+    rules = spec.get("ingress", [])
+    assert len(rules) == 1, f"expected one ingress rule: {rules}"
+    peers = rules[0].get("from", [])
+    assert peers, "an ingress rule without `from` admits every pod"
+    for peer in peers:
+        assert set(peer) == {"podSelector"}, f"peer {peer} is not only pods"
+        assert labels_match(peer["podSelector"].get("matchLabels"),
+                            app_labels), f"peer {peer} is not gracefuld"
+        assert not labels_match(peer["podSelector"].get("matchLabels"),
+                                redis_labels)
+    ports = rules[0].get("ports", [])
+    assert ports, "an ingress rule without ports admits every port"
+    r = container(objs, "redis")
+    assert [port_number(r, p["port"]) for p in ports] == [6379], ports
+
+
 def selected_deployments(objs, selector):
     return [d["metadata"]["name"] for d in find(objs, "Deployment")
             if labels_match(selector,
@@ -433,7 +515,8 @@ def check_labels(objs):
 CHECKS = [check_grace_period, check_prestop_sleep, check_probes,
           check_rollout, check_security, check_resources,
           check_termination_message, check_image, check_redis,
-          check_services, check_pdb, check_labels]
+          check_services, check_pdb, check_labels, check_redis_auth,
+          check_network_policy]
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
@@ -468,6 +551,14 @@ def app_json_patch(*ops):
     return {"json6902": {"group": "apps", "version": "v1",
                          "kind": "Deployment", "name": APP},
             "ops": [dict(op=o, path=p, value=v) for o, p, v in ops]}
+
+
+def app_json_patch_of(kind, name, group, version, *ops):
+    """A JSON patch of any object."""
+    return {"json6902": {"group": group, "version": version, "kind": kind,
+                         "name": name},
+            "ops": [dict(op=o, path=p, value=v) if v is not None
+                    else dict(op=o, path=p) for o, p, v in ops]}
 
 
 def redis_patch(ctr):
@@ -566,6 +657,30 @@ BREAKAGES = [
      other_patch("Service", APP + "-nodeport", {"ports": [{
          "port": 8080, "protocol": "TCP", "targetPort": "http",
          "nodePort": 30081}]})),
+    ("redis-without-password", check_redis_auth, redis_patch({"args": [
+        "redis-server", "--save", "", "--appendonly", "no"]})),
+    ("password-file-unset", check_redis_auth,
+     app_patch(ctr={"env": [{"name": "REDIS_PASSWORD_FILE",
+                             "$patch": "delete"}]})),
+    ("password-file-elsewhere", check_redis_auth,
+     env_patch("REDIS_PASSWORD_FILE", "/etc/redis-password")),
+    ("other-secret", check_redis_auth,
+     app_patch(pod={"volumes": [{"name": "redis-auth", "secret": {
+         "secretName": "other", "items": [
+             {"key": "password", "path": "password"}]}}]})),
+    ("secret-unreadable", check_redis_auth,
+     app_patch(pod={"securityContext": {"fsGroup": None}})),
+    ("policy-admits-all", check_network_policy,
+     other_patch("NetworkPolicy", "redis", {"ingress": [{"from": [{
+         "podSelector": {}}], "ports": [{"protocol": "TCP", "port": 6379}]}]},
+         api="networking.k8s.io/v1")),
+    ("policy-any-port", check_network_policy,
+     app_json_patch_of("NetworkPolicy", "redis", "networking.k8s.io", "v1",
+                       ("remove", "/spec/ingress/0/ports", None))),
+    ("policy-other-pods", check_network_policy,
+     app_json_patch_of("NetworkPolicy", "redis", "networking.k8s.io", "v1",
+                       ("replace", "/spec/podSelector/matchLabels",
+                        {"app.kubernetes.io/name": APP}))),
     ("pdb-selects-nothing", check_pdb,
      other_patch("PodDisruptionBudget", APP, {"selector": {"matchLabels": {
          "app.kubernetes.io/name": "gracefuld-old"}}}, api="policy/v1")),
@@ -581,6 +696,15 @@ def test_a_broken_manifest_fails(tmp_path, check, patch):
     broken = render_variant(tmp_path, patches=[patch])
     with pytest.raises(AssertionError):
         check(broken)
+
+
+def test_a_shipped_secret_fails(rendered):
+    """A Secret in k8s/ would be a password in the repository."""
+    shipped = rendered + [{"apiVersion": "v1", "kind": "Secret",
+                           "metadata": {"name": "redis-auth"},
+                           "stringData": {"password": "x"}}]
+    with pytest.raises(AssertionError):
+        check_redis_auth(shipped)
 
 
 def test_an_unpatched_copy_passes(tmp_path):
@@ -689,6 +813,11 @@ def pod_env(objs, tmp_path):
     for k in ("LISTEN_ADDR", "REDIS_ADDR"):
         env.pop(k)
     env["TERMINATION_LOG"] = str(tmp_path / "termination-log")
+    # The Secret volume, as a local file: the test's Redis has no password,
+    # which gracefuld notes (redis_auth_unneeded) and works with.
+    secret = tmp_path / "redis-password"
+    secret.write_text("not-a-real-password\n")
+    env["REDIS_PASSWORD_FILE"] = str(secret)
     # What the kubelet adds to every pod; it changes SHUTDOWN_DELAY_MS's
     # default, which the manifest must override.
     env["KUBERNETES_SERVICE_HOST"] = "10.96.0.1"

@@ -23,6 +23,11 @@ ROLLOUT = os.path.join(HERE, "rollout.py")
 IMAGE = "localhost/gracefuld:e2e"
 CONTAINERS_CONF = os.path.join(SOURCE_DIR, "test", "container",
                                "containers.conf")
+sys.path.insert(0, os.path.join(SOURCE_DIR, "test", "container"))
+
+# Skips (fails under CI=true) when podman is missing or cannot run a
+# container on this machine.
+from podman import podman_bin as require_podman  # noqa: E402
 
 
 class Run:
@@ -97,6 +102,7 @@ def remove_new_untagged(before):
 
 @pytest.fixture(scope="module")
 def e2e_image():
+    require_podman()
     base = subprocess.run(
         ["bash", os.path.join(SOURCE_DIR, "test", "container",
                               "base-image.sh")],

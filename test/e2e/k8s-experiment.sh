@@ -137,6 +137,13 @@ wait_for_line() {
 
 # 1. Deploy, and wait until both Deployments are available.
 if $apply; then
+  # Redis requires the password of the Secret redis-auth, which k8s/ does
+  # not ship: a generated one when there is none yet.
+  if ! "${kc[@]}" get secret redis-auth >/dev/null 2>&1; then
+    say "creating Secret redis-auth with a generated password"
+    "${kc[@]}" create secret generic redis-auth \
+      --from-literal=password="$(head -c 24 /dev/urandom | base64)" >&2
+  fi
   say "kubectl apply -k k8s (namespace $namespace)"
   "${kc[@]}" apply -k "$repo/k8s" >&2
 fi
@@ -145,7 +152,10 @@ fi
 
 # 2. A fresh count.
 redis_cli() {
-  "${kc[@]}" exec deployment/redis -- redis-cli "$@"
+  # The password from the pod's own environment, kept off argv.
+  # shellcheck disable=SC2016
+  "${kc[@]}" exec deployment/redis -- \
+    sh -c 'REDISCLI_AUTH="$REDIS_PASSWORD" exec redis-cli "$@"' redis-cli "$@"
 }
 redis_cli DEL "$counter_key" >/dev/null
 say "counter $counter_key reset"

@@ -45,6 +45,7 @@ import math
 import os
 import random
 import re
+import resource
 import select
 import shutil
 import signal
@@ -59,12 +60,19 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE_DIR = (os.environ.get("GRACEFULD_SOURCE_DIR")
               or os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, os.path.join(SOURCE_DIR, "test", "lib"))
+sys.path.insert(0, HERE)
 
 from gracefuld_testlib import LineReader, Redis, stop_process  # noqa: E402
 
 CONTAINERS_CONF = os.path.join(SOURCE_DIR, "test", "container",
                                "containers.conf")
 SANITIZER_MARKS = ("Sanitizer", "runtime error:", "LeakSanitizer")
+# The readiness probe's periodSeconds in k8s/deployment.yaml (a test keeps
+# the two in step).
+MANIFEST_PROBE_PERIOD = 1.0
+# The report's time buckets and the sampling of /metrics and the counter.
+BUCKET_S = 0.1
+SAMPLE_S = 0.25
 
 
 # A stop signal raises KeyboardInterrupt in the main thread, which then
@@ -124,6 +132,9 @@ class Params:
     binary: str = None           # None: $GRACEFULD_BIN
     request_timeout: float = 10.0  # hey -t
     ready_timeout: float = 30.0
+    # The kubelet's readiness probe period: a new replica is ready at the
+    # first probe after its /readyz turned 200. 0: as soon as it is.
+    probe_period: float = MANIFEST_PROBE_PERIOD
 
     @property
     def duration(self):
@@ -148,7 +159,8 @@ class Params:
             raise HarnessError("fewer requests than workers")
         if self.replicas < 1 or self.rollouts < 0:
             raise HarnessError("replicas >= 1 and rollouts >= 0 please")
-        for name in ("endpoint_lag", "prestop", "grace", "spacing"):
+        for name in ("endpoint_lag", "prestop", "grace", "spacing",
+                     "probe_period"):
             if getattr(self, name) < 0:
                 raise HarnessError(f"{name} must not be negative")
         if not self.containers:
@@ -211,6 +223,25 @@ def pick_port():
     raise HarnessError("no free port below the ephemeral range")
 
 
+def redis_get(sock, key):
+    """GET key over an open RESP connection: an int (0 when unset)."""
+    k = key.encode()
+    sock.sendall(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(k), k))
+    data = b""
+    while True:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise OSError("redis closed the connection")
+        data += chunk
+        if data.startswith(b"$-1\r\n"):
+            return 0
+        head, sep, rest = data.partition(b"\r\n")
+        if not head.startswith(b"$"):
+            raise ValueError(f"redis: {data[:80]!r}")
+        if sep and len(rest) >= int(head[1:]) + 2:
+            return int(rest[:int(head[1:])] or 0)
+
+
 def json_events(lines):
     out = []
     for line in lines:
@@ -227,6 +258,46 @@ def fmt_t(t):
     return "-" if t is None else f"{t:6.2f}"
 
 
+class TimedSink:
+    """A replica's log file that also keeps each line with the harness time
+    it arrived at, for the report's phases (the log's own stamps are wall
+    clock, and their format is the service's business)."""
+
+    def __init__(self, path, clock):
+        self._f = open(path, "a")
+        self._clock = clock
+        self.lines = []  # (t, line)
+
+    def write(self, text):
+        self.lines.append((round(self._clock(), 3), text.rstrip("\n")))
+        self._f.write(text)
+
+    def flush(self):
+        self._f.flush()
+
+    def close(self):
+        self._f.close()
+
+
+def log_events(timed_lines):
+    """(t, event) for each JSON object line, event the parsed object."""
+    out = []
+    for t, line in timed_lines:
+        if not line.startswith("{"):
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            out.append((t, obj))
+    return out
+
+
+METRIC_PENDING = re.compile(r"^gracefuld_increments_pending(?:\{[^}]*\})?\s+"
+                            r"(\d+)", re.M)
+
+
 # -- the Service -------------------------------------------------------------
 
 class HAProxy:
@@ -237,10 +308,15 @@ class HAProxy:
 global
     stats socket {sock} mode 600 level admin
     nbthread 1
-    maxconn 4000
+    maxconn {maxconn}
+    # One line per connection, for the report: when it was accepted, the
+    # server, the timers, the bytes, how it ended and the status line's code.
+    log stdout format raw local0 info
 
 defaults
     mode tcp
+    log global
+    log-format "conn %Ts.%ms %s %Tw/%Tc/%Tt %B %U %ts %[var(txn.status)]"
     # As kube-proxy's DNAT: one backend per connection, no second try, a
     # refused connection is the client's problem.
     retries 0
@@ -255,10 +331,19 @@ frontend service
 
 backend endpoints
     balance roundrobin
+    # Reads the status code of the first response on each connection; the
+    # response waits for nothing but its own first 12 bytes.
+    tcp-response inspect-delay 10s
+    tcp-response content set-var(txn.status) res.payload(9,3) if {{ res.len ge 12 }}
+    tcp-response content accept if {{ res.len ge 12 }}
 """
+    # What HAProxy needs besides two descriptors per connection.
+    FD_OVERHEAD = 64
+    MAXCONN_CAP = 4000
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, connections_needed=0):
         self.dir = workdir
+        self.maxconn, self.nofile = self.size(connections_needed)
         self.port = pick_port()
         self.sock = os.path.join(workdir, "haproxy.sock")
         self.cfg = os.path.join(workdir, "haproxy.cfg")
@@ -266,9 +351,27 @@ backend endpoints
         self.proc = None
         self._lock = threading.Lock()
 
+    @classmethod
+    def size(cls, needed):
+        """maxconn from the hard limit on open files that HAProxy will
+        inherit (it raises its soft limit to 2 x maxconn + a few itself, and
+        refuses to start when the hard one is lower); HarnessError when that
+        leaves fewer connections than the load needs."""
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        if hard == resource.RLIM_INFINITY:
+            return cls.MAXCONN_CAP, hard
+        maxconn = min(cls.MAXCONN_CAP, (hard - cls.FD_OVERHEAD) // 2)
+        if maxconn < needed:
+            raise HarnessError(
+                f"the hard limit on open files is {hard}, which lets HAProxy "
+                f"hold {max(maxconn, 0)} connections; the load asks for "
+                f"{needed}: raise it (ulimit -Hn) or use fewer --workers")
+        return maxconn, hard
+
     def start(self, timeout=30):
         with open(self.cfg, "w") as f:
-            f.write(self.CONFIG.format(sock=self.sock, port=self.port))
+            f.write(self.CONFIG.format(sock=self.sock, port=self.port,
+                                       maxconn=self.maxconn))
         # Master-worker mode with systemd's readiness protocol: the master,
         # our child, sends READY=1 once the listener and the admin socket
         # are bound, which is the event we wait for.
@@ -339,6 +442,48 @@ backend endpoints
     def stop(self):
         stop_process(self.proc)  # the master stops its worker, then exits
 
+    def connections(self, wall_t0):
+        """The connections HAProxy logged: (t, server, outcome), t in s
+        after wall_t0 (the load's start, time.time()), by acceptance."""
+        out = []
+        try:
+            with open(self.log, errors="replace") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return out
+        for line in lines:
+            m = CONN_LINE.match(line)
+            if m:
+                out.append((float(m.group("ts")) - wall_t0, m.group("srv"),
+                            connection_outcome(m.group("status"),
+                                               m.group("term"))))
+        return out
+
+
+CONN_LINE = re.compile(
+    r"conn (?P<ts>\d+\.\d+) (?P<srv>\S+) (?P<timers>\S+) (?P<bytes>-?\d+) "
+    r"(?P<up>-?\d+) (?P<term>\S+) (?P<status>\S+)\s*$")
+# The outcomes the report stacks, in order.
+OUTCOMES = ("200", "refused", "reset", "timeout", "5xx", "other")
+
+
+def connection_outcome(status, term):
+    """A connection as the Service saw it: the status code of its first
+    response, or, without one, how it ended (HAProxy's termination state:
+    S? the server refused or aborted it, C/c/s? a side gave up waiting)."""
+    if status.isdigit():
+        code = int(status)
+        if code == 200:
+            return "200"
+        return "5xx" if 500 <= code < 600 else "other"
+    if term.startswith("SC"):
+        return "refused"
+    if term[:1] == "S":
+        return "reset"
+    if term[:1] in ("C", "c", "s"):
+        return "timeout"
+    return "other"
+
 
 # -- replicas ----------------------------------------------------------------
 
@@ -358,6 +503,7 @@ class Replica:
         self.deleted_at = self.unrouted_at = None
         self.sigterm_at = self.exited_at = None
         self.returncode = None
+        self.pending = []            # (t, increments pending) from /metrics
         self.killed = False          # SIGKILL at the end of the grace period
         self.stopped_at_end = False  # survivor, stopped after the load
         self.early_exit = False      # exited before anyone asked it to
@@ -370,13 +516,59 @@ class Replica:
         env["REDIS_ADDR"] = self.exp.redis.addr
         return env
 
+    def mark(self, kind, detail="", t=None):
+        """One lifecycle event of this replica, for the report."""
+        self.exp.lifecycle.append(
+            (round(self.exp.now() if t is None else t, 3), self.name, kind,
+             detail))
+
     def start(self):
         self.started_at = self.exp.now()
         with held_signals():
             self.proc = self._popen()
-        self._sink = open(self.log_path, "a")
+        self._sink = TimedSink(self.log_path, self.exp.now)
         self.log = LineReader(self.proc.stderr, self._sink)
+        self.mark("started", t=self.started_at)
         return self
+
+    def running(self):
+        return (self.proc is not None and self.exited_at is None
+                and self.proc.poll() is None)
+
+    def sample(self):
+        """Increments pending now, from /metrics; None when it does not
+        answer (its listener is closed while it drains)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port,
+                                          timeout=0.5)
+        try:
+            conn.request("GET", "/metrics", headers={"Connection": "close"})
+            resp = conn.getresponse()
+            body = resp.read().decode("utf-8", "replace")
+        except (OSError, http.client.HTTPException):
+            return None
+        finally:
+            conn.close()
+        m = METRIC_PENDING.search(body)
+        if resp.status != 200 or not m:
+            return None
+        self.pending.append((round(self.exp.now(), 3), int(m.group(1))))
+        return self.pending[-1][1]
+
+    def lifecycle_from_log(self):
+        """The shutdown phases and signals it logged, as lifecycle events;
+        read by event name and field, whatever else the line holds."""
+        out = []
+        for t, ev in log_events(self._sink.lines if self.log else []):
+            name = ev.get("event")
+            if name == "phase":
+                phase = ev.get("phase") or ev.get("to") or ev.get("name")
+                if phase:
+                    out.append((t, self.name, "phase", str(phase)))
+                if isinstance(ev.get("pending"), int):
+                    self.pending.append((t, ev["pending"]))
+            elif name == "signal" and isinstance(ev.get("pending"), int):
+                self.pending.append((t, ev["pending"]))
+        return out
 
     def wait_event(self, event, timeout):
         def match(line):
@@ -391,20 +583,33 @@ class Replica:
         logs redis_up at the moment that starts to be true, so we await the
         line, then probe to confirm (and probe on, kubelet-like, if not)."""
         deadline = time.monotonic() + timeout
-        try:
-            self.wait_event("redis_up", timeout)
-        except TimeoutError as e:
-            raise HarnessError(f"{self.name} did not reach Redis:\n{e}")
+        period = self.exp.p.probe_period
+        if period <= 0:
+            try:
+                self.wait_event("redis_up", timeout)
+            except TimeoutError as e:
+                raise HarnessError(f"{self.name} did not reach Redis:\n{e}")
+        probes = 0
         while True:
+            if period > 0:
+                # The kubelet's probe worker starts with the pod, before its
+                # container runs, and ticks every period: the first probe of
+                # a running container comes within a period of its start
+                # (taken here as the whole period), whatever its log says.
+                probes += 1
+                self.exp.pause_until(self.started_at + probes * period)
             status = self.probe("/readyz")
             if status == 200:
                 self.ready_at = self.exp.now()
+                self.mark("ready", f"/readyz 200 at probe {probes}"
+                          if period > 0 else "/readyz 200")
                 return
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise HarnessError(
                     f"{self.name} not ready (/readyz {status}); log:\n"
                     + "\n".join(self.log.lines[-20:]))
-            self.exp.pause(0.1)  # the probe period
+            if period <= 0:
+                self.exp.pause(0.1)
 
     def probe(self, path):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
@@ -423,6 +628,18 @@ class Replica:
         self.exited_at = self.exp.now()
         self.log.join()
         self._sink.close()
+        s = self.summary() or {}
+        report = " ".join(f"{k}={s[k]}" for k in
+                          ("reason", "accepted", "done", "abandoned")
+                          if k in s)
+        if not self.killed and isinstance(s.get("abandoned"), int):
+            # What it left pending when it exited: what it abandoned.
+            self.pending.append((round(self.exited_at, 3), s["abandoned"]))
+        if self.killed:
+            self.mark("sigkill", "grace period over" if self.sigterm_at
+                      is not None else "no grace period", t=self.exited_at)
+        self.mark("exit", f"{self.status_text()} {report}".strip(),
+                  t=self.exited_at)
 
     def terminate_pod(self, deleted_at):
         """The kubelet's part after the deletion: preStop, SIGTERM, SIGKILL
@@ -522,6 +739,7 @@ class ProcessReplica(Replica):
         if remaining > 0:
             self.sigterm_at = self.exp.now()
             self.proc.send_signal(signal.SIGTERM)
+            self.mark("sigterm", t=self.sigterm_at)
             try:
                 self.proc.wait(remaining)
             except subprocess.TimeoutExpired:
@@ -569,6 +787,7 @@ class ContainerReplica(Replica):
         # after N whole seconds; it returns once the container is gone.
         secs = max(0, math.ceil(remaining))
         self.sigterm_at = self.exp.now()
+        self.mark("sigterm", f"podman stop -t {secs}", t=self.sigterm_at)
         out = self._podman("stop", "-t", str(secs), self.cname,
                            timeout=secs + 60)
         try:
@@ -651,6 +870,11 @@ class Experiment:
         self.serving = []      # the Deployment's current replicas
         self.terminations = []
         self.rollout_times = []
+        # (t, replica, kind, detail): started, ready, deleted, unrouted,
+        # sigterm, phase, sigkill, exit; the report draws every kind.
+        self.lifecycle = []
+        self.counter_samples = []  # (t, the Redis counter)
+        self.wall_t0 = time.time()
         self.errors = []       # exceptions from background threads
         self._seq = 0
         self._lock = threading.Lock()
@@ -680,7 +904,7 @@ class Experiment:
 
     # -- the pieces ------------------------------------------------------
 
-    def new_replica(self, role):
+    def new_replica(self, role, wait=True):
         with self._lock:
             self._seq += 1
             name = f"r{self._seq}"
@@ -688,7 +912,8 @@ class Experiment:
         r = cls(self, name, role)
         self.replicas.append(r)
         r.start()
-        r.wait_ready(self.p.ready_timeout)
+        if wait:
+            r.wait_ready(self.p.ready_timeout)
         return r
 
     def _background(self, target, *args):
@@ -708,6 +933,7 @@ class Experiment:
         """A Deployment scaling down: the endpoint goes after the lag,
         the kubelet stops the container at the same time."""
         r.deleted_at = self.now()
+        r.mark("deleted", t=r.deleted_at)
         self.say(f"{r.name}: deleted (endpoint out in {self.p.endpoint_lag}s"
                  f", preStop {self.p.prestop}s, grace {self.p.grace}s)")
 
@@ -715,6 +941,7 @@ class Experiment:
             self.pause_until(r.deleted_at + self.p.endpoint_lag)
             self.lb.maint(r.name)
             r.unrouted_at = self.now()
+            r.mark("unrouted", "out of the Service", t=r.unrouted_at)
             self.say(f"{r.name}: out of the Service")
 
         def kubelet():
@@ -772,15 +999,29 @@ class Experiment:
             self.redis = Redis().start()
         # Known to the cleanup before it starts: it may be interrupted
         # while waiting for HAProxy to be ready.
-        self.lb = HAProxy(self.workdir)
+        # Each hey worker holds one connection at a time, and one closing.
+        self.lb = HAProxy(self.workdir, 2 * p.workers + 16)
+        self.say(f"haproxy: maxconn {self.lb.maxconn} (hard file limit "
+                 f"{self.lb.nofile})")
         self.lb.start()
+        # The Deployment's first replicas start together, as a new
+        # Deployment's pods do, and are probed side by side.
         for _ in range(p.replicas):
-            r = self.new_replica("initial")
+            self.serving.append(self.new_replica("initial", wait=False))
+        for r in self.serving:
+            r.wait_ready(p.ready_timeout)
             self.lb.add(r.name, r.port)
-            self.serving.append(r)
         self.t0 = time.monotonic()  # t = 0: the load starts
+        self.wall_t0 = time.time()
+        self.lifecycle.clear()
         for r in self.replicas:
             r.started_at = r.ready_at = 0.0
+            r.mark("started", "before the load", t=0.0)
+            r.mark("ready", "before the load", t=0.0)
+        sampling = threading.Event()
+        sampler = threading.Thread(target=self._sample, args=(sampling,),
+                                   daemon=True)
+        sampler.start()
         self.say(f"load: {p.requests} requests at {p.rate:g}/s "
                  f"({p.workers} workers), keep-alive "
                  f"{'on' if p.keep_alive else 'off'}, "
@@ -817,15 +1058,68 @@ class Experiment:
         if self.errors:
             raise HarnessError("; ".join(self.errors))
         self.say("replicas: all stopped")
+        sampling.set()
+        sampler.join()
         for r in self.replicas:
             self.lb.delete(r.name)
         counter = self.redis.counter()
+        self.counter_samples.append((round(self.now(), 3), counter))
         with open(self.hey_out) as f:
             hey_text = f.read()
         if self.hey.returncode != 0:
             raise HarnessError(f"hey failed ({self.hey.returncode}):\n"
                                f"{hey_text}")
         return self.result(parse_hey(hey_text), counter, load_end)
+
+    def _sample(self, stop):
+        """A few times a second: each running replica's pending increments
+        and the Redis counter, for the report."""
+        redis = None
+        while not stop.is_set() and not self.abort.is_set():
+            for r in list(self.replicas):
+                if r.running():
+                    r.sample()
+            try:
+                if redis is None:
+                    redis = socket.create_connection(
+                        ("127.0.0.1", self.redis.port), timeout=1)
+                self.counter_samples.append(
+                    (round(self.now(), 3), redis_get(redis, "counter")))
+            except (OSError, ValueError):
+                if redis is not None:
+                    redis.close()
+                redis = None
+            stop.wait(SAMPLE_S)
+        if redis is not None:
+            redis.close()
+
+    def timeline(self):
+        """What the report draws: outcomes per bucket (by the time
+        HAProxy accepted the connection), the lifecycle events, pending
+        increments per replica and the counter over time."""
+        conns = self.lb.connections(self.wall_t0)
+        end = max([self.now()] + [t for t, _, _ in conns])
+        buckets = [{} for _ in range(int(math.ceil(end / BUCKET_S)) + 1)]
+        for t, _, outcome in conns:
+            b = buckets[min(len(buckets) - 1, max(0, int(t / BUCKET_S)))]
+            b[outcome] = b.get(outcome, 0) + 1
+        while len(buckets) > 1 and not buckets[-1]:
+            buckets.pop()
+        events = list(self.lifecycle)
+        for r in self.replicas:
+            events += r.lifecycle_from_log()
+        events.sort(key=lambda e: (e[0], e[1]))
+        return {
+            "bucket_s": BUCKET_S,
+            "outcomes": list(OUTCOMES),
+            # Without keep-alive one connection is one request.
+            "per_request": not self.p.keep_alive,
+            "buckets": buckets,
+            "lifecycle": [list(e) for e in events],
+            "pending": {r.name: [list(x) for x in sorted(r.pending)]
+                        for r in self.replicas},
+            "counter": [list(x) for x in self.counter_samples],
+        }
 
     def result(self, hey, counter, load_end):
         p = self.p
@@ -875,6 +1169,7 @@ class Experiment:
             "replicas": reports,
             "sanitizer": sanitizer,
             "workdir": self.workdir,
+            "timeline": self.timeline(),
         }
 
     # -- the way out -----------------------------------------------------
@@ -945,7 +1240,8 @@ def table(res):
     lines.append(
         f"  endpoint lag {p['endpoint_lag']:g}s, preStop {p['prestop']:g}s, "
         f"grace {p['grace']:g}s, INCR_DELAY_MS {p['incr_delay_ms']}, "
-        f"SHUTDOWN_DELAY_MS {p['shutdown_delay_ms']}")
+        f"SHUTDOWN_DELAY_MS {p['shutdown_delay_ms']}, probe period "
+        f"{p.get('probe_period', 0):g}s")
     lines.append("")
     fails = ", ".join(f"{k} {v}" for k, v in sorted(res["failures"].items()))
     rows = [
@@ -1029,6 +1325,11 @@ def parse_args(argv):
                     help="gracefuld's SHUTDOWN_DELAY_MS (default %(default)s)")
     ap.add_argument("--shutdown-timeout-ms", type=int, default=None,
                     help="gracefuld's SHUTDOWN_TIMEOUT_MS (default: its own)")
+    ap.add_argument("--probe-period", type=float, default=d.probe_period,
+                    metavar="SECONDS", help="the readiness probe's "
+                    "periodSeconds: a new replica is ready at the first probe "
+                    "after its /readyz is 200; 0: at once (default "
+                    "%(default)g, as in k8s/)")
     ap.add_argument("--containers", action="store_true",
                     help="replicas are podman containers of --image "
                     "(default: processes of --bin)")
@@ -1041,6 +1342,17 @@ def parse_args(argv):
                     "directory, removed after a pass)")
     ap.add_argument("--json", default=None, metavar="FILE",
                     help="also write the JSON result to FILE")
+    ap.add_argument("--report", default=None, metavar="FILE.html",
+                    help="write the HTML report (one self-contained file) "
+                    "to FILE.html")
+    ap.add_argument("--compare", action="store_true",
+                    help="run the negative control (see --control) first, "
+                    "then this configuration, and report them side by side; "
+                    "exit 0 when this one passed and the control failed")
+    ap.add_argument("--control", choices=sorted(CONTROLS), default="both",
+                    help="the negative control of --compare: no-delay (no "
+                    "SHUTDOWN_DELAY_MS, no preStop), zero-grace (SIGKILL at "
+                    "the deletion) or both (default %(default)s)")
     ap.add_argument("--quiet", action="store_true",
                     help="no timeline on stderr while it runs")
     a = ap.parse_args(argv)
@@ -1052,7 +1364,19 @@ def parse_args(argv):
         grace=a.grace, incr_delay_ms=a.incr_delay_ms,
         shutdown_delay_ms=a.shutdown_delay_ms,
         shutdown_timeout_ms=a.shutdown_timeout_ms, containers=a.containers,
-        image=a.image, binary=a.bin)
+        image=a.image, binary=a.bin, probe_period=a.probe_period)
+
+
+# The negative controls of --compare: what each takes away.
+CONTROLS = {
+    "no-delay": {"shutdown_delay_ms": 0, "prestop": 0.0},
+    "zero-grace": {"grace": 0.0},
+    "both": {"shutdown_delay_ms": 0, "prestop": 0.0, "grace": 0.0},
+}
+
+
+def control_of(params, control):
+    return dataclasses.replace(params, **CONTROLS[control])
 
 
 def main(argv=None):
@@ -1072,36 +1396,67 @@ def main(argv=None):
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, on_signal)
 
-    exp = Experiment(params, args.workdir,
-                     None if args.quiet else sys.stderr)
-    try:
-        res = exp.run()
-    except HarnessError as e:
-        print(f"rollout: could not run the experiment: {e}", file=sys.stderr)
-        print(f"rollout: logs in {exp.workdir}", file=sys.stderr)
+    runs = [("", params)]
+    if args.compare:
+        runs = [(f"negative control ({args.control})",
+                 control_of(params, args.control)),
+                ("recommended", params)]
+    results, exps = [], []
+    for i, (title, p) in enumerate(runs):
+        workdir = args.workdir
+        if workdir and len(runs) > 1:
+            workdir = os.path.join(workdir, f"run{i + 1}")
+        exp = Experiment(p, workdir, None if args.quiet else sys.stderr)
+        exps.append(exp)
+        if title:
+            exp.say(f"experiment {i + 1} of {len(runs)}: {title}")
+        try:
+            res = exp.run()
+        except HarnessError as e:
+            print(f"rollout: could not run the experiment: {e}",
+                  file=sys.stderr)
+            print(f"rollout: logs in {exp.workdir}", file=sys.stderr)
+            exp.cleanup()
+            return 2
+        except KeyboardInterrupt:
+            print("rollout: interrupted; stopping everything it started",
+                  file=sys.stderr)
+            exp.cleanup()
+            for e in exps:
+                e.remove_workdir()
+            return 130
+        except BaseException:
+            exp.cleanup()
+            raise
         exp.cleanup()
-        return 2
-    except KeyboardInterrupt:
-        print("rollout: interrupted; stopping everything it started",
-              file=sys.stderr)
-        exp.cleanup()
-        exp.remove_workdir()
-        return 130
-    except BaseException:
-        exp.cleanup()
-        raise
-    exp.cleanup()
-    print(table(res))
-    line = json.dumps(res, sort_keys=True)
+        res["title"] = title
+        results.append(res)
+        if title:
+            print(f"== {title}")
+        print(table(res))
+    if args.compare:
+        control, recommended = results
+        ok = control["verdict"] == "fail" and recommended["verdict"] == "pass"
+        out = {"verdict": "pass" if ok else "fail", "runs": results}
+    else:
+        out = results[0]
+        ok = out["verdict"] == "pass"
+    if args.report:
+        import report  # test/e2e/report.py, beside this file
+        with open(args.report, "w") as f:
+            f.write(report.render(results))
+        print(f"rollout: report in {args.report}", file=sys.stderr)
+    line = json.dumps(out, sort_keys=True)
     print(line)
     if args.json:
         with open(args.json, "w") as f:
             f.write(line + "\n")
-    if res["verdict"] == "pass":
-        exp.remove_workdir()
-    else:
-        print(f"rollout: logs in {exp.workdir}", file=sys.stderr)
-    return 0 if res["verdict"] == "pass" else 1
+    for exp, res in zip(exps, results):
+        if res["verdict"] == "pass" or (args.compare and ok):
+            exp.remove_workdir()
+        else:
+            print(f"rollout: logs in {exp.workdir}", file=sys.stderr)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -80,9 +80,13 @@ def test_keep_alive_on_prestop_sleep_covers_the_endpoint_lag(experiment):
 def test_stress_420_per_second_three_rollouts_keep_alive_on(experiment):
     """420 requests per second on keep-alive connections for 16 s, three
     rollouts 4 s apart (nine replicas replaced, nine drains overlapping
-    the load), preStop 1.5 s and SHUTDOWN_DELAY_MS 1000 as in k8s/."""
+    the load), preStop 1.5 s and SHUTDOWN_DELAY_MS 1000 as in k8s/. New
+    replicas count as ready at once (--probe-period 0), so each rollout
+    replaces its three replicas within milliseconds and their drains
+    overlap."""
     requests = 6720
     run = experiment("--requests", requests, "--rate", 420, "--workers", 20,
+                     "--probe-period", 0,
                      "--keep-alive", "on", "--rollouts", 3, "--spacing", 4,
                      "--endpoint-lag", 1, "--prestop", 1.5,
                      "--shutdown-delay-ms", 1000, "--incr-delay-ms", 2000,

@@ -30,6 +30,7 @@ def test_known_path_with_other_method_is_405_with_allow(server):
 
 def test_head_on_health_endpoints_has_no_body(server):
     g = server()
+    g.wait_event("redis_up")  # /readyz is 200 only from then on
     for path in ("/healthz", "/readyz"):
         status, headers, body = g.request(path, method="HEAD")
         assert status == 200
@@ -82,6 +83,7 @@ def test_http10_closes_unless_it_asks_for_keep_alive(server):
 
 def test_pipelined_requests_are_answered_in_order(server):
     g = server()
+    g.wait_event("redis_up")  # for the /readyz at the end
     s = g.raw()
     s.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
               b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n"

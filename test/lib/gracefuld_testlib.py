@@ -100,10 +100,12 @@ class Redis:
     """A private redis-server on a free port in a temporary directory,
     without persistence."""
 
-    def __init__(self, port=None):
+    def __init__(self, port=None, args=(), password=None):
         self.port = port or free_port()
         self.dir = None
         self.proc = None
+        self.args = list(args)  # more redis-server options
+        self.password = password  # for cli(), when Redis requires one
 
     def start(self, timeout=10.0):
         server = shutil.which("redis-server")
@@ -115,7 +117,7 @@ class Redis:
         self.proc = subprocess.Popen(
             [server, "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", self.dir,
-             "--logfile", "", "--daemonize", "no"],
+             "--logfile", "", "--daemonize", "no", *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.out = LineReader(self.proc.stdout)
         self.out.wait_for(lambda l: "Ready to accept connections" in l,
@@ -133,7 +135,10 @@ class Redis:
             self.dir = None
 
     def cli(self, *args):
-        out = subprocess.run(["redis-cli", "-p", str(self.port), *args],
+        auth = ["--no-auth-warning", "-a", self.password] \
+            if self.password else []
+        out = subprocess.run(["redis-cli", "-p", str(self.port), *auth,
+                              *args],
                              check=True, capture_output=True, text=True,
                              timeout=10)
         return out.stdout.strip()

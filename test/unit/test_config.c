@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config.h"
 
@@ -114,8 +115,8 @@ static void test_config_defaults_without_flags_or_environment(void **state) {
   assert_int_equal(sin->sin_family, AF_INET);
   assert_int_equal(ntohs(sin->sin_port), 8080);
   assert_int_equal(ntohl(sin->sin_addr.s_addr), INADDR_ANY);
-  assert_string_equal(cfg.redis_host, "127.0.0.1");
-  assert_int_equal(cfg.redis_port, 6379);
+  assert_string_equal(cfg.redis.host, "127.0.0.1");
+  assert_int_equal(cfg.redis.port, 6379);
   assert_int_equal(cfg.incr_delay_ms, 5000);
   assert_string_equal(cfg.counter_key, "counter");
   assert_int_equal(cfg.shutdown_delay_ms, 0);
@@ -182,8 +183,8 @@ static void test_config_environment_overrides_every_default(void **state) {
   expect_ok(NONE, every_env);
   assert_string_equal(cfg.listen_host, "127.0.0.1");
   assert_int_equal(cfg.listen_port, 9001);
-  assert_string_equal(cfg.redis_host, "redis.example");
-  assert_int_equal(cfg.redis_port, 6390);
+  assert_string_equal(cfg.redis.host, "redis.example");
+  assert_int_equal(cfg.redis.port, 6390);
   assert_int_equal(cfg.incr_delay_ms, 250);
   assert_string_equal(cfg.counter_key, "env:key");
   assert_int_equal(cfg.shutdown_delay_ms, 1200);
@@ -216,8 +217,8 @@ test_config_flags_override_every_environment_variable(void **state) {
             every_env);
   assert_string_equal(cfg.listen_host, "127.0.0.2");
   assert_int_equal(cfg.listen_port, 9002);
-  assert_string_equal(cfg.redis_host, "10.1.2.3");
-  assert_int_equal(cfg.redis_port, 6391);
+  assert_string_equal(cfg.redis.host, "10.1.2.3");
+  assert_int_equal(cfg.redis.port, 6391);
   assert_int_equal(cfg.incr_delay_ms, 1);
   assert_string_equal(cfg.counter_key, "flag:key");
   assert_int_equal(cfg.shutdown_delay_ms, 2);
@@ -320,15 +321,15 @@ static void test_config_listen_accepts_bracketed_ipv6_address(void **state) {
 static void test_config_redis_accepts_host_name_and_ip_literals(void **state) {
   (void)state;
   expect_ok(NONE, LIST("REDIS_ADDR=redis.default.svc.cluster.local:6380"));
-  assert_string_equal(cfg.redis_host, "redis.default.svc.cluster.local");
-  assert_int_equal(cfg.redis_port, 6380);
+  assert_string_equal(cfg.redis.host, "redis.default.svc.cluster.local");
+  assert_int_equal(cfg.redis.port, 6380);
   expect_ok(NONE, LIST("REDIS_ADDR=10.0.0.7:6379"));
-  assert_string_equal(cfg.redis_host, "10.0.0.7");
+  assert_string_equal(cfg.redis.host, "10.0.0.7");
   expect_ok(NONE, LIST("REDIS_ADDR=[::1]:6379"));
-  assert_string_equal(cfg.redis_host, "::1");
-  assert_int_equal(cfg.redis_port, 6379);
+  assert_string_equal(cfg.redis.host, "::1");
+  assert_int_equal(cfg.redis.port, 6379);
   expect_ok(NONE, LIST("REDIS_ADDR=redis:65535"));
-  assert_int_equal(cfg.redis_port, 65535);
+  assert_int_equal(cfg.redis.port, 65535);
 }
 
 static void test_config_rejects_address_without_port(void **state) {
@@ -622,8 +623,130 @@ static void test_config_version_prints_version_and_exits(void **state) {
   assert_string_equal(printed, "gracefuld " GRACEFULD_VERSION "\n");
 }
 
+/* ---- Redis URL, user and password -------------------------------------- */
+
+static void test_config_redis_url_sets_target_user_password_db(void **state) {
+  (void)state;
+  expect_ok(NONE, LIST("REDIS_URL=redis://app:pw%40x@redis.example:6390/4"));
+  assert_int_equal(cfg.redis.transport, REDIS_TCP);
+  assert_string_equal(cfg.redis.host, "redis.example");
+  assert_int_equal(cfg.redis.port, 6390);
+  assert_int_equal(cfg.redis.db, 4);
+  assert_string_equal(cfg.redis.user, "app");
+  assert_string_equal(cfg.redis.password, "pw@x");
+  expect_ok(LIST("--redis-url", "unix:///tmp/r.sock?db=1"), NONE);
+  assert_int_equal(cfg.redis.transport, REDIS_UNIX);
+  assert_string_equal(cfg.redis.path, "/tmp/r.sock");
+  assert_int_equal(cfg.redis.db, 1);
+}
+
+static void test_config_redis_url_and_addr_together_name_both(void **state) {
+  (void)state;
+  expect_error(NONE, LIST("REDIS_URL=redis://h", "REDIS_ADDR=h:1"),
+               LIST("REDIS_URL", "REDIS_ADDR"));
+  expect_error(LIST("--redis", "h:1"), LIST("REDIS_URL=redis://h"),
+               LIST("REDIS_URL", "REDIS_ADDR"));
+}
+
+static void test_config_bad_redis_url_never_echoes_the_password(void **state) {
+  (void)state;
+  expect_error(NONE, LIST("REDIS_URL=rediss://:hunter2@h"),
+               LIST("REDIS_URL", "rediss://:***@h", "TLS"));
+  assert_null(strstr(err, "hunter2"));
+  expect_error(NONE, LIST("REDIS_URL=redis://u:hunter2@h:0"),
+               LIST("REDIS_URL", "port"));
+  assert_null(strstr(err, "hunter2"));
+}
+
+static const char *write_file(const char *text) {
+  static char path[] = "/tmp/gracefuld-test-secret-XXXXXX";
+  memcpy(path + strlen(path) - 6, "XXXXXX", 6);
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+  close(fd);
+  return path;
+}
+
+static void test_config_password_file_drops_one_trailing_newline(void **state) {
+  (void)state;
+  char env[128];
+  const char *path = write_file("pa ss\n");
+  snprintf(env, sizeof env, "REDIS_PASSWORD_FILE=%s", path);
+  expect_ok(NONE, LIST(env, "REDIS_USERNAME=app"));
+  unlink(path);
+  assert_string_equal(cfg.redis.password, "pa ss");
+  assert_true(cfg.redis.has_password);
+  assert_string_equal(cfg.redis.user, "app");
+}
+
+static void test_config_password_file_errors_name_the_file_only(void **state) {
+  (void)state;
+  char env[128];
+  expect_error(NONE, LIST("REDIS_PASSWORD_FILE=/nonexistent/pw"),
+               LIST("REDIS_PASSWORD_FILE", "/nonexistent/pw", "cannot open"));
+  const char *path = write_file("\n");
+  snprintf(env, sizeof env, "REDIS_PASSWORD_FILE=%s", path);
+  expect_error(NONE, LIST(env), LIST("REDIS_PASSWORD_FILE", "empty"));
+  unlink(path);
+  path = write_file("hunter2");
+  snprintf(env, sizeof env, "REDIS_PASSWORD_FILE=%s", path);
+  expect_error(NONE, LIST(env, "REDIS_URL=redis://:other@h"),
+               LIST("REDIS_PASSWORD_FILE", "one place"));
+  unlink(path);
+  assert_null(strstr(err, "hunter2"));
+  expect_error(NONE, LIST("REDIS_URL=redis://a@h", "REDIS_USERNAME=b"),
+               LIST("REDIS_USERNAME", "one place"));
+  expect_error(NONE, LIST("REDIS_USERNAME=app"),
+               LIST("REDIS_USERNAME", "needs a password"));
+  expect_error(NONE, LIST("REDIS_URL=redis://app@h"),
+               LIST("REDIS_URL", "needs a password"));
+}
+
+static void
+test_config_sentinels_with_default_port_and_master_name(void **state) {
+  (void)state;
+  expect_ok(NONE, LIST("REDIS_SENTINELS=s1:26380,10.0.0.2,[::1]:5",
+                       "REDIS_MASTER_NAME=mymaster", "REDIS_MIN_REPLICAS=1"));
+  assert_int_equal(cfg.n_sentinels, 3);
+  assert_string_equal(cfg.sentinels[0].host, "s1");
+  assert_int_equal(cfg.sentinels[0].port, 26380);
+  assert_string_equal(cfg.sentinels[1].host, "10.0.0.2");
+  assert_int_equal(cfg.sentinels[1].port, 26379);
+  assert_string_equal(cfg.sentinels[2].host, "::1");
+  assert_int_equal(cfg.sentinels[2].port, 5);
+  assert_string_equal(cfg.master_name, "mymaster");
+  assert_int_equal(cfg.min_replicas, 1);
+}
+
+static void test_config_sentinel_settings_go_together(void **state) {
+  (void)state;
+  expect_error(NONE, LIST("REDIS_SENTINELS=s1"),
+               LIST("REDIS_SENTINELS", "REDIS_MASTER_NAME"));
+  expect_error(NONE, LIST("REDIS_MASTER_NAME=m"),
+               LIST("REDIS_MASTER_NAME", "REDIS_SENTINELS"));
+  expect_error(
+      NONE, LIST("REDIS_SENTINELS=s1", "REDIS_MASTER_NAME=m", "REDIS_ADDR=h:1"),
+      LIST("REDIS_SENTINELS", "REDIS_ADDR"));
+  expect_error(NONE,
+               LIST("REDIS_SENTINELS=s1", "REDIS_MASTER_NAME=m",
+                    "REDIS_URL=unix:///tmp/r.sock"),
+               LIST("REDIS_SENTINELS", "unix"));
+  expect_rejected("redis-sentinels", "REDIS_SENTINELS", "s1,,s2");
+  expect_rejected("redis-sentinels", "REDIS_SENTINELS", "s1:0");
+  expect_rejected("redis-sentinels", "REDIS_SENTINELS", "a,b,c,d,e,f,g,h,i");
+  expect_rejected("redis-min-replicas", "REDIS_MIN_REPLICAS", "17");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_config_sentinels_with_default_port_and_master_name),
+      cmocka_unit_test(test_config_sentinel_settings_go_together),
+      cmocka_unit_test(test_config_redis_url_sets_target_user_password_db),
+      cmocka_unit_test(test_config_redis_url_and_addr_together_name_both),
+      cmocka_unit_test(test_config_bad_redis_url_never_echoes_the_password),
+      cmocka_unit_test(test_config_password_file_drops_one_trailing_newline),
+      cmocka_unit_test(test_config_password_file_errors_name_the_file_only),
       cmocka_unit_test(test_config_defaults_without_flags_or_environment),
       cmocka_unit_test(
           test_config_shutdown_delay_defaults_to_5000_under_kubernetes),

@@ -305,12 +305,12 @@ static void test_shutdown_names_phases_and_reasons(void **state) {
 static void test_shutdown_exit_code_is_0_when_drained(void **state) {
   (void)state;
   reach(PHASE_DONE);
-  assert_int_equal(shutdown_exit_code(&s, 0), 0);
+  assert_int_equal(shutdown_exit_code(&s, 0, 0), 0);
   /* Cut short with nothing pending: nothing was lost, so still 0. */
   reach(PHASE_DRAINING);
   shutdown_deadline_passed(&s, T0 + 26000);
   assert_int_equal(s.reason, REASON_TIMEOUT);
-  assert_int_equal(shutdown_exit_code(&s, 0), 0);
+  assert_int_equal(shutdown_exit_code(&s, 0, 0), 0);
 }
 
 static void
@@ -318,19 +318,30 @@ test_shutdown_exit_code_is_3_when_increments_abandoned(void **state) {
   (void)state;
   reach(PHASE_FLUSHING);
   shutdown_deadline_passed(&s, T0 + 26000);
-  assert_int_equal(shutdown_exit_code(&s, 12), 3);
+  assert_int_equal(shutdown_exit_code(&s, 12, 0), 3);
   reach(PHASE_DRAINING);
   shutdown_signal(&s, T0 + 3000);
-  assert_int_equal(shutdown_exit_code(&s, 1), 3);
+  assert_int_equal(shutdown_exit_code(&s, 1, 0), 3);
 }
 
 static void test_shutdown_exit_code_is_1_on_failure(void **state) {
   (void)state;
   reach(PHASE_RUNNING);
   shutdown_fail(&s, T0 + 1);
-  assert_int_equal(shutdown_exit_code(&s, 0), 1);
+  assert_int_equal(shutdown_exit_code(&s, 0, 0), 1);
   /* A failure is a failure, however much was abandoned with it. */
-  assert_int_equal(shutdown_exit_code(&s, 5), 1);
+  assert_int_equal(shutdown_exit_code(&s, 5, 0), 1);
+}
+
+static void test_shutdown_exit_code_is_4_when_increments_failed(void **state) {
+  (void)state;
+  reach(PHASE_DONE);
+  assert_int_equal(shutdown_exit_code(&s, 0, 3), 4);
+  /* Abandoned says more (the shutdown was cut short): it wins. */
+  assert_int_equal(shutdown_exit_code(&s, 2, 3), 3);
+  reach(PHASE_RUNNING);
+  shutdown_fail(&s, T0 + 1);
+  assert_int_equal(shutdown_exit_code(&s, 0, 3), 1);
 }
 
 int main(void) {
@@ -364,6 +375,7 @@ int main(void) {
       cmocka_unit_test(test_shutdown_exit_code_is_0_when_drained),
       cmocka_unit_test(test_shutdown_exit_code_is_3_when_increments_abandoned),
       cmocka_unit_test(test_shutdown_exit_code_is_1_on_failure),
+      cmocka_unit_test(test_shutdown_exit_code_is_4_when_increments_failed),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

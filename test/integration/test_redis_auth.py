@@ -1,0 +1,298 @@
+"""Redis as production runs it: a password (--requirepass), an ACL user
+granted only what gracefuld needs, a unix socket, a non-zero database,
+wrong credentials, a password added later, a master turned replica
+(READONLY). Every case runs against a real redis-server, and no password
+may ever reach a log line, --help, /metrics or the termination message."""
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from gracefuld_testlib import Gracefuld, Redis, require_binary
+
+PASSWORD = "s3cret-pw"
+
+
+def no_password_in(g, *more):
+    """The password appears nowhere gracefuld wrote."""
+    text = "\n".join(g.log.lines)
+    assert PASSWORD not in text, "the password reached the log"
+    for extra in more:
+        assert PASSWORD not in extra
+
+
+def secret_file(tmp_path, value=PASSWORD + "\n"):
+    path = tmp_path / "redis-password"
+    path.write_text(value)
+    return str(path)
+
+
+def count_and_drain(g, redis, n, key="counter"):
+    g.wait_event("redis_up")
+    assert g.get("/readyz") == 200
+    for _ in range(n):
+        assert g.get("/incr") == 200
+    metrics = g.request("/metrics")[2].decode()
+    g.signal()
+    assert g.wait(15) == 0
+    summary = g.wait_event("exit")
+    assert summary["done"] == n and summary["failed"] == 0
+    assert redis.counter(key) == n
+    return metrics
+
+
+@pytest.fixture
+def protected():
+    r = Redis(args=["--requirepass", PASSWORD], password=PASSWORD).start()
+    yield r
+    r.cleanup()
+
+
+def test_requirepass_with_the_password_in_the_url(protected, tmp_path):
+    term = tmp_path / "termination-log"
+    g = Gracefuld(env={
+        "REDIS_URL": f"redis://:{PASSWORD}@127.0.0.1:{protected.port}",
+        "INCR_DELAY_MS": "0", "TERMINATION_LOG": str(term)}).start()
+    try:
+        metrics = count_and_drain(g, protected, 3)
+        start = g.wait_event("start")
+        assert start["redis"] == f"redis://:***@127.0.0.1:{protected.port}/0"
+        no_password_in(g, metrics, term.read_text())
+    finally:
+        g.stop()
+
+
+def test_requirepass_with_the_password_from_a_file(protected, tmp_path):
+    g = Gracefuld(redis=protected, env={
+        "REDIS_PASSWORD_FILE": secret_file(tmp_path),
+        "INCR_DELAY_MS": "0"}).start()
+    try:
+        count_and_drain(g, protected, 2)
+        no_password_in(g)
+    finally:
+        g.stop()
+
+
+# The commands gracefuld sends in the memory durability mode, and the only
+# ones the ACL user gets: the README's list. AUTH is always allowed.
+MEMORY_MODE_COMMANDS = ["+incr"]
+
+
+def acl_user(redis, name, keys):
+    redis.cli("ACL", "SETUSER", name, "reset", "on", ">" + PASSWORD,
+              *["~" + k for k in keys], "resetchannels", "-@all",
+              *MEMORY_MODE_COMMANDS)
+
+
+def test_an_acl_user_granted_only_what_gracefuld_needs(protected, tmp_path):
+    acl_user(protected, "gracefuld", ["counter"])
+    g = Gracefuld(env={
+        "REDIS_URL": f"redis://gracefuld@127.0.0.1:{protected.port}",
+        "REDIS_PASSWORD_FILE": secret_file(tmp_path),
+        "INCR_DELAY_MS": "0"}).start()
+    try:
+        count_and_drain(g, protected, 4)
+        up = g.wait_event("redis_up")
+        assert up["addr"] == f"redis://gracefuld:***@127.0.0.1:{protected.port}/0"
+        no_password_in(g)
+    finally:
+        g.stop()
+    # And the grant is tight: the same user on another key is refused
+    # (NOPERM), which no retry fixes: failed, exit 4.
+    g = Gracefuld(env={
+        "REDIS_URL": f"redis://gracefuld:{PASSWORD}@127.0.0.1:{protected.port}",
+        "COUNTER_KEY": "other", "INCR_DELAY_MS": "0"}).start()
+    try:
+        g.wait_event("redis_up")
+        assert g.get("/incr") == 200
+        failed = g.wait_event("incr_failed")
+        assert failed["reply"].startswith("NOPERM")
+        g.signal()
+        assert g.wait(10) == 4
+    finally:
+        g.stop()
+
+
+def count_in_db(redis, url, db, n, addr=None):
+    """n increments through url land in database db, none in database 0."""
+    g = Gracefuld(env={"REDIS_URL": url, "INCR_DELAY_MS": "0"}).start()
+    try:
+        up = g.wait_event("redis_up")
+        if addr:
+            assert up["addr"] == addr
+        assert g.get("/readyz") == 200
+        for _ in range(n):
+            assert g.get("/incr") == 200
+        g.signal()
+        assert g.wait(10) == 0
+    finally:
+        g.stop()
+    assert redis.cli("-n", str(db), "GET", "counter") == str(n)
+    assert redis.counter() == 0
+
+
+def test_a_unix_socket_and_its_database(tmp_path):
+    sock = str(tmp_path / "redis.sock")
+    r = Redis(args=["--unixsocket", sock, "--unixsocketperm", "700"]).start()
+    try:
+        count_in_db(r, f"unix://{sock}?db=2", 2, 3,
+                    addr=f"unix://{sock}?db=2")
+    finally:
+        r.cleanup()
+
+
+def test_a_non_zero_database(protected):
+    count_in_db(protected,
+                f"redis://:{PASSWORD}@127.0.0.1:{protected.port}/7", 7, 5,
+                addr=f"redis://:***@127.0.0.1:{protected.port}/7")
+
+
+def test_a_wrong_password_is_logged_once_and_never_ready(protected, tmp_path):
+    g = Gracefuld(redis=protected, env={
+        "REDIS_PASSWORD_FILE": secret_file(tmp_path, "not-the-password"),
+        "INCR_DELAY_MS": "0", "LOG_LEVEL": "debug",
+        "SHUTDOWN_TIMEOUT_MS": "500"}).start()
+    try:
+        failed = g.wait_event("redis_auth_failed")
+        assert failed["error"].startswith("WRONGPASS")
+        # Several more attempts, each refused, none logged again.
+        for _ in range(3):
+            g.wait_event("redis_retry", start=g.mark())
+        assert [e["event"] for e in g.events()].count("redis_auth_failed") == 1
+        assert [e["event"] for e in g.events()].count("redis_down") == 1
+        assert g.get("/readyz") == 503
+        assert g.get("/incr") == 200  # buffered, not sent unauthenticated
+        assert protected.cli("INFO", "commandstats").find("cmdstat_incr") < 0
+        g.signal()
+        assert g.wait(10) == 3  # abandoned at the shutdown timeout
+        assert "not-the-password" not in "\n".join(g.log.lines)
+    finally:
+        g.stop()
+
+
+def test_no_password_against_a_redis_that_wants_one(protected):
+    g = Gracefuld(redis=protected, env={"INCR_DELAY_MS": "0"}).start()
+    try:
+        failed = g.wait_event("redis_auth_failed")
+        assert failed["error"].startswith("NOAUTH")
+        assert g.get("/readyz") == 503
+    finally:
+        g.stop()
+
+
+def test_a_password_added_later(redis, tmp_path):
+    """gracefuld holds the password before Redis asks for it; when Redis
+    starts asking (CONFIG SET requirepass, connections killed), the next
+    connection authenticates and the increments in between are counted."""
+    g = Gracefuld(redis=redis, env={
+        "REDIS_PASSWORD_FILE": secret_file(tmp_path),
+        "INCR_DELAY_MS": "0"}).start()
+    try:
+        g.wait_event("redis_auth_unneeded")
+        g.wait_event("redis_up")
+        assert g.get("/incr") == 200
+        redis.cli("CONFIG", "SET", "requirepass", PASSWORD)
+        redis.password = PASSWORD
+        mark = g.mark()
+        redis.cli("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        g.wait_event("redis_up", start=mark)
+        for _ in range(2):
+            assert g.get("/incr") == 200
+        g.signal()
+        assert g.wait(10) == 0
+        assert redis.counter() == 3
+        no_password_in(g)
+    finally:
+        g.stop()
+
+
+def drained_with_retries(g, redis, n):
+    """After SIGTERM: a clean exit, n increments counted exactly, some of
+    them retried and none failed."""
+    g.signal()
+    assert g.wait(15) == 0
+    summary = g.wait_event("exit")
+    assert summary["failed"] == 0 and summary["retried"] >= 1
+    assert redis.counter() == n
+
+
+def test_readonly_replies_are_retried_not_failed(redis):
+    """A master demoted to a replica answers READONLY: the increments are
+    sent again (retried) until it is a master again, none failed."""
+    other = Redis().start()
+    try:
+        g = Gracefuld(redis=redis, env={"INCR_DELAY_MS": "0"}).start()
+        g.wait_event("redis_up")
+        redis.cli("REPLICAOF", "127.0.0.1", str(other.port))
+        mark = g.mark()
+        for _ in range(3):
+            assert g.get("/incr") == 200
+        retiring = g.wait_event("redis_retiring", start=mark)
+        assert retiring["reply"].startswith("READONLY")
+        redis.cli("REPLICAOF", "NO", "ONE")
+        drained_with_retries(g, redis, 3)
+    finally:
+        g.stop()
+        other.cleanup()
+
+
+def run_config(env, *args):
+    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    return subprocess.run([require_binary(), *args], env={**base, **env},
+                          capture_output=True, text=True, timeout=10)
+
+
+def test_bad_urls_exit_2_naming_the_setting_never_the_password():
+    for url, needle in [
+            (f"rediss://:{PASSWORD}@host:6380", "TLS"),
+            (f"redis://:{PASSWORD}@host:99999", "port"),
+            (f"redis://:{PASSWORD}%zz@host", "percent-encoding"),
+            (f"http://:{PASSWORD}@host", "expected redis://")]:
+        out = run_config({"REDIS_URL": url})
+        assert out.returncode == 2, url
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and "REDIS_URL" in lines[0], out.stderr
+        assert needle in lines[0]
+        assert PASSWORD not in out.stderr + out.stdout
+    out = run_config({"REDIS_URL": "redis://h", "REDIS_ADDR": "h:1"})
+    assert out.returncode == 2
+    assert "REDIS_URL" in out.stderr and "REDIS_ADDR" in out.stderr
+    help_ = run_config({"REDIS_URL": f"redis://:{PASSWORD}@h"}, "--help")
+    assert help_.returncode == 0 and PASSWORD not in help_.stdout
+
+
+def test_busy_replies_are_retried_not_failed(redis):
+    """A script that will not end makes Redis answer BUSY: the increment is
+    retried after a backoff, and counted once the script is killed."""
+    redis.cli("CONFIG", "SET", "busy-reply-threshold", "50")
+    g = Gracefuld(redis=redis, env={"INCR_DELAY_MS": "0"}).start()
+    script = None
+    try:
+        g.wait_event("redis_up")
+        script = subprocess.Popen(
+            ["redis-cli", "-p", str(redis.port), "EVAL", "while true do end",
+             "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def busy():
+            out = subprocess.run(["redis-cli", "-p", str(redis.port), "PING"],
+                                 capture_output=True, text=True, timeout=10)
+            return "BUSY" in out.stdout + out.stderr
+        deadline = time.monotonic() + 10
+        while not busy():  # another process's state: nothing to await
+            assert time.monotonic() < deadline, "the script never ran"
+            time.sleep(0.02)
+        mark = g.mark()
+        for _ in range(2):
+            assert g.get("/incr") == 200
+        retiring = g.wait_event("redis_retiring", start=mark)
+        assert retiring["reply"].startswith("BUSY")
+        redis.cli("SCRIPT", "KILL")
+        script.wait(10)
+        drained_with_retries(g, redis, 2)
+    finally:
+        g.stop()
+        if script and script.poll() is None:
+            script.kill()
+            script.wait()

@@ -1,0 +1,270 @@
+"""Sentinel: Debian's redis-sentinel watching one master and one replica,
+three sentinels, all on free loopback ports in a temporary directory.
+gracefuld asks the sentinels for the master, confirms it with ROLE, and
+follows a failover under load, once by `SENTINEL failover` and once by
+SIGKILL of the master. With REDIS_MIN_REPLICAS=1 an increment is done only
+once the replica has it, so the counter on the new master is at least the
+number of 200s; the test prints by how much it exceeds it."""
+
+import http.client
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+
+from gracefuld_testlib import (Gracefuld, LineReader, Redis, free_port,
+                               stop_process)
+
+MASTER = "counter-master"
+
+
+class Sentinel:
+    def __init__(self, directory, master_port):
+        self.port = free_port()
+        self.conf = os.path.join(directory, f"sentinel-{self.port}.conf")
+        with open(self.conf, "w") as f:
+            f.write(f"port {self.port}\nbind 127.0.0.1\n"
+                    f"dir {directory}\ndaemonize no\nlogfile \"\"\n"
+                    f"sentinel monitor {MASTER} 127.0.0.1 {master_port} 2\n"
+                    f"sentinel down-after-milliseconds {MASTER} 1000\n"
+                    f"sentinel failover-timeout {MASTER} 10000\n"
+                    f"sentinel parallel-syncs {MASTER} 1\n")
+        binary = shutil.which("redis-sentinel")
+        if not binary:
+            raise RuntimeError("redis-sentinel is not installed "
+                               "(scripts/bootstrap test installs it)")
+        self.proc = subprocess.Popen([binary, self.conf],
+                                     stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        self.out = LineReader(self.proc.stdout)
+
+    def cli(self, *args):
+        return subprocess.run(
+            ["redis-cli", "-p", str(self.port), *args], check=True,
+            capture_output=True, text=True, timeout=10).stdout.split()
+
+    def stop(self):
+        stop_process(self.proc)
+
+
+def wait_until(what, predicate, timeout=30.0):
+    """Polls a condition of another process that sends no event."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except subprocess.CalledProcessError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(what)
+
+
+def replication(redis):
+    out = redis.cli("INFO", "replication")
+    return dict(l.split(":", 1) for l in out.splitlines() if ":" in l)
+
+
+@pytest.fixture
+def cluster():
+    directory = tempfile.mkdtemp(prefix="gracefuld-sentinel-")
+    master = Redis().start()
+    replica = Redis(args=["--replicaof", "127.0.0.1", str(master.port)])
+    replica.start()
+    sentinels = []
+    try:
+        wait_until("replica in sync", lambda: replication(replica).get(
+            "master_link_status", "").strip() == "up")
+        sentinels = [Sentinel(directory, master.port) for _ in range(3)]
+        for s in sentinels:
+            # Each knows the replica and the two other sentinels: a
+            # failover can be agreed on.
+            wait_until("sentinel ready", lambda s=s: (
+                s.cli("SENTINEL", "replicas", MASTER).count("ip") == 1 and
+                s.cli("SENTINEL", "sentinels", MASTER).count("ip") == 2))
+        yield master, replica, sentinels
+    finally:
+        for s in sentinels:
+            s.stop()
+        master.cleanup()
+        replica.cleanup()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+class Load:
+    """GET /incr in a loop on one keep-alive connection, counting 200s."""
+
+    def __init__(self, port):
+        self.port = port
+        self.ok = 0
+        self.other = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        while not self.stop.is_set():
+            conn.request("GET", "/incr")
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status == 200:
+                self.ok += 1
+            else:
+                self.other.append(resp.status)
+            time.sleep(0.002)
+        conn.close()
+
+    def wait_for(self, n, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while self.ok < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert self.ok >= n, f"only {self.ok} 200s"
+
+    def finish(self):
+        self.stop.set()
+        self.thread.join(15)
+        assert not self.thread.is_alive()
+        return self.ok
+
+
+@pytest.mark.parametrize("how", ["sentinel-failover", "sigkill"])
+def test_failover_under_load_loses_no_acknowledged_increment(cluster, how):
+    master, replica, sentinels = cluster
+    g = Gracefuld(env={
+        "REDIS_SENTINELS": ",".join(f"127.0.0.1:{s.port}" for s in sentinels),
+        "REDIS_MASTER_NAME": MASTER, "REDIS_MIN_REPLICAS": "1",
+        "REDIS_TIMEOUT_MS": "2000", "INCR_DELAY_MS": "0",
+        "SHUTDOWN_TIMEOUT_MS": "60000"}).start()
+    restarted = None
+    try:
+        g.wait_event("redis_up", addr=f"127.0.0.1:{master.port}", timeout=20)
+        assert g.get("/readyz") == 200
+        load = Load(g.port)
+        load.wait_for(200)
+        mark = g.mark()
+        if how == "sentinel-failover":
+            assert sentinels[0].cli("SENTINEL", "failover", MASTER) == ["OK"]
+        else:
+            os.kill(master.proc.pid, signal.SIGKILL)
+            master.proc.wait()
+        new = f"127.0.0.1:{replica.port}"
+        g.wait_event("redis_master", start=mark, to=new, timeout=60)
+        if how == "sigkill":
+            # Back on its port, the old master is made a replica of the new
+            # one by the sentinels: WAIT can be satisfied again.
+            restarted = Redis(port=master.port).start()
+            wait_until("old master rejoined as a replica", lambda: replication(
+                restarted).get("master_link_status", "").strip() == "up",
+                timeout=60)
+        g.wait_event("redis_up", start=mark, addr=new, timeout=60)
+        at_failover = load.ok
+        load.wait_for(at_failover + 200)
+        ok = load.finish()
+        assert load.other == []
+        g.signal()
+        assert g.wait(60) == 0
+        summary = g.wait_event("exit")
+        assert summary["failed"] == 0 and summary["abandoned"] == 0
+        assert replication(replica)["role"].strip() == "master"
+        counter = replica.counter()
+        print(f"\n{how}: {ok} x 200, counter {counter} on the new master, "
+              f"excess {counter - ok}, retried {summary['retried']}")
+        assert counter >= ok
+        # One line per change of address, never one for no change.
+        moves = [e for e in g.events() if e["event"] == "redis_master"]
+        assert all(m["from"] != m["to"] for m in moves)
+        assert moves[-1]["to"] == new
+    finally:
+        g.stop()
+        if restarted:
+            restarted.cleanup()
+
+
+def test_sentinels_are_asked_in_turn(cluster):
+    """The first sentinel named is down: the next one answers, and the
+    master it names is the one counted on."""
+    master, replica, sentinels = cluster
+    dead = free_port()
+    g = Gracefuld(env={
+        "REDIS_SENTINELS": f"127.0.0.1:{dead},127.0.0.1:{sentinels[1].port}",
+        "REDIS_MASTER_NAME": MASTER, "INCR_DELAY_MS": "0"}).start()
+    try:
+        down = g.wait_event("redis_down")
+        assert f"sentinel 127.0.0.1:{dead}" in down["reason"]
+        g.wait_event("redis_up", addr=f"127.0.0.1:{master.port}")
+        assert g.get("/incr") == 200
+        g.signal()
+        assert g.wait(10) == 0
+        assert master.counter() == 1
+    finally:
+        g.stop()
+
+
+def test_min_replicas_holds_increments_until_a_replica_has_them():
+    """REDIS_MIN_REPLICAS=1 against a master whose replica is away: the
+    increments are executed but stay pending (WAIT says 0 replicas), are
+    not sent again on the same master, and are done once the replica is
+    back: the counter is exact."""
+    master = Redis().start()
+    replica = Redis(args=["--replicaof", "127.0.0.1", str(master.port)])
+    replica.start()
+    g = None
+    try:
+        wait_until("replica in sync", lambda: replication(replica).get(
+            "master_link_status", "").strip() == "up")
+        g = Gracefuld(redis=master, env={
+            "REDIS_MIN_REPLICAS": "1", "REDIS_TIMEOUT_MS": "1000",
+            "INCR_DELAY_MS": "0"}).start()
+        g.wait_event("redis_up")
+        assert g.get("/incr") == 200
+        wait_until("first increment done",
+                   lambda: g.metric("gracefuld_increments_done_total") == 1)
+        replica.stop()
+        mark = g.mark()
+        for _ in range(3):
+            assert g.get("/incr") == 200
+        short = g.wait_event("redis_wait_short", start=mark)
+        assert short["replicas"] == 0 and short["wanted"] == 1
+        # Executed (the later ones behind the first WAIT), not confirmed.
+        wait_until("all executed", lambda: master.counter() == 4)
+        assert g.metric("gracefuld_increments_pending") == 3
+        replica.start()
+        g.signal()
+        assert g.wait(30) == 0
+        summary = g.wait_event("exit")
+        assert summary["done"] == 4 and summary["retried"] == 0
+        assert master.counter() == 4
+    finally:
+        if g:
+            g.stop()
+        master.cleanup()
+        replica.cleanup()
+
+
+def test_an_address_that_is_not_a_master_is_refused_by_role(cluster):
+    """A sentinel that names a replica as the master (here: told to
+    monitor the replica under another name) is not believed: ROLE says
+    replica, the link stays unready, and nothing is sent there."""
+    master, replica, sentinels = cluster
+    assert sentinels[0].cli("SENTINEL", "MONITOR", "not-a-master",
+                            "127.0.0.1", str(replica.port), "1") == ["OK"]
+    g = Gracefuld(env={
+        "REDIS_SENTINELS": f"127.0.0.1:{sentinels[0].port}",
+        "REDIS_MASTER_NAME": "not-a-master", "INCR_DELAY_MS": "0",
+        "SHUTDOWN_TIMEOUT_MS": "500"}).start()
+    try:
+        down = g.wait_event("redis_down")
+        assert "ROLE: not a master" in down["reason"], down
+        assert g.get("/readyz") == 503
+        assert g.get("/incr") == 200
+        assert "cmdstat_incr" not in replica.cli("INFO", "commandstats")
+        g.signal()
+        assert g.wait(10) == 3  # abandoned: no master to count on
+    finally:
+        g.stop()
