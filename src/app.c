@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "redis_error.h"
 #include "routes.h"
 
 static void finish(struct app *app);
@@ -15,13 +16,18 @@ static struct app *app_of_queue(struct incr_queue *q) {
   return (struct app *)((char *)q - offsetof(struct app, queue));
 }
 
-static struct app *app_of_link(struct redis_link *link) {
+static struct app *app_of_link(const struct redis_link *link) {
   return (struct app *)((char *)link - offsetof(struct app, link));
 }
 
-/* Increments answered but not yet replied to: queued, due or in flight. */
+static struct app *app_of_counter(struct counter *c) {
+  return (struct app *)((char *)c - offsetof(struct app, counter));
+}
+
+/* Increments answered but not yet counted by Redis: queued, due, or in a
+ * command not yet answered. */
 static uint64_t pending(const struct app *app) {
-  return app->queue.pending + redis_link_pending(&app->link);
+  return app->queue.pending + counter_pending(&app->counter);
 }
 
 /* ---- Requests ----------------------------------------------------------- */
@@ -133,13 +139,62 @@ static void on_drained(void *data) {
   enter(app, shutdown_connections_closed(&app->shutdown, uv_now(app->loop)));
 }
 
-static void on_due(struct incr_queue *q, uint64_t n) {
-  redis_link_add_due(&app_of_queue(q)->link, n);
+static void on_due(struct incr_queue *q, uint64_t now) {
+  struct counter *c = &app_of_queue(q)->counter;
+  if (c->durability == DURABILITY_MEMORY)
+    counter_add_due(c, incr_queue_pop_due(q, now));
+  else
+    counter_due(c, now);
 }
 
-static void on_link_idle(struct redis_link *link) {
-  advance(app_of_link(link));
+/* ---- Redis: the link carries what the counter sends --------------------- */
+
+static int transport_send(struct counter *c, const char *cmd, size_t len,
+                          uint64_t tag) {
+  return redis_link_send(&app_of_counter(c)->link, cmd, len, tag);
 }
+
+static void transport_retire(struct counter *c, const char *why, size_t len) {
+  redis_link_retire(&app_of_counter(c)->link, why, len);
+}
+
+static bool error_is_permanent(const char *err, size_t len) {
+  return redis_error_classify(err, len) == REDIS_ERROR_PERMANENT;
+}
+
+static void on_counter_idle(struct counter *c) { advance(app_of_counter(c)); }
+
+static void on_written(struct counter *c, uint64_t seq, bool held) {
+  (void)c;
+  (void)seq;
+  (void)held;
+}
+
+static void on_left(struct counter *c) { (void)c; }
+
+static void on_link_ready(struct redis_link *link) {
+  counter_on_ready(&app_of_link(link)->counter);
+}
+
+static void on_link_reply(struct redis_link *link, uint64_t tag,
+                          const redisReply *reply) {
+  counter_on_reply(&app_of_link(link)->counter, tag, reply);
+}
+
+static void on_link_down(struct redis_link *link) {
+  counter_on_down(&app_of_link(link)->counter);
+}
+
+static uint64_t link_pending(const struct redis_link *link) {
+  return pending(app_of_link(link));
+}
+
+static const struct counter_transport transport = {
+    transport_send, transport_retire, error_is_permanent};
+static const struct counter_events counter_events = {on_written,
+                                                     on_counter_idle, on_left};
+static const struct redis_link_client link_client = {
+    on_link_ready, on_link_reply, on_link_down, link_pending};
 
 static void on_signal(uv_signal_t *handle, int signum) {
   struct app *app = handle->data;
@@ -261,6 +316,7 @@ static void finish(struct app *app) {
   server_close(&app->server);
   incr_queue_close(&app->queue, NULL);
   redis_link_close(&app->link);
+  counter_close(&app->counter);
   close_signals(app);
   close_handle((uv_handle_t *)&app->delay_timer);
   close_handle((uv_handle_t *)&app->deadline_timer);
@@ -281,7 +337,18 @@ int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg) {
     return UV_ENOMEM;
   server_init(&app->server, loop, cfg, &app->metrics,
               (struct server_handler){respond, on_drained}, app);
-  redis_link_init(&app->link, loop, cfg, &app->metrics, on_link_idle);
+  redis_link_init(&app->link, loop, cfg, &app->metrics, &link_client);
+  uint64_t id;
+  if (uv_random(NULL, NULL, &id, sizeof id, 0, NULL) != 0)
+    id = uv_hrtime() ^ (uint64_t)getpid() << 32;
+  /* WAIT's own timeout stays under the reply watchdog's. */
+  uint64_t wait_ms = cfg->redis_timeout_ms / 2 ? cfg->redis_timeout_ms / 2 : 1;
+  int rc = counter_init(&app->counter, loop, cfg->durability, cfg->key_prefix,
+                        cfg->counter_key, id, cfg->lease_ms, cfg->min_replicas,
+                        wait_ms, &app->queue, &app->metrics, &transport,
+                        &counter_events);
+  if (rc)
+    return rc;
   shutdown_init(&app->shutdown, cfg->shutdown_delay_ms,
                 cfg->shutdown_timeout_ms, uv_now(loop));
   uv_signal_t *signals[] = {&app->sigterm, &app->sigint, &app->sighup};

@@ -6,6 +6,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "counter.h"
 #include "incr_queue.h"
 #include "metrics.h"
 #include "redis_link.h"
@@ -19,6 +20,7 @@ struct app {
   struct server server;
   struct incr_queue queue;
   struct redis_link link;
+  struct counter counter;
   struct shutdown shutdown;
   uv_signal_t sigterm;
   uv_signal_t sigint;

@@ -19,7 +19,8 @@ enum kind {
   K_STRING,
   K_PATH,
   K_LOG_FORMAT,
-  K_LOG_LEVEL
+  K_LOG_LEVEL,
+  K_DURABILITY
 };
 
 struct setting {
@@ -71,6 +72,18 @@ static const struct setting settings[] = {
      FIELD(incr_delay_ms), 0, DAY_MS},
     {"COUNTER_KEY", "counter-key", "KEY", "counter",
      "Redis key that /incr increments", K_STRING, FIELD(counter_key), 0, 0},
+    {"DURABILITY", "durability", "memory|redis", "memory",
+     "memory: the 200 goes at once, an increment lives in the process until "
+     "Redis counts it; redis: the 200 waits until Redis holds it in this "
+     "replica's journal, which survives SIGKILL",
+     K_DURABILITY, 0, 0, 0},
+    {"KEY_PREFIX", "key-prefix", "PREFIX", "gracefuld:",
+     "prefix of every Redis key but the counter (fences, journals, leases)",
+     K_STRING, FIELD(key_prefix), 0, 0},
+    {"LEASE_MS", "lease-ms", "MS", "3000",
+     "durability redis: a replica whose lease has not been renewed for this "
+     "long has its journal adopted by the others",
+     K_UINT, FIELD(lease_ms), 300, DAY_MS},
     {"SHUTDOWN_DELAY_MS", "shutdown-delay-ms", "MS",
      "0 (5000 when KUBERNETES_SERVICE_HOST is set)",
      "after the first signal, keep serving (unready) this long", K_UINT,
@@ -325,6 +338,14 @@ static int apply(struct config *cfg, const struct setting *s, const char *v,
       cfg->log_format = LOG_FORMAT_TEXT;
     else
       return fail(err, err_len, s, v, "must be json or text"), -1;
+    return 0;
+  case K_DURABILITY:
+    if (strcmp(v, "memory") == 0)
+      cfg->durability = DURABILITY_MEMORY;
+    else if (strcmp(v, "redis") == 0)
+      cfg->durability = DURABILITY_REDIS;
+    else
+      return fail(err, err_len, s, v, "must be memory or redis"), -1;
     return 0;
   case K_LOG_LEVEL: {
     static const char *const names[] = {"debug", "info", "warn", "error"};

@@ -19,6 +19,12 @@
 #define CONFIG_PATH_MAX 1024
 #define CONFIG_SENTINELS_MAX 8
 
+/* Where an accepted increment lives until Redis has counted it. */
+enum durability {
+  DURABILITY_MEMORY, /* in the process: the 200 goes at once */
+  DURABILITY_REDIS,  /* in this replica's journal in Redis, before the 200 */
+};
+
 struct config_sentinel {
   char host[REDIS_HOST_MAX];
   uint16_t port;
@@ -41,6 +47,9 @@ struct config {
   uint64_t min_replicas; /* REDIS_MIN_REPLICAS: WAIT for this many */
   uint64_t incr_delay_ms;
   char counter_key[CONFIG_KEY_MAX];
+  enum durability durability;
+  char key_prefix[CONFIG_KEY_MAX]; /* every key but the counter */
+  uint64_t lease_ms;
   uint64_t shutdown_delay_ms;
   uint64_t shutdown_timeout_ms;
   uint64_t max_pending;

@@ -21,6 +21,7 @@ enum tag_kind {
   TAG_RENEW,
   TAG_ADOPT,
   TAG_LEAVE,
+  TAG_WAIT, /* REDIS_MIN_REPLICAS: the WAIT's number */
 };
 #define TAG_BITS 3
 
@@ -31,18 +32,26 @@ static uint64_t tag(enum tag_kind kind, uint64_t n) {
 /* A memory batch, or a journal write. Its number is its place in the ring
  * plus first_seq. */
 enum entry_state {
-  ENTRY_WAITING,   /* to be sent (again), or a lost write to resolve */
-  ENTRY_SENT,      /* sent on this connection, reply awaited */
-  ENTRY_RESOLVING, /* journal: its resolution sent, reply awaited */
-  ENTRY_DONE,      /* memory: applied (or failed) out of order */
-  ENTRY_HELD,      /* journal: in the journal, reported in write order */
-  ENTRY_REFUSED,   /* journal: not in the journal, nor ever will be */
+  ENTRY_WAITING,    /* to be sent (again), or a lost write to resolve */
+  ENTRY_SENT,       /* sent on this connection, reply awaited */
+  ENTRY_RESOLVING,  /* journal: its resolution sent, reply awaited */
+  ENTRY_CONFIRMING, /* applied; REDIS_MIN_REPLICAS: a WAIT must confirm */
+  ENTRY_DONE,       /* memory: applied (or failed) out of order */
+  ENTRY_HELD,       /* journal: in the journal, reported in write order */
+  ENTRY_REFUSED,    /* journal: not in the journal, nor ever will be */
 };
 
 struct entry {
   uint64_t n;
   uint64_t deadline; /* journal: monotonic ms */
+  uint64_t wait;     /* ENTRY_CONFIRMING: a WAIT numbered this or later */
   enum entry_state state;
+};
+
+/* Moves applied, up to end, waiting for a WAIT numbered `wait` or later. */
+struct applied_move {
+  uint64_t end;
+  uint64_t wait;
 };
 
 struct run {
@@ -93,8 +102,9 @@ static void on_lease_timer(uv_timer_t *timer);
 
 int counter_init(struct counter *c, uv_loop_t *loop, enum durability d,
                  const char *prefix, const char *counter_key,
-                 uint64_t replica_id, uint64_t lease_ms,
-                 struct incr_queue *queue, struct metrics *metrics,
+                 uint64_t replica_id, uint64_t lease_ms, uint64_t min_replicas,
+                 uint64_t wait_timeout_ms, struct incr_queue *queue,
+                 struct metrics *metrics,
                  const struct counter_transport *transport,
                  const struct counter_events *events) {
   memset(c, 0, sizeof *c);
@@ -102,11 +112,15 @@ int counter_init(struct counter *c, uv_loop_t *loop, enum durability d,
   if (rc)
     return rc;
   if (ring_init(&c->batches, sizeof(struct entry)) ||
-      ring_init(&c->moving, sizeof(struct run))) {
+      ring_init(&c->moving, sizeof(struct run)) ||
+      ring_init(&c->applied, sizeof(struct applied_move))) {
     free(c->batches.buf);
+    free(c->moving.buf);
     return UV_ENOMEM;
   }
   c->durability = d;
+  c->min_replicas = min_replicas;
+  c->wait_timeout_ms = wait_timeout_ms;
   c->lease_ms = lease_ms;
   c->queue = queue;
   c->metrics = metrics;
@@ -131,6 +145,7 @@ static bool send_cmd(struct counter *c, enum tag_kind kind, uint64_t n) {
   if (!c->ready || c->transport->send(c, c->cmd.buf, c->cmd.len, tag(kind, n)))
     return false;
   c->in_flight++;
+  c->sends++;
   return true;
 }
 
@@ -172,7 +187,7 @@ static void send_batches(struct counter *c) {
     if (e->state != ENTRY_WAITING)
       continue;
     uint64_t seq = c->first_seq + c->resend_from;
-    if (journal_cmd_batch(&c->cmd, &c->journal, seq, e->n) ||
+    if (journal_cmd_batch(&c->cmd, &c->journal, seq, e->n, c->first_seq) ||
         !send_cmd(c, TAG_BATCH, seq))
       return;
     e->state = ENTRY_SENT;
@@ -180,7 +195,7 @@ static void send_batches(struct counter *c) {
   while (c->due > 0 && c->in_flight < WINDOW) {
     uint64_t n = c->due < BATCH_MAX ? c->due : BATCH_MAX;
     uint64_t seq = c->first_seq + c->batches.len;
-    if (journal_cmd_batch(&c->cmd, &c->journal, seq, n) ||
+    if (journal_cmd_batch(&c->cmd, &c->journal, seq, n, c->first_seq) ||
         !send_cmd(c, TAG_BATCH, seq))
       return;
     struct entry *e = ring_push(&c->batches);
@@ -237,6 +252,11 @@ static void on_batch_reply(struct counter *c, uint64_t seq,
   switch (journal_batch_outcome(reply)) {
   case JOURNAL_APPLIED:
   case JOURNAL_DUPLICATE:
+    if (c->min_replicas) {
+      e->state = ENTRY_CONFIRMING;
+      e->wait = c->waits_sent;
+      break;
+    }
     c->metrics->incr_done += e->n;
     batch_finished(c, e);
     break;
@@ -333,7 +353,8 @@ static void on_write_reply(struct counter *c, enum tag_kind kind, uint64_t seq,
   }
   switch (journal_write_outcome(reply)) {
   case JOURNAL_APPLIED:
-    e->state = ENTRY_HELD;
+    e->state = c->min_replicas ? ENTRY_CONFIRMING : ENTRY_HELD;
+    e->wait = c->waits_sent;
     break;
   case JOURNAL_NOT_APPLIED:
     e->state = ENTRY_REFUSED;
@@ -410,41 +431,61 @@ static void send_moves(struct counter *c) {
   }
 }
 
-static void on_move_reply(struct counter *c, uint64_t end,
-                          const redisReply *reply) {
-  if (end <= c->moving_head || end > c->moving_sent)
-    return;
+/* The moves up to end are over: done, or failed. */
+static void moves_finished(struct counter *c, uint64_t end, bool failed,
+                           const redisReply *reply) {
   uint64_t n = 0;
-  if (!reply) {
-    c->moving_sent = c->moving_head; /* idempotent: all sent again */
-    return;
-  }
-  bool failed = false;
-  if (!journal_count_of(reply, &n)) {
-    if (reply->type == REDIS_REPLY_ERROR && !on_error(c, reply)) {
-      c->moving_sent = c->moving_head;
-      return;
-    }
-    failed = true;
-  }
-  uint64_t expected = 0;
   while (c->moving_head < end) {
     const struct run *r = ring_at(&c->moving, 0);
-    expected += r->n;
+    n += r->n;
     ring_pop(&c->moving);
     c->moving_head++;
   }
-  c->in_moving -= expected;
-  if (failed) {
-    count_failed(c, expected, reply);
+  c->in_moving -= n;
+  if (failed)
+    count_failed(c, n, reply);
+  else
+    c->metrics->incr_done += n;
+}
+
+static void on_move_reply(struct counter *c, uint64_t end,
+                          const redisReply *reply) {
+  if (end <= c->moving_replied || end > c->moving_sent)
+    return;
+  if (!reply) {
+    c->moving_sent = c->moving_replied; /* idempotent: sent again */
     return;
   }
-  c->metrics->incr_done += expected;
-  if (n != expected)
+  uint64_t moved;
+  if (!journal_count_of(reply, &moved)) {
+    if (reply->type == REDIS_REPLY_ERROR && !on_error(c, reply)) {
+      c->moving_sent = c->moving_replied;
+      return;
+    }
+    /* Failed: what came before it and waits for a WAIT stays counted. */
+    c->moving_replied = end;
+    moves_finished(c, end, true, reply);
+    return;
+  }
+  uint64_t expected = 0;
+  for (uint64_t i = c->moving_replied; i < end; i++)
+    expected +=
+        ((const struct run *)ring_at(&c->moving, i - c->moving_head))->n;
+  if (moved != expected)
     /* Fewer: another replica adopted part of this journal while this one
      * could not renew its lease, and moves them itself. */
     log_warn("journal_moved_elsewhere", LOG_UINT("expected", expected),
-             LOG_UINT("moved", n));
+             LOG_UINT("moved", moved));
+  c->moving_replied = end;
+  if (!c->min_replicas) {
+    moves_finished(c, end, false, NULL);
+    return;
+  }
+  struct applied_move *a = ring_push(&c->applied);
+  if (a)
+    *a = (struct applied_move){end, c->waits_sent};
+  else
+    c->moving_sent = c->moving_replied = c->moving_head; /* moved again */
 }
 
 /* ---- Journal mode: lease, adoption, leaving ----------------------------- */
@@ -518,23 +559,117 @@ void counter_leave(struct counter *c) {
   left(c);
 }
 
+/* ---- REDIS_MIN_REPLICAS: a WAIT after what each turn sent --------------- */
+
+static void send_wait(struct counter *c) {
+  char timeout[24], min[24];
+  int tn = snprintf(timeout, sizeof timeout, "%llu",
+                    (unsigned long long)c->wait_timeout_ms);
+  int mn =
+      snprintf(min, sizeof min, "%llu", (unsigned long long)c->min_replicas);
+  char cmd[96];
+  int len = snprintf(cmd, sizeof cmd,
+                     "*3\r\n$4\r\nWAIT\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", mn, min,
+                     tn, timeout);
+  uint64_t k = c->waits_sent + 1;
+  if (c->ready &&
+      c->transport->send(c, cmd, (size_t)len, tag(TAG_WAIT, k)) == 0) {
+    c->in_flight++;
+    c->waits_sent = k;
+  }
+}
+
+/* What a WAIT numbered k or later confirms is done. */
+static void confirm(struct counter *c, uint64_t k) {
+  for (uint64_t i = 0; i < c->batches.len; i++) {
+    struct entry *e = ring_at(&c->batches, i);
+    if (e->state != ENTRY_CONFIRMING || e->wait > k)
+      continue;
+    if (c->durability == DURABILITY_REDIS) {
+      e->state = ENTRY_HELD;
+    } else {
+      c->metrics->incr_done += e->n;
+      batch_finished(c, e);
+      i = (uint64_t)-1; /* the ring may have moved on: look again */
+    }
+  }
+  if (c->durability == DURABILITY_REDIS)
+    report_writes(c);
+  while (c->applied.len > 0) {
+    const struct applied_move *a = ring_at(&c->applied, 0);
+    if (a->wait > k)
+      break;
+    moves_finished(c, a->end, false, NULL);
+    ring_pop(&c->applied);
+  }
+}
+
+/* Nothing applied and not yet confirmed counts: batches are sent again
+ * (the fence makes a copy the master has a no-op), writes resolved again,
+ * moves moved again. */
+static void unconfirm(struct counter *c) {
+  for (uint64_t i = 0; i < c->batches.len; i++) {
+    struct entry *e = ring_at(&c->batches, i);
+    if (e->state != ENTRY_CONFIRMING)
+      continue;
+    e->state = ENTRY_WAITING;
+    if (c->durability == DURABILITY_MEMORY)
+      c->metrics->incr_retried += e->n;
+  }
+  c->resend_from = 0;
+  c->applied.len = 0;
+  c->moving_sent = c->moving_replied = c->moving_head;
+}
+
+static void on_wait_reply(struct counter *c, uint64_t k,
+                          const redisReply *reply) {
+  if (!reply)
+    return; /* counter_on_down follows */
+  if (reply->type != REDIS_REPLY_INTEGER) {
+    log_warn("redis_wait_refused", LOG_STRN("reply", reply->str, reply->len));
+    unconfirm(c);
+    c->transport->retire(c, reply->str, reply->len);
+    return;
+  }
+  if ((uint64_t)reply->integer >= c->min_replicas) {
+    c->wait_short_logged = false;
+    confirm(c, k);
+    return;
+  }
+  if (k < c->waits_sent)
+    return; /* a later WAIT is on its way */
+  /* Not on enough replicas yet (a replica resyncing after a failover):
+   * wait again, on this connection. */
+  if (!c->wait_short_logged)
+    log_warn("redis_wait_short", LOG_INT("replicas", reply->integer),
+             LOG_UINT("wanted", c->min_replicas));
+  c->wait_short_logged = true;
+  uint64_t before = c->waits_sent;
+  send_wait(c);
+  if (c->waits_sent == before)
+    unconfirm(c);
+}
+
 /* ---- The connection ----------------------------------------------------- */
 
 static void pump(struct counter *c) {
   if (!c->ready || c->closed)
     return;
+  uint64_t sends = c->sends;
   if (c->durability == DURABILITY_MEMORY) {
     send_batches(c);
   } else {
     send_resolutions(c);
     send_moves(c);
   }
+  if (c->min_replicas && c->sends != sends)
+    send_wait(c);
 }
 
 void counter_on_ready(struct counter *c) {
   c->ready = true;
   c->resend_from = 0;
-  c->moving_sent = c->moving_head;
+  c->moving_sent = c->moving_replied;
   if (c->durability == DURABILITY_REDIS && !c->leaving) {
     renew(c);
     if (c->loop) {
@@ -549,6 +684,7 @@ void counter_on_ready(struct counter *c) {
 void counter_on_down(struct counter *c) {
   c->ready = false;
   c->in_flight = 0;
+  unconfirm(c);
   if (c->leaving)
     left(c); /* the leave, if sent, was lost with the connection */
 }
@@ -577,6 +713,9 @@ void counter_on_reply(struct counter *c, uint64_t t, const redisReply *reply) {
     if (reply)
       on_leave_reply(c, reply);
     return; /* on_down reports a lost one */
+  case TAG_WAIT:
+    on_wait_reply(c, n, reply);
+    break;
   case TAG_RENEW:
     if (reply && reply->type == REDIS_REPLY_ERROR)
       log_warn("journal_renew_failed",
@@ -597,6 +736,7 @@ void counter_close(struct counter *c) {
     uv_close((uv_handle_t *)&c->lease_timer, NULL);
   free(c->batches.buf);
   free(c->moving.buf);
-  c->batches.buf = c->moving.buf = NULL;
+  free(c->applied.buf);
+  c->batches.buf = c->moving.buf = c->applied.buf = NULL;
   journal_cmd_free(&c->cmd);
 }

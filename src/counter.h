@@ -25,11 +25,10 @@
 #include <hiredis/hiredis.h>
 #include <uv.h>
 
+#include "config.h"
 #include "incr_queue.h"
 #include "journal.h"
 #include "metrics.h"
-
-enum durability { DURABILITY_MEMORY, DURABILITY_REDIS };
 
 struct counter;
 
@@ -92,19 +91,31 @@ struct counter {
   uint64_t in_batches;  /* memory: increments in batches */
   /* journal: due runs not yet moved; moves cover them in order */
   struct counter_ring moving;
-  uint64_t moving_head; /* absolute index of moving's first run */
-  uint64_t moving_sent; /* absolute index past the last run sent */
-  uint64_t in_moving;   /* increments in moving */
-  uint64_t in_flight;   /* commands sent, reply not yet read */
+  uint64_t moving_head;        /* absolute index of moving's first run */
+  uint64_t moving_sent;        /* absolute index past the last run sent */
+  uint64_t moving_replied;     /* ... past the last run whose move replied */
+  struct counter_ring applied; /* moves applied, a WAIT to confirm them */
+  uint64_t in_moving;          /* increments in moving */
+  uint64_t in_flight;          /* commands sent, reply not yet read */
+  uint64_t sends;              /* commands sent, ever */
+  /* REDIS_MIN_REPLICAS: what was applied counts once a WAIT says that many
+   * replicas have it; WAITs are numbered */
+  uint64_t min_replicas;
+  uint64_t wait_timeout_ms;
+  uint64_t waits_sent;
+  bool wait_short_logged;
 };
 
 /* Prepares the counter; its lease timer (journal mode) runs on loop when
- * loop is not NULL. replica_id names this replica's keys. Returns 0 or a
+ * loop is not NULL. replica_id names this replica's keys. With
+ * min_replicas, what Redis applied counts only once a WAIT (with
+ * wait_timeout_ms) says that many replicas have it. Returns 0 or a
  * negative error (UV_EINVAL: a key would be too long). */
 int counter_init(struct counter *c, uv_loop_t *loop, enum durability d,
                  const char *prefix, const char *counter_key,
-                 uint64_t replica_id, uint64_t lease_ms,
-                 struct incr_queue *queue, struct metrics *metrics,
+                 uint64_t replica_id, uint64_t lease_ms, uint64_t min_replicas,
+                 uint64_t wait_timeout_ms, struct incr_queue *queue,
+                 struct metrics *metrics,
                  const struct counter_transport *transport,
                  const struct counter_events *events);
 

@@ -183,10 +183,8 @@ uint64_t incr_queue_clear(struct incr_queue *q) {
 
 static void on_timer(uv_timer_t *timer) {
   struct incr_queue *q = timer->data;
-  uint64_t n = incr_queue_pop_due(q, uv_now(q->loop));
+  q->on_due(q, uv_now(q->loop));
   arm(q);
-  if (n > 0)
-    q->on_due(q, n);
 }
 
 static void on_close(uv_handle_t *handle) {

@@ -23,9 +23,10 @@ struct incr_run {
 };
 
 struct incr_queue;
-/* Called from the queue's timer with the number of increments that fell
- * due; they have left the queue. */
-typedef void (*incr_queue_due_cb)(struct incr_queue *q, uint64_t n);
+/* Called from the queue's timer when the earliest deadline has come: the
+ * owner takes what is due at now (incr_queue_pop_due, or run by run with
+ * incr_queue_pop_run); the timer is armed again for what is left. */
+typedef void (*incr_queue_due_cb)(struct incr_queue *q, uint64_t now);
 
 struct incr_queue {
   struct incr_run *runs; /* ring buffer, capacity a power of two */

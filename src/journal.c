@@ -120,12 +120,13 @@ static int eval(struct journal_cmd *cmd, const char *script, size_t len,
   eval(cmd, script, sizeof script - 1, keys, sizeof keys / sizeof *keys, nargs)
 
 int journal_cmd_batch(struct journal_cmd *cmd, const struct journal *j,
-                      uint64_t seq, uint64_t n) {
+                      uint64_t seq, uint64_t n, uint64_t floor) {
   const char *keys[] = {j->counter, j->fence};
-  int rc = EVAL(cmd, lua_batch, keys, 3);
+  int rc = EVAL(cmd, lua_batch, keys, 4);
   rc = rc ? rc : arg_u64(cmd, seq);
   rc = rc ? rc : arg_u64(cmd, n);
-  return rc ? rc : arg_u64(cmd, JOURNAL_FENCE_TTL_MS);
+  rc = rc ? rc : arg_u64(cmd, JOURNAL_FENCE_TTL_MS);
+  return rc ? rc : arg_u64(cmd, floor);
 }
 
 int journal_cmd_write(struct journal_cmd *cmd, const struct journal *j,

@@ -79,8 +79,9 @@ uint64_t journal_adoption_bound_ms(uint64_t lease_ms);
 
 /* ---- Commands: each fills cmd (reusing its buffer); 0 or UV_ENOMEM ------ */
 
+/* floor: the lowest batch not yet settled (applied or failed). */
 int journal_cmd_batch(struct journal_cmd *cmd, const struct journal *j,
-                      uint64_t seq, uint64_t n);
+                      uint64_t seq, uint64_t n, uint64_t floor);
 int journal_cmd_write(struct journal_cmd *cmd, const struct journal *j,
                       uint64_t seq, uint64_t deadline_wall, uint64_t n,
                       uint64_t known, uint64_t lease_ms);

@@ -7,9 +7,6 @@
 #include "log.h"
 #include "redis_error.h"
 
-/* INCRs in flight at most: bounds hiredis's buffers when a long outage ends
- * with millions due, and keeps the replies flowing. */
-#define WINDOW 8192
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
 
@@ -133,12 +130,12 @@ static uint32_t next_random(struct redis_link *link) {
 
 void redis_link_init(struct redis_link *link, uv_loop_t *loop,
                      const struct config *cfg, struct metrics *metrics,
-                     redis_link_idle_cb on_idle) {
+                     const struct redis_link_client *client) {
   memset(link, 0, sizeof *link);
   link->loop = loop;
   link->cfg = cfg;
   link->metrics = metrics;
-  link->on_idle = on_idle;
+  link->client = client;
   link->state = LINK_IDLE;
   link->rng = (uint32_t)uv_hrtime() | 1;
   uv_timer_init(loop, &link->timer);
@@ -149,21 +146,6 @@ void redis_link_init(struct redis_link *link, uv_loop_t *loop,
     snprintf(link->addr, sizeof link->addr, "sentinel:%s", cfg->master_name);
   else
     redis_target_format(&link->target, link->addr, sizeof link->addr);
-  size_t key_len = strlen(cfg->counter_key);
-  int n = snprintf(link->cmd, sizeof link->cmd, "*2\r\n$4\r\nINCR\r\n$%zu\r\n",
-                   key_len);
-  memcpy(link->cmd + n, cfg->counter_key, key_len);
-  memcpy(link->cmd + n + key_len, "\r\n", 2);
-  link->cmd_len = (size_t)n + key_len + 2;
-}
-
-uint64_t redis_link_pending(const struct redis_link *link) {
-  return link->due + link->in_flight + link->unconfirmed;
-}
-
-/* Commands whose replies are awaited, due work's and WAITs. */
-static uint64_t awaited(const struct redis_link *link) {
-  return link->in_flight + link->waits;
 }
 
 bool redis_link_connected(const struct redis_link *link) {
@@ -205,7 +187,7 @@ static void retry_later(struct redis_link *link, const char *why) {
     link->down_logged = true;
     link->down_since = now;
     log_warn("redis_down", LOG_STR("addr", link->addr), LOG_STR("reason", why),
-             LOG_UINT("pending", redis_link_pending(link)),
+             LOG_UINT("pending", link->client->pending(link)),
              LOG_STR("retrying", "backoff"));
   } else {
     log_debug("redis_retry", LOG_STR("reason", why),
@@ -249,14 +231,14 @@ static void arm_watchdog(struct redis_link *link) {
 static void on_watchdog(uv_timer_t *timer) {
   struct redis_link *link = timer->data;
   if ((link->state != LINK_READY && link->state != LINK_RETIRING) ||
-      awaited(link) == 0)
+      link->in_flight == 0)
     return;
   uint64_t now = uv_now(link->loop);
   if (now - link->last_progress < link->cfg->redis_timeout_ms) {
     arm_watchdog(link);
     return;
   }
-  log_warn("redis_timeout", LOG_UINT("in_flight", awaited(link)),
+  log_warn("redis_timeout", LOG_UINT("in_flight", link->in_flight),
            LOG_UINT("waited_ms", now - link->last_progress));
   snprintf(link->why, sizeof link->why, "no reply for %llu ms",
            (unsigned long long)(now - link->last_progress));
@@ -265,175 +247,55 @@ static void on_watchdog(uv_timer_t *timer) {
   redisAsyncFree(link->ac);
 }
 
-static void on_wait_reply(redisAsyncContext *ac, void *r, void *privdata);
-
-/* WAIT's own timeout, in ms: under the reply watchdog's. */
-static uint64_t wait_timeout(const struct redis_link *link) {
-  uint64_t t = link->cfg->redis_timeout_ms / 2;
-  return t ? t : 1;
-}
-
-/* Sends due work, only ever on a connection whose handshake is done. */
-static void send_due(struct redis_link *link) {
-  if (link->state != LINK_READY)
-    return;
-  bool was_idle = awaited(link) == 0;
-  uint64_t sent = 0;
-  while (link->due > 0 && link->in_flight < WINDOW) {
-    if (redisAsyncFormattedCommand(link->ac, on_reply, NULL, link->cmd,
-                                   link->cmd_len) != REDIS_OK)
-      break;
-    link->due--;
-    link->in_flight++;
-    sent++;
-  }
-  /* One WAIT after each batch, not one per increment: it confirms every
-   * write this connection made before it. Its timeout stays under the
-   * reply watchdog's. */
-  uint64_t min = link->cfg->min_replicas;
-  if (sent && min &&
-      redisAsyncCommand(link->ac, on_wait_reply, NULL, "WAIT %llu %llu",
-                        (unsigned long long)min,
-                        (unsigned long long)wait_timeout(link)) == REDIS_OK)
-    link->waits++;
-  if (was_idle && awaited(link) > 0) {
-    link->last_progress = uv_now(link->loop);
-    arm_watchdog(link);
-  }
-}
-
 /* This connection takes no more work: once its last reply is in, it is
  * closed and a fresh one made after a backoff (through on_disconnect). */
-static void retire(struct redis_link *link, const char *why, size_t len) {
+void redis_link_retire(struct redis_link *link, const char *why, size_t len) {
   if (link->state != LINK_READY)
     return;
   link->state = LINK_RETIRING;
   set_why(link, why, len);
-  /* Once until due work succeeds again, not at every reconnect. */
+  /* Once until a command succeeds again, not at every reconnect. */
   if (!link->retiring_logged)
     log_warn("redis_retiring", LOG_STR("addr", link->addr),
              LOG_STR("reply", link->why),
              LOG_UINT("in_flight", link->in_flight));
   link->retiring_logged = true;
-}
-
-/* Increments executed but never confirmed by a WAIT, on a connection that
- * is gone: sent again. */
-static void give_back_unconfirmed(struct redis_link *link) {
-  link->due += link->unconfirmed;
-  link->metrics->incr_retried += link->unconfirmed;
-  link->unconfirmed = 0;
-}
-
-static void count_failed(struct redis_link *link, const redisReply *reply) {
-  uint64_t failed = ++link->metrics->incr_failed;
-  /* One line for the first failures, then one per power of two. */
-  if ((failed & (failed - 1)) == 0)
-    log_error("incr_failed", LOG_UINT("failed", failed),
-              LOG_STRN("reply",
-                       reply->type == REDIS_REPLY_ERROR ? reply->str : "",
-                       reply->type == REDIS_REPLY_ERROR ? reply->len : 0));
-}
-
-/* What follows any reply to due work: more sends, or the end of a
- * connection being retired, or idleness. */
-static void after_reply(struct redis_link *link, redisAsyncContext *ac) {
-  if (link->state == LINK_RETIRING) {
-    if (awaited(link) == 0)
-      redisAsyncDisconnect(ac); /* deferred until this callback returns */
-    return;
-  }
-  if (link->due > 0 && link->in_flight < WINDOW / 2)
-    send_due(link);
-  if (awaited(link) == 0 && link->state == LINK_READY)
-    uv_timer_stop(&link->timer);
-  if (redis_link_pending(link) == 0 && link->waits == 0)
-    link->on_idle(link);
+  if (link->in_flight == 0)
+    redisAsyncDisconnect(link->ac); /* deferred inside a hiredis callback */
 }
 
 static void on_reply(redisAsyncContext *ac, void *r, void *privdata) {
   struct redis_link *link = ac->data;
   redisReply *reply = r;
-  (void)privdata;
   link->in_flight--;
-  if (!reply) {
-    /* The connection broke before the reply: send it again later. */
-    if (link->state != LINK_CLOSED) {
-      link->due++;
-      link->metrics->incr_retried++;
-    }
+  if (link->state == LINK_CLOSED)
     return;
+  if (reply) {
+    link->last_progress = uv_now(link->loop);
+    if (reply->type != REDIS_REPLY_ERROR)
+      link->retiring_logged = false;
   }
-  link->last_progress = uv_now(link->loop);
-  if (reply->type == REDIS_REPLY_INTEGER) {
-    link->retiring_logged = false;
-    if (link->cfg->min_replicas)
-      link->unconfirmed++; /* done once a WAIT confirms it */
-    else
-      link->metrics->incr_done++;
-  } else if (reply->type == REDIS_REPLY_ERROR &&
-             redis_error_classify(reply->str, reply->len) !=
-                 REDIS_ERROR_PERMANENT) {
-    /* Not executed, and another attempt can succeed. */
-    link->due++;
-    link->metrics->incr_retried++;
-    retire(link, reply->str, reply->len);
-  } else {
-    count_failed(link, reply);
-  }
-  after_reply(link, ac);
+  link->client->on_reply(link, (uint64_t)(uintptr_t)privdata, reply);
+  if (!reply)
+    return; /* on_disconnect follows */
+  if (link->state == LINK_RETIRING && link->in_flight == 0)
+    redisAsyncDisconnect(ac); /* deferred until this callback returns */
+  else if (link->in_flight == 0 && link->state == LINK_READY)
+    uv_timer_stop(&link->timer);
 }
 
-/* The reply to a WAIT: the increments executed before it are done when
- * enough replicas have them, and sent again (to the master the Sentinels
- * name next) when not. */
-static void on_wait_reply(redisAsyncContext *ac, void *r, void *privdata) {
-  struct redis_link *link = ac->data;
-  redisReply *reply = r;
-  (void)privdata;
-  link->waits--;
-  if (!reply) {
-    if (link->state != LINK_CLOSED)
-      give_back_unconfirmed(link);
-    return;
+int redis_link_send(struct redis_link *link, const char *cmd, size_t len,
+                    uint64_t tag) {
+  if (link->state != LINK_READY)
+    return UV_ENOTCONN;
+  if (redisAsyncFormattedCommand(link->ac, on_reply, (void *)(uintptr_t)tag,
+                                 cmd, len) != REDIS_OK)
+    return UV_ENOMEM;
+  if (link->in_flight++ == 0) {
+    link->last_progress = uv_now(link->loop);
+    arm_watchdog(link);
   }
-  uint64_t n = link->unconfirmed;
-  link->unconfirmed = 0;
-  link->last_progress = uv_now(link->loop);
-  uint64_t min = link->cfg->min_replicas;
-  if (reply->type == REDIS_REPLY_INTEGER && n == 0) {
-    /* A WAIT sent again, overtaken by a later one that confirmed all. */
-  } else if (reply->type == REDIS_REPLY_INTEGER &&
-             (uint64_t)reply->integer >= min) {
-    link->metrics->incr_done += n;
-    link->wait_short_logged = false;
-  } else if (reply->type == REDIS_REPLY_INTEGER) {
-    /* Not on enough replicas yet (a replica resyncing after a failover).
-     * Sending them again here would count them twice on this master: wait
-     * again on this connection instead. A master since demoted answers the
-     * next WAIT with an error; a broken connection hands them back. */
-    link->unconfirmed += n;
-    if (!link->wait_short_logged)
-      log_warn("redis_wait_short", LOG_STR("addr", link->addr),
-               LOG_INT("replicas", reply->integer), LOG_UINT("wanted", min),
-               LOG_UINT("unconfirmed", n));
-    link->wait_short_logged = true;
-    if (link->state == LINK_READY &&
-        redisAsyncCommand(ac, on_wait_reply, NULL, "WAIT %llu %llu",
-                          (unsigned long long)min,
-                          (unsigned long long)wait_timeout(link)) == REDIS_OK)
-      link->waits++;
-    else
-      give_back_unconfirmed(link); /* this connection is being retired */
-  } else {
-    /* WAIT refused: a replica now (READONLY is near), or not allowed. */
-    char why[96];
-    snprintf(why, sizeof why, "WAIT: %.*s", (int)reply->len, reply->str);
-    link->due += n;
-    link->metrics->incr_retried += n;
-    retire(link, why, strlen(why));
-  }
-  after_reply(link, ac);
+  return 0;
 }
 
 /* ---- The handshake: AUTH, SELECT, before anything is counted ------------- */
@@ -456,14 +318,12 @@ static void handshake_done(struct redis_link *link) {
         "redis_up", LOG_STR("addr", link->addr),
         LOG_UINT("attempts", link->failures + 1),
         LOG_UINT("down_ms", link->down_logged ? now - link->down_since : 0),
-        LOG_UINT("pending", redis_link_pending(link)));
+        LOG_UINT("pending", link->client->pending(link)));
   link->ever_ready = true;
   link->down_logged = false;
   link->auth_failed_logged = false;
   link->failures = 0;
-  send_due(link);
-  if (redis_link_pending(link) == 0 && link->waits == 0)
-    link->on_idle(link);
+  link->client->on_ready(link);
 }
 
 /* Tags telling on_handshake_reply which command a reply answers. */
@@ -663,14 +523,16 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
     uv_timer_start(&link->timer, on_backoff, 0, 0);
     return;
   }
-  give_back_unconfirmed(link);
   char why[sizeof link->why];
   snprintf(why, sizeof why, "%s",
            ac->err && ac->errstr[0] ? ac->errstr
            : link->why[0]           ? link->why
                                     : "disconnected");
+  bool was_ready = link->state == LINK_READY || link->state == LINK_RETIRING;
   retry_later(link, why);
-  /* INCRs handed back by the broken connection are waiting now. */
+  /* The replies it still owed have been handed back, as lost. */
+  if (was_ready)
+    link->client->on_down(link);
 }
 
 static void watch(struct redis_link *link, redisAsyncContext *ac) {
@@ -769,11 +631,6 @@ void redis_link_start(struct redis_link *link) {
     connect_now(link);
 }
 
-void redis_link_add_due(struct redis_link *link, uint64_t n) {
-  link->due += n;
-  send_due(link);
-}
-
 void redis_link_close(struct redis_link *link) {
   enum redis_link_state was = link->state;
   if (was == LINK_CLOSED)
@@ -784,7 +641,7 @@ void redis_link_close(struct redis_link *link) {
     uv_cancel((uv_req_t *)&link->resolver);
   if (link->ac) {
     redisAsyncContext *ac = link->ac;
-    if (was == LINK_READY && awaited(link) == 0) {
+    if (was == LINK_READY && link->in_flight == 0) {
       /* Clean: deferred by hiredis if we are inside one of its callbacks. */
       redisAsyncDisconnect(ac);
     } else {

@@ -1,18 +1,14 @@
 /* The connection to Redis: hiredis async on the loop through a small
  * adapter of our own, reconnecting with capped exponential backoff and
- * jitter, and tracking every increment from "due" to "replied".
+ * jitter, asking the Sentinels where the master is when there are any.
  *
- * An increment handed over with redis_link_add_due waits in `due` until the
- * link is up and the in-flight window has room, then goes out as one INCR
- * (many per write when many are due together). A reply moves it to done (or
- * failed, for an error reply no retry can fix). When a connection breaks,
- * or a reply says this connection or server cannot take it now (NOAUTH,
- * LOADING, READONLY, BUSY, OOM...: see redis_error.h), the INCRs go back to
- * `due` and are sent again on the next connection: the count is at least
- * once, never lost while the process lives.
- *
- * Every connection is made fit before it counts: the handshake (AUTH,
- * SELECT) is one concern, the due work sent once it is done another. */
+ * Every connection is made fit before anything is sent on it: the
+ * handshake (AUTH, SELECT, ROLE behind Sentinel) is this module's concern;
+ * what is sent once it is done, and what its replies mean, is the client's
+ * (counter.h). The client sends preformatted commands with a tag, and gets
+ * each reply with its tag, in order; when a connection breaks, every reply
+ * it still owed comes as NULL, then on_down. A command that gets no reply
+ * within REDIS_TIMEOUT_MS drops the connection the same way. */
 #ifndef GRACEFULD_REDIS_LINK_H
 #define GRACEFULD_REDIS_LINK_H
 
@@ -40,8 +36,20 @@ enum redis_link_state {
 };
 
 struct redis_link;
-/* Called when nothing is due or in flight any more. */
-typedef void (*redis_link_idle_cb)(struct redis_link *link);
+
+/* What the link tells its client. */
+struct redis_link_client {
+  /* A connection is ready: authenticated, database selected. */
+  void (*on_ready)(struct redis_link *link);
+  /* The reply to the command sent with tag; NULL: lost with its
+   * connection. */
+  void (*on_reply)(struct redis_link *link, uint64_t tag,
+                   const redisReply *reply);
+  /* The ready connection is gone; every reply it owed has come as NULL. */
+  void (*on_down)(struct redis_link *link);
+  /* Increments pending, for the link's log lines. */
+  uint64_t (*pending)(const struct redis_link *link);
+};
 
 struct redis_link {
   uv_loop_t *loop;
@@ -51,11 +59,7 @@ struct redis_link {
   enum redis_link_state state;
   uv_timer_t timer; /* backoff, connect timeout or reply watchdog */
   uv_getaddrinfo_t resolver;
-  uint64_t due;            /* increments waiting to be sent */
-  uint64_t in_flight;      /* INCRs sent, reply not yet read */
-  uint64_t unconfirmed;    /* REDIS_MIN_REPLICAS: INCRs executed, not yet
-                              confirmed on enough replicas by a WAIT */
-  unsigned waits;          /* WAITs sent, reply not yet read */
+  uint64_t in_flight;      /* commands sent, reply not yet read */
   uint64_t last_progress;  /* uv_now of the last reply (or first send) */
   uint64_t down_since;     /* uv_now when the link was last lost */
   unsigned failures;       /* consecutive failed attempts */
@@ -64,8 +68,7 @@ struct redis_link {
   bool down_logged;
   bool auth_failed_logged; /* since the last successful handshake */
   bool auth_unneeded_logged;
-  bool wait_short_logged; /* since the last WAIT that was satisfied */
-  bool retiring_logged;   /* since the last reply to due work that counted */
+  bool retiring_logged; /* since the last reply to due work that counted */
   /* Sentinel: the master's address, when known, is in target; the
    * Sentinel asked next is sentinels[sentinel]. */
   bool master_known;
@@ -77,35 +80,36 @@ struct redis_link {
                                  Sentinel's */
   uint16_t port;
   uint32_t rng;
-  redis_link_idle_cb on_idle;
-  void *data;                                      /* the owner's */
+  const struct redis_link_client *client;
   char addr[REDIS_HOST_MAX + REDIS_USER_MAX + 64]; /* as logged: no password */
   char why[256]; /* why the current connection is being dropped */
-  size_t cmd_len;
-  char cmd[CONFIG_KEY_MAX + 64]; /* INCR <key>, in protocol form */
 };
 
-/* Prepares the link (no connection yet). cfg and metrics must outlive it. */
+/* Prepares the link (no connection yet). cfg and client must outlive it. */
 void redis_link_init(struct redis_link *link, uv_loop_t *loop,
                      const struct config *cfg, struct metrics *metrics,
-                     redis_link_idle_cb on_idle);
+                     const struct redis_link_client *client);
 
 /* Starts connecting; the link keeps itself connected from then on. */
 void redis_link_start(struct redis_link *link);
 
-/* n more increments are due: send them now if the link is up. */
-void redis_link_add_due(struct redis_link *link, uint64_t n);
+/* Queues cmd (len bytes, Redis protocol; copied) on the ready connection;
+ * its reply comes to the client's on_reply with tag. Returns 0, or
+ * UV_ENOTCONN when no connection is ready (nothing queued), UV_ENOMEM. */
+int redis_link_send(struct redis_link *link, const char *cmd, size_t len,
+                    uint64_t tag);
 
-/* Increments the link holds: due plus in flight. */
-uint64_t redis_link_pending(const struct redis_link *link);
+/* An error reply that a fresh connection may not get: this one takes no
+ * more commands, and is replaced once its last reply is in. why is logged
+ * (once until a command succeeds again). */
+void redis_link_retire(struct redis_link *link, const char *why, size_t len);
 
 /* True while the link is ready: connected, authenticated, database
  * selected. */
 bool redis_link_connected(const struct redis_link *link);
 
-/* Drops the connection and closes the link's handles; increments still held
- * are given up (the caller counts them first). No callback is called after
- * this. */
+/* Drops the connection and closes the link's handles; replies still owed
+ * are given up. No callback is called after this. */
 void redis_link_close(struct redis_link *link);
 
 #endif

@@ -2,6 +2,9 @@
 -- exactly once however often it is sent.
 --   KEYS[1] the counter   KEYS[2] this replica's fence (the last batch applied)
 --   ARGV[1] batch number  ARGV[2] increments  ARGV[3] fence lifetime, ms
+--   ARGV[4] the replica's lowest batch not yet settled: those below it were
+--           applied or failed for good (an error before this script ran,
+--           NOPERM say), and are passed over
 -- Batches of one replica apply strictly in order: a copy of a batch already
 -- applied (a retry, or a late execution of a command from a broken
 -- connection) answers 0 and changes nothing; a batch whose predecessor has
@@ -13,6 +16,9 @@ local seq = tonumber(ARGV[1])
 local last = tonumber(redis.call('GET', KEYS[2]) or 0)
 if seq <= last then
   return 0
+end
+if last < tonumber(ARGV[4]) - 1 then
+  last = tonumber(ARGV[4]) - 1
 end
 if seq ~= last + 1 then
   return -1

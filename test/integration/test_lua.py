@@ -97,8 +97,8 @@ def conn(redis):
     c.close()
 
 
-def batch(conn, seq, n, counter="counter", fence="p:fence:a"):
-    return conn.eval("batch", [counter, fence], seq, n, TTL)
+def batch(conn, seq, n, counter="counter", fence="p:fence:a", floor=1):
+    return conn.eval("batch", [counter, fence], seq, n, TTL, floor)
 
 
 def write_keys(rid="a"):
@@ -152,6 +152,15 @@ def test_batch_refused_by_the_counter_consumes_its_number(conn):
     assert batch(conn, 1, 5) == 0  # never applied later
     assert batch(conn, 2, 1) == 1  # the next one goes on
     assert int(conn.call("GET", "counter")) == 11
+
+
+def test_batch_passes_over_batches_failed_before_it_ran(conn):
+    """Batch 1 was refused before the script ran (NOPERM, say): the replica
+    counts it failed and says so with the next one's floor."""
+    assert batch(conn, 2, 5) == -1  # 1 is not settled yet
+    assert batch(conn, 2, 5, floor=2) == 1
+    assert batch(conn, 1, 3, floor=2) == 0  # never applied later
+    assert int(conn.call("GET", "counter")) == 5
 
 
 def test_batch_refused_for_memory_is_sent_again_with_its_number(conn):

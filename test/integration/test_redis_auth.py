@@ -75,9 +75,10 @@ def test_requirepass_with_the_password_from_a_file(protected, tmp_path):
         g.stop()
 
 
-# The commands gracefuld sends in the memory durability mode, and the only
-# ones the ACL user gets: the README's list. AUTH is always allowed.
-MEMORY_MODE_COMMANDS = ["+incr"]
+# The commands gracefuld sends in the memory durability mode (EVAL, and
+# those its batch script calls), and the only ones the ACL user gets: the
+# README's list. AUTH is always allowed.
+MEMORY_MODE_COMMANDS = ["+eval", "+get", "+set", "+incrby"]
 
 
 def acl_user(redis, name, keys):
@@ -87,7 +88,7 @@ def acl_user(redis, name, keys):
 
 
 def test_an_acl_user_granted_only_what_gracefuld_needs(protected, tmp_path):
-    acl_user(protected, "gracefuld", ["counter"])
+    acl_user(protected, "gracefuld", ["counter", "gracefuld:*"])
     g = Gracefuld(env={
         "REDIS_URL": f"redis://gracefuld@127.0.0.1:{protected.port}",
         "REDIS_PASSWORD_FILE": secret_file(tmp_path),

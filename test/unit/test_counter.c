@@ -84,8 +84,8 @@ static int setup(void **state, enum durability d) {
   if (!f || incr_queue_init(&f->q, NULL, NULL) != 0)
     return -1;
   metrics_init(&f->m);
-  if (counter_init(&f->c, NULL, d, "gd:", "counter", 0x1234, 3000, &f->q, &f->m,
-                   &transport, &events) != 0)
+  if (counter_init(&f->c, NULL, d, "gd:", "counter", 0x1234, 3000, 0, 0, &f->q,
+                   &f->m, &transport, &events) != 0)
     return -1;
   *state = f;
   return 0;

@@ -113,14 +113,15 @@ static void test_journal_lease_is_renewed_three_times_per_length(void **state) {
 
 static void test_journal_batch_is_one_fenced_eval(void **state) {
   (void)state;
-  assert_int_equal(journal_cmd_batch(&cmd, &j, 42, 1000), 0);
+  assert_int_equal(journal_cmd_batch(&cmd, &j, 42, 1000, 40), 0);
   redisReply *a = parsed();
   const char *keys[] = {"counter", "gd:fence:abcdef0123456789"};
   size_t i = assert_eval(a, "-- Memory mode", keys, 2);
-  assert_int_equal(a->elements, i + 3);
+  assert_int_equal(a->elements, i + 4);
   assert_arg(a, i, "42");
   assert_arg(a, i + 1, "1000");
   assert_arg(a, i + 2, "86400000");
+  assert_arg(a, i + 3, "40");
   freeReplyObject(a);
 }
 

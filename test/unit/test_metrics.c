@@ -205,6 +205,14 @@ static void test_metrics_every_family_is_typed_and_named(void **state) {
       {"gracefuld_increments_failed_total", "counter"},
       {"gracefuld_increments_abandoned_total", "counter"},
       {"gracefuld_redis_reconnects_total", "counter"},
+      {"gracefuld_redis_batches_total", "counter"},
+      {"gracefuld_journal_writes_total", "counter"},
+      {"gracefuld_journal_written_increments_total", "counter"},
+      {"gracefuld_journal_refused_increments_total", "counter"},
+      {"gracefuld_journal_resolutions_total", "counter"},
+      {"gracefuld_journal_moves_total", "counter"},
+      {"gracefuld_journal_adoptions_total", "counter"},
+      {"gracefuld_journal_adopted_increments_total", "counter"},
       {"gracefuld_connections_accepted_total", "counter"},
       {"gracefuld_connections_rejected_total", "counter"},
       {"gracefuld_increments_pending", "gauge"},
@@ -388,7 +396,7 @@ static void test_metrics_largest_values_fit_the_buffer(void **state) {
   render(&m, &g);
   /* Nothing cut off: every series is there, through the last family. */
   assert_int_equal(n_samples,
-                   ROUTE_COUNT * METRICS_STATUSES + 8 + 3 + PHASE_COUNT + 1);
+                   ROUTE_COUNT * METRICS_STATUSES + 16 + 3 + PHASE_COUNT + 1);
   expect_sample(request_series("other", "other"), "18446744073709551615");
   expect_sample("gracefuld_increments_pending", "18446744073709551615");
   value_of("gracefuld_process_start_time_seconds");
