@@ -26,9 +26,13 @@ static uint64_t pending(const struct app *app) {
 
 /* ---- Requests ----------------------------------------------------------- */
 
-static void respond(void *data, const struct http_request *req,
+static struct app *app_of_server(struct server *srv) {
+  return (struct app *)((char *)srv - offsetof(struct app, server));
+}
+
+static void respond(struct server *srv, const struct http_request *req,
                     uint16_t error_status, struct http_response *resp) {
-  struct app *app = data;
+  struct app *app = app_of_server(srv);
   struct route_result r;
   if (!req) {
     routes_error(error_status, &r);
@@ -129,8 +133,8 @@ static void on_deadline(uv_timer_t *timer) {
   finish(app);
 }
 
-static void on_drained(void *data) {
-  struct app *app = data;
+static void on_drained(struct server *srv) {
+  struct app *app = app_of_server(srv);
   enter(app, shutdown_connections_closed(&app->shutdown, uv_now(app->loop)));
 }
 
@@ -279,8 +283,7 @@ int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg) {
   metrics_init(&app->metrics);
   if (incr_queue_init(&app->queue, loop, on_due) != 0)
     return UV_ENOMEM;
-  server_init(&app->server, loop, cfg, &app->metrics,
-              (struct server_handler){respond, on_drained}, app);
+  server_init(&app->server, loop, cfg, &app->metrics, respond, on_drained);
   redis_link_init(&app->link, loop, cfg, &app->metrics, on_link_idle);
   shutdown_init(&app->shutdown, cfg->shutdown_delay_ms,
                 cfg->shutdown_timeout_ms, uv_now(loop));

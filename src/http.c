@@ -58,6 +58,7 @@ static int on_message_begin(llhttp_t *l) {
   memset(&p->req, 0, sizeof p->req);
   p->url_bytes = p->header_bytes = p->body_bytes = p->headers = 0;
   p->in_message = true;
+  p->begun++;
   p->in_query = false;
   p->head = HEAD_NEXT_SPAN;
   p->after_lf = false;

@@ -46,6 +46,7 @@ struct http_parser {
   uint64_t header_bytes; /* of the head so far: every byte from the method */
   uint64_t body_bytes;
   uint64_t headers;
+  uint32_t begun; /* requests begun on this connection, counting from 1 */
   const char *head_from; /* the next byte of the head to walk */
   uint16_t error_status; /* set when a limit is crossed */
   uint8_t head;          /* where the walk through the head stands */
