@@ -7,6 +7,8 @@
 #include <string.h>
 #include <errno.h>
 #include <linux/filter.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -21,7 +23,7 @@
 /* Room kept free in the write buffer before the next request is parsed, so
  * that its response always fits. */
 #define WBUF_RESERVE (HTTP_HEAD_MAX + SMALL_BODY_MAX)
-/* After our FIN, how long to wait for the client's. */
+/* Once the client has taken our FIN, how long to wait for its own. */
 #define LINGER_MS 1000
 /* How often a pending write is checked for progress, as a fraction of the
  * idle timeout: a stalled client is cut off within 1.25 idle timeouts. */
@@ -45,8 +47,9 @@ struct conn {
   uint8_t closing_reads; /* reads since the server began closing */
   uint32_t answered;     /* responses queued */
   uint32_t header_for;   /* the request whose header timeout is armed */
-  size_t write_left;     /* bytes of the pending write at the last check */
-  uint64_t write_moved;  /* uv_now when the pending write last moved */
+  size_t unsent;         /* bytes the client had not taken, last check */
+  uint64_t moved;        /* uv_now when the last of them moved */
+  uint64_t linger_from;  /* uv_now when the client had taken everything */
   uint32_t rpos;         /* rbuf[rpos, rlen) is not parsed yet */
   uint32_t rlen;
   uint32_t wlen;
@@ -107,11 +110,27 @@ static void arm(struct conn *c, uint64_t ms) {
 
 /* ---- The lifecycle: conn.h decides, this performs ---------------------- */
 
-static void watch_write(struct conn *c) {
-  c->write_left = c->tcp.write_queue_size;
-  c->write_moved = uv_now(c->srv->loop);
-  uint64_t every = c->srv->cfg->idle_timeout_ms / WRITE_CHECKS;
-  arm(c, every ? every : 1);
+static void check_progress(struct conn *c);
+
+/* Bytes written and not yet taken by the client: in libuv's queue, and
+ * sent but not acknowledged in the kernel's (SIOCOUTQ). */
+static size_t unsent(struct conn *c) {
+  size_t n = c->tcp.write_queue_size;
+  uv_os_fd_t fd;
+  int queued = 0;
+  if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0 &&
+      ioctl(fd, SIOCOUTQ, &queued) == 0 && queued > 0)
+    n += (size_t)queued;
+  return n;
+}
+
+/* Starts watching what is left to send: writing, shutting and lingering
+ * time out only when no byte has moved for the idle timeout. */
+static void watch(struct conn *c) {
+  c->unsent = unsent(c);
+  c->moved = uv_now(c->srv->loop);
+  c->linger_from = 0;
+  check_progress(c);
 }
 
 static void step(struct conn *c, enum conn_event e) {
@@ -134,10 +153,8 @@ static void step(struct conn *c, enum conn_event e) {
       return;
     }
   }
-  if (fx & CONN_DO_WATCH_WRITE)
-    watch_write(c);
-  if (fx & CONN_DO_LINGER)
-    arm(c, LINGER_MS);
+  if (fx & (CONN_DO_WATCH_WRITE | CONN_DO_LINGER))
+    watch(c);
   if (fx & CONN_DO_CLOSE) {
     c->life.state = CONN_CLOSING;
     uv_close((uv_handle_t *)&c->tcp, on_conn_close);
@@ -147,21 +164,37 @@ static void step(struct conn *c, enum conn_event e) {
 
 static void close_now(struct conn *c) { step(c, CONN_FAILED); }
 
-/* A pending write has stalled only when no byte has moved for the idle
- * timeout: libuv lowers write_queue_size as the socket takes bytes. */
-static void check_write(struct conn *c) {
+/* A write has stalled only when no byte has moved for the idle timeout.
+ * Lingering, LINGER_MS for the client's FIN begins once the client has
+ * taken everything, our FIN included: a slow reader still gets every
+ * response, and anything it sends meanwhile is read, so the close that
+ * follows is never a reset. */
+static void check_progress(struct conn *c) {
   uint64_t now = uv_now(c->srv->loop);
   uint64_t limit = c->srv->cfg->idle_timeout_ms;
-  if (c->tcp.write_queue_size < c->write_left) {
-    c->write_left = c->tcp.write_queue_size;
-    c->write_moved = now;
+  size_t left = unsent(c);
+  if (left < c->unsent) {
+    c->unsent = left;
+    c->moved = now;
   }
-  uint64_t still = now - c->write_moved;
+  if (c->life.state == CONN_LINGERING && left == 0) {
+    if (!c->linger_from)
+      c->linger_from = now ? now : 1;
+    uint64_t waited = now - c->linger_from;
+    if (waited >= LINGER_MS)
+      step(c, CONN_EXPIRED);
+    else
+      arm(c, LINGER_MS - waited);
+    return;
+  }
+  uint64_t still = now - c->moved;
   if (still >= limit) {
     step(c, CONN_EXPIRED);
     return;
   }
   uint64_t every = limit / WRITE_CHECKS;
+  if (c->life.state == CONN_LINGERING && every > LINGER_MS / WRITE_CHECKS)
+    every = LINGER_MS / WRITE_CHECKS;
   if (!every)
     every = 1;
   arm(c, limit - still < every ? limit - still : every);
@@ -363,10 +396,8 @@ static void on_conn_timer(uv_timer_t *timer) {
     return;
   case CONN_WRITING:
   case CONN_SHUTTING:
-    check_write(c);
-    return;
   case CONN_LINGERING:
-    step(c, CONN_EXPIRED);
+    check_progress(c);
     return;
   default:
     return;
