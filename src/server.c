@@ -32,6 +32,9 @@
  * for the handshakes already answered with a SYN-ACK to complete. */
 #define HANDSHAKE_GRACE_MS 100
 #define LISTEN_BACKLOG 4096
+/* While the server closes connections, how much more a connection that
+ * streams requests without pause is answered for. */
+#define CLOSING_BUDGET (64 * 1024)
 
 struct conn {
   uv_tcp_t tcp;
@@ -43,14 +46,14 @@ struct conn {
   struct conn *next;
   struct http_parser http;
   struct conn_life life;
-  uint8_t handles;       /* tcp and timer until both are closed */
-  uint8_t closing_reads; /* reads since the server began closing */
-  uint32_t answered;     /* responses queued */
-  uint32_t header_for;   /* the request whose header timeout is armed */
-  size_t unsent;         /* bytes the client had not taken, last check */
-  uint64_t moved;        /* uv_now when the last of them moved */
-  uint64_t linger_from;  /* uv_now when the client had taken everything */
-  uint32_t rpos;         /* rbuf[rpos, rlen) is not parsed yet */
+  uint8_t handles;        /* tcp and timer until both are closed */
+  uint32_t closing_bytes; /* read since the server began closing */
+  uint32_t answered;      /* responses queued */
+  uint32_t header_for;    /* the request whose header timeout is armed */
+  size_t unsent;          /* bytes the client had not taken, last check */
+  uint64_t moved;         /* uv_now when the last of them moved */
+  uint64_t linger_from;   /* uv_now when the client had taken everything */
+  uint32_t rpos;          /* rbuf[rpos, rlen) is not parsed yet */
   uint32_t rlen;
   uint32_t wlen;
   char *extra; /* a large body written after wbuf */
@@ -252,13 +255,24 @@ static void flush(struct conn *c) {
   step(c, CONN_WRITE_BLOCKED);
 }
 
+/* Whether the client has sent bytes the kernel holds and we have not read. */
+static bool input_waiting(struct conn *c) {
+  uv_os_fd_t fd;
+  int waiting = 0;
+  if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
+    ioctl(fd, FIONREAD, &waiting);
+  return waiting > 0;
+}
+
 /* Whether the response to req is the connection's last. While the server
- * closes connections (delaying, then draining), a connection answers what
- * it has already read: the response with nothing read after it is the
- * last, and so is any completed in the second read since closing began. A
- * client that streams requests without pause is therefore answered for at
- * most two reads (2 * CONN_RBUF bytes of requests), never held open. */
-static bool is_last(const struct conn *c, const struct http_request *req) {
+ * closes connections (delaying, then draining), a connection answers every
+ * request it has received, read or waiting in the kernel: the last is the
+ * one with nothing after it, which is asked of the kernel (FIONREAD) only
+ * when a response uses up what was read, so at most once per read. A client
+ * that streams requests without pause always has something after; it is
+ * cut at a bound instead: the first response once CLOSING_BUDGET bytes
+ * have been read since closing began is the last. */
+static bool is_last(struct conn *c, const struct http_request *req) {
   if (!req || !req->keep_alive || req->upgrade)
     return true;
   switch (c->srv->mode) {
@@ -266,7 +280,9 @@ static bool is_last(const struct conn *c, const struct http_request *req) {
     return false;
   case SERVER_CLOSE_EACH:
   case SERVER_DRAINING:
-    return c->rpos == c->rlen || c->closing_reads >= 2;
+    if (c->closing_bytes >= CLOSING_BUDGET)
+      return true;
+    return c->rpos == c->rlen && !input_waiting(c);
   default:
     return true;
   }
@@ -344,10 +360,11 @@ static void process(struct conn *c) {
   if (c->life.state != CONN_READING)
     return; /* writing (the rest of rbuf waits), or ending */
   c->rpos = c->rlen = 0;
-  /* Draining: a connection that has been answered and has nothing begun
-   * is done. One that never sent a request waits for its first. */
+  /* Draining: a connection that has been answered, has nothing begun and
+   * nothing more sent is done. One that never sent a request waits for its
+   * first. */
   if (c->srv->mode == SERVER_DRAINING && c->answered > 0 &&
-      http_parser_idle(&c->http)) {
+      http_parser_idle(&c->http) && !input_waiting(c)) {
     step(c, CONN_LAST_QUEUED);
     return;
   }
@@ -378,8 +395,8 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   }
   if (c->life.state != CONN_READING)
     return; /* after the last response: thrown away */
-  if (c->srv->mode != SERVER_KEEP_ALIVE && c->closing_reads < 2)
-    c->closing_reads++;
+  if (c->srv->mode != SERVER_KEEP_ALIVE && c->closing_bytes < CLOSING_BUDGET)
+    c->closing_bytes += (uint32_t)nread;
   c->rpos = 0;
   c->rlen = (uint32_t)nread;
   process(c);
