@@ -9,7 +9,7 @@
 #include "log.h"
 #include "routes.h"
 
-static void finish(struct app *app);
+static void wind_up(struct app *app);
 
 static struct app *app_of_queue(struct incr_queue *q) {
   return (struct app *)((char *)q - offsetof(struct app, queue));
@@ -81,7 +81,7 @@ static void respond(struct server *srv, const struct http_request *req,
 static void advance(struct app *app) {
   if (app->shutdown.phase == PHASE_FLUSHING && pending(app) == 0) {
     shutdown_flushed(&app->shutdown, uv_now(app->loop));
-    finish(app);
+    wind_up(app);
   }
 }
 
@@ -94,7 +94,7 @@ static void log_phase(const struct app *app, enum shutdown_phase phase) {
 }
 
 /* Performs the effects of the phase the state machine has just entered. */
-static void enter(struct app *app, enum shutdown_phase phase) {
+static void perform(struct app *app, enum shutdown_phase phase) {
   /* Logged once the phase's effects are in place: a client that reads
    * "draining" finds the listener closed. */
   switch (phase) {
@@ -113,7 +113,7 @@ static void enter(struct app *app, enum shutdown_phase phase) {
     advance(app);
     break;
   case PHASE_DONE:
-    finish(app);
+    wind_up(app);
     break;
   default:
     break;
@@ -122,7 +122,7 @@ static void enter(struct app *app, enum shutdown_phase phase) {
 
 static void on_delay_elapsed(uv_timer_t *timer) {
   struct app *app = timer->data;
-  enter(app, shutdown_delay_elapsed(&app->shutdown, uv_now(app->loop)));
+  perform(app, shutdown_delay_elapsed(&app->shutdown, uv_now(app->loop)));
 }
 
 static void on_deadline(uv_timer_t *timer) {
@@ -130,12 +130,12 @@ static void on_deadline(uv_timer_t *timer) {
   log_warn("shutdown_timeout", LOG_UINT("timeout_ms", app->shutdown.timeout_ms),
            LOG_UINT("pending", pending(app)));
   shutdown_deadline_passed(&app->shutdown, uv_now(app->loop));
-  finish(app);
+  wind_up(app);
 }
 
 static void on_drained(struct server *srv) {
   struct app *app = app_of_server(srv);
-  enter(app, shutdown_connections_closed(&app->shutdown, uv_now(app->loop)));
+  perform(app, shutdown_connections_closed(&app->shutdown, uv_now(app->loop)));
 }
 
 static void on_due(struct incr_queue *q, uint64_t n) {
@@ -167,7 +167,7 @@ static void on_signal(uv_signal_t *handle, int signum) {
   if (was == PHASE_RUNNING)
     uv_timer_start(&app->deadline_timer, on_deadline, app->shutdown.timeout_ms,
                    0);
-  enter(app, phase);
+  perform(app, phase);
 }
 
 /* ---- The end ------------------------------------------------------------ */
@@ -249,7 +249,7 @@ static void close_signals(struct app *app) {
 
 /* Gives up what is still pending, closes every handle so that uv_run
  * returns, and reports. */
-static void finish(struct app *app) {
+static void wind_up(struct app *app) {
   if (uv_is_closing((uv_handle_t *)&app->sigterm))
     return;
   uint64_t now = uv_now(app->loop);
@@ -316,7 +316,7 @@ int app_run(struct app *app) {
     log_error("listen_failed", LOG_STR("addr", cfg->listen_host),
               LOG_UINT("port", cfg->listen_port),
               LOG_STR("error", uv_strerror(rc)));
-    finish(app);
+    wind_up(app);
   } else {
     redis_link_start(&app->link);
   }

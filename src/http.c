@@ -7,7 +7,7 @@ static struct http_parser *parser_of(llhttp_t *l) {
                                 offsetof(struct http_parser, llhttp));
 }
 
-static int fail(struct http_parser *p, uint16_t status) {
+static int refuse(struct http_parser *p, uint16_t status) {
   p->error_status = status;
   return HPE_USER;
 }
@@ -53,15 +53,15 @@ static int walk_head(struct http_parser *p, const char *at, const char *end) {
     /* A line that begins with SP or HT: after each LF, and at the start of
      * this span when the last one ended with a LF. */
     if (p->after_lf && (*q == ' ' || *q == '\t'))
-      return fail(p, 400);
+      return refuse(p, 400);
     while ((q = memchr(q, '\n', (size_t)(end - q))) && ++q < end)
       if (*q == ' ' || *q == '\t')
-        return fail(p, 400);
+        return refuse(p, 400);
     p->after_lf = end[-1] == '\n';
   }
   p->header_bytes += (uint64_t)(end - p->head_from);
   p->head_from = end;
-  return p->header_bytes > p->limits->header_max_bytes ? fail(p, 431) : 0;
+  return p->header_bytes > p->limits->header_max_bytes ? refuse(p, 431) : 0;
 }
 
 static int on_message_begin(llhttp_t *l) {
@@ -140,7 +140,7 @@ static int on_url(llhttp_t *l, const char *at, size_t len) {
   struct http_parser *p = parser_of(l);
   p->url_bytes += len;
   if (p->url_bytes > p->limits->url_max_bytes)
-    return fail(p, 414);
+    return refuse(p, 414);
   if (walk_head(p, at, at + len))
     return HPE_USER;
   for (size_t i = 0; i < len && p->target < TARGET_QUERY; i++)
@@ -180,7 +180,7 @@ static int on_header_field_complete(llhttp_t *l) {
     p->hosts++;
   p->field_len = 0;
   p->field_not_host = false;
-  return ++p->headers > p->limits->max_headers ? fail(p, 431) : 0;
+  return ++p->headers > p->limits->max_headers ? refuse(p, 431) : 0;
 }
 
 static int on_headers_complete(llhttp_t *l) {
@@ -188,11 +188,11 @@ static int on_headers_complete(llhttp_t *l) {
   /* llhttp also takes HTTP/0.9 (no version) and HTTP/2.0 request lines;
    * this port speaks HTTP/1.0 and 1.1 only. */
   if (l->http_major != 1 || l->http_minor > 1)
-    return fail(p, 400);
+    return refuse(p, 400);
   /* RFC 9112 3.2: exactly one Host in HTTP/1.1, at most one in 1.0. A
    * trailer section (walked as a head) does not pass here. */
   if (p->hosts > 1 || (l->http_minor == 1 && p->hosts == 0))
-    return fail(p, 400);
+    return refuse(p, 400);
   if ((l->flags & F_CONTENT_LENGTH) &&
       l->content_length > p->limits->max_body_bytes) {
     p->error_status = 413;
@@ -220,14 +220,14 @@ static int on_chunk_extension(llhttp_t *l, const char *at, size_t len) {
   struct http_parser *p = parser_of(l);
   (void)at;
   p->body_bytes += len;
-  return p->body_bytes > p->limits->max_body_bytes ? fail(p, 413) : 0;
+  return p->body_bytes > p->limits->max_body_bytes ? refuse(p, 413) : 0;
 }
 
 static int on_body(llhttp_t *l, const char *at, size_t len) {
   struct http_parser *p = parser_of(l);
   (void)at;
   p->body_bytes += len;
-  return p->body_bytes > p->limits->max_body_bytes ? fail(p, 413) : 0;
+  return p->body_bytes > p->limits->max_body_bytes ? refuse(p, 413) : 0;
 }
 
 static int on_message_complete(llhttp_t *l) {
@@ -347,12 +347,12 @@ const char *http_reason(uint16_t status) {
   }
 }
 
-static char *put(char *out, const char *s, size_t n) {
+static char *emit(char *out, const char *s, size_t n) {
   memcpy(out, s, n);
   return out + n;
 }
 
-#define PUT_LIT(out, lit) put(out, lit, sizeof(lit) - 1)
+#define PUT_LIT(out, lit) emit(out, lit, sizeof(lit) - 1)
 
 static char *put_uint(char *out, uint64_t v) {
   char tmp[20];
@@ -374,9 +374,9 @@ size_t http_format_head(char *buf, const struct http_response *resp,
   o = PUT_LIT(o, "HTTP/1.1 ");
   o = put_uint(o, resp->status);
   *o++ = ' ';
-  o = put(o, reason, strlen(reason));
+  o = emit(o, reason, strlen(reason));
   o = PUT_LIT(o, "\r\nContent-Type: ");
-  o = put(o, type, strlen(type));
+  o = emit(o, type, strlen(type));
   o = PUT_LIT(o, "\r\nContent-Length: ");
   o = put_uint(o, resp->body_len);
   o = PUT_LIT(o, "\r\n");
@@ -385,7 +385,7 @@ size_t http_format_head(char *buf, const struct http_response *resp,
   else if (conn == HTTP_CONN_KEEP_ALIVE)
     o = PUT_LIT(o, "Connection: keep-alive\r\n");
   if (resp->extra_headers)
-    o = put(o, resp->extra_headers, strlen(resp->extra_headers));
+    o = emit(o, resp->extra_headers, strlen(resp->extra_headers));
   o = PUT_LIT(o, "\r\n");
   return (size_t)(o - buf);
 }

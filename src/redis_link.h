@@ -49,7 +49,6 @@ struct redis_link {
   bool down_logged;
   uint32_t rng;
   redis_link_idle_cb on_idle;
-  void *data; /* the owner's */
   size_t cmd_len;
   char cmd[CONFIG_KEY_MAX + 64]; /* INCR <key>, in protocol form */
 };

@@ -107,7 +107,7 @@ static void on_conn_close(uv_handle_t *handle) {
   maybe_drained(srv);
 }
 
-static void arm(struct conn *c, uint64_t ms) {
+static void set_timer(struct conn *c, uint64_t ms) {
   uv_timer_start(&c->timer, on_conn_timer, ms, 0);
 }
 
@@ -187,7 +187,7 @@ static void check_progress(struct conn *c) {
     if (waited >= LINGER_MS)
       step(c, CONN_EXPIRED);
     else
-      arm(c, LINGER_MS - waited);
+      set_timer(c, LINGER_MS - waited);
     return;
   }
   uint64_t still = now - c->moved;
@@ -200,7 +200,7 @@ static void check_progress(struct conn *c) {
     every = LINGER_MS / WRITE_CHECKS;
   if (!every)
     every = 1;
-  arm(c, limit - still < every ? limit - still : every);
+  set_timer(c, limit - still < every ? limit - still : every);
 }
 
 /* ---- Writing ------------------------------------------------------------ */
@@ -330,10 +330,10 @@ static void arm_reading(struct conn *c, bool answered) {
   if (!http_parser_idle(&c->http)) {
     if (c->header_for != c->http.begun) {
       c->header_for = c->http.begun;
-      arm(c, cfg->header_timeout_ms);
+      set_timer(c, cfg->header_timeout_ms);
     }
   } else if (answered) {
-    arm(c, cfg->idle_timeout_ms);
+    set_timer(c, cfg->idle_timeout_ms);
   }
 }
 
@@ -487,7 +487,7 @@ static void conn_start(struct server *srv, struct conn *c) {
     return;
   }
   /* The first request must begin within the header timeout. */
-  arm(c, srv->cfg->header_timeout_ms);
+  set_timer(c, srv->cfg->header_timeout_ms);
 }
 
 static struct conn *conn_new(struct server *srv) {
