@@ -313,7 +313,8 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
     link->ac = NULL;
     return;
   }
-  retry_later(link, ac->errstr ? ac->errstr : "disconnected");
+  /* errstr is empty when the watchdog freed the connection itself. */
+  retry_later(link, ac->errstr[0] ? ac->errstr : "reply timed out");
   /* INCRs handed back by the broken connection are waiting now. */
 }
 
