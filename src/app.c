@@ -311,6 +311,12 @@ int app_run(struct app *app) {
            LOG_UINT("shutdown_delay_ms", cfg->shutdown_delay_ms),
            LOG_UINT("shutdown_timeout_ms", cfg->shutdown_timeout_ms),
            LOG_UINT("max_pending", cfg->max_pending));
+  const char *warning = config_warning(cfg);
+  if (warning)
+    log_warn("config_warning", LOG_STR("warning", warning),
+             LOG_UINT("shutdown_delay_ms", cfg->shutdown_delay_ms),
+             LOG_UINT("incr_delay_ms", cfg->incr_delay_ms),
+             LOG_UINT("shutdown_timeout_ms", cfg->shutdown_timeout_ms));
   int rc = server_listen(&app->server);
   if (rc) {
     log_error("listen_failed", LOG_STR("addr", cfg->listen_host),
