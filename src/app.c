@@ -256,7 +256,6 @@ static void wind_up(struct app *app) {
   if (app->shutdown.phase != PHASE_DONE)
     shutdown_fail(&app->shutdown, now);
   app->abandoned = pending(app);
-  app->metrics.incr_abandoned = app->abandoned;
   if (app->abandoned)
     log_warn("abandoned", LOG_UINT("increments", app->abandoned),
              LOG_STR("reason", shutdown_reason_name(app->shutdown.reason)));
