@@ -18,7 +18,8 @@ import uuid
 
 import pytest
 
-from gracefuld_testlib import read_http_responses
+from gracefuld_testlib import (parse_responses, read_http_responses,
+                               read_to_end)
 
 CLONE_NEWNET = 0x40000000
 METRICS = b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n"
@@ -53,39 +54,6 @@ def netns():
     finally:
         os.close(home)
         subprocess.run(["ip", "netns", "del", name], check=True)
-
-
-def parse(data):
-    """(status, headers with lower-case names) of every response in data,
-    framed by Content-Length; every byte must belong to one."""
-    out = []
-    pos = 0
-    while pos < len(data):
-        end = data.index(b"\r\n\r\n", pos)
-        lines = data[pos:end].decode("latin-1").split("\r\n")
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        out.append((int(lines[0].split()[1]), headers))
-        pos = end + 4 + int(headers["content-length"])
-        assert pos <= len(data), "a response was cut short"
-    return out
-
-
-def read_to_end(sock, timeout=30.0):
-    """Everything until the server ends the connection, and how: "eof" or
-    "reset"."""
-    sock.settimeout(timeout)
-    data = bytearray()
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return bytes(data), "reset"
-        if not chunk:
-            return bytes(data), "eof"
-        data.extend(chunk)
 
 
 def slow_socket(port):
@@ -134,7 +102,7 @@ def test_last_response_after_a_stalled_write_ends_with_fin(netns, redis,
     assert end is None, f"the connection ended ({end}) while being read"
     rest, end = read_to_end(s)
     data.extend(rest)
-    responses = parse(bytes(data))
+    responses = parse_responses(bytes(data))
     assert len(responses) == 101
     assert all(r[0] == 200 for r in responses)
     assert responses[-1][1].get("connection") == "close"
@@ -168,7 +136,7 @@ def test_steady_slow_reader_is_not_cut_off(netns, redis, server):
         chunk = s.recv(65536)
         assert chunk, "the connection ended before the last response"
         data.extend(chunk)
-    responses = parse(bytes(data))
+    responses = parse_responses(bytes(data))
     assert len(responses) == n
     assert all(r[0] == 200 and "connection" not in r[1] for r in responses)
     # Still open and serving.
@@ -227,7 +195,7 @@ def test_each_pipelined_request_has_its_own_header_timeout(redis, server):
     began = time.monotonic()
     data, end = read_to_end(s, timeout=10)
     elapsed = time.monotonic() - began
-    responses = parse(data)
+    responses = parse_responses(data)
     assert [r[0] for r in responses] == [200, 408]
     assert end == "eof"
     assert elapsed >= 0.9, f"the second request timed out after {elapsed:.2f}s"
@@ -235,6 +203,19 @@ def test_each_pipelined_request_has_its_own_header_timeout(redis, server):
 
 
 # ---- Delaying and draining answer what they have received -----------------
+
+def expect_all_answered_then_fin(s, n):
+    """n responses of 200, only the last with Connection: close, then a
+    FIN."""
+    data, end = read_to_end(s)
+    responses = parse_responses(data)
+    assert len(responses) == n
+    assert all(r[0] == 200 for r in responses)
+    assert responses[-1][1].get("connection") == "close"
+    assert all("connection" not in r[1] for r in responses[:-1])
+    assert end == "eof"
+    s.close()
+
 
 def test_delaying_answers_every_pipelined_request_received(redis, server):
     g = server(env={"SHUTDOWN_DELAY_MS": "10000"})
@@ -245,14 +226,7 @@ def test_delaying_answers_every_pipelined_request_received(redis, server):
     g.signal()
     g.wait_event("phase", start=mark, phase="delaying")
     s.sendall(HEALTHZ * 5)
-    data, end = read_to_end(s)
-    responses = parse(data)
-    assert len(responses) == 5
-    assert all(r[0] == 200 for r in responses)
-    assert responses[-1][1].get("connection") == "close"
-    assert all("connection" not in r[1] for r in responses[:-1])
-    assert end == "eof"
-    s.close()
+    expect_all_answered_then_fin(s, 5)
     g.signal()  # a second signal ends the delay
     g.wait(30)
 
@@ -265,14 +239,7 @@ def test_draining_answers_every_pipelined_request_received(redis, server):
     g.signal()
     g.wait_event("phase", start=mark, phase="draining")
     s.sendall(b"Host: t\r\n\r\n" + HEALTHZ * 4)
-    data, end = read_to_end(s)
-    responses = parse(data)
-    assert len(responses) == 5
-    assert all(r[0] == 200 for r in responses)
-    assert responses[-1][1].get("connection") == "close"
-    assert all("connection" not in r[1] for r in responses[:-1])
-    assert end == "eof"
-    s.close()
+    expect_all_answered_then_fin(s, 5)
     assert g.wait(30) == 0
 
 
@@ -310,7 +277,7 @@ def test_streaming_client_cannot_hold_the_delay_open(redis, server):
         sender.join(10)
     s.shutdown(socket.SHUT_WR)
     rest, end = read_to_end(s)
-    responses = parse(bytes(data) + rest)
+    responses = parse_responses(bytes(data) + rest)
     assert responses[-1][1].get("connection") == "close"
     assert len(responses) <= (64 * 1024 + 4096) // len(HEALTHZ) + 2
     assert end == "eof"

@@ -17,47 +17,13 @@ import time
 
 import pytest
 
-from gracefuld_testlib import read_http_responses
+from gracefuld_testlib import (parse_responses, read_http_responses,
+                               read_to_end)
 
 INCR = b"GET /incr HTTP/1.1\r\nHost: t\r\n\r\n"
 
 
 # ---- helpers ---------------------------------------------------------------
-
-def read_to_end(sock, timeout=10.0):
-    """Reads until the server ends the connection; returns (data, end), end
-    being "eof" (a FIN: orderly) or "reset". Raises socket.timeout when the
-    server neither answers nor closes in time."""
-    sock.settimeout(timeout)
-    data = bytearray()
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return bytes(data), "reset"
-        if not chunk:
-            return bytes(data), "eof"
-        data.extend(chunk)
-
-
-def parse_responses(data):
-    """Splits bytes into (status, headers with lower-case names, body)
-    responses framed by Content-Length; every byte must belong to one."""
-    out = []
-    pos = 0
-    while pos < len(data):
-        end = data.index(b"\r\n\r\n", pos)
-        lines = data[pos:end].decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        length = int(headers["content-length"])
-        out.append((status, headers, data[end + 4:end + 4 + length]))
-        pos = end + 4 + length
-    return out
-
 
 def only_response(sock, timeout=10.0):
     """The one response before the server closes, which must be orderly."""

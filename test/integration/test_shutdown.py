@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from gracefuld_testlib import read_http_responses
+from gracefuld_testlib import parse_responses, read_http_responses
 
 
 def incr_n(g, n):
@@ -168,7 +168,7 @@ def test_pipelined_batch_streaming_into_a_drain_is_cut_at_a_bound(
         if not chunk:
             break
         rest.extend(chunk)
-    responses = first + parse_all(bytes(rest))
+    responses = first + parse_responses(bytes(rest))
     sender.join(30)
     assert all(r[0] == 200 for r in responses)
     assert responses[-1][1].get("connection") == "close"
@@ -178,23 +178,6 @@ def test_pipelined_batch_streaming_into_a_drain_is_cut_at_a_bound(
     s.close()
     assert g.wait(10) == 0
     assert redis.counter() == len(responses)
-
-
-def parse_all(data):
-    """(status, headers) of every response in data, framed by
-    Content-Length; every byte must belong to one."""
-    out = []
-    pos = 0
-    while pos < len(data):
-        end = data.index(b"\r\n\r\n", pos)
-        lines = data[pos:end].decode("latin-1").split("\r\n")
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        out.append((int(lines[0].split()[1]), headers))
-        pos = end + 4 + int(headers["content-length"])
-    return out
 
 
 def test_shutdown_timeout_abandons_and_exits_3(redis, server):
