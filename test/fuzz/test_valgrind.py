@@ -10,7 +10,7 @@ import socket
 import subprocess
 
 from gracefuld_testlib import Gracefuld, LineReader, read_http_responses, \
-    require_binary
+    read_to_end, require_binary
 
 VALGRIND_STATUS = 99
 
@@ -36,17 +36,9 @@ class UnderValgrind(Gracefuld):
 def exchange(g, data, timeout=30):
     s = g.raw(timeout=timeout)
     s.sendall(data)
-    out = bytearray()
-    while True:
-        try:
-            chunk = s.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        out.extend(chunk)
+    out, _ = read_to_end(s, timeout)
     s.close()
-    return bytes(out)
+    return out
 
 
 def test_short_session_under_memcheck_has_no_errors_and_no_definite_leaks(
