@@ -751,14 +751,14 @@ test_http_chunk_extensions_count_toward_the_body_limit(void **state) {
   struct http_limits limits = defaults;
   limits.max_body_bytes = 1024;
   size_t ext = 10 * 1024 * 1024;
-  static const char head[] =
+  static const char prefix[] =
       "POST /incr HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
       "1;x=";
-  char *req = malloc(sizeof head - 1 + ext + 32);
+  char *req = malloc(sizeof prefix - 1 + ext + 32);
   assert_non_null(req);
-  memcpy(req, head, sizeof head - 1);
-  memset(req + sizeof head - 1, 'v', ext);
-  strcpy(req + sizeof head - 1 + ext, "\r\na\r\n0\r\n\r\n");
+  memcpy(req, prefix, sizeof prefix - 1);
+  memset(req + sizeof prefix - 1, 'v', ext);
+  strcpy(req + sizeof prefix - 1 + ext, "\r\na\r\n0\r\n\r\n");
   size_t used;
   http_parser_init(&parser, &limits);
   enum http_parse_result r = http_parse(&parser, req, strlen(req), &used);
