@@ -9,9 +9,12 @@
  *   any --error, stalled write--> closing
  *
  * Responses go out strictly in request order: a connection parses and
- * answers only in reading, so a response that is not ready yet (or one the
- * socket cannot take) holds every later pipelined request behind it, unread
- * in the buffer. Once the last response is queued the connection never
+ * answers only in reading, so a response the socket cannot take holds every
+ * later pipelined request behind it, unread in the buffer. A response that
+ * is not ready yet (a 200 held until Redis acknowledges a write) fits the
+ * same way: a state beside writing, entered from reading when the handler
+ * has no answer yet, with reading stopped, and left for reading once the
+ * response is filled in, exactly as a completed write is. Once the last response is queued the connection never
  * stops reading: what the client still sends is read and thrown away until
  * its FIN, so the close that follows is a FIN, never a reset. */
 #ifndef GRACEFULD_CONN_H
