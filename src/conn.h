@@ -3,10 +3,11 @@
  * whole lifecycle reads here, on one screen:
  *
  *   reading --socket full--> writing --write done--> reading
- *   reading|writing --last response queued, or the client's FIN--> shutting
+ *   reading|writing --last response queued--> shutting
+ *   reading --the client's FIN--> shutting
  *   shutting --our FIN is out--> lingering (closing if the client's FIN came)
- *   lingering --the client's FIN, or LINGER_MS--> closing
- *   any --error, stalled write--> closing
+ *   lingering --the client's FIN, or LINGER_MS once it took all--> closing
+ *   any --error, or no byte moved for IDLE_TIMEOUT_MS--> closing
  *
  * Responses go out strictly in request order: a connection parses and
  * answers only in reading, so a response the socket cannot take holds every
@@ -14,9 +15,11 @@
  * is not ready yet (a 200 held until Redis acknowledges a write) fits the
  * same way: a state beside writing, entered from reading when the handler
  * has no answer yet, with reading stopped, and left for reading once the
- * response is filled in, exactly as a completed write is. Once the last response is queued the connection never
- * stops reading: what the client still sends is read and thrown away until
- * its FIN, so the close that follows is a FIN, never a reset. */
+ * response is filled in, exactly as a completed write is.
+ *
+ * Once the last response is queued the connection never stops reading: what the
+ * client still sends is read and thrown away until its FIN, so the close that
+ * follows is a FIN, never a reset. */
 #ifndef GRACEFULD_CONN_H
 #define GRACEFULD_CONN_H
 

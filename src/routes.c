@@ -29,8 +29,8 @@ const char *routes_name(enum route r) {
   return (unsigned)r < ROUTE_COUNT ? names[r] : "other";
 }
 
-static void set_response(struct route_result *out, uint16_t status, const char *body,
-                    size_t body_len) {
+static void set_response(struct route_result *out, uint16_t status,
+                         const char *body, size_t body_len) {
   out->response.status = status;
   out->response.body = body;
   out->response.body_len = body_len;

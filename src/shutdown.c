@@ -18,8 +18,8 @@ void shutdown_init(struct shutdown *s, uint64_t delay_ms, uint64_t timeout_ms,
   enter(s, PHASE_RUNNING, now);
 }
 
-static enum shutdown_phase end_shutdown(struct shutdown *s, enum shutdown_reason r,
-                                  uint64_t now) {
+static enum shutdown_phase end_shutdown(struct shutdown *s,
+                                        enum shutdown_reason r, uint64_t now) {
   if (s->phase == PHASE_DONE)
     return PHASE_DONE;
   s->reason = r;
