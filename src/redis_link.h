@@ -78,7 +78,6 @@ struct redis_link {
   uint16_t port;
   uint32_t rng;
   redis_link_idle_cb on_idle;
-  void *data;                                      /* the owner's */
   char addr[REDIS_HOST_MAX + REDIS_USER_MAX + 64]; /* as logged: no password */
   char why[256]; /* why the current connection is being dropped */
   size_t cmd_len;

@@ -95,7 +95,8 @@ def test_redis_paused_past_redis_timeout_reconnects_and_counts_at_least_once(
         assert timed_incrs(g, n) < 0.25
         timeout = g.wait_event("redis_timeout", start=mark)
         assert timeout["in_flight"] == n
-        g.wait_event("redis_down", start=mark)
+        down = g.wait_event("redis_down", start=mark)
+        assert down["reason"] == "reply timed out"
         g.wait_event("redis_up", start=mark)
         assert g.metrics()["gracefuld_increments_pending"] == n
     finally:
