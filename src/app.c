@@ -10,7 +10,7 @@
 #include "redis_error.h"
 #include "routes.h"
 
-static void finish(struct app *app);
+static void wind_up(struct app *app);
 
 static struct app *app_of_queue(struct incr_queue *q) {
   return (struct app *)((char *)q - offsetof(struct app, queue));
@@ -32,9 +32,13 @@ static uint64_t pending(const struct app *app) {
 
 /* ---- Requests ----------------------------------------------------------- */
 
-static void respond(void *data, const struct http_request *req,
+static struct app *app_of_server(struct server *srv) {
+  return (struct app *)((char *)srv - offsetof(struct app, server));
+}
+
+static void respond(struct server *srv, const struct http_request *req,
                     uint16_t error_status, struct http_response *resp) {
-  struct app *app = data;
+  struct app *app = app_of_server(srv);
   struct route_result r;
   if (!req) {
     routes_error(error_status, &r);
@@ -82,7 +86,7 @@ static void respond(void *data, const struct http_request *req,
 static void advance(struct app *app) {
   if (app->shutdown.phase == PHASE_FLUSHING && pending(app) == 0) {
     shutdown_flushed(&app->shutdown, uv_now(app->loop));
-    finish(app);
+    wind_up(app);
   }
 }
 
@@ -95,7 +99,7 @@ static void log_phase(const struct app *app, enum shutdown_phase phase) {
 }
 
 /* Performs the effects of the phase the state machine has just entered. */
-static void enter(struct app *app, enum shutdown_phase phase) {
+static void perform(struct app *app, enum shutdown_phase phase) {
   /* Logged once the phase's effects are in place: a client that reads
    * "draining" finds the listener closed. */
   switch (phase) {
@@ -114,7 +118,7 @@ static void enter(struct app *app, enum shutdown_phase phase) {
     advance(app);
     break;
   case PHASE_DONE:
-    finish(app);
+    wind_up(app);
     break;
   default:
     break;
@@ -123,7 +127,7 @@ static void enter(struct app *app, enum shutdown_phase phase) {
 
 static void on_delay_elapsed(uv_timer_t *timer) {
   struct app *app = timer->data;
-  enter(app, shutdown_delay_elapsed(&app->shutdown, uv_now(app->loop)));
+  perform(app, shutdown_delay_elapsed(&app->shutdown, uv_now(app->loop)));
 }
 
 static void on_deadline(uv_timer_t *timer) {
@@ -131,12 +135,12 @@ static void on_deadline(uv_timer_t *timer) {
   log_warn("shutdown_timeout", LOG_UINT("timeout_ms", app->shutdown.timeout_ms),
            LOG_UINT("pending", pending(app)));
   shutdown_deadline_passed(&app->shutdown, uv_now(app->loop));
-  finish(app);
+  wind_up(app);
 }
 
-static void on_drained(void *data) {
-  struct app *app = data;
-  enter(app, shutdown_connections_closed(&app->shutdown, uv_now(app->loop)));
+static void on_drained(struct server *srv) {
+  struct app *app = app_of_server(srv);
+  perform(app, shutdown_connections_closed(&app->shutdown, uv_now(app->loop)));
 }
 
 static void on_due(struct incr_queue *q, uint64_t now) {
@@ -217,7 +221,7 @@ static void on_signal(uv_signal_t *handle, int signum) {
   if (was == PHASE_RUNNING)
     uv_timer_start(&app->deadline_timer, on_deadline, app->shutdown.timeout_ms,
                    0);
-  enter(app, phase);
+  perform(app, phase);
 }
 
 /* ---- The end ------------------------------------------------------------ */
@@ -299,14 +303,13 @@ static void close_signals(struct app *app) {
 
 /* Gives up what is still pending, closes every handle so that uv_run
  * returns, and reports. */
-static void finish(struct app *app) {
+static void wind_up(struct app *app) {
   if (uv_is_closing((uv_handle_t *)&app->sigterm))
     return;
   uint64_t now = uv_now(app->loop);
   if (app->shutdown.phase != PHASE_DONE)
     shutdown_fail(&app->shutdown, now);
   app->abandoned = pending(app);
-  app->metrics.incr_abandoned = app->abandoned;
   if (app->abandoned)
     log_warn("abandoned", LOG_UINT("increments", app->abandoned),
              LOG_STR("reason", shutdown_reason_name(app->shutdown.reason)));
@@ -335,8 +338,7 @@ int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg) {
   metrics_init(&app->metrics);
   if (incr_queue_init(&app->queue, loop, on_due) != 0)
     return UV_ENOMEM;
-  server_init(&app->server, loop, cfg, &app->metrics,
-              (struct server_handler){respond, on_drained}, app);
+  server_init(&app->server, loop, cfg, &app->metrics, respond, on_drained);
   redis_link_init(&app->link, loop, cfg, &app->metrics, &link_client);
   uint64_t id;
   if (uv_random(NULL, NULL, &id, sizeof id, 0, NULL) != 0)
@@ -373,12 +375,18 @@ int app_run(struct app *app) {
            LOG_UINT("shutdown_delay_ms", cfg->shutdown_delay_ms),
            LOG_UINT("shutdown_timeout_ms", cfg->shutdown_timeout_ms),
            LOG_UINT("max_pending", cfg->max_pending));
+  const char *warning = config_warning(cfg);
+  if (warning)
+    log_warn("config_warning", LOG_STR("warning", warning),
+             LOG_UINT("shutdown_delay_ms", cfg->shutdown_delay_ms),
+             LOG_UINT("incr_delay_ms", cfg->incr_delay_ms),
+             LOG_UINT("shutdown_timeout_ms", cfg->shutdown_timeout_ms));
   int rc = server_listen(&app->server);
   if (rc) {
     log_error("listen_failed", LOG_STR("addr", cfg->listen_host),
               LOG_UINT("port", cfg->listen_port),
               LOG_STR("error", uv_strerror(rc)));
-    finish(app);
+    wind_up(app);
   } else {
     redis_link_start(&app->link);
   }

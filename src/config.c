@@ -481,3 +481,12 @@ enum config_result config_parse(struct config *cfg, int argc, char *const *argv,
   }
   return CONFIG_OK;
 }
+
+const char *config_warning(const struct config *cfg) {
+  /* An /incr answered at the end of the delay has its INCR due INCR_DELAY_MS
+   * later: past the shutdown timeout it is abandoned. */
+  if (cfg->shutdown_delay_ms + cfg->incr_delay_ms > cfg->shutdown_timeout_ms)
+    return "SHUTDOWN_DELAY_MS + INCR_DELAY_MS exceeds SHUTDOWN_TIMEOUT_MS: "
+           "increments answered late in the delay will be abandoned";
+  return NULL;
+}

@@ -82,4 +82,8 @@ enum config_result config_parse(struct config *cfg, int argc, char *const *argv,
 /* Writes the settings table, as --help shows it, to out. */
 void config_usage(FILE *out);
 
+/* A start-up warning about cfg (valid, but likely not what was meant), or
+ * NULL. The text names the settings involved. */
+const char *config_warning(const struct config *cfg);
+
 #endif

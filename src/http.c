@@ -7,7 +7,7 @@ static struct http_parser *parser_of(llhttp_t *l) {
                                 offsetof(struct http_parser, llhttp));
 }
 
-static int fail(struct http_parser *p, uint16_t status) {
+static int refuse(struct http_parser *p, uint16_t status) {
   p->error_status = status;
   return HPE_USER;
 }
@@ -21,6 +21,17 @@ static int fail(struct http_parser *p, uint16_t status) {
  * continues the one before), which llhttp 8 accepts even in strict mode and
  * which is request-smuggling material. A trailer section is walked the same
  * way, and counts toward the same limit. */
+enum target_walk {
+  TARGET_START,
+  TARGET_SCHEME,     /* absolute-form: "http" */
+  TARGET_SLASH1,     /* "http:" */
+  TARGET_SLASH2,     /* "http:/" */
+  TARGET_AUTHORITY,  /* "http://host" */
+  TARGET_PATH,       /* copying the path */
+  TARGET_QUERY,      /* past '?' or '#': the rest is not routed on */
+  TARGET_UNROUTABLE, /* not a form we route */
+};
+
 enum head_walk {
   HEAD_OFF,       /* in a body, or between requests */
   HEAD_NEXT_SPAN, /* a head began: walk from its first span on */
@@ -42,15 +53,15 @@ static int walk_head(struct http_parser *p, const char *at, const char *end) {
     /* A line that begins with SP or HT: after each LF, and at the start of
      * this span when the last one ended with a LF. */
     if (p->after_lf && (*q == ' ' || *q == '\t'))
-      return fail(p, 400);
+      return refuse(p, 400);
     while ((q = memchr(q, '\n', (size_t)(end - q))) && ++q < end)
       if (*q == ' ' || *q == '\t')
-        return fail(p, 400);
+        return refuse(p, 400);
     p->after_lf = end[-1] == '\n';
   }
   p->header_bytes += (uint64_t)(end - p->head_from);
   p->head_from = end;
-  return p->header_bytes > p->limits->header_max_bytes ? fail(p, 431) : 0;
+  return p->header_bytes > p->limits->header_max_bytes ? refuse(p, 431) : 0;
 }
 
 static int on_message_begin(llhttp_t *l) {
@@ -58,7 +69,11 @@ static int on_message_begin(llhttp_t *l) {
   memset(&p->req, 0, sizeof p->req);
   p->url_bytes = p->header_bytes = p->body_bytes = p->headers = 0;
   p->in_message = true;
-  p->in_query = false;
+  p->begun++;
+  p->hosts = 0;
+  p->field_len = 0;
+  p->field_not_host = false;
+  p->target = TARGET_START;
   p->head = HEAD_NEXT_SPAN;
   p->after_lf = false;
   return 0;
@@ -68,29 +83,104 @@ static int on_head_bytes(llhttp_t *l, const char *at, size_t len) {
   return walk_head(parser_of(l), at, at + len);
 }
 
+static bool scheme_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+         (c >= '0' && c <= '9') || c == '+' || c == '-' || c == '.';
+}
+
+/* The path of the request target, byte by byte wherever the reads split
+ * it: origin-form (/path?query) as it is, absolute-form
+ * (http://authority/path?query) from the slash after its authority. */
+static void walk_target(struct http_parser *p, char c) {
+  struct http_request *r = &p->req;
+  switch (p->target) {
+  case TARGET_START:
+    p->target = TARGET_PATH;
+    if (c != '/' && c != '*' && scheme_char(c)) {
+      p->target = TARGET_SCHEME;
+      return;
+    }
+    break;
+  case TARGET_SCHEME:
+    if (c == ':')
+      p->target = TARGET_SLASH1;
+    else if (!scheme_char(c))
+      p->target = TARGET_UNROUTABLE;
+    return;
+  case TARGET_SLASH1:
+  case TARGET_SLASH2:
+    p->target = c == '/' ? p->target + 1 : TARGET_UNROUTABLE;
+    return;
+  case TARGET_AUTHORITY:
+    if (c == '/')
+      break;
+    if (c == '?' || c == '#') {
+      /* http://host?q: the path is empty, which means "/". */
+      r->path[r->path_len++] = '/';
+      p->target = TARGET_QUERY;
+    }
+    return;
+  case TARGET_PATH:
+    break;
+  default:
+    return;
+  }
+  if (p->target == TARGET_AUTHORITY)
+    p->target = TARGET_PATH;
+  if (c == '?' || c == '#') {
+    p->target = TARGET_QUERY;
+  } else if (r->path_len < HTTP_PATH_MAX) {
+    r->path[r->path_len++] = c;
+  } else {
+    r->path_truncated = true;
+  }
+}
+
 static int on_url(llhttp_t *l, const char *at, size_t len) {
   struct http_parser *p = parser_of(l);
   p->url_bytes += len;
   if (p->url_bytes > p->limits->url_max_bytes)
-    return fail(p, 414);
+    return refuse(p, 414);
   if (walk_head(p, at, at + len))
     return HPE_USER;
-  struct http_request *r = &p->req;
-  for (size_t i = 0; i < len && !p->in_query; i++) {
-    if (at[i] == '?' || at[i] == '#') {
-      p->in_query = true;
-    } else if (r->path_len < HTTP_PATH_MAX) {
-      r->path[r->path_len++] = at[i];
-    } else {
-      r->path_truncated = true;
-    }
-  }
+  for (size_t i = 0; i < len && p->target < TARGET_QUERY; i++)
+    walk_target(p, at[i]);
   return 0;
+}
+
+static int on_url_complete(llhttp_t *l) {
+  struct http_parser *p = parser_of(l);
+  /* A target that never reached its path (http://host, or no scheme after
+   * all) matches no route. */
+  if (p->target != TARGET_PATH && p->target != TARGET_QUERY)
+    p->req.path_truncated = true;
+  return 0;
+}
+
+/* Recognises a Host header by its name, whatever the case, wherever the
+ * reads split it. */
+static int on_header_field(llhttp_t *l, const char *at, size_t len) {
+  struct http_parser *p = parser_of(l);
+  static const char host[] = "host";
+  for (size_t i = 0; i < len && !p->field_not_host; i++) {
+    char c = at[i];
+    if (c >= 'A' && c <= 'Z')
+      c = (char)(c - 'A' + 'a');
+    if (p->field_len >= 4 || c != host[p->field_len])
+      p->field_not_host = true;
+    else
+      p->field_len++;
+  }
+  return walk_head(p, at, at + len);
 }
 
 static int on_header_field_complete(llhttp_t *l) {
   struct http_parser *p = parser_of(l);
-  return ++p->headers > p->limits->max_headers ? fail(p, 431) : 0;
+  if (!p->field_not_host && p->field_len == 4 && p->hosts < 2)
+    p->hosts++;
+  p->field_len = 0;
+  p->field_not_host = false;
+  return ++p->headers > p->limits->max_headers ? refuse(p, 431) : 0;
 }
 
 static int on_headers_complete(llhttp_t *l) {
@@ -98,7 +188,11 @@ static int on_headers_complete(llhttp_t *l) {
   /* llhttp also takes HTTP/0.9 (no version) and HTTP/2.0 request lines;
    * this port speaks HTTP/1.0 and 1.1 only. */
   if (l->http_major != 1 || l->http_minor > 1)
-    return fail(p, 400);
+    return refuse(p, 400);
+  /* RFC 9112 3.2: exactly one Host in HTTP/1.1, at most one in 1.0. A
+   * trailer section (walked as a head) does not pass here. */
+  if (p->hosts > 1 || (l->http_minor == 1 && p->hosts == 0))
+    return refuse(p, 400);
   if ((l->flags & F_CONTENT_LENGTH) &&
       l->content_length > p->limits->max_body_bytes) {
     p->error_status = 413;
@@ -120,11 +214,20 @@ static int on_chunk_header(llhttp_t *l) {
   return 0;
 }
 
+/* Chunk extensions (";name=value" after a chunk size) are read and thrown
+ * away, but they are bytes the client sends: they count as body. */
+static int on_chunk_extension(llhttp_t *l, const char *at, size_t len) {
+  struct http_parser *p = parser_of(l);
+  (void)at;
+  p->body_bytes += len;
+  return p->body_bytes > p->limits->max_body_bytes ? refuse(p, 413) : 0;
+}
+
 static int on_body(llhttp_t *l, const char *at, size_t len) {
   struct http_parser *p = parser_of(l);
   (void)at;
   p->body_bytes += len;
-  return p->body_bytes > p->limits->max_body_bytes ? fail(p, 413) : 0;
+  return p->body_bytes > p->limits->max_body_bytes ? refuse(p, 413) : 0;
 }
 
 static int on_message_complete(llhttp_t *l) {
@@ -144,11 +247,14 @@ static const llhttp_settings_t settings = {
     .on_message_begin = on_message_begin,
     .on_method = on_head_bytes,
     .on_url = on_url,
-    .on_header_field = on_head_bytes,
+    .on_url_complete = on_url_complete,
+    .on_header_field = on_header_field,
     .on_header_value = on_head_bytes,
     .on_header_field_complete = on_header_field_complete,
     .on_headers_complete = on_headers_complete,
     .on_chunk_header = on_chunk_header,
+    .on_chunk_extension_name = on_chunk_extension,
+    .on_chunk_extension_value = on_chunk_extension,
     .on_body = on_body,
     .on_message_complete = on_message_complete,
 };
@@ -241,12 +347,12 @@ const char *http_reason(uint16_t status) {
   }
 }
 
-static char *put(char *out, const char *s, size_t n) {
+static char *emit(char *out, const char *s, size_t n) {
   memcpy(out, s, n);
   return out + n;
 }
 
-#define PUT_LIT(out, lit) put(out, lit, sizeof(lit) - 1)
+#define PUT_LIT(out, lit) emit(out, lit, sizeof(lit) - 1)
 
 static char *put_uint(char *out, uint64_t v) {
   char tmp[20];
@@ -268,9 +374,9 @@ size_t http_format_head(char *buf, const struct http_response *resp,
   o = PUT_LIT(o, "HTTP/1.1 ");
   o = put_uint(o, resp->status);
   *o++ = ' ';
-  o = put(o, reason, strlen(reason));
+  o = emit(o, reason, strlen(reason));
   o = PUT_LIT(o, "\r\nContent-Type: ");
-  o = put(o, type, strlen(type));
+  o = emit(o, type, strlen(type));
   o = PUT_LIT(o, "\r\nContent-Length: ");
   o = put_uint(o, resp->body_len);
   o = PUT_LIT(o, "\r\n");
@@ -279,7 +385,7 @@ size_t http_format_head(char *buf, const struct http_response *resp,
   else if (conn == HTTP_CONN_KEEP_ALIVE)
     o = PUT_LIT(o, "Connection: keep-alive\r\n");
   if (resp->extra_headers)
-    o = put(o, resp->extra_headers, strlen(resp->extra_headers));
+    o = emit(o, resp->extra_headers, strlen(resp->extra_headers));
   o = PUT_LIT(o, "\r\n");
   return (size_t)(o - buf);
 }

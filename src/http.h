@@ -7,8 +7,11 @@
  * caller's buffer. Limits on the request target, the header block (every
  * byte of it, from the method to the blank line) and the body are checked
  * as bytes arrive; nothing is copied but the first bytes of the path.
- * Beyond what llhttp's strict mode rejects, obsolete line folding and
- * versions other than HTTP/1.0 and 1.1 are parse errors (400). */
+ * Beyond what llhttp's strict mode rejects, obsolete line folding,
+ * versions other than HTTP/1.0 and 1.1, an HTTP/1.1 request without a Host
+ * header and any request with several are parse errors (400), as RFC 9112
+ * says. An absolute-form target (http://host/path) is routed by its path.
+ * Chunk extensions count toward MAX_BODY_BYTES. */
 #ifndef GRACEFULD_HTTP_H
 #define GRACEFULD_HTTP_H
 
@@ -46,13 +49,17 @@ struct http_parser {
   uint64_t header_bytes; /* of the head so far: every byte from the method */
   uint64_t body_bytes;
   uint64_t headers;
+  uint32_t begun;      /* requests begun on this connection, counting from 1 */
+  uint8_t hosts;       /* Host header lines in this request (up to 2) */
+  uint8_t field_len;   /* bytes of the header name so far (up to 5) */
+  bool field_not_host; /* the header name so far is not a prefix of Host */
+  uint8_t target;      /* where the walk through the request target stands */
   const char *head_from; /* the next byte of the head to walk */
   uint16_t error_status; /* set when a limit is crossed */
   uint8_t head;          /* where the walk through the head stands */
   bool after_lf;         /* the last byte walked was a LF */
   bool head_ended;       /* llhttp paused where the head ends */
   bool in_message;       /* a request has begun and is not complete */
-  bool in_query;
   bool paused;
 };
 

@@ -39,7 +39,6 @@ struct incr_queue {
   uv_loop_t *loop;
   incr_queue_due_cb on_due;
   void (*on_close)(struct incr_queue *q);
-  void *data; /* the owner's */
 };
 
 /* Initialises an empty queue (its timer on loop, when loop is not NULL).

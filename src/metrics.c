@@ -55,12 +55,13 @@ char *metrics_render(const struct metrics *m, const struct metrics_gauges *g,
   b.p[0] = '\0';
 
   family(&b, "http_requests_total", "counter",
-         "HTTP requests answered, by route and status code.");
+         "HTTP responses sent, by route and status code (route other: "
+         "unknown paths and requests that could not be parsed).");
+  /* Every series from the start, at 0, so that rates and alerts see the
+   * first request. */
   for (int r = 0; r < ROUTE_COUNT; r++) {
     for (int s = 0; s < METRICS_STATUSES; s++) {
       uint64_t v = m->requests[r][s];
-      if (!v)
-        continue;
       if (s < METRICS_STATUSES - 1)
         emit(&b,
              "gracefuld_http_requests_total{route=\"%s\",code=\"%u\"} %llu\n",
@@ -81,13 +82,11 @@ char *metrics_render(const struct metrics *m, const struct metrics_gauges *g,
       {"increments_accepted_total", offsetof(struct metrics, incr_accepted),
        "Increments answered 200 and queued."},
       {"increments_done_total", offsetof(struct metrics, incr_done),
-       "Increments Redis has replied to."},
+       "INCRs Redis has answered with the new count."},
       {"increments_retried_total", offsetof(struct metrics, incr_retried),
        "INCRs sent again after their connection broke (at-least-once)."},
       {"increments_failed_total", offsetof(struct metrics, incr_failed),
        "INCRs Redis answered with an error."},
-      {"increments_abandoned_total", offsetof(struct metrics, incr_abandoned),
-       "Increments still pending when the process gave up."},
       {"redis_reconnects_total", offsetof(struct metrics, redis_reconnects),
        "Connections to Redis made after the first."},
       {"redis_batches_total", offsetof(struct metrics, batches),
@@ -115,10 +114,11 @@ char *metrics_render(const struct metrics *m, const struct metrics_gauges *g,
        "durability redis: increments in the journals taken over."},
       {"connections_accepted_total",
        offsetof(struct metrics, connections_accepted),
-       "TCP connections accepted."},
+       "TCP connections accepted, those then rejected included."},
       {"connections_rejected_total",
        offsetof(struct metrics, connections_rejected),
-       "TCP connections closed at once for exceeding MAX_CONNECTIONS."},
+       "TCP connections closed at once: past MAX_CONNECTIONS, or no memory "
+       "for them."},
   };
   for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++) {
     uint64_t v;
@@ -131,7 +131,8 @@ char *metrics_render(const struct metrics *m, const struct metrics_gauges *g,
          "Increments answered but not yet replied to by Redis.");
   emit(&b, "gracefuld_increments_pending %llu\n",
        (unsigned long long)g->pending);
-  family(&b, "open_connections", "gauge", "Open HTTP connections.");
+  family(&b, "open_connections", "gauge",
+         "HTTP connections open, those closing included.");
   emit(&b, "gracefuld_open_connections %llu\n",
        (unsigned long long)g->open_connections);
   family(&b, "redis_connected", "gauge", "1 while the Redis connection is up.");
@@ -141,9 +142,14 @@ char *metrics_render(const struct metrics *m, const struct metrics_gauges *g,
   for (int p = 0; p < PHASE_COUNT; p++)
     emit(&b, "gracefuld_shutdown_phase{phase=\"%s\"} %d\n",
          shutdown_phase_name((enum shutdown_phase)p), p == (int)g->phase);
-  family(&b, "process_start_time_seconds", "gauge",
-         "Start time of the process since the Unix epoch, in seconds.");
-  emit(&b, "gracefuld_process_start_time_seconds %.3f\n", m->start_time);
+  /* The standard name (the Prometheus client libraries' process metrics),
+   * without our prefix. */
+  emit(&b,
+       "# HELP process_start_time_seconds Start time of the process "
+       "since unix epoch in seconds.\n"
+       "# TYPE process_start_time_seconds gauge\n"
+       "process_start_time_seconds %.3f\n",
+       m->start_time);
 
   *len = b.len;
   return b.p;

@@ -14,11 +14,10 @@
 
 struct metrics {
   uint64_t requests[ROUTE_COUNT][METRICS_STATUSES];
-  uint64_t incr_accepted;  /* answered 200 and queued */
-  uint64_t incr_done;      /* Redis replied to the INCR */
-  uint64_t incr_retried;   /* sent again after a connection broke */
-  uint64_t incr_failed;    /* Redis answered with an error */
-  uint64_t incr_abandoned; /* still pending when the process gave up */
+  uint64_t incr_accepted; /* answered 200 and queued */
+  uint64_t incr_done;     /* Redis replied to the INCR */
+  uint64_t incr_retried;  /* sent again after a connection broke */
+  uint64_t incr_failed;   /* Redis answered with an error */
   uint64_t redis_reconnects;
   uint64_t batches;             /* memory: batches sent (first sends) */
   uint64_t journal_writes;      /* journal writes sent */

@@ -29,8 +29,8 @@ const char *routes_name(enum route r) {
   return (unsigned)r < ROUTE_COUNT ? names[r] : "other";
 }
 
-static void respond(struct route_result *out, uint16_t status, const char *body,
-                    size_t body_len) {
+static void set_response(struct route_result *out, uint16_t status,
+                         const char *body, size_t body_len) {
   out->response.status = status;
   out->response.body = body;
   out->response.body_len = body_len;
@@ -41,23 +41,23 @@ void routes_error(uint16_t status, struct route_result *out) {
   out->route = ROUTE_OTHER;
   switch (status) {
   case 408:
-    respond(out, status, BODY("request timeout\n"));
+    set_response(out, status, BODY("request timeout\n"));
     break;
   case 413:
-    respond(out, status, BODY("body too large\n"));
+    set_response(out, status, BODY("body too large\n"));
     break;
   case 414:
-    respond(out, status, BODY("request target too long\n"));
+    set_response(out, status, BODY("request target too long\n"));
     break;
   case 431:
-    respond(out, status, BODY("header block too large\n"));
+    set_response(out, status, BODY("header block too large\n"));
     break;
   case 503:
-    respond(out, status, BODY("too many pending increments\n"));
+    set_response(out, status, BODY("too many pending increments\n"));
     out->response.extra_headers = "Retry-After: 1\r\n";
     break;
   default:
-    respond(out, 400, BODY("bad request\n"));
+    set_response(out, 400, BODY("bad request\n"));
     break;
   }
 }
@@ -73,12 +73,12 @@ void routes_handle(const struct http_request *req,
   /* A HEAD request gets no body, whatever the answer. */
   out->response.head = head;
   if (out->route == ROUTE_OTHER) {
-    respond(out, 404, BODY("not found\n"));
+    set_response(out, 404, BODY("not found\n"));
     return;
   }
   if (out->route == ROUTE_INCR ? !(get || req->method == HTTP_POST)
                                : !(get || head)) {
-    respond(out, 405, BODY("method not allowed\n"));
+    set_response(out, 405, BODY("method not allowed\n"));
     out->response.extra_headers = paths[out->route].allow;
     return;
   }
@@ -90,20 +90,20 @@ void routes_handle(const struct http_request *req,
       return;
     }
     out->action = ACTION_INCR;
-    respond(out, 200, BODY("ok\n"));
+    set_response(out, 200, BODY("ok\n"));
     return;
   case ROUTE_HEALTHZ:
-    respond(out, 200, BODY("ok\n"));
+    set_response(out, 200, BODY("ok\n"));
     return;
   case ROUTE_READYZ:
     if (state->ready)
-      respond(out, 200, BODY("ready\n"));
+      set_response(out, 200, BODY("ready\n"));
     else
-      respond(out, 503, BODY("not ready\n"));
+      set_response(out, 503, BODY("not ready\n"));
     return;
   case ROUTE_METRICS:
     out->action = ACTION_METRICS;
-    respond(out, 200, NULL, 0);
+    set_response(out, 200, NULL, 0);
     out->response.content_type = "text/plain; version=0.0.4; charset=utf-8";
     return;
   default:

@@ -1,10 +1,18 @@
+/* accept4 and SO_ATTACH_FILTER are Linux interfaces. */
+#define _GNU_SOURCE
 #include "server.h"
 
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <linux/filter.h>
+#include <linux/sockios.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include "conn.h"
 #include "log.h"
 
 #define CONN_RBUF 4096
@@ -15,34 +23,37 @@
 /* Room kept free in the write buffer before the next request is parsed, so
  * that its response always fits. */
 #define WBUF_RESERVE (HTTP_HEAD_MAX + SMALL_BODY_MAX)
-/* After a half-close, how long to wait for the client's FIN. */
+/* Once the client has taken our FIN, how long to wait for its own. */
 #define LINGER_MS 1000
+/* How often a pending write is checked for progress, as a fraction of the
+ * idle timeout: a stalled client is cut off within 1.25 idle timeouts. */
+#define WRITE_CHECKS 4
+/* Draining: how long the listener stays open, with new handshakes stopped,
+ * for the handshakes already answered with a SYN-ACK to complete. */
+#define HANDSHAKE_GRACE_MS 100
 #define LISTEN_BACKLOG 4096
-
-enum conn_timeout {
-  TIMEOUT_IDLE,   /* between requests: close gracefully */
-  TIMEOUT_HEADER, /* a request began and is not complete: 408 */
-  TIMEOUT_WRITE,  /* the client does not read its responses: close */
-  TIMEOUT_LINGER, /* half-closed, the client's FIN has not come: close */
-};
+/* While the server closes connections, how much more a connection that
+ * streams requests without pause is answered for. */
+#define CLOSING_BUDGET (64 * 1024)
 
 struct conn {
   uv_tcp_t tcp;
+  uv_timer_t timer; /* this connection's one deadline */
   uv_write_t write_req;
   uv_shutdown_t shutdown_req;
   struct server *srv;
   struct conn *prev;
   struct conn *next;
   struct http_parser http;
-  uint64_t deadline;
-  enum conn_timeout timeout;
-  bool reading;
-  bool writing;     /* a uv_write is pending on wbuf (and extra) */
-  bool close_after; /* the last response is in wbuf: no more requests */
-  bool lingering;   /* half-closed: discarding input until EOF */
-  bool closing;     /* uv_close was called */
-  bool peer_eof;    /* the client will send nothing more */
-  uint32_t rpos;    /* rbuf[rpos, rlen) is not parsed yet */
+  struct conn_life life;
+  uint8_t handles;        /* tcp and timer until both are closed */
+  uint32_t closing_bytes; /* read since the server began closing */
+  uint32_t answered;      /* responses queued */
+  uint32_t header_for;    /* the request whose header timeout is armed */
+  size_t unsent;          /* bytes the client had not taken, last check */
+  uint64_t moved;         /* uv_now when the last of them moved */
+  uint64_t linger_from;   /* uv_now when the client had taken everything */
+  uint32_t rpos;          /* rbuf[rpos, rlen) is not parsed yet */
   uint32_t rlen;
   uint32_t wlen;
   char *extra; /* a large body written after wbuf */
@@ -53,25 +64,15 @@ struct conn {
 };
 
 static void process(struct conn *c);
-static void on_timer(uv_timer_t *timer);
+static void on_conn_timer(uv_timer_t *timer);
 static void on_alloc(uv_handle_t *handle, size_t hint, uv_buf_t *buf);
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+static void on_write(uv_write_t *req, int status);
+static void on_shutdown(uv_shutdown_t *req, int status);
 
-/* ---- Deadlines ---------------------------------------------------------- */
-
-static void set_deadline(struct conn *c, enum conn_timeout kind,
-                         uint64_t in_ms) {
-  struct server *srv = c->srv;
-  uint64_t at = uv_now(srv->loop) + in_ms;
-  c->timeout = kind;
-  c->deadline = at;
-  if (!uv_is_active((uv_handle_t *)&srv->timer) || at < srv->timer_due) {
-    srv->timer_due = at;
-    uv_timer_start(&srv->timer, on_timer, in_ms, 0);
-  }
+static struct conn *conn_of_timer(uv_timer_t *timer) {
+  return (struct conn *)((char *)timer - offsetof(struct conn, timer));
 }
-
-/* ---- Closing ------------------------------------------------------------ */
 
 static void drop_extra(struct conn *c) {
   if (c->extra_owned)
@@ -86,13 +87,14 @@ static void maybe_drained(struct server *srv) {
       srv->drained_reported)
     return;
   srv->drained_reported = true;
-  uv_timer_stop(&srv->timer);
-  srv->handler.on_drained(srv->data);
+  srv->on_drained(srv);
 }
 
 static void on_conn_close(uv_handle_t *handle) {
   struct conn *c = handle->data;
   struct server *srv = c->srv;
+  if (--c->handles > 0)
+    return;
   if (c->prev)
     c->prev->next = c->next;
   else
@@ -105,54 +107,122 @@ static void on_conn_close(uv_handle_t *handle) {
   maybe_drained(srv);
 }
 
-static void conn_close(struct conn *c) {
-  if (c->closing)
-    return;
-  c->closing = true;
-  uv_close((uv_handle_t *)&c->tcp, on_conn_close);
+static void set_timer(struct conn *c, uint64_t ms) {
+  uv_timer_start(&c->timer, on_conn_timer, ms, 0);
 }
 
-static void on_shutdown(uv_shutdown_t *req, int status) {
-  struct conn *c = req->data;
-  /* Our FIN is out. If the client's came already, nothing is left. */
-  if (status < 0 || c->peer_eof)
-    conn_close(c);
+/* ---- The lifecycle: conn.h decides, this performs ---------------------- */
+
+static void check_progress(struct conn *c);
+
+/* Bytes written and not yet taken by the client: in libuv's queue, and
+ * sent but not acknowledged in the kernel's (SIOCOUTQ). */
+static size_t unsent(struct conn *c) {
+  size_t n = c->tcp.write_queue_size;
+  uv_os_fd_t fd;
+  int queued = 0;
+  if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0 &&
+      ioctl(fd, SIOCOUTQ, &queued) == 0 && queued > 0)
+    n += (size_t)queued;
+  return n;
 }
 
-/* No more requests on this connection: send FIN after the last response and
- * read (discarding) until the client's FIN, so the close is orderly and
- * never a reset. */
-static void finish(struct conn *c) {
-  if (c->lingering || c->closing)
-    return;
-  c->lingering = true;
-  c->rpos = c->rlen = 0;
-  c->shutdown_req.data = c;
-  if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown)) {
-    conn_close(c);
+/* Starts watching what is left to send: writing, shutting and lingering
+ * time out only when no byte has moved for the idle timeout. */
+static void watch(struct conn *c) {
+  c->unsent = unsent(c);
+  c->moved = uv_now(c->srv->loop);
+  c->linger_from = 0;
+  check_progress(c);
+}
+
+static void step(struct conn *c, enum conn_event e) {
+  unsigned fx = conn_step(&c->life, e);
+  if (fx & CONN_DO_STOP_READING)
+    uv_read_stop((uv_stream_t *)&c->tcp);
+  if (fx & CONN_DO_DISCARD) {
+    c->rpos = c->rlen = 0;
+    /* Already reading is fine (UV_EALREADY); any other error is not. */
+    int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    if (rc && rc != UV_EALREADY)
+      fx |= CONN_DO_CLOSE;
+  }
+  if (fx & CONN_DO_PROCESS)
+    process(c);
+  if ((fx & CONN_DO_SHUTDOWN) && !(fx & CONN_DO_CLOSE)) {
+    c->shutdown_req.data = c;
+    if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown)) {
+      step(c, CONN_FAILED);
+      return;
+    }
+  }
+  if (fx & (CONN_DO_WATCH_WRITE | CONN_DO_LINGER))
+    watch(c);
+  if (fx & CONN_DO_CLOSE) {
+    c->life.state = CONN_CLOSING;
+    uv_close((uv_handle_t *)&c->tcp, on_conn_close);
+    uv_close((uv_handle_t *)&c->timer, on_conn_close);
+  }
+}
+
+static void close_now(struct conn *c) { step(c, CONN_FAILED); }
+
+/* A write has stalled only when no byte has moved for the idle timeout.
+ * Lingering, LINGER_MS for the client's FIN begins once the client has
+ * taken everything, our FIN included: a slow reader still gets every
+ * response, and anything it sends meanwhile is read, so the close that
+ * follows is never a reset. */
+static void check_progress(struct conn *c) {
+  uint64_t now = uv_now(c->srv->loop);
+  uint64_t limit = c->srv->cfg->idle_timeout_ms;
+  size_t left = unsent(c);
+  if (left < c->unsent) {
+    c->unsent = left;
+    c->moved = now;
+  }
+  if (c->life.state == CONN_LINGERING && left == 0) {
+    if (!c->linger_from)
+      c->linger_from = now ? now : 1;
+    uint64_t waited = now - c->linger_from;
+    if (waited >= LINGER_MS)
+      step(c, CONN_EXPIRED);
+    else
+      set_timer(c, LINGER_MS - waited);
     return;
   }
-  set_deadline(c, TIMEOUT_LINGER, LINGER_MS);
+  uint64_t still = now - c->moved;
+  if (still >= limit) {
+    step(c, CONN_EXPIRED);
+    return;
+  }
+  uint64_t every = limit / WRITE_CHECKS;
+  if (c->life.state == CONN_LINGERING && every > LINGER_MS / WRITE_CHECKS)
+    every = LINGER_MS / WRITE_CHECKS;
+  if (!every)
+    every = 1;
+  set_timer(c, limit - still < every ? limit - still : every);
 }
 
 /* ---- Writing ------------------------------------------------------------ */
 
+static void on_shutdown(uv_shutdown_t *req, int status) {
+  struct conn *c = req->data;
+  step(c, status < 0 ? CONN_FAILED : CONN_SHUTDOWN_DONE);
+}
+
 static void on_write(uv_write_t *req, int status) {
   struct conn *c = req->data;
-  c->writing = false;
   c->wlen = 0;
   drop_extra(c);
-  if (status < 0 || c->closing) {
-    conn_close(c);
+  if (c->life.state == CONN_CLOSING)
     return;
-  }
-  process(c);
+  step(c, status < 0 ? CONN_FAILED : CONN_WRITE_DONE);
 }
 
 /* Sends wbuf (and extra): at once when the socket takes it all, else the
  * rest through uv_write, during which the connection stops reading. */
 static void flush(struct conn *c) {
-  if (c->writing || c->closing || (c->wlen == 0 && !c->extra))
+  if (c->life.state != CONN_READING || (c->wlen == 0 && !c->extra))
     return;
   uv_buf_t bufs[2] = {uv_buf_init(c->wbuf, c->wlen),
                       uv_buf_init(c->extra, (unsigned)c->extra_len)};
@@ -165,7 +235,7 @@ static void flush(struct conn *c) {
     return;
   }
   if (n < 0 && n != UV_EAGAIN) {
-    conn_close(c);
+    close_now(c);
     return;
   }
   size_t skip = n > 0 ? (size_t)n : 0;
@@ -179,17 +249,14 @@ static void flush(struct conn *c) {
   b->len -= skip;
   c->write_req.data = c;
   if (uv_write(&c->write_req, (uv_stream_t *)&c->tcp, b, nbufs, on_write)) {
-    conn_close(c);
+    close_now(c);
     return;
   }
-  c->writing = true;
+  step(c, CONN_WRITE_BLOCKED);
 }
 
-/* Bytes the client has sent that we have not parsed yet, here or in the
- * kernel's receive queue. */
-static bool more_input(struct conn *c) {
-  if (c->rpos < c->rlen)
-    return true;
+/* Whether the client has sent bytes the kernel holds and we have not read. */
+static bool input_waiting(struct conn *c) {
   uv_os_fd_t fd;
   int waiting = 0;
   if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
@@ -197,24 +264,28 @@ static bool more_input(struct conn *c) {
   return waiting > 0;
 }
 
-static enum http_connection connection_header(struct conn *c,
-                                              const struct http_request *req) {
+/* Whether the response to req is the connection's last. While the server
+ * closes connections (delaying, then draining), a connection answers every
+ * request it has received, read or waiting in the kernel: the last is the
+ * one with nothing after it, which is asked of the kernel (FIONREAD) only
+ * when a response uses up what was read, so at most once per read. A client
+ * that streams requests without pause always has something after; it is
+ * cut at a bound instead: the first response once CLOSING_BUDGET bytes
+ * have been read since closing began is the last. */
+static bool is_last(struct conn *c, const struct http_request *req) {
   if (!req || !req->keep_alive || req->upgrade)
-    return HTTP_CONN_CLOSE;
+    return true;
   switch (c->srv->mode) {
   case SERVER_KEEP_ALIVE:
-    break;
+    return false;
+  case SERVER_CLOSE_EACH:
   case SERVER_DRAINING:
-    /* Requests already received are all answered; the last closes. */
-    if (!more_input(c))
-      return HTTP_CONN_CLOSE;
-    break;
+    if (c->closing_bytes >= CLOSING_BUDGET)
+      return true;
+    return c->rpos == c->rlen && !input_waiting(c);
   default:
-    return HTTP_CONN_CLOSE;
+    return true;
   }
-  return req->version_major == 1 && req->version_minor == 0
-             ? HTTP_CONN_KEEP_ALIVE
-             : HTTP_CONN_DEFAULT;
 }
 
 /* Asks the handler for the response to req (or to a failed request) and
@@ -223,10 +294,12 @@ static void answer(struct conn *c, const struct http_request *req,
                    uint16_t error_status) {
   struct server *srv = c->srv;
   struct http_response resp;
-  srv->handler.respond(srv->data, req, error_status, &resp);
-  enum http_connection hdr = connection_header(c, req);
-  if (hdr == HTTP_CONN_CLOSE)
-    c->close_after = true;
+  srv->respond(srv, req, error_status, &resp);
+  bool last = is_last(c, req);
+  enum http_connection hdr = HTTP_CONN_CLOSE;
+  if (!last)
+    hdr = req->version_minor == 0 ? HTTP_CONN_KEEP_ALIVE : HTTP_CONN_DEFAULT;
+  c->answered++;
   c->wlen += (uint32_t)http_format_head(c->wbuf + c->wlen, &resp, hdr);
   size_t body = resp.head ? 0 : resp.body_len;
   if (body <= SMALL_BODY_MAX) {
@@ -235,53 +308,40 @@ static void answer(struct conn *c, const struct http_request *req,
     c->wlen += (uint32_t)body;
     if (resp.body_owned)
       free((char *)resp.body);
-    return;
+  } else {
+    c->extra = (char *)resp.body;
+    c->extra_len = body;
+    c->extra_owned = resp.body_owned;
+    flush(c);
   }
-  c->extra = (char *)resp.body;
-  c->extra_len = body;
-  c->extra_owned = resp.body_owned;
-  flush(c);
+  if (last) {
+    flush(c);
+    step(c, CONN_LAST_QUEUED);
+  }
 }
 
 /* ---- Reading ------------------------------------------------------------ */
 
-/* Decides what the connection waits for next, once its input is parsed. */
-static void settle(struct conn *c, bool answered) {
-  struct server *srv = c->srv;
-  if (c->closing || c->lingering)
-    return;
-  if (c->writing) {
-    if (c->reading) {
-      uv_read_stop((uv_stream_t *)&c->tcp);
-      c->reading = false;
+/* Reading, with the buffer used up: the deadline of what comes next. Each
+ * request gets its own header timeout from the moment it begins, even when
+ * it begins in the read that completed the one before. */
+static void arm_reading(struct conn *c, bool answered) {
+  const struct config *cfg = c->srv->cfg;
+  if (!http_parser_idle(&c->http)) {
+    if (c->header_for != c->http.begun) {
+      c->header_for = c->http.begun;
+      set_timer(c, cfg->header_timeout_ms);
     }
-    if (c->timeout != TIMEOUT_WRITE)
-      set_deadline(c, TIMEOUT_WRITE, srv->cfg->idle_timeout_ms);
-    return;
-  }
-  bool idle = http_parser_idle(&c->http);
-  if (c->close_after || c->peer_eof ||
-      (srv->mode == SERVER_DRAINING && idle && !more_input(c))) {
-    finish(c);
-    return;
-  }
-  if (!c->reading) {
-    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
-      c->reading = true;
-  }
-  if (!idle) {
-    if (c->timeout != TIMEOUT_HEADER)
-      set_deadline(c, TIMEOUT_HEADER, srv->cfg->header_timeout_ms);
-  } else if (answered || c->timeout != TIMEOUT_IDLE) {
-    set_deadline(c, TIMEOUT_IDLE, srv->cfg->idle_timeout_ms);
+  } else if (answered) {
+    set_timer(c, cfg->idle_timeout_ms);
   }
 }
 
 /* Answers every complete request in rbuf, in order, as long as responses
- * can be written. */
+ * can be written; then reads again. */
 static void process(struct conn *c) {
   bool answered = false;
-  while (!c->writing && !c->close_after && !c->closing && c->rpos < c->rlen) {
+  while (c->life.state == CONN_READING && c->rpos < c->rlen) {
     if (CONN_WBUF - c->wlen < WBUF_RESERVE) {
       flush(c);
       continue;
@@ -293,22 +353,34 @@ static void process(struct conn *c) {
     if (r == HTTP_PARSE_MORE)
       break;
     answered = true;
-    if (r == HTTP_PARSE_REQUEST)
-      answer(c, &c->http.req, 0);
-    else
-      answer(c, NULL, c->http.error_status);
+    answer(c, r == HTTP_PARSE_REQUEST ? &c->http.req : NULL,
+           c->http.error_status);
   }
-  if (c->rpos == c->rlen || c->close_after)
-    c->rpos = c->rlen = 0;
   flush(c);
-  settle(c, answered);
+  if (c->life.state != CONN_READING)
+    return; /* writing (the rest of rbuf waits), or ending */
+  c->rpos = c->rlen = 0;
+  /* Draining: a connection that has been answered, has nothing begun and
+   * nothing more sent is done. One that never sent a request waits for its
+   * first. */
+  if (c->srv->mode == SERVER_DRAINING && c->answered > 0 &&
+      http_parser_idle(&c->http) && !input_waiting(c)) {
+    step(c, CONN_LAST_QUEUED);
+    return;
+  }
+  int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+  if (rc && rc != UV_EALREADY) {
+    close_now(c);
+    return;
+  }
+  arm_reading(c, answered);
 }
 
 static void on_alloc(uv_handle_t *handle, size_t hint, uv_buf_t *buf) {
   struct conn *c = handle->data;
   (void)hint;
-  /* Reading is on only when rbuf holds nothing unparsed (or, lingering,
-   * when input is thrown away): the whole buffer is free. */
+  /* Reading is on only when rbuf holds nothing unparsed (or, once the last
+   * response is queued, when input is thrown away): all of it is free. */
   *buf = uv_buf_init(c->rbuf, CONN_RBUF);
 }
 
@@ -318,58 +390,34 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   if (nread == 0)
     return;
   if (nread < 0) {
-    if (nread != UV_EOF || c->lingering) {
-      conn_close(c);
-      return;
-    }
-    /* The client has sent all it will; what it sent is still answered. */
-    c->peer_eof = true;
-    c->reading = false;
-    uv_read_stop(stream);
-    if (!c->writing)
-      process(c);
+    step(c, nread == UV_EOF ? CONN_PEER_EOF : CONN_FAILED);
     return;
   }
-  if (c->lingering)
-    return;
+  if (c->life.state != CONN_READING)
+    return; /* after the last response: thrown away */
+  if (c->srv->mode != SERVER_KEEP_ALIVE && c->closing_bytes < CLOSING_BUDGET)
+    c->closing_bytes += (uint32_t)nread;
   c->rpos = 0;
   c->rlen = (uint32_t)nread;
   process(c);
 }
 
-static void expire(struct conn *c) {
-  switch (c->timeout) {
-  case TIMEOUT_IDLE:
-    finish(c);
+static void on_conn_timer(uv_timer_t *timer) {
+  struct conn *c = conn_of_timer(timer);
+  switch (c->life.state) {
+  case CONN_READING:
+    if (http_parser_idle(&c->http))
+      step(c, CONN_LAST_QUEUED); /* idle: our FIN, no response */
+    else
+      answer(c, NULL, 408); /* always the last */
     return;
-  case TIMEOUT_HEADER:
-    answer(c, NULL, 408);
-    c->close_after = true;
-    flush(c);
-    settle(c, true);
+  case CONN_WRITING:
+  case CONN_SHUTTING:
+  case CONN_LINGERING:
+    check_progress(c);
     return;
-  case TIMEOUT_WRITE:
-  case TIMEOUT_LINGER:
-    conn_close(c);
+  default:
     return;
-  }
-}
-
-static void on_timer(uv_timer_t *timer) {
-  struct server *srv = timer->data;
-  uint64_t now = uv_now(srv->loop);
-  uint64_t next = UINT64_MAX;
-  for (struct conn *c = srv->conns; c; c = c->next) {
-    if (c->closing)
-      continue;
-    if (c->deadline <= now)
-      expire(c);
-    if (!c->closing && c->deadline > now && c->deadline < next)
-      next = c->deadline;
-  }
-  if (next != UINT64_MAX) {
-    srv->timer_due = next;
-    uv_timer_start(&srv->timer, on_timer, next - now, 0);
   }
 }
 
@@ -378,8 +426,6 @@ static void on_timer(uv_timer_t *timer) {
 static void on_connection(uv_stream_t *listener, int status);
 
 static void on_rejected_close(uv_handle_t *handle) { free(handle); }
-
-static void on_unaccepted_close(uv_handle_t *handle) { free(handle->data); }
 
 static void on_spare_close(uv_handle_t *handle) {
   struct server *srv = handle->data;
@@ -425,6 +471,46 @@ static void reject(struct server *srv, bool busy) {
   uv_close((uv_handle_t *)tcp, on_close);
 }
 
+/* Takes an accepted connection (through accept, or an fd the final sweep
+ * accepted) and starts reading it. */
+static void conn_start(struct server *srv, struct conn *c) {
+  srv->metrics->connections_accepted++;
+  c->next = srv->conns;
+  if (srv->conns)
+    srv->conns->prev = c;
+  srv->conns = c;
+  srv->open++;
+  http_parser_init(&c->http, &srv->limits);
+  uv_tcp_nodelay(&c->tcp, 1);
+  if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read)) {
+    close_now(c);
+    return;
+  }
+  /* The first request must begin within the header timeout. */
+  set_timer(c, srv->cfg->header_timeout_ms);
+}
+
+static struct conn *conn_new(struct server *srv) {
+  struct conn *c = malloc(sizeof *c);
+  if (!c)
+    return NULL;
+  memset(c, 0, offsetof(struct conn, rbuf));
+  c->srv = srv;
+  conn_life_init(&c->life);
+  uv_tcp_init(srv->loop, &c->tcp);
+  c->tcp.data = c;
+  uv_timer_init(srv->loop, &c->timer);
+  c->timer.data = c;
+  c->handles = 2;
+  return c;
+}
+
+static void on_unaccepted_close(uv_handle_t *handle) {
+  struct conn *c = handle->data;
+  if (--c->handles == 0)
+    free(c);
+}
+
 static void on_connection(uv_stream_t *listener, int status) {
   struct server *srv = listener->data;
   if (status < 0) {
@@ -442,47 +528,84 @@ static void on_connection(uv_stream_t *listener, int status) {
     reject(srv, true);
     return;
   }
-  struct conn *c = malloc(sizeof *c);
+  struct conn *c = conn_new(srv);
   if (!c) {
     reject(srv, false);
     return;
   }
-  memset(c, 0, offsetof(struct conn, rbuf));
-  c->srv = srv;
-  uv_tcp_init(srv->loop, &c->tcp);
-  c->tcp.data = c;
   if (uv_accept(listener, (uv_stream_t *)&c->tcp)) {
     uv_close((uv_handle_t *)&c->tcp, on_unaccepted_close);
+    uv_close((uv_handle_t *)&c->timer, on_unaccepted_close);
     return;
   }
-  srv->metrics->connections_accepted++;
-  c->next = srv->conns;
-  if (srv->conns)
-    srv->conns->prev = c;
-  srv->conns = c;
-  srv->open++;
-  http_parser_init(&c->http, &srv->limits);
-  uv_tcp_nodelay(&c->tcp, 1);
-  if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read)) {
-    conn_close(c);
+  conn_start(srv, c);
+}
+
+/* Accepts, with accept4 directly, every connection still in the listen
+ * queue: libuv accepts only when the loop polls, and whatever the queue
+ * holds when the listener closes is reset. */
+static void accept_queued(struct server *srv) {
+  uv_os_fd_t lfd;
+  if (uv_fileno((uv_handle_t *)&srv->listener, &lfd))
     return;
+  for (;;) {
+    int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0)
+      return; /* EAGAIN: the queue is empty; anything else ends it too */
+    struct conn *c =
+        srv->open < srv->cfg->max_connections ? conn_new(srv) : NULL;
+    if (!c || uv_tcp_open(&c->tcp, fd)) {
+      srv->metrics->connections_accepted++;
+      srv->metrics->connections_rejected++;
+      close(fd);
+      if (c) {
+        uv_close((uv_handle_t *)&c->tcp, on_unaccepted_close);
+        uv_close((uv_handle_t *)&c->timer, on_unaccepted_close);
+      }
+      continue;
+    }
+    conn_start(srv, c);
   }
-  c->reading = true;
-  /* The first request must begin within the header timeout. */
-  set_deadline(c, TIMEOUT_IDLE, srv->cfg->header_timeout_ms);
+}
+
+/* Stops new handshakes on the listener: a classic BPF socket filter that
+ * drops every pure SYN (SYN without ACK), so a new client's SYN goes
+ * unanswered, is sent again after a second, and by then meets a closed port:
+ * a refusal, which it can retry safely. Every other packet passes: above
+ * all the final ACK of a handshake the client already counts as complete
+ * (the kernel runs a listener's filter on it too), and the data that may
+ * come with it. For TCP the filter sees the TCP header at offset 0; byte 13
+ * holds the flags. */
+static int stop_handshakes(struct server *srv) {
+  struct sock_filter code[] = {
+      BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 13),
+      BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0x12), /* SYN | ACK */
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x02, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, 0),          /* a pure SYN: drop */
+      BPF_STMT(BPF_RET | BPF_K, 0xffffffff), /* anything else: keep */
+  };
+  struct sock_fprog prog = {.len = sizeof code / sizeof code[0],
+                            .filter = code};
+  uv_os_fd_t fd;
+  int rc = uv_fileno((uv_handle_t *)&srv->listener, &fd);
+  if (rc)
+    return rc;
+  if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog))
+    return -errno;
+  return 0;
 }
 
 /* ---- The server --------------------------------------------------------- */
 
 void server_init(struct server *srv, uv_loop_t *loop, const struct config *cfg,
-                 struct metrics *metrics, struct server_handler handler,
-                 void *data) {
+                 struct metrics *metrics, server_respond_cb respond,
+                 server_drained_cb on_drained) {
   memset(srv, 0, sizeof *srv);
   srv->loop = loop;
   srv->cfg = cfg;
   srv->metrics = metrics;
-  srv->handler = handler;
-  srv->data = data;
+  srv->respond = respond;
+  srv->on_drained = on_drained;
   srv->mode = SERVER_KEEP_ALIVE;
   srv->limits = (struct http_limits){
       .header_max_bytes = cfg->header_max_bytes,
@@ -492,8 +615,8 @@ void server_init(struct server *srv, uv_loop_t *loop, const struct config *cfg,
   };
   uv_tcp_init(loop, &srv->listener);
   srv->listener.data = srv;
-  uv_timer_init(loop, &srv->timer);
-  srv->timer.data = srv;
+  uv_timer_init(loop, &srv->grace_timer);
+  srv->grace_timer.data = srv;
 }
 
 int server_listen(struct server *srv) {
@@ -529,8 +652,19 @@ static void on_listener_close(uv_handle_t *handle) {
 
 static void close_listener(struct server *srv) {
   srv->listener_open = false;
+  uv_timer_stop(&srv->grace_timer);
   if (!uv_is_closing((uv_handle_t *)&srv->listener))
     uv_close((uv_handle_t *)&srv->listener, on_listener_close);
+}
+
+/* The handshakes answered before new ones were stopped have had their
+ * time: everything queued is accepted, then the listener closes. What can
+ * still be reset is only a handshake whose final ACK took longer than
+ * HANDSHAKE_GRACE_MS to arrive. */
+static void on_grace_over(uv_timer_t *timer) {
+  struct server *srv = timer->data;
+  accept_queued(srv);
+  close_listener(srv);
 }
 
 void server_close_each(struct server *srv) {
@@ -542,10 +676,17 @@ void server_drain(struct server *srv) {
   if (srv->mode == SERVER_DRAINING || srv->mode == SERVER_CLOSED)
     return;
   srv->mode = SERVER_DRAINING;
-  close_listener(srv);
-  for (struct conn *c = srv->conns; c; c = c->next) {
-    if (!c->closing && !c->writing)
-      settle(c, false);
+  if (srv->listener_open && stop_handshakes(srv) == 0)
+    uv_timer_start(&srv->grace_timer, on_grace_over, HANDSHAKE_GRACE_MS, 0);
+  else
+    close_listener(srv);
+  /* Idle connections end now; the others once answered (process ends
+   * those it finds idle). */
+  struct conn *next;
+  for (struct conn *c = srv->conns; c; c = next) {
+    next = c->next;
+    if (c->life.state == CONN_READING && c->rpos == c->rlen)
+      process(c);
   }
 }
 
@@ -553,7 +694,7 @@ void server_close(struct server *srv) {
   srv->mode = SERVER_CLOSED;
   close_listener(srv);
   for (struct conn *c = srv->conns; c; c = c->next)
-    conn_close(c);
-  if (!uv_is_closing((uv_handle_t *)&srv->timer))
-    uv_close((uv_handle_t *)&srv->timer, NULL);
+    close_now(c);
+  if (!uv_is_closing((uv_handle_t *)&srv->grace_timer))
+    uv_close((uv_handle_t *)&srv->grace_timer, NULL);
 }

@@ -5,9 +5,10 @@
  * from the read buffer one at a time (pipelining in order) and their
  * responses gathered in the write buffer, which goes out with one
  * uv_try_write (or uv_write when the socket is full, during which the
- * connection stops reading). One timer serves every connection's deadline:
- * the header timeout, the idle timeout, a stalled write, and the linger
- * after a half-close. */
+ * connection stops reading). Its lifecycle is the state machine of conn.h.
+ * Each connection has its own timer (libuv keeps timers in a min-heap, so a
+ * deadline costs O(log n)): the header timeout of each request, the idle
+ * timeout, a write that makes no progress, and the linger after our FIN. */
 #ifndef GRACEFULD_SERVER_H
 #define GRACEFULD_SERVER_H
 
@@ -20,19 +21,20 @@
 #include "http.h"
 #include "metrics.h"
 
-struct server_handler {
-  /* Fills resp for a complete request, or (req NULL) for one that failed
-   * with error_status. A body_owned body is freed once written. */
-  void (*respond)(void *data, const struct http_request *req,
-                  uint16_t error_status, struct http_response *resp);
-  /* Draining is over: the listener and every connection are closed. */
-  void (*on_drained)(void *data);
-};
+struct server;
+/* Fills resp for a complete request, or (req NULL) for one that failed with
+ * error_status. A body_owned body is freed once written. */
+typedef void (*server_respond_cb)(struct server *srv,
+                                  const struct http_request *req,
+                                  uint16_t error_status,
+                                  struct http_response *resp);
+/* Draining is over: the listener and every connection are closed. */
+typedef void (*server_drained_cb)(struct server *srv);
 
 enum server_mode {
   SERVER_KEEP_ALIVE, /* running */
-  SERVER_CLOSE_EACH, /* delaying: every response closes its connection */
-  SERVER_DRAINING,   /* no new connections; close each once it is idle */
+  SERVER_CLOSE_EACH, /* delaying: each connection closes after what it sent */
+  SERVER_DRAINING,   /* no new handshakes; close each once it is answered */
   SERVER_CLOSED,
 };
 
@@ -41,13 +43,12 @@ struct conn;
 struct server {
   uv_loop_t *loop;
   uv_tcp_t listener;
-  uv_timer_t timer; /* the earliest connection deadline */
-  uint64_t timer_due;
+  uv_timer_t grace_timer; /* draining: the last handshakes complete */
   const struct config *cfg;
   struct metrics *metrics;
   struct http_limits limits;
-  struct server_handler handler;
-  void *data;
+  server_respond_cb respond;
+  server_drained_cb on_drained;
   struct conn *conns; /* every open connection, in a list */
   uint64_t open;
   enum server_mode mode;
@@ -60,8 +61,8 @@ struct server {
 };
 
 void server_init(struct server *srv, uv_loop_t *loop, const struct config *cfg,
-                 struct metrics *metrics, struct server_handler handler,
-                 void *data);
+                 struct metrics *metrics, server_respond_cb respond,
+                 server_drained_cb on_drained);
 
 /* Binds and listens on cfg->listen_addr. Returns 0 or a negative UV_E*. */
 int server_listen(struct server *srv);
@@ -69,9 +70,10 @@ int server_listen(struct server *srv);
 /* Delaying: keep serving, but close every connection after its response. */
 void server_close_each(struct server *srv);
 
-/* Draining: close the listener at once, half-close idle connections, let
- * requests already received be answered (with Connection: close), and call
- * on_drained when the last connection is gone. */
+/* Draining: stop new handshakes, accept those already complete, then close
+ * the listener; close idle connections, answer the requests already
+ * received (the last with Connection: close), and call on_drained when the
+ * last connection is gone. */
 void server_drain(struct server *srv);
 
 /* Closes the listener, the timer and every connection at once. */

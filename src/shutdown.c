@@ -18,8 +18,8 @@ void shutdown_init(struct shutdown *s, uint64_t delay_ms, uint64_t timeout_ms,
   enter(s, PHASE_RUNNING, now);
 }
 
-static enum shutdown_phase finish(struct shutdown *s, enum shutdown_reason r,
-                                  uint64_t now) {
+static enum shutdown_phase end_shutdown(struct shutdown *s,
+                                        enum shutdown_reason r, uint64_t now) {
   if (s->phase == PHASE_DONE)
     return PHASE_DONE;
   s->reason = r;
@@ -29,7 +29,7 @@ static enum shutdown_phase finish(struct shutdown *s, enum shutdown_reason r,
 enum shutdown_phase shutdown_signal(struct shutdown *s, uint64_t now) {
   s->signals++;
   if (s->phase != PHASE_RUNNING)
-    return finish(s, REASON_SECOND_SIGNAL, now);
+    return end_shutdown(s, REASON_SECOND_SIGNAL, now);
   return enter(s, s->delay_ms ? PHASE_DELAYING : PHASE_DRAINING, now);
 }
 
@@ -48,18 +48,18 @@ enum shutdown_phase shutdown_connections_closed(struct shutdown *s,
 
 enum shutdown_phase shutdown_flushed(struct shutdown *s, uint64_t now) {
   if (s->phase == PHASE_FLUSHING)
-    return finish(s, REASON_DRAINED, now);
+    return end_shutdown(s, REASON_DRAINED, now);
   return s->phase;
 }
 
 enum shutdown_phase shutdown_deadline_passed(struct shutdown *s, uint64_t now) {
   if (s->phase == PHASE_RUNNING)
     return s->phase;
-  return finish(s, REASON_TIMEOUT, now);
+  return end_shutdown(s, REASON_TIMEOUT, now);
 }
 
 enum shutdown_phase shutdown_fail(struct shutdown *s, uint64_t now) {
-  return finish(s, REASON_FAILURE, now);
+  return end_shutdown(s, REASON_FAILURE, now);
 }
 
 uint64_t shutdown_deadline(const struct shutdown *s) {

@@ -135,3 +135,14 @@ def test_text_log_format_is_for_people(redis, server):
     g.signal()
     assert g.wait() == 0
     assert not any(l.startswith("{") for l in g.log.lines)
+
+
+def test_delays_that_cannot_fit_the_shutdown_timeout_are_a_warning(redis,
+                                                                    server):
+    g = server(env={"SHUTDOWN_DELAY_MS": "3000", "INCR_DELAY_MS": "3000",
+                    "SHUTDOWN_TIMEOUT_MS": "5000"})
+    w = g.wait_event("config_warning")
+    assert w["level"] == "warn"
+    for name in ("SHUTDOWN_DELAY_MS", "INCR_DELAY_MS", "SHUTDOWN_TIMEOUT_MS"):
+        assert name in w["warning"]
+    assert g.get("/healthz") == 200

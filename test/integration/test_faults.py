@@ -97,7 +97,8 @@ def test_redis_paused_past_redis_timeout_reconnects_and_counts_once(
         assert timed_incrs(g, n) < 0.25
         timeout = g.wait_event("redis_timeout", start=mark)
         assert 1 <= timeout["in_flight"] <= n
-        g.wait_event("redis_down", start=mark)
+        down = g.wait_event("redis_down", start=mark)
+        assert down["reason"].startswith("no reply for")
         g.wait_event("redis_up", start=mark)
         assert g.metrics()["gracefuld_increments_pending"] == n
     finally:

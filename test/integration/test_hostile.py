@@ -17,47 +17,13 @@ import time
 
 import pytest
 
-from gracefuld_testlib import read_http_responses
+from gracefuld_testlib import (parse_responses, read_http_responses,
+                               read_to_end)
 
 INCR = b"GET /incr HTTP/1.1\r\nHost: t\r\n\r\n"
 
 
 # ---- helpers ---------------------------------------------------------------
-
-def read_to_end(sock, timeout=10.0):
-    """Reads until the server ends the connection; returns (data, end), end
-    being "eof" (a FIN: orderly) or "reset". Raises socket.timeout when the
-    server neither answers nor closes in time."""
-    sock.settimeout(timeout)
-    data = bytearray()
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return bytes(data), "reset"
-        if not chunk:
-            return bytes(data), "eof"
-        data.extend(chunk)
-
-
-def parse_responses(data):
-    """Splits bytes into (status, headers with lower-case names, body)
-    responses framed by Content-Length; every byte must belong to one."""
-    out = []
-    pos = 0
-    while pos < len(data):
-        end = data.index(b"\r\n\r\n", pos)
-        lines = data[pos:end].decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        length = int(headers["content-length"])
-        out.append((status, headers, data[end + 4:end + 4 + length]))
-        pos = end + 4 + length
-    return out
-
 
 def only_response(sock, timeout=10.0):
     """The one response before the server closes, which must be orderly."""
@@ -109,15 +75,18 @@ def open_fds(pid):
 
 
 def headers_of(n, size=1):
-    return b"".join(b"X-H%d: %s\r\n" % (i, b"v" * size) for i in range(n))
+    """n header lines, the first of them the Host an HTTP/1.1 request
+    needs."""
+    return b"Host: t\r\n" + b"".join(
+        b"X-H%d: %s\r\n" % (i, b"v" * size) for i in range(1, n))
 
 
 # ---- HTTP limits -------------------------------------------------------------
 
 def head_of(size, path=b"/healthz"):
     """A request whose head (request line, one header line, blank line) is
-    exactly size bytes."""
-    start = b"GET " + path + b" HTTP/1.1\r\nX: "
+    exactly size bytes: the Host line is the padding."""
+    start = b"GET " + path + b" HTTP/1.1\r\nHost: "
     return start + b"v" * (size - len(start) - 4) + b"\r\n\r\n"
 
 
@@ -245,10 +214,10 @@ def test_request_target_longer_than_url_max_bytes_is_414(server):
 def test_url_max_bytes_defaults_to_2048(server):
     g = server()
     s = g.raw()
-    s.sendall(b"GET /healthz?" + b"a" * 2039 + b" HTTP/1.1\r\n\r\n")
+    s.sendall(b"GET /healthz?" + b"a" * 2039 + b" HTTP/1.1\r\nHost: t\r\n\r\n")
     (status, _, _), = read_http_responses(s, 1)
     assert status == 200
-    s.sendall(b"GET /healthz?" + b"a" * 2040 + b" HTTP/1.1\r\n\r\n")
+    s.sendall(b"GET /healthz?" + b"a" * 2040 + b" HTTP/1.1\r\nHost: t\r\n\r\n")
     assert only_response(s)[0] == 414
     s.close()
     stop_cleanly(g)
@@ -280,10 +249,12 @@ def test_body_larger_than_max_body_bytes_is_413_at_once(server):
 def test_max_body_bytes_is_a_setting(server):
     g = server(env={"MAX_BODY_BYTES": "10", "INCR_DELAY_MS": "0"})
     s = g.raw()
-    s.sendall(b"POST /incr HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789")
+    s.sendall(b"POST /incr HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n"
+              b"0123456789")
     (status, _, _), = read_http_responses(s, 1)
     assert status == 200
-    s.sendall(b"POST /incr HTTP/1.1\r\nContent-Length: 11\r\n\r\n0123456789x")
+    s.sendall(b"POST /incr HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\n"
+              b"0123456789x")
     assert only_response(s)[0] == 413
     s.close()
     stop_cleanly(g)
@@ -738,4 +709,51 @@ def test_running_out_of_descriptors_does_not_spin_the_loop(server):
         assert time.monotonic() < deadline, "not served after the flood"
         time.sleep(0.02)
     assert g.get("/incr") == 200
+    stop_cleanly(g)
+
+
+# ---- RFC 9112 ------------------------------------------------------------------
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /healthz HTTP/1.1\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+    b"GET /healthz HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n",
+], ids=["no-host", "two-hosts", "two-hosts-http-1.0"])
+def test_host_missing_or_repeated_is_400(server, request_bytes):
+    g = server()
+    s = g.raw()
+    s.sendall(request_bytes)
+    status, headers, _ = only_response(s)
+    assert status == 400 and headers["connection"] == "close"
+    s.close()
+    stop_cleanly(g)
+
+
+def test_absolute_form_target_is_routed_by_its_path(redis, server):
+    g = server(env={"INCR_DELAY_MS": "0"})
+    s = g.raw()
+    s.sendall(b"GET http://gracefuld.example:8080/incr HTTP/1.1\r\n"
+              b"Host: gracefuld.example:8080\r\n\r\n"
+              b"GET http://h/healthz?x=1 HTTP/1.1\r\nHost: h\r\n\r\n")
+    responses = read_http_responses(s, 2)
+    assert [r[0] for r in responses] == [200, 200]
+    assert responses[1][2] == b"ok\n"
+    s.close()
+    stop_cleanly(g)
+    assert redis.counter() == 1
+
+
+def test_huge_chunk_extension_is_413(server):
+    """A 10 MiB chunk extension on a 1-byte chunk counts as body."""
+    g = server(env={"MAX_BODY_BYTES": "1024"})
+    s = g.raw()
+    data = (b"POST /incr HTTP/1.1\r\nHost: t\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n1;x=" +
+            b"v" * (10 << 20) + b"\r\na\r\n0\r\n\r\n")
+    sender = threading.Thread(target=lambda: s.sendall(data), daemon=True)
+    sender.start()
+    status, headers, _ = only_response(s, timeout=30)
+    assert status == 413 and headers["connection"] == "close"
+    sender.join(30)
+    s.close()
     stop_cleanly(g)

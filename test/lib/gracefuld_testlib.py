@@ -289,6 +289,43 @@ class Gracefuld:
         return s
 
 
+def read_to_end(sock, timeout=10.0):
+    """Reads until the server ends the connection; returns (data, end), end
+    being "eof" (a FIN: orderly) or "reset". Raises socket.timeout when the
+    server neither answers nor closes in time."""
+    sock.settimeout(timeout)
+    data = bytearray()
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return bytes(data), "reset"
+        if not chunk:
+            return bytes(data), "eof"
+        data.extend(chunk)
+
+
+def parse_responses(data):
+    """Splits bytes into (status, headers with lower-case names, body)
+    responses framed by Content-Length; every byte must belong to one, and
+    the last response must be whole."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        end = data.index(b"\r\n\r\n", pos)
+        lines = data[pos:end].decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers["content-length"])
+        out.append((status, headers, data[end + 4:end + 4 + length]))
+        pos = end + 4 + length
+        assert pos <= len(data), "a response was cut short"
+    return out
+
+
 def read_http_responses(sock, count, timeout=10.0, exact=True):
     """Reads count HTTP responses (with Content-Length bodies) from a raw
     socket; returns a list of (status, headers dict with lower-case names,

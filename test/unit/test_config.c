@@ -738,6 +738,28 @@ static void test_config_sentinel_settings_go_together(void **state) {
   expect_rejected("redis-min-replicas", "REDIS_MIN_REPLICAS", "17");
 }
 
+static void
+test_config_warns_when_delays_exceed_the_shutdown_timeout(void **state) {
+  (void)state;
+  assert_int_equal(
+      parse(NONE, LIST("SHUTDOWN_DELAY_MS=3000", "INCR_DELAY_MS=3000",
+                       "SHUTDOWN_TIMEOUT_MS=5000")),
+      CONFIG_OK);
+  const char *w = config_warning(&cfg);
+  assert_non_null(w);
+  assert_non_null(strstr(w, "SHUTDOWN_DELAY_MS"));
+  assert_non_null(strstr(w, "INCR_DELAY_MS"));
+  assert_non_null(strstr(w, "SHUTDOWN_TIMEOUT_MS"));
+  /* Exactly fitting, and the defaults, are fine. */
+  assert_int_equal(
+      parse(NONE, LIST("SHUTDOWN_DELAY_MS=2000", "INCR_DELAY_MS=3000",
+                       "SHUTDOWN_TIMEOUT_MS=5000")),
+      CONFIG_OK);
+  assert_null(config_warning(&cfg));
+  assert_int_equal(parse(NONE, NONE), CONFIG_OK);
+  assert_null(config_warning(&cfg));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_config_sentinels_with_default_port_and_master_name),
@@ -783,6 +805,8 @@ int main(void) {
       cmocka_unit_test(test_config_rejects_positional_argument),
       cmocka_unit_test(test_config_help_prints_every_setting_and_exits),
       cmocka_unit_test(test_config_version_prints_version_and_exits),
+      cmocka_unit_test(
+          test_config_warns_when_delays_exceed_the_shutdown_timeout),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

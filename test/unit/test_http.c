@@ -66,20 +66,23 @@ static void test_http_parses_simple_get(void **state) {
 
 static void test_http_reads_method_of_each_request(void **state) {
   (void)state;
-  parse_one(&defaults, "POST /incr HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+  parse_one(&defaults,
+            "POST /incr HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n");
   assert_int_equal(parser.req.method, HTTP_POST);
-  parse_one(&defaults, "HEAD /healthz HTTP/1.1\r\n\r\n");
+  parse_one(&defaults, "HEAD /healthz HTTP/1.1\r\nHost: h\r\n\r\n");
   assert_int_equal(parser.req.method, HTTP_HEAD);
   expect_path("/healthz");
-  parse_one(&defaults, "DELETE /incr HTTP/1.1\r\n\r\n");
+  parse_one(&defaults, "DELETE /incr HTTP/1.1\r\nHost: h\r\n\r\n");
   assert_int_equal(parser.req.method, HTTP_DELETE);
 }
 
 static void test_http_returns_pipelined_requests_one_at_a_time(void **state) {
   (void)state;
   static const char r1[] = "GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
-  static const char r2[] = "POST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
-  static const char r3[] = "HEAD /c HTTP/1.1\r\nConnection: close\r\n\r\n";
+  static const char r2[] =
+      "POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc";
+  static const char r3[] =
+      "HEAD /c HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
   char buf[256];
   snprintf(buf, sizeof buf, "%s%s%s", r1, r2, r3);
   size_t len = strlen(buf);
@@ -117,7 +120,7 @@ static void test_http_assembles_request_fed_one_byte_at_a_time(void **state) {
   (void)state;
   static const char reqs[] =
       "GET /incr?x=1 HTTP/1.1\r\nHost: localhost\r\nX-A: b\r\n\r\n"
-      "POST /readyz HTTP/1.1\r\nContent-Length: 4\r\n\r\nbody";
+      "POST /readyz HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nbody";
   size_t len = strlen(reqs);
   size_t used;
   int requests = 0;
@@ -151,7 +154,7 @@ static void test_http_assembles_request_fed_one_byte_at_a_time(void **state) {
 static void test_http_keeps_remainder_after_a_split_request(void **state) {
   (void)state;
   static const char r1[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
-  static const char r2[] = "GET /readyz HTTP/1.1\r\n\r\n";
+  static const char r2[] = "GET /readyz HTTP/1.1\r\nHost: h\r\n\r\n";
   char buf[128];
   snprintf(buf, sizeof buf, "%s%s", r1, r2);
   size_t used;
@@ -181,9 +184,11 @@ static void test_http_1_1_keeps_alive_by_default(void **state) {
 
 static void test_http_1_1_connection_close_ends_keep_alive(void **state) {
   (void)state;
-  parse_one(&defaults, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+  parse_one(&defaults,
+            "GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
   assert_false(parser.req.keep_alive);
-  parse_one(&defaults, "GET / HTTP/1.1\r\nconnection: Close\r\n\r\n");
+  parse_one(&defaults,
+            "GET / HTTP/1.1\r\nHost: h\r\nconnection: Close\r\n\r\n");
   assert_false(parser.req.keep_alive);
 }
 
@@ -205,7 +210,7 @@ static void test_http_1_0_keep_alive_header_keeps_alive(void **state) {
 static void test_http_keep_alive_is_read_per_pipelined_request(void **state) {
   (void)state;
   static const char buf[] = "GET /1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
-                            "GET /2 HTTP/1.1\r\n\r\n"
+                            "GET /2 HTTP/1.1\r\nHost: h\r\n\r\n"
                             "GET /3 HTTP/1.0\r\n\r\n";
   static const bool expected[] = {true, true, false};
   size_t pos = 0;
@@ -223,30 +228,32 @@ static void test_http_keep_alive_is_read_per_pipelined_request(void **state) {
 
 static void test_http_flags_upgrade_and_connect(void **state) {
   (void)state;
-  parse_one(&defaults, "GET /incr HTTP/1.1\r\nConnection: Upgrade\r\n"
-                       "Upgrade: websocket\r\n\r\n");
+  parse_one(&defaults,
+            "GET /incr HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\n"
+            "Upgrade: websocket\r\n\r\n");
   assert_true(parser.req.upgrade);
-  parse_one(&defaults, "CONNECT example.com:443 HTTP/1.1\r\n\r\n");
+  parse_one(&defaults, "CONNECT example.com:443 HTTP/1.1\r\nHost: h\r\n\r\n");
   assert_true(parser.req.upgrade);
-  parse_one(&defaults, "GET /incr HTTP/1.1\r\n\r\n");
+  parse_one(&defaults, "GET /incr HTTP/1.1\r\nHost: h\r\n\r\n");
   assert_false(parser.req.upgrade);
 }
 
 static void test_http_strips_query_string_from_path(void **state) {
   (void)state;
-  parse_one(&defaults, "GET /incr?n=1&m=2 HTTP/1.1\r\n\r\n");
+  parse_one(&defaults, "GET /incr?n=1&m=2 HTTP/1.1\r\nHost: h\r\n\r\n");
   expect_path("/incr");
-  parse_one(&defaults, "GET /healthz? HTTP/1.1\r\n\r\n");
+  parse_one(&defaults, "GET /healthz? HTTP/1.1\r\nHost: h\r\n\r\n");
   expect_path("/healthz");
-  parse_one(&defaults, "GET /metrics#frag HTTP/1.1\r\n\r\n");
+  parse_one(&defaults, "GET /metrics#frag HTTP/1.1\r\nHost: h\r\n\r\n");
   expect_path("/metrics");
-  parse_one(&defaults, "GET /readyz?a=/b?c HTTP/1.1\r\n\r\n");
+  parse_one(&defaults, "GET /readyz?a=/b?c HTTP/1.1\r\nHost: h\r\n\r\n");
   expect_path("/readyz");
 }
 
 static void test_http_strips_query_string_split_across_feeds(void **state) {
   (void)state;
-  static const char req[] = "GET /incr?x=/long/looking/path HTTP/1.1\r\n\r\n";
+  static const char req[] =
+      "GET /incr?x=/long/looking/path HTTP/1.1\r\nHost: h\r\n\r\n";
   size_t used;
   http_parser_init(&parser, &defaults);
   for (size_t i = 0; i < strlen(req) - 1; i++)
@@ -264,20 +271,20 @@ static void test_http_flags_long_path_as_truncated(void **state) {
   path[0] = '/';
 
   path[HTTP_PATH_MAX] = '\0'; /* exactly HTTP_PATH_MAX bytes: kept whole */
-  snprintf(req, sizeof req, "GET %s HTTP/1.1\r\n\r\n", path);
+  snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: h\r\n\r\n", path);
   parse_one(&defaults, req);
   assert_false(parser.req.path_truncated);
   assert_int_equal(parser.req.path_len, HTTP_PATH_MAX);
 
   path[HTTP_PATH_MAX] = 'a'; /* one more */
   path[HTTP_PATH_MAX + 1] = '\0';
-  snprintf(req, sizeof req, "GET %s?q=1 HTTP/1.1\r\n\r\n", path);
+  snprintf(req, sizeof req, "GET %s?q=1 HTTP/1.1\r\nHost: h\r\n\r\n", path);
   parse_one(&defaults, req);
   assert_true(parser.req.path_truncated);
   assert_int_equal(parser.req.path_len, HTTP_PATH_MAX);
 
   /* A long query string does not truncate a short path. */
-  snprintf(req, sizeof req, "GET /incr?%s HTTP/1.1\r\n\r\n", path);
+  snprintf(req, sizeof req, "GET /incr?%s HTTP/1.1\r\nHost: h\r\n\r\n", path);
   parse_one(&defaults, req);
   assert_false(parser.req.path_truncated);
   expect_path("/incr");
@@ -287,13 +294,14 @@ static void test_http_flags_long_path_as_truncated(void **state) {
 
 #define REQ_MAX 4096
 
-/* Writes "GET " + a target of n bytes + " HTTP/1.1\r\n\r\n" into s, which
- * holds REQ_MAX bytes (static buffers: a failed assertion leaks nothing). */
+/* Writes "GET " + a target of n bytes + " HTTP/1.1\r\nHost: h\r\n\r\n" into s,
+ * which holds REQ_MAX bytes (static buffers: a failed assertion leaks nothing).
+ */
 static char *request_with_target(char *s, size_t n) {
   assert_true(n + 64 <= REQ_MAX);
   memcpy(s, "GET /", 5);
   memset(s + 5, 'u', n - 1);
-  strcpy(s + 4 + n, " HTTP/1.1\r\n\r\n");
+  strcpy(s + 4 + n, " HTTP/1.1\r\nHost: h\r\n\r\n");
   return s;
 }
 
@@ -309,7 +317,7 @@ static void test_http_refuses_long_target_with_414(void **state) {
   expect_refused(&limits,
                  "GET /incr?aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
                  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa "
-                 "HTTP/1.1\r\n\r\n",
+                 "HTTP/1.1\r\nHost: h\r\n\r\n",
                  414);
 }
 
@@ -332,7 +340,7 @@ static void test_http_refuses_long_target_fed_in_pieces_with_414(void **state) {
 /* Writes a request with one header "X-Big: " + n bytes of value into s. */
 static char *request_with_header_value(char *s, size_t n) {
   assert_true(n + 64 <= REQ_MAX);
-  strcpy(s, "GET / HTTP/1.1\r\nX-Big: ");
+  strcpy(s, "GET / HTTP/1.1\r\nHost: h\r\nX-Big: ");
   size_t len = strlen(s);
   memset(s + len, 'v', n);
   strcpy(s + len + n, "\r\n\r\n");
@@ -354,7 +362,7 @@ test_http_refuses_many_small_headers_over_byte_limit_with_431(void **state) {
   (void)state;
   struct http_limits limits = defaults;
   limits.header_max_bytes = 256;
-  char req[2048] = "GET / HTTP/1.1\r\n";
+  char req[2048] = "GET / HTTP/1.1\r\nHost: h\r\n";
   for (int i = 0; i < 40; i++) {
     char line[32];
     snprintf(line, sizeof line, "X-%02d: v\r\n", i);
@@ -371,7 +379,7 @@ static void test_http_counts_header_value_padding_toward_limit(void **state) {
   struct http_limits limits = defaults;
   limits.header_max_bytes = 256;
   static char req[16384];
-  strcpy(req, "GET / HTTP/1.1\r\nX-Pad: ");
+  strcpy(req, "GET / HTTP/1.1\r\nHost: h\r\nX-Pad: ");
   size_t len = strlen(req);
   memset(req + len, ' ', 10000);
   strcpy(req + len + 10000, "v\r\n\r\n");
@@ -397,51 +405,60 @@ static void test_http_refuses_too_many_headers_with_431(void **state) {
   (void)state;
   struct http_limits limits = defaults;
   limits.max_headers = 3;
-  parse_one(&limits, "GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n");
+  parse_one(&limits, "GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: 2\r\n\r\n");
   expect_refused(&limits,
-                 "GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n", 431);
+                 "GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n",
+                 431);
 }
 
 static void test_http_refuses_content_length_over_limit_with_413(void **state) {
   (void)state;
   struct http_limits limits = defaults;
   limits.max_body_bytes = 10;
-  parse_one(&limits, "POST /incr HTTP/1.1\r\nContent-Length: 10\r\n\r\n"
-                     "0123456789");
+  parse_one(&limits,
+            "POST /incr HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n"
+            "0123456789");
   /* Refused on the header alone, before any of the body arrives. */
-  expect_refused(&limits, "POST /incr HTTP/1.1\r\nContent-Length: 11\r\n\r\n",
-                 413);
   expect_refused(&limits,
-                 "POST /incr HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n",
+                 "POST /incr HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\n",
                  413);
+  expect_refused(
+      &limits,
+      "POST /incr HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999\r\n\r\n",
+      413);
 }
 
 static void test_http_refuses_chunked_body_over_limit_with_413(void **state) {
   (void)state;
   struct http_limits limits = defaults;
   limits.max_body_bytes = 10;
-  parse_one(&limits, "POST /incr HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     "5\r\nabcde\r\n5\r\nfghij\r\n0\r\n\r\n");
-  expect_refused(&limits,
-                 "POST /incr HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-                 "6\r\nabcdef\r\n6\r\nghijkl\r\n0\r\n\r\n",
-                 413);
+  parse_one(
+      &limits,
+      "POST /incr HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "5\r\nabcde\r\n5\r\nfghij\r\n0\r\n\r\n");
+  expect_refused(
+      &limits,
+      "POST /incr HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "6\r\nabcdef\r\n6\r\nghijkl\r\n0\r\n\r\n",
+      413);
 }
 
 static void test_http_refuses_any_body_when_limit_is_zero(void **state) {
   (void)state;
   struct http_limits limits = defaults;
   limits.max_body_bytes = 0;
-  parse_one(&limits, "POST /incr HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
-  expect_refused(&limits, "POST /incr HTTP/1.1\r\nContent-Length: 1\r\n\r\nx",
+  parse_one(&limits,
+            "POST /incr HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n");
+  expect_refused(&limits,
+                 "POST /incr HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx",
                  413);
 }
 
 static void test_http_consumes_body_within_limit(void **state) {
   (void)state;
   static const char r1[] =
-      "POST /incr HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
-  static const char r2[] = "GET /healthz HTTP/1.1\r\n\r\n";
+      "POST /incr HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello";
+  static const char r2[] = "GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n";
   char buf[128];
   snprintf(buf, sizeof buf, "%s%s", r1, r2);
   size_t used;
@@ -460,10 +477,10 @@ static void test_http_consumes_body_within_limit(void **state) {
 static void test_http_limits_reset_for_each_request(void **state) {
   (void)state;
   struct http_limits limits = defaults;
-  limits.max_headers = 2;
+  limits.max_headers = 3;
   limits.max_body_bytes = 4;
   static const char one[] =
-      "POST /a HTTP/1.1\r\nA: 1\r\nContent-Length: 4\r\n\r\nabcd";
+      "POST /a HTTP/1.1\r\nHost: h\r\nA: 1\r\nContent-Length: 4\r\n\r\nabcd";
   char buf[512] = "";
   for (int i = 0; i < 5; i++)
     strcat(buf, one);
@@ -483,7 +500,8 @@ static void test_http_refuses_garbage_with_400(void **state) {
   expect_refused(&defaults, "HELLO\r\n\r\n", 400);
   expect_refused(&defaults, "GET\r\n\r\n", 400);
   expect_refused(&defaults, "GET / FTP/1.1\r\n\r\n", 400);
-  expect_refused(&defaults, "GET / HTTP/1.1\r\nNo colon here\r\n\r\n", 400);
+  expect_refused(&defaults,
+                 "GET / HTTP/1.1\r\nHost: h\r\nNo colon here\r\n\r\n", 400);
   expect_refused(&defaults, "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
                  400);
 }
@@ -497,26 +515,27 @@ static void
 test_http_refuses_content_length_with_transfer_encoding(void **state) {
   (void)state;
   expect_refused(&defaults,
-                 "POST /incr HTTP/1.1\r\nContent-Length: 5\r\n"
+                 "POST /incr HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n"
                  "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
                  400);
-  expect_refused(&defaults,
-                 "POST /incr HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
-                 "Content-Length: 5\r\n\r\n0\r\n\r\n",
-                 400);
+  expect_refused(
+      &defaults,
+      "POST /incr HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
+      "Content-Length: 5\r\n\r\n0\r\n\r\n",
+      400);
 }
 
 static void test_http_refuses_conflicting_content_lengths(void **state) {
   (void)state;
   expect_refused(&defaults,
-                 "POST /incr HTTP/1.1\r\nContent-Length: 1\r\n"
+                 "POST /incr HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n"
                  "Content-Length: 2\r\n\r\nab",
                  400);
 }
 
 static void test_http_error_after_good_request_is_reported(void **state) {
   (void)state;
-  static const char buf[] = "GET /a HTTP/1.1\r\n\r\nBOGUS\r\n\r\n";
+  static const char buf[] = "GET /a HTTP/1.1\r\nHost: h\r\n\r\nBOGUS\r\n\r\n";
   size_t used;
   http_parser_init(&parser, &defaults);
   assert_int_equal(http_parse(&parser, buf, strlen(buf), &used),
@@ -655,6 +674,103 @@ static void test_http_longest_head_fits_in_head_max(void **state) {
   assert_memory_equal(end, "\r\n\r\n", 4);
 }
 
+/* ---- RFC 9112: Host, absolute-form, chunk extensions --------------------- */
+
+static void test_http_1_1_without_host_is_refused_with_400(void **state) {
+  (void)state;
+  expect_refused(&defaults, "GET /incr HTTP/1.1\r\n\r\n", 400);
+  expect_refused(&defaults, "GET /incr HTTP/1.1\r\nHostname: x\r\n\r\n", 400);
+  expect_refused(&defaults, "GET /incr HTTP/1.1\r\nHos: x\r\n\r\n", 400);
+  /* HTTP/1.0 predates Host. */
+  parse_one(&defaults, "GET /incr HTTP/1.0\r\n\r\n");
+  parse_one(&defaults, "GET /incr HTTP/1.1\r\nhOsT: x\r\n\r\n");
+}
+
+static void test_http_several_hosts_are_refused_with_400(void **state) {
+  (void)state;
+  expect_refused(&defaults, "GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+                 400);
+  expect_refused(&defaults,
+                 "GET / HTTP/1.0\r\nHOST: a\r\nX: 1\r\nhost: b\r\n\r\n", 400);
+}
+
+static void
+test_http_host_is_counted_per_request_and_across_feeds(void **state) {
+  (void)state;
+  static const char two[] = "GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+                            "GET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+  size_t used;
+  http_parser_init(&parser, &defaults);
+  assert_int_equal(http_parse(&parser, two, strlen(two), &used),
+                   HTTP_PARSE_REQUEST);
+  assert_int_equal(http_parse(&parser, two + used, strlen(two) - used, &used),
+                   HTTP_PARSE_REQUEST);
+  /* "Ho" + "st" in two feeds is one Host. */
+  static const char *const parts[] = {"GET /c HTTP/1.1\r\nHo", "st: x\r\n\r\n"};
+  http_parser_init(&parser, &defaults);
+  assert_int_equal(http_parse(&parser, parts[0], strlen(parts[0]), &used),
+                   HTTP_PARSE_MORE);
+  assert_int_equal(http_parse(&parser, parts[1], strlen(parts[1]), &used),
+                   HTTP_PARSE_REQUEST);
+}
+
+static void test_http_absolute_form_is_routed_by_its_path(void **state) {
+  (void)state;
+  parse_one(&defaults, "GET http://host/incr HTTP/1.1\r\nHost: host\r\n\r\n");
+  expect_path("/incr");
+  assert_false(parser.req.path_truncated);
+  parse_one(&defaults,
+            "GET HTTPS://u@h:8080/metrics?x=/y HTTP/1.1\r\nHost: h\r\n\r\n");
+  expect_path("/metrics");
+  parse_one(&defaults, "GET http://h?q HTTP/1.1\r\nHost: h\r\n\r\n");
+  expect_path("/");
+  /* No path at all, or not a URI: routed nowhere. */
+  parse_one(&defaults, "GET http://h HTTP/1.1\r\nHost: h\r\n\r\n");
+  assert_true(parser.req.path_truncated);
+  parse_one(&defaults, "OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n");
+  expect_path("*");
+}
+
+static void test_http_absolute_form_split_across_feeds(void **state) {
+  (void)state;
+  static const char req[] =
+      "GET http://host/healthz HTTP/1.1\r\nHost: h\r\n\r\n";
+  for (size_t cut = 1; cut < 24; cut++) {
+    size_t used;
+    http_parser_init(&parser, &defaults);
+    assert_int_equal(http_parse(&parser, req, cut, &used), HTTP_PARSE_MORE);
+    assert_int_equal(http_parse(&parser, req + cut, strlen(req) - cut, &used),
+                     HTTP_PARSE_REQUEST);
+    expect_path("/healthz");
+  }
+}
+
+static void
+test_http_chunk_extensions_count_toward_the_body_limit(void **state) {
+  (void)state;
+  struct http_limits limits = defaults;
+  limits.max_body_bytes = 1024;
+  size_t ext = 10 * 1024 * 1024;
+  static const char prefix[] =
+      "POST /incr HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "1;x=";
+  char *req = malloc(sizeof prefix - 1 + ext + 32);
+  assert_non_null(req);
+  memcpy(req, prefix, sizeof prefix - 1);
+  memset(req + sizeof prefix - 1, 'v', ext);
+  strcpy(req + sizeof prefix - 1 + ext, "\r\na\r\n0\r\n\r\n");
+  size_t used;
+  http_parser_init(&parser, &limits);
+  enum http_parse_result r = http_parse(&parser, req, strlen(req), &used);
+  free(req);
+  assert_int_equal(r, HTTP_PARSE_ERROR);
+  assert_int_equal(parser.error_status, 413);
+  /* Small extensions within the limit are fine. */
+  parse_one(&limits, "POST /incr HTTP/1.1\r\nHost: h\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n"
+                     "1;a=b\r\nx\r\n0\r\n\r\n");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_http_parses_simple_get),
@@ -696,6 +812,12 @@ int main(void) {
       cmocka_unit_test(test_http_appends_extra_headers_and_content_type),
       cmocka_unit_test(test_http_formats_reason_of_each_status),
       cmocka_unit_test(test_http_longest_head_fits_in_head_max),
+      cmocka_unit_test(test_http_1_1_without_host_is_refused_with_400),
+      cmocka_unit_test(test_http_several_hosts_are_refused_with_400),
+      cmocka_unit_test(test_http_host_is_counted_per_request_and_across_feeds),
+      cmocka_unit_test(test_http_absolute_form_is_routed_by_its_path),
+      cmocka_unit_test(test_http_absolute_form_split_across_feeds),
+      cmocka_unit_test(test_http_chunk_extensions_count_toward_the_body_limit),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -244,8 +244,20 @@ struct fires {
   int closed;
 };
 
+/* A queue on a real loop, with a record of what its timer did. */
+struct timed {
+  uv_loop_t loop;
+  struct incr_queue q;
+  struct fires f;
+};
+
+/* The owner of q, as every owner finds itself from its queue's callback. */
+static struct fires *fires_of(struct incr_queue *q) {
+  return &((struct timed *)((char *)q - offsetof(struct timed, q)))->f;
+}
+
 static void on_due(struct incr_queue *q, uint64_t now) {
-  struct fires *f = q->data;
+  struct fires *f = fires_of(q);
   assert_true(f->calls < MAX_FIRES);
   assert_int_equal(now, uv_now(q->loop));
   f->n[f->calls] = incr_queue_pop_due(q, now);
@@ -254,24 +266,13 @@ static void on_due(struct incr_queue *q, uint64_t now) {
   f->calls++;
 }
 
-static void on_closed(struct incr_queue *q) {
-  struct fires *f = q->data;
-  f->closed++;
-}
-
-/* A queue on a real loop, with a record of what its timer did. */
-struct timed {
-  uv_loop_t loop;
-  struct incr_queue q;
-  struct fires f;
-};
+static void on_closed(struct incr_queue *q) { fires_of(q)->closed++; }
 
 static int setup_timed(void **state) {
   struct timed *t = calloc(1, sizeof *t);
   assert_non_null(t);
   assert_int_equal(uv_loop_init(&t->loop), 0);
   assert_int_equal(incr_queue_init(&t->q, &t->loop, on_due), 0);
-  t->q.data = &t->f;
   *state = t;
   return 0;
 }

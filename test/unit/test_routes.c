@@ -230,25 +230,38 @@ static void test_routes_truncated_path_is_404(void **state) {
 
 static void test_routes_ignore_query_string(void **state) {
   (void)state;
-  handle_raw("GET /incr?n=1 HTTP/1.1\r\n\r\n", &ready);
+  handle_raw("GET /incr?n=1 HTTP/1.1\r\nHost: h\r\n\r\n", &ready);
   assert_int_equal(result.action, ACTION_INCR);
-  handle_raw("POST /incr? HTTP/1.1\r\nContent-Length: 0\r\n\r\n", &ready);
+  handle_raw("POST /incr? HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+             &ready);
   assert_int_equal(result.action, ACTION_INCR);
-  handle_raw("GET /incr#top HTTP/1.1\r\n\r\n", &ready);
+  handle_raw("GET /incr#top HTTP/1.1\r\nHost: h\r\n\r\n", &ready);
   assert_int_equal(result.action, ACTION_INCR);
-  handle_raw("GET /readyz?verbose=1 HTTP/1.1\r\n\r\n", &unready);
+  handle_raw("GET /readyz?verbose=1 HTTP/1.1\r\nHost: h\r\n\r\n", &unready);
   assert_int_equal(result.route, ROUTE_READYZ);
   assert_int_equal(result.response.status, 503);
-  handle_raw("HEAD /healthz?x HTTP/1.1\r\n\r\n", &ready);
+  handle_raw("HEAD /healthz?x HTTP/1.1\r\nHost: h\r\n\r\n", &ready);
   assert_int_equal(result.route, ROUTE_HEALTHZ);
   assert_true(result.response.head);
-  handle_raw("GET /metrics?name[]=x HTTP/1.1\r\n\r\n", &ready);
+  handle_raw("GET /metrics?name[]=x HTTP/1.1\r\nHost: h\r\n\r\n", &ready);
   assert_int_equal(result.action, ACTION_METRICS);
   /* The path itself still has to match. */
-  handle_raw("GET /incr/?n=1 HTTP/1.1\r\n\r\n", &ready);
+  handle_raw("GET /incr/?n=1 HTTP/1.1\r\nHost: h\r\n\r\n", &ready);
   assert_int_equal(result.response.status, 404);
-  handle_raw("GET /?/incr HTTP/1.1\r\n\r\n", &ready);
+  handle_raw("GET /?/incr HTTP/1.1\r\nHost: h\r\n\r\n", &ready);
   assert_int_equal(result.response.status, 404);
+}
+
+static void test_routes_absolute_form_goes_by_its_path(void **state) {
+  (void)state;
+  handle_raw("GET http://gracefuld:8080/incr HTTP/1.1\r\nHost: g\r\n\r\n",
+             &ready);
+  assert_int_equal(result.route, ROUTE_INCR);
+  assert_int_equal(result.action, ACTION_INCR);
+  handle_raw("GET http://h/readyz?x HTTP/1.1\r\nHost: h\r\n\r\n", &ready);
+  assert_int_equal(result.route, ROUTE_READYZ);
+  handle_raw("GET http://incr HTTP/1.1\r\nHost: h\r\n\r\n", &ready);
+  assert_int_equal(result.route, ROUTE_OTHER);
 }
 
 static void test_routes_lookup_and_names(void **state) {
@@ -322,6 +335,7 @@ int main(void) {
       cmocka_unit_test(test_routes_unknown_path_is_404),
       cmocka_unit_test(test_routes_truncated_path_is_404),
       cmocka_unit_test(test_routes_ignore_query_string),
+      cmocka_unit_test(test_routes_absolute_form_goes_by_its_path),
       cmocka_unit_test(test_routes_lookup_and_names),
       cmocka_unit_test(test_routes_error_answers_each_status),
       cmocka_unit_test(test_routes_error_answers_unknown_status_with_400),

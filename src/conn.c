@@ -1,0 +1,79 @@
+#include "conn.h"
+
+void conn_life_init(struct conn_life *l) {
+  l->state = CONN_READING;
+  l->peer_eof = false;
+}
+
+static unsigned go(struct conn_life *l, enum conn_state s, unsigned effects) {
+  l->state = s;
+  return effects;
+}
+
+unsigned conn_step(struct conn_life *l, enum conn_event e) {
+  if (l->state == CONN_CLOSING)
+    return CONN_DO_NOTHING;
+  if (e == CONN_FAILED)
+    return go(l, CONN_CLOSING, CONN_DO_CLOSE);
+  switch (l->state) {
+  case CONN_READING:
+    switch (e) {
+    case CONN_WRITE_BLOCKED:
+      return go(l, CONN_WRITING, CONN_DO_STOP_READING | CONN_DO_WATCH_WRITE);
+    case CONN_LAST_QUEUED:
+      return go(l, CONN_SHUTTING,
+                CONN_DO_DISCARD | CONN_DO_SHUTDOWN | CONN_DO_WATCH_WRITE);
+    case CONN_PEER_EOF:
+      /* A request the client began and never finished is not answered. */
+      l->peer_eof = true;
+      return go(l, CONN_SHUTTING,
+                CONN_DO_STOP_READING | CONN_DO_SHUTDOWN | CONN_DO_WATCH_WRITE);
+    default:
+      return CONN_DO_NOTHING;
+    }
+  case CONN_WRITING:
+    switch (e) {
+    case CONN_WRITE_DONE:
+      /* The rest of the buffer first; reading resumes once it is used. */
+      return go(l, CONN_READING, CONN_DO_PROCESS);
+    case CONN_LAST_QUEUED:
+      return go(l, CONN_SHUTTING, CONN_DO_DISCARD | CONN_DO_SHUTDOWN);
+    case CONN_EXPIRED:
+      return go(l, CONN_CLOSING, CONN_DO_CLOSE);
+    default:
+      return CONN_DO_NOTHING;
+    }
+  case CONN_SHUTTING:
+    switch (e) {
+    case CONN_PEER_EOF:
+      l->peer_eof = true;
+      return CONN_DO_STOP_READING;
+    case CONN_SHUTDOWN_DONE:
+      if (l->peer_eof)
+        return go(l, CONN_CLOSING, CONN_DO_CLOSE);
+      return go(l, CONN_LINGERING, CONN_DO_LINGER);
+    case CONN_EXPIRED:
+      return go(l, CONN_CLOSING, CONN_DO_CLOSE);
+    default:
+      return CONN_DO_NOTHING;
+    }
+  case CONN_LINGERING:
+    switch (e) {
+    case CONN_PEER_EOF:
+      l->peer_eof = true;
+      return go(l, CONN_CLOSING, CONN_DO_CLOSE);
+    case CONN_EXPIRED:
+      return go(l, CONN_CLOSING, CONN_DO_CLOSE);
+    default:
+      return CONN_DO_NOTHING;
+    }
+  default:
+    return CONN_DO_NOTHING;
+  }
+}
+
+const char *conn_state_name(enum conn_state s) {
+  static const char *const names[CONN_STATE_COUNT] = {
+      "reading", "writing", "shutting", "lingering", "closing"};
+  return (unsigned)s < CONN_STATE_COUNT ? names[s] : "?";
+}

@@ -1,0 +1,161 @@
+/* The connection lifecycle: every event in every state, against a table of
+ * the expected next state and effects. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdbool.h>
+
+#include "conn.h"
+
+struct step {
+  enum conn_state from;
+  bool peer_eof;
+  enum conn_event event;
+  enum conn_state to;
+  unsigned effects;
+};
+
+#define R CONN_READING
+#define W CONN_WRITING
+#define S CONN_SHUTTING
+#define L CONN_LINGERING
+#define C CONN_CLOSING
+
+/* Every pair (state, event) that changes anything. The test below checks
+ * that every pair not listed changes nothing. */
+static const struct step steps[] = {
+    {R, false, CONN_WRITE_BLOCKED, W,
+     CONN_DO_STOP_READING | CONN_DO_WATCH_WRITE},
+    {R, false, CONN_LAST_QUEUED, S,
+     CONN_DO_DISCARD | CONN_DO_SHUTDOWN | CONN_DO_WATCH_WRITE},
+    {R, false, CONN_PEER_EOF, S,
+     CONN_DO_STOP_READING | CONN_DO_SHUTDOWN | CONN_DO_WATCH_WRITE},
+    {R, false, CONN_FAILED, C, CONN_DO_CLOSE},
+    {W, false, CONN_WRITE_DONE, R, CONN_DO_PROCESS},
+    {W, false, CONN_LAST_QUEUED, S, CONN_DO_DISCARD | CONN_DO_SHUTDOWN},
+    {W, false, CONN_EXPIRED, C, CONN_DO_CLOSE},
+    {W, false, CONN_FAILED, C, CONN_DO_CLOSE},
+    {S, false, CONN_PEER_EOF, S, CONN_DO_STOP_READING},
+    {S, false, CONN_SHUTDOWN_DONE, L, CONN_DO_LINGER},
+    {S, true, CONN_SHUTDOWN_DONE, C, CONN_DO_CLOSE},
+    {S, false, CONN_EXPIRED, C, CONN_DO_CLOSE},
+    {S, false, CONN_FAILED, C, CONN_DO_CLOSE},
+    {L, false, CONN_PEER_EOF, C, CONN_DO_CLOSE},
+    {L, false, CONN_EXPIRED, C, CONN_DO_CLOSE},
+    {L, false, CONN_FAILED, C, CONN_DO_CLOSE},
+};
+
+/* The step for (s, eof, e): the entry for that peer_eof if there is one,
+ * else the one without (the client's FIN changes only where it is listed). */
+static const struct step *find(enum conn_state s, bool eof, enum conn_event e) {
+  const struct step *fallback = NULL;
+  for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+    if (steps[i].from != s || steps[i].event != e)
+      continue;
+    if (steps[i].peer_eof == eof)
+      return &steps[i];
+    if (!steps[i].peer_eof)
+      fallback = &steps[i];
+  }
+  return fallback;
+}
+
+static void test_conn_starts_reading(void **state) {
+  (void)state;
+  struct conn_life l;
+  conn_life_init(&l);
+  assert_int_equal(l.state, CONN_READING);
+  assert_false(l.peer_eof);
+}
+
+static void test_conn_every_event_in_every_state(void **state) {
+  (void)state;
+  for (int s = 0; s < CONN_STATE_COUNT; s++) {
+    for (int eof = 0; eof <= 1; eof++) {
+      for (int e = 0; e < CONN_EVENT_COUNT; e++) {
+        struct conn_life l = {(enum conn_state)s, eof};
+        unsigned got = conn_step(&l, (enum conn_event)e);
+        const struct step *want =
+            find((enum conn_state)s, eof, (enum conn_event)e);
+        if (!want) {
+          if (got != CONN_DO_NOTHING || l.state != (enum conn_state)s)
+            fail_msg("%s + event %d should change nothing, went to %s (%#x)",
+                     conn_state_name((enum conn_state)s), e,
+                     conn_state_name(l.state), got);
+          continue;
+        }
+        if (l.state != want->to || got != want->effects)
+          fail_msg("%s%s + event %d: %s (%#x), expected %s (%#x)",
+                   conn_state_name((enum conn_state)s),
+                   eof ? " (peer eof)" : "", e, conn_state_name(l.state), got,
+                   conn_state_name(want->to), want->effects);
+      }
+    }
+  }
+}
+
+static void test_conn_closing_ignores_everything(void **state) {
+  (void)state;
+  for (int e = 0; e < CONN_EVENT_COUNT; e++) {
+    struct conn_life l = {CONN_CLOSING, false};
+    assert_int_equal(conn_step(&l, (enum conn_event)e), CONN_DO_NOTHING);
+    assert_int_equal(l.state, CONN_CLOSING);
+  }
+}
+
+static void
+test_conn_keeps_reading_until_the_peer_fin_after_the_last(void **state) {
+  (void)state;
+  /* The reset of a stalled write: the last response goes out behind a
+   * pending write, and the connection must read again (discarding) so the
+   * client's FIN and later bytes are taken, never left to cause a reset. */
+  struct conn_life l;
+  conn_life_init(&l);
+  assert_int_equal(conn_step(&l, CONN_WRITE_BLOCKED),
+                   CONN_DO_STOP_READING | CONN_DO_WATCH_WRITE);
+  unsigned fx = conn_step(&l, CONN_LAST_QUEUED);
+  assert_true(fx & CONN_DO_DISCARD);
+  assert_true(fx & CONN_DO_SHUTDOWN);
+  assert_false(fx & CONN_DO_CLOSE);
+  assert_int_equal(conn_step(&l, CONN_WRITE_DONE), CONN_DO_NOTHING);
+  assert_int_equal(conn_step(&l, CONN_SHUTDOWN_DONE), CONN_DO_LINGER);
+  assert_int_equal(l.state, CONN_LINGERING);
+  assert_int_equal(conn_step(&l, CONN_PEER_EOF), CONN_DO_CLOSE);
+  assert_int_equal(l.state, CONN_CLOSING);
+}
+
+static void test_conn_peer_fin_first_closes_once_our_fin_is_out(void **state) {
+  (void)state;
+  struct conn_life l;
+  conn_life_init(&l);
+  conn_step(&l, CONN_PEER_EOF);
+  assert_int_equal(l.state, CONN_SHUTTING);
+  assert_true(l.peer_eof);
+  assert_int_equal(conn_step(&l, CONN_SHUTDOWN_DONE), CONN_DO_CLOSE);
+}
+
+static void test_conn_state_names(void **state) {
+  (void)state;
+  assert_string_equal(conn_state_name(CONN_READING), "reading");
+  assert_string_equal(conn_state_name(CONN_WRITING), "writing");
+  assert_string_equal(conn_state_name(CONN_SHUTTING), "shutting");
+  assert_string_equal(conn_state_name(CONN_LINGERING), "lingering");
+  assert_string_equal(conn_state_name(CONN_CLOSING), "closing");
+  assert_string_equal(conn_state_name(CONN_STATE_COUNT), "?");
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_conn_starts_reading),
+      cmocka_unit_test(test_conn_every_event_in_every_state),
+      cmocka_unit_test(test_conn_closing_ignores_everything),
+      cmocka_unit_test(
+          test_conn_keeps_reading_until_the_peer_fin_after_the_last),
+      cmocka_unit_test(test_conn_peer_fin_first_closes_once_our_fin_is_out),
+      cmocka_unit_test(test_conn_state_names),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
