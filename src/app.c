@@ -36,6 +36,40 @@ static struct app *app_of_server(struct server *srv) {
   return (struct app *)((char *)srv - offsetof(struct app, server));
 }
 
+/* The answer to an /incr the journal could not take: nothing was
+ * recorded, and a retry may succeed. */
+static const struct http_response not_recorded = {
+    .status = 503,
+    .extra_headers = "Retry-After: 1\r\n",
+    .body = "not recorded, try again\n",
+    .body_len = sizeof "not recorded, try again\n" - 1,
+};
+
+/* Memory mode: queued at once, answered 200 at once. Journal mode: held
+ * in this loop turn's journal write (see on_turn_end), or 503 at once when
+ * no write can be sent. */
+static void take_incr(struct app *app, struct route_result *r) {
+  if (app->cfg->durability == DURABILITY_REDIS) {
+    if (!counter_can_write(&app->counter)) {
+      r->response = not_recorded;
+      return;
+    }
+    app->incr_ok = r->response;
+    if (app->turn_n++ == 0)
+      app->turn = ++app->tickets;
+    r->response.held = true;
+    r->response.ticket = app->turn;
+    return;
+  }
+  uint64_t deadline = uv_now(app->loop) + app->cfg->incr_delay_ms;
+  if (incr_queue_push(&app->queue, deadline) == 0) {
+    app->metrics.incr_accepted++;
+  } else {
+    routes_error(503, r);
+    r->route = ROUTE_INCR;
+  }
+}
+
 static void respond(struct server *srv, const struct http_request *req,
                     uint16_t error_status, struct http_response *resp) {
   struct app *app = app_of_server(srv);
@@ -45,17 +79,13 @@ static void respond(struct server *srv, const struct http_request *req,
   } else {
     struct routes_state state = {
         .ready = app->link.ever_ready && app->shutdown.phase == PHASE_RUNNING,
-        .queue_full = pending(app) >= app->cfg->max_pending,
+        .queue_full = pending(app) + app->turn_n +
+                          counter_unresolved_increments(&app->counter) >=
+                      app->cfg->max_pending,
     };
     routes_handle(req, &state, &r);
     if (r.action == ACTION_INCR) {
-      uint64_t deadline = uv_now(app->loop) + app->cfg->incr_delay_ms;
-      if (incr_queue_push(&app->queue, deadline) == 0) {
-        app->metrics.incr_accepted++;
-      } else {
-        routes_error(503, &r);
-        r.route = ROUTE_INCR;
-      }
+      take_incr(app, &r);
     } else if (r.action == ACTION_METRICS) {
       struct metrics_gauges g = {
           .pending = pending(app),
@@ -77,8 +107,60 @@ static void respond(struct server *srv, const struct http_request *req,
       }
     }
   }
-  metrics_count_request(&app->metrics, r.route, r.response.status);
+  if (!r.response.held) /* counted when filled in */
+    metrics_count_request(&app->metrics, r.route, r.response.status);
   *resp = r.response;
+}
+
+/* ---- Journal mode: one write per loop turn ------------------------------ */
+
+static struct app_write *app_write_push(struct app *app) {
+  if (app->writes_len == APP_WRITES_MAX)
+    return NULL;
+  uint64_t i = (app->writes_head + app->writes_len++) % APP_WRITES_MAX;
+  return &app->writes[i];
+}
+
+/* Answers the held /incr of ticket: 200 when the journal holds them, 503
+ * when it does not. */
+static void fill_turn(struct app *app, uint64_t ticket, uint64_t n, bool held) {
+  const struct http_response *resp = held ? &app->incr_ok : &not_recorded;
+  uint64_t filled = server_fill(&app->server, ticket, resp);
+  metrics_count_requests(&app->metrics, ROUTE_INCR, resp->status, filled);
+  if (held)
+    app->metrics.incr_accepted += n;
+}
+
+/* After the loop has run every callback of this turn: the /incr it held go
+ * to Redis as one journal write. Answering some at once (503) lets their
+ * connections parse what follows, which may open a new turn: written too. */
+static void on_turn_end(uv_check_t *check) {
+  struct app *app = check->data;
+  while (app->turn_n > 0) {
+    uint64_t ticket = app->turn, n = app->turn_n;
+    app->turn_n = 0;
+    uint64_t deadline = uv_now(app->loop) + app->cfg->incr_delay_ms;
+    uint64_t seq = counter_write(&app->counter, deadline, n);
+    struct app_write *w = seq ? app_write_push(app) : NULL;
+    if (!w) {
+      fill_turn(app, ticket, n, false);
+      continue;
+    }
+    *w = (struct app_write){seq, ticket, n};
+  }
+}
+
+static void on_written(struct counter *c, uint64_t seq, bool held) {
+  struct app *app = app_of_counter(c);
+  if (app->writes_len == 0)
+    return;
+  struct app_write w = app->writes[app->writes_head];
+  /* In write order, one for each write sent (counter.h). */
+  if (w.seq != seq)
+    return;
+  app->writes_head = (app->writes_head + 1) % APP_WRITES_MAX;
+  app->writes_len--;
+  fill_turn(app, w.ticket, w.n, held);
 }
 
 /* ---- Shutdown phases ---------------------------------------------------- */
@@ -168,13 +250,9 @@ static bool error_is_permanent(const char *err, size_t len) {
 
 static void on_counter_idle(struct counter *c) { advance(app_of_counter(c)); }
 
-static void on_written(struct counter *c, uint64_t seq, bool held) {
-  (void)c;
-  (void)seq;
-  (void)held;
-}
+static void wind_up_done(struct app *app);
 
-static void on_left(struct counter *c) { (void)c; }
+static void on_left(struct counter *c) { wind_up_done(app_of_counter(c)); }
 
 static void on_link_ready(struct redis_link *link) {
   counter_on_ready(&app_of_link(link)->counter);
@@ -260,6 +338,8 @@ static void log_summary(const struct app *app) {
       LOG_UINT("retried", m->incr_retried),
       LOG_UINT("failed", m->incr_failed),
       LOG_UINT("abandoned", app->abandoned),
+      LOG_UINT("handed_over", app->handed_over),
+      LOG_UINT("adopted", m->journal_adopted),
       LOG_UINT("running_ms", shutdown_phase_ms(s, PHASE_RUNNING, now)),
       LOG_UINT("delaying_ms", shutdown_phase_ms(s, PHASE_DELAYING, now)),
       LOG_UINT("draining_ms", shutdown_phase_ms(s, PHASE_DRAINING, now)),
@@ -301,7 +381,8 @@ static void close_signals(struct app *app) {
   sigprocmask(SIG_SETMASK, &old, NULL);
 }
 
-/* Gives up what is still pending, closes every handle so that uv_run
+/* Gives up what is still pending (memory mode) or leaves it in the journal
+ * for another replica (journal mode), closes every handle so that uv_run
  * returns, and reports. */
 static void wind_up(struct app *app) {
   if (uv_is_closing((uv_handle_t *)&app->sigterm))
@@ -309,21 +390,41 @@ static void wind_up(struct app *app) {
   uint64_t now = uv_now(app->loop);
   if (app->shutdown.phase != PHASE_DONE)
     shutdown_fail(&app->shutdown, now);
-  app->abandoned = pending(app);
-  if (app->abandoned)
-    log_warn("abandoned", LOG_UINT("increments", app->abandoned),
-             LOG_STR("reason", shutdown_reason_name(app->shutdown.reason)));
+  const char *reason = shutdown_reason_name(app->shutdown.reason);
+  if (app->cfg->durability == DURABILITY_REDIS) {
+    /* Redis holds them: nothing is lost, whoever adopts the journal counts
+     * them. */
+    app->handed_over = pending(app);
+    app->metrics.journal_handed_over = app->handed_over;
+    if (app->handed_over)
+      log_warn("handed_over", LOG_UINT("increments", app->handed_over),
+               LOG_STR("reason", reason));
+  } else {
+    app->abandoned = pending(app);
+    if (app->abandoned)
+      log_warn("abandoned", LOG_UINT("increments", app->abandoned),
+               LOG_STR("reason", reason));
+  }
   app->exit_code = shutdown_exit_code(&app->shutdown, app->abandoned,
                                       app->metrics.incr_failed);
 
   server_close(&app->server);
   incr_queue_close(&app->queue, NULL);
-  redis_link_close(&app->link);
-  counter_close(&app->counter);
   close_signals(app);
   close_handle((uv_handle_t *)&app->delay_timer);
   close_handle((uv_handle_t *)&app->deadline_timer);
+  close_handle((uv_handle_t *)&app->turn_check);
+  /* Journal mode: the lease goes first (on_left), so that what the journal
+   * still holds is adopted at once; memory mode has nothing to say. */
+  counter_leave(&app->counter);
+}
 
+static void wind_up_done(struct app *app) {
+  if (app->wound_up)
+    return;
+  app->wound_up = true;
+  redis_link_close(&app->link);
+  counter_close(&app->counter);
   log_summary(app);
 }
 
@@ -364,6 +465,12 @@ int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg) {
   app->delay_timer.data = app;
   uv_timer_init(loop, &app->deadline_timer);
   app->deadline_timer.data = app;
+  uv_check_init(loop, &app->turn_check);
+  app->turn_check.data = app;
+  if (cfg->durability == DURABILITY_REDIS) {
+    uv_check_start(&app->turn_check, on_turn_end);
+    uv_unref((uv_handle_t *)&app->turn_check); /* it keeps nothing alive */
+  }
   return 0;
 }
 

@@ -13,6 +13,16 @@
 #include "server.h"
 #include "shutdown.h"
 
+/* Journal writes in flight at most (more wait: answered 503). */
+#define APP_WRITES_MAX 1024
+
+/* A journal write in flight and the /incr it holds. */
+struct app_write {
+  uint64_t seq;    /* the counter's write number */
+  uint64_t ticket; /* the held responses' (server_fill) */
+  uint64_t n;
+};
+
 struct app {
   uv_loop_t *loop;
   const struct config *cfg;
@@ -27,7 +37,19 @@ struct app {
   uv_signal_t sighup;
   uv_timer_t delay_timer;    /* the end of delaying */
   uv_timer_t deadline_timer; /* SHUTDOWN_TIMEOUT_MS after the first signal */
-  uint64_t abandoned;
+  uint64_t abandoned;        /* memory mode: pending when the process gave up */
+  uint64_t handed_over;      /* journal mode: left in the journal at the end */
+  bool wound_up;
+  /* Journal mode: the /incr of the loop turn under way, held for one
+   * write (turn_n of them, ticket turn), and the writes in flight. */
+  uv_check_t turn_check;
+  uint64_t turn;
+  uint64_t turn_n;
+  uint64_t tickets;
+  struct http_response incr_ok;
+  struct app_write writes[APP_WRITES_MAX];
+  uint64_t writes_head;
+  uint64_t writes_len;
   int exit_code;
 };
 

@@ -23,6 +23,9 @@ unsigned conn_step(struct conn_life *l, enum conn_event e) {
     case CONN_LAST_QUEUED:
       return go(l, CONN_SHUTTING,
                 CONN_DO_DISCARD | CONN_DO_SHUTDOWN | CONN_DO_WATCH_WRITE);
+    case CONN_HELD:
+      /* What follows the request waits, unread, in pipeline order. */
+      return go(l, CONN_HOLDING, CONN_DO_STOP_READING);
     case CONN_PEER_EOF:
       /* A request the client began and never finished is not answered. */
       l->peer_eof = true;
@@ -43,6 +46,10 @@ unsigned conn_step(struct conn_life *l, enum conn_event e) {
     default:
       return CONN_DO_NOTHING;
     }
+  case CONN_HOLDING:
+    /* Queued like any response, then the buffer as after a write. */
+    return e == CONN_FILLED ? go(l, CONN_READING, CONN_DO_PROCESS)
+                            : CONN_DO_NOTHING;
   case CONN_SHUTTING:
     switch (e) {
     case CONN_PEER_EOF:
@@ -74,6 +81,6 @@ unsigned conn_step(struct conn_life *l, enum conn_event e) {
 
 const char *conn_state_name(enum conn_state s) {
   static const char *const names[CONN_STATE_COUNT] = {
-      "reading", "writing", "shutting", "lingering", "closing"};
+      "reading", "writing", "holding", "shutting", "lingering", "closing"};
   return (unsigned)s < CONN_STATE_COUNT ? names[s] : "?";
 }

@@ -3,6 +3,7 @@
  * whole lifecycle reads here, on one screen:
  *
  *   reading --socket full--> writing --write done--> reading
+ *   reading --response not ready--> holding --filled in--> reading
  *   reading|writing --last response queued--> shutting
  *   reading --the client's FIN--> shutting
  *   shutting --our FIN is out--> lingering (closing if the client's FIN came)
@@ -28,6 +29,7 @@
 enum conn_state {
   CONN_READING,   /* reading and answering requests; nothing waits */
   CONN_WRITING,   /* the socket is full: a write is pending, reading stops */
+  CONN_HOLDING,   /* a response is not ready yet: reading stops */
   CONN_SHUTTING,  /* the last response is queued, our FIN behind it */
   CONN_LINGERING, /* our FIN is out; waiting for the client's */
   CONN_CLOSING,   /* the handles are closing */
@@ -42,6 +44,8 @@ enum conn_event {
   CONN_SHUTDOWN_DONE, /* our FIN is out, after every response */
   CONN_EXPIRED,       /* the write stalled or the linger ran out */
   CONN_FAILED,        /* a socket error */
+  CONN_HELD,          /* the handler has no response yet for a request */
+  CONN_FILLED,        /* the held response has been filled in */
   CONN_EVENT_COUNT
 };
 

@@ -288,8 +288,16 @@ void counter_add_due(struct counter *c, uint64_t n) {
 
 /* ---- Journal mode: writes and their resolution -------------------------- */
 
+bool counter_can_write(const struct counter *c) {
+  return c->ready && !c->leaving && !c->closed && c->in_flight < WINDOW;
+}
+
+uint64_t counter_unresolved_increments(const struct counter *c) {
+  return c->in_writes;
+}
+
 uint64_t counter_write(struct counter *c, uint64_t deadline, uint64_t n) {
-  if (!c->ready || c->leaving || c->in_flight >= WINDOW)
+  if (!counter_can_write(c))
     return 0;
   uint64_t seq = c->first_seq + c->batches.len;
   /* Writes below first_seq all have a known outcome: the fenced-off ones
@@ -306,6 +314,7 @@ uint64_t counter_write(struct counter *c, uint64_t deadline, uint64_t n) {
     return 0;
   }
   *e = (struct entry){.n = n, .deadline = deadline, .state = ENTRY_SENT};
+  c->in_writes += n;
   c->metrics->journal_writes++;
   return seq;
 }
@@ -329,6 +338,7 @@ static void report_writes(struct counter *c) {
     else
       c->metrics->journal_refused += e->n;
     uint64_t seq = c->first_seq;
+    c->in_writes -= e->n;
     ring_pop(&c->batches);
     c->first_seq++;
     if (c->resend_from > 0)

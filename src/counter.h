@@ -89,6 +89,7 @@ struct counter {
   uint64_t resend_from; /* batches from this index on go (again) when ready */
   uint64_t due;         /* memory: fallen due, not yet in a batch */
   uint64_t in_batches;  /* memory: increments in batches */
+  uint64_t in_writes;   /* journal: increments in unresolved writes */
   /* journal: due runs not yet moved; moves cover them in order */
   struct counter_ring moving;
   uint64_t moving_head;        /* absolute index of moving's first run */
@@ -145,8 +146,12 @@ uint64_t counter_write(struct counter *c, uint64_t deadline, uint64_t n);
  * and not yet moved (journal). The queue's are the owner's to count. */
 uint64_t counter_pending(const struct counter *c);
 
-/* Journal writes whose outcome is not known yet. */
+/* Journal writes whose outcome is not known yet, and their increments. */
 uint64_t counter_unresolved(const struct counter *c);
+uint64_t counter_unresolved_increments(const struct counter *c);
+
+/* Journal mode: whether counter_write can send now. */
+bool counter_can_write(const struct counter *c);
 
 /* Journal mode: gives up the lease (and an empty journal). on_left follows.
  * Memory mode: on_left at once. */

@@ -88,6 +88,10 @@ enum http_connection {
 };
 
 struct http_response {
+  /* Not ready yet: the handler fills it in later with server_fill and this
+   * ticket; nothing else here is read. */
+  bool held;
+  uint64_t ticket;
   uint16_t status;
   bool head;                 /* a HEAD request: headers only */
   bool body_owned;           /* body was malloc'd: free it once written */

@@ -16,11 +16,16 @@ void metrics_init(struct metrics *m) {
   m->start_time = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-void metrics_count_request(struct metrics *m, enum route r, uint16_t status) {
+void metrics_count_requests(struct metrics *m, enum route r, uint16_t status,
+                            uint64_t n) {
   int slot = 0;
   while (slot < METRICS_STATUSES - 1 && statuses[slot] != status)
     slot++;
-  m->requests[r][slot]++;
+  m->requests[r][slot] += n;
+}
+
+void metrics_count_request(struct metrics *m, enum route r, uint16_t status) {
+  metrics_count_requests(m, r, status, 1);
 }
 
 struct buf {

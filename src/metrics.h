@@ -45,6 +45,10 @@ void metrics_init(struct metrics *m);
 
 void metrics_count_request(struct metrics *m, enum route r, uint16_t status);
 
+/* n requests answered alike (held responses filled in together). */
+void metrics_count_requests(struct metrics *m, enum route r, uint16_t status,
+                            uint64_t n);
+
 /* Renders everything into a malloc'd buffer, which the caller frees; *len
  * receives its length. Returns NULL when out of memory. */
 char *metrics_render(const struct metrics *m, const struct metrics_gauges *g,

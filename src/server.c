@@ -36,6 +36,13 @@
  * streams requests without pause is answered for. */
 #define CLOSING_BUDGET (64 * 1024)
 
+/* A response the handler will fill in later (see server_fill). */
+enum slot {
+  SLOT_NONE,
+  SLOT_HELD,   /* asked for, not ready: the connection is holding */
+  SLOT_FILLED, /* ready, to be queued once the connection reads again */
+};
+
 struct conn {
   uv_tcp_t tcp;
   uv_timer_t timer; /* this connection's one deadline */
@@ -44,6 +51,11 @@ struct conn {
   struct server *srv;
   struct conn *prev;
   struct conn *next;
+  struct conn *held_prev; /* the server's list of connections with a slot */
+  struct conn *held_next;
+  enum slot slot;
+  uint64_t ticket;             /* SLOT_HELD */
+  struct http_response filled; /* SLOT_FILLED */
   struct http_parser http;
   struct conn_life life;
   uint8_t handles;        /* tcp and timer until both are closed */
@@ -90,11 +102,31 @@ static void maybe_drained(struct server *srv) {
   srv->on_drained(srv);
 }
 
+/* Takes c off the server's list of connections with a held response. */
+static void unhold(struct conn *c) {
+  struct server *srv = c->srv;
+  if (c->slot != SLOT_HELD) {
+    c->slot = SLOT_NONE;
+    return;
+  }
+  if (c->held_prev)
+    c->held_prev->held_next = c->held_next;
+  else if (srv->held == c)
+    srv->held = c->held_next;
+  if (c->held_next)
+    c->held_next->held_prev = c->held_prev;
+  else if (srv->held_last == c)
+    srv->held_last = c->held_prev;
+  c->held_prev = c->held_next = NULL;
+  c->slot = SLOT_NONE;
+}
+
 static void on_conn_close(uv_handle_t *handle) {
   struct conn *c = handle->data;
   struct server *srv = c->srv;
   if (--c->handles > 0)
     return;
+  unhold(c);
   if (c->prev)
     c->prev->next = c->next;
   else
@@ -288,36 +320,81 @@ static bool is_last(struct conn *c, const struct http_request *req) {
   }
 }
 
-/* Asks the handler for the response to req (or to a failed request) and
- * queues it in wbuf, which has WBUF_RESERVE bytes free. */
-static void answer(struct conn *c, const struct http_request *req,
-                   uint16_t error_status) {
-  struct server *srv = c->srv;
-  struct http_response resp;
-  srv->respond(srv, req, error_status, &resp);
+/* Queues resp, the response to req (NULL: a failed request), in wbuf,
+ * which has WBUF_RESERVE bytes free. */
+static void queue_response(struct conn *c, const struct http_request *req,
+                           const struct http_response *resp) {
   bool last = is_last(c, req);
   enum http_connection hdr = HTTP_CONN_CLOSE;
   if (!last)
     hdr = req->version_minor == 0 ? HTTP_CONN_KEEP_ALIVE : HTTP_CONN_DEFAULT;
   c->answered++;
-  c->wlen += (uint32_t)http_format_head(c->wbuf + c->wlen, &resp, hdr);
-  size_t body = resp.head ? 0 : resp.body_len;
+  c->wlen += (uint32_t)http_format_head(c->wbuf + c->wlen, resp, hdr);
+  size_t body = resp->head ? 0 : resp->body_len;
   if (body <= SMALL_BODY_MAX) {
     if (body)
-      memcpy(c->wbuf + c->wlen, resp.body, body);
+      memcpy(c->wbuf + c->wlen, resp->body, body);
     c->wlen += (uint32_t)body;
-    if (resp.body_owned)
-      free((char *)resp.body);
+    if (resp->body_owned)
+      free((char *)resp->body);
   } else {
-    c->extra = (char *)resp.body;
+    c->extra = (char *)resp->body;
     c->extra_len = body;
-    c->extra_owned = resp.body_owned;
+    c->extra_owned = resp->body_owned;
     flush(c);
   }
   if (last) {
     flush(c);
     step(c, CONN_LAST_QUEUED);
   }
+}
+
+/* Asks the handler for the response to req (or to a failed request) and
+ * queues it; one that is not ready yet holds the connection, with what was
+ * answered before it sent, until server_fill. */
+static void answer(struct conn *c, const struct http_request *req,
+                   uint16_t error_status) {
+  struct server *srv = c->srv;
+  struct http_response resp;
+  srv->respond(srv, req, error_status, &resp);
+  if (!resp.held || !req) {
+    queue_response(c, req, &resp);
+    return;
+  }
+  c->slot = SLOT_HELD;
+  c->ticket = resp.ticket;
+  c->held_prev = srv->held_last;
+  c->held_next = NULL;
+  if (srv->held_last)
+    srv->held_last->held_next = c;
+  else
+    srv->held = c;
+  srv->held_last = c;
+  flush(c);
+  if (c->life.state == CONN_READING)
+    step(c, CONN_HELD);
+  /* Writing: holding begins once the write is done (process). */
+}
+
+uint64_t server_fill(struct server *srv, uint64_t ticket,
+                     const struct http_response *resp) {
+  uint64_t n = 0;
+  struct conn *next;
+  for (struct conn *c = srv->held; c; c = next) {
+    next = c->held_next;
+    if (c->slot != SLOT_HELD || c->ticket != ticket)
+      continue;
+    unhold(c);
+    if (c->life.state == CONN_CLOSING)
+      continue; /* the client went away */
+    n++;
+    c->slot = SLOT_FILLED;
+    c->filled = *resp;
+    /* Holding: queued and the buffer processed at once. Writing: once the
+     * write is done. */
+    step(c, CONN_FILLED);
+  }
+  return n;
 }
 
 /* ---- Reading ------------------------------------------------------------ */
@@ -341,6 +418,15 @@ static void arm_reading(struct conn *c, bool answered) {
  * can be written; then reads again. */
 static void process(struct conn *c) {
   bool answered = false;
+  if (c->slot == SLOT_FILLED) {
+    c->slot = SLOT_NONE;
+    queue_response(c, &c->http.req, &c->filled);
+    answered = true;
+  } else if (c->slot == SLOT_HELD) {
+    if (c->life.state == CONN_READING)
+      step(c, CONN_HELD); /* its write is done: now it holds */
+    return;
+  }
   while (c->life.state == CONN_READING && c->rpos < c->rlen) {
     if (CONN_WBUF - c->wlen < WBUF_RESERVE) {
       flush(c);

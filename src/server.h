@@ -51,6 +51,8 @@ struct server {
   server_drained_cb on_drained;
   struct conn *conns; /* every open connection, in a list */
   uint64_t open;
+  struct conn *held; /* connections holding a response, oldest first */
+  struct conn *held_last;
   enum server_mode mode;
   bool listener_open;
   bool drained_reported;
@@ -75,6 +77,13 @@ void server_close_each(struct server *srv);
  * received (the last with Connection: close), and call on_drained when the
  * last connection is gone. */
 void server_drain(struct server *srv);
+
+/* Fills in resp (which must own nothing) as the response of every
+ * connection holding one with ticket: each goes on, in pipeline order, as
+ * if its handler had answered at once. Returns how many were filled (those
+ * whose client went away meanwhile are not). */
+uint64_t server_fill(struct server *srv, uint64_t ticket,
+                     const struct http_response *resp);
 
 /* Closes the listener, the timer and every connection at once. */
 void server_close(struct server *srv);

@@ -20,6 +20,7 @@ struct step {
 
 #define R CONN_READING
 #define W CONN_WRITING
+#define H CONN_HOLDING
 #define S CONN_SHUTTING
 #define L CONN_LINGERING
 #define C CONN_CLOSING
@@ -34,6 +35,9 @@ static const struct step steps[] = {
     {R, false, CONN_PEER_EOF, S,
      CONN_DO_STOP_READING | CONN_DO_SHUTDOWN | CONN_DO_WATCH_WRITE},
     {R, false, CONN_FAILED, C, CONN_DO_CLOSE},
+    {R, false, CONN_HELD, H, CONN_DO_STOP_READING},
+    {H, false, CONN_FILLED, R, CONN_DO_PROCESS},
+    {H, false, CONN_FAILED, C, CONN_DO_CLOSE},
     {W, false, CONN_WRITE_DONE, R, CONN_DO_PROCESS},
     {W, false, CONN_LAST_QUEUED, S, CONN_DO_DISCARD | CONN_DO_SHUTDOWN},
     {W, false, CONN_EXPIRED, C, CONN_DO_CLOSE},
@@ -141,6 +145,7 @@ static void test_conn_state_names(void **state) {
   (void)state;
   assert_string_equal(conn_state_name(CONN_READING), "reading");
   assert_string_equal(conn_state_name(CONN_WRITING), "writing");
+  assert_string_equal(conn_state_name(CONN_HOLDING), "holding");
   assert_string_equal(conn_state_name(CONN_SHUTTING), "shutting");
   assert_string_equal(conn_state_name(CONN_LINGERING), "lingering");
   assert_string_equal(conn_state_name(CONN_CLOSING), "closing");
