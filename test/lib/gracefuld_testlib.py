@@ -98,12 +98,14 @@ class LineReader:
 
 class Redis:
     """A private redis-server on a free port in a temporary directory,
-    without persistence."""
+    without persistence unless args (extra redis-server options, which win
+    over the defaults) ask for it."""
 
-    def __init__(self, port=None):
+    def __init__(self, port=None, args=()):
         self.port = port or free_port()
         self.dir = None
         self.proc = None
+        self.args = list(args)
 
     def start(self, timeout=10.0):
         server = shutil.which("redis-server")
@@ -115,7 +117,7 @@ class Redis:
         self.proc = subprocess.Popen(
             [server, "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", self.dir,
-             "--logfile", "", "--daemonize", "no"],
+             "--logfile", "", "--daemonize", "no", *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.out = LineReader(self.proc.stdout)
         self.out.wait_for(lambda l: "Ready to accept connections" in l,
