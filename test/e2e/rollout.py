@@ -1039,21 +1039,25 @@ class Experiment:
         self.say(f"{r.name}: deleted (endpoint out in {self.p.endpoint_lag}s"
                  f", preStop {self.p.prestop}s, grace {self.p.grace}s)")
 
-        def unroute():
-            self.pause_until(r.deleted_at + self.p.endpoint_lag)
-            self.lb.maint(r.name)
-            r.unrouted_at = self.now()
-            r.mark("unrouted", "out of the Service", t=r.unrouted_at)
-            self.say(f"{r.name}: out of the Service")
-
         def kubelet():
             r.terminate_pod(r.deleted_at)
             self.say(f"{r.name}: {r.status_text()}"
                      + (f" after {r.exited_at - r.sigterm_at:.2f}s"
                         if r.sigterm_at is not None else ""))
 
-        self.terminations.append(self._background(unroute))
+        self.unroute_later(r, r.deleted_at)
         self.terminations.append(self._background(kubelet))
+
+    def unroute_later(self, r, since):
+        """The endpoint controller: r leaves the Service one endpoint lag
+        after since (its deletion, or its death)."""
+        def unroute():
+            self.pause_until(since + self.p.endpoint_lag)
+            self.lb.maint(r.name)
+            r.unrouted_at = self.now()
+            r.mark("unrouted", "out of the Service", t=r.unrouted_at)
+            self.say(f"{r.name}: out of the Service")
+        self.terminations.append(self._background(unroute))
 
     def rollout(self, number):
         start = self.now()
@@ -1075,15 +1079,7 @@ class Experiment:
         old = random.choice(self.serving)
         self.say(f"crash {number}: SIGKILL {old.name}")
         old.crash()
-
-        def unroute():
-            self.pause_until(old.crashed_at + self.p.endpoint_lag)
-            self.lb.maint(old.name)
-            old.unrouted_at = self.now()
-            old.mark("unrouted", "out of the Service", t=old.unrouted_at)
-            self.say(f"{old.name}: out of the Service")
-
-        self.terminations.append(self._background(unroute))
+        self.unroute_later(old, old.crashed_at)
         new = self.new_replica(f"crash {number}")
         new.mark("replacement", f"for {old.name}", t=new.started_at)
         self.lb.add(new.name, new.port)
