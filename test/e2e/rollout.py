@@ -1148,12 +1148,17 @@ class Experiment:
     def _kill_redis_clients(self):
         n = 1
         while self._in_load_at(n * self.p.redis_kill_every):
-            out = subprocess.run(
-                ["redis-cli", "-p", str(self.redis.port), "CLIENT", "KILL",
-                 "TYPE", "normal"], stdin=subprocess.DEVNULL,
-                capture_output=True, text=True, timeout=10)
-            self.redis_fault("client_kill", (out.stdout.strip() or
-                                             out.stderr.strip()) + " killed")
+            try:
+                out = subprocess.run(
+                    ["redis-cli", "-p", str(self.redis.port), "CLIENT",
+                     "KILL", "TYPE", "normal"], stdin=subprocess.DEVNULL,
+                    capture_output=True, text=True, timeout=5)
+                detail = (out.stdout.strip() or out.stderr.strip()
+                          ) + " killed"
+            except subprocess.TimeoutExpired:
+                # A paused Redis (--redis-pause) does not answer.
+                detail = "no answer"
+            self.redis_fault("client_kill", detail)
             n += 1
 
     def _pause_redis(self):
