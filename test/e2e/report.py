@@ -34,9 +34,10 @@ STATE_COLOURS = {"starting": "#c8c8c8", "serving": "#8fd19e",
 REPLICA_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
                    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 GAP_S = 1.0        # pending samples further apart: not observed between
-FIGURES = ("sent", "ok", "failed", "counter", "lost", "extra")
+FIGURES = ("sent", "ok", "failed", "counter", "lost", "extra", "unknown")
 FIGURE_NAMES = {"sent": "sent", "ok": "200 OK", "failed": "failed",
-                "counter": "counter", "lost": "lost", "extra": "extra"}
+                "counter": "counter", "lost": "lost", "extra": "extra",
+                "unknown": "unknown outcome"}
 
 CSS = """
 body { font: 13px/1.4 system-ui, sans-serif; margin: 16px; color: #222; }
@@ -225,7 +226,8 @@ def lanes(res, scale):
                      for s, c in STATE_COLOURS.items())
     legend += ('<span>&#9660; deleted</span><span>| out of the Service'
                '</span><span>T SIGTERM</span><span style="color:#c62828">'
-               '&#10006; SIGKILL</span><span>&#9679; exit</span>')
+               '&#10006; SIGKILL</span><span>&#9679; exit</span>'
+               '<span>+ replaces a crashed replica</span>')
     return ('<h3>replicas: lifecycle (phases from their logs)</h3>'
             + svg(LEFT + W + RIGHT, h + 16, body, "replica lanes")
             + f'<div class="legend">{legend}</div>')
@@ -256,6 +258,10 @@ def marker(x, y, t, name, kind, detail):
                     else "" if words[0] == "SIGKILL" else words[0])
         shape = (f'<circle cx="{x:.1f}" cy="{y + 10}" r="3.5" fill="#222"/>'
                  f'<text x="{x + 6:.1f}" y="{y + 13}">{short}</text>')
+    elif kind == "replacement":
+        # A ReplicaSet's new pod for a crashed one.
+        shape = (f'<text x="{x:.1f}" y="{y + 24}" text-anchor="middle" '
+                 f'font-weight="700">+</text>')
     elif kind in ("started", "ready", "phase"):
         shape = ""  # the state colours show them
     else:  # a kind this report does not know yet: shown, not lost
@@ -367,8 +373,12 @@ def header(res, i):
     verdict = res["verdict"]
     title = res.get("title") or "rolling update"
     cells = "".join(f'<th>{FIGURE_NAMES[k]}</th>' for k in FIGURES)
-    values = "".join(f'<td id="run{i}-{k}" data-value="{res[k]}">'
-                     f'{res[k]}</td>' for k in FIGURES)
+    # Results of a harness without the figure (unknown) show 0.
+    values = "".join(f'<td id="run{i}-{k}" data-value="{res.get(k, 0)}">'
+                     f'{res.get(k, 0)}</td>' for k in FIGURES)
+    rule = res.get("verdict_rule")
+    redis = ", ".join(f"{kind} at {t:.2f} s" for t, kind, _ in
+                      res.get("redis_events", []))
     params = "".join(f'<span>{esc(k)}={esc(v)}</span>'
                      for k, v in sorted(p.items()))
     problems = ("" if not res["problems"] else
@@ -381,6 +391,9 @@ def header(res, i):
             f'{verdict.upper()}</span></h2>'
             f'<table class="verdict"><tr>{cells}</tr><tr>{values}</tr>'
             f'</table>'
+            + (f'<div id="run{i}-rule" class="rule">PASS when '
+               f'{esc(rule)}</div>' if rule else "")
+            + (f'<div>Redis: {esc(redis)}</div>' if redis else "")
             + (f'<div>failed, as the client saw them: {esc(failures)}</div>'
                if failures else "")
             + problems + f'<div class="params">{params}</div>')

@@ -58,3 +58,85 @@ def test_says_when_the_file_limit_is_too_small_for_the_load(tmp_path):
     assert out.returncode == 2, out.stdout + out.stderr
     assert "the hard limit on open files is 1024" in out.stderr
     assert "ulimit -Hn" in out.stderr
+
+
+# hey's summary as it prints it, errors and all: what the harness reads.
+HEY_OUTPUT = """
+Summary:
+  Total:\t6.0123 secs
+  Requests/sec:\t99.7950
+
+Status code distribution:
+  [200]\t581 responses
+  [503]\t4 responses
+
+Error distribution:
+  [6]\tGet "http://127.0.0.1:20000/incr": EOF
+  [3]\tGet "http://127.0.0.1:20000/incr": read tcp 127.0.0.1:41234->127.0.0.1:20000: read: connection reset by peer
+  [2]\tGet "http://127.0.0.1:20000/incr": dial tcp 127.0.0.1:20000: connect: connection refused
+  [1]\tGet "http://127.0.0.1:20000/incr": context deadline exceeded (Client.Timeout exceeded while awaiting headers)
+  [1]\tGet "http://127.0.0.1:20000/incr": dial tcp 127.0.0.1:20000: i/o timeout
+  [2]\tGet "http://127.0.0.1:20000/incr": http: server closed idle connection
+"""
+
+
+def test_hey_errors_after_sending_have_an_unknown_outcome():
+    hey = rollout.parse_hey(HEY_OUTPUT)
+    assert hey["statuses"] == {200: 581, 503: 4}
+    assert sum(hey["errors"].values()) == 15
+    # EOF, reset, the response timeout, the closed idle connection: sent,
+    # no response read. The two dial errors never left the client.
+    assert rollout.count_unknown(hey["errors"]) == 12
+    assert not rollout.unknown_outcome(
+        "dial tcp 127.0.0.1:1: connect: connection refused")
+    assert rollout.unknown_outcome('Get "http://x/incr": EOF')
+
+
+def test_the_strict_rule_where_no_replica_was_killed():
+    rule, lost, extra, problems = rollout.verdict(
+        ok=100, failed=0, counter=100, unknown=0, killed=False)
+    assert rule == rollout.STRICT_RULE and problems == []
+    assert (lost, extra) == (0, 0)
+    # Unknown outcomes do not excuse extra where nothing was killed.
+    _, _, extra, problems = rollout.verdict(
+        ok=100, failed=3, counter=101, unknown=3, killed=False)
+    assert extra == 1
+    assert problems == ["3 requests failed", "1 increments counted twice"]
+    _, lost, _, problems = rollout.verdict(
+        ok=100, failed=0, counter=98, unknown=0, killed=False)
+    assert lost == 2 and problems == ["2 increments lost"]
+
+
+def test_killed_replicas_allow_extra_up_to_the_unknown_outcomes():
+    rule, lost, extra, problems = rollout.verdict(
+        ok=100, failed=7, counter=104, unknown=5, killed=True)
+    assert rule == rollout.KILLED_RULE
+    assert (lost, extra, problems) == (0, 4, [])
+    _, _, _, problems = rollout.verdict(
+        ok=100, failed=7, counter=106, unknown=5, killed=True)
+    assert problems == ["6 increments counted more than the 5 requests of "
+                        "unknown outcome"]
+    # Nothing excuses a loss.
+    _, lost, _, problems = rollout.verdict(
+        ok=100, failed=7, counter=99, unknown=5, killed=True)
+    assert lost == 1 and problems == ["1 increments lost"]
+
+
+def test_durability_reaches_replicas_only_when_not_memory():
+    assert "DURABILITY" not in rollout.Params().gracefuld_env()
+    env = rollout.Params(durability="redis", lease_ms=1500,
+                         redis_timeout_ms=500).gracefuld_env()
+    assert env["DURABILITY"] == "redis"
+    assert env["LEASE_MS"] == "1500" and env["REDIS_TIMEOUT_MS"] == "500"
+
+
+def test_fault_flags():
+    _, p = rollout.parse_args(["--redis-pause", "2@1.5", "--crash", "2",
+                               "--requests", "900", "--rate", "100"])
+    assert (p.redis_pause_s, p.redis_pause_at) == (2.0, 1.5)
+    assert p.crash_times() == [3.0, 6.0]
+    with pytest.raises(SystemExit):
+        rollout.parse_args(["--redis-pause", "2"])
+    p = rollout.Params(redis_restart_at=2.0)
+    with pytest.raises(rollout.HarnessError, match="appendfsync"):
+        p.validate()

@@ -98,7 +98,8 @@ class LineReader:
 
 class Redis:
     """A private redis-server on a free port in a temporary directory,
-    without persistence."""
+    without persistence unless args (extra redis-server options, which win
+    over the defaults) ask for it."""
 
     def __init__(self, port=None, args=(), password=None):
         self.port = port or free_port()
