@@ -5,6 +5,8 @@
 -- Each adopted entry is due when Redis's clock (TIME) passes its deadline,
 -- whatever the clocks of the two replicas say: it is re-filed in this
 -- replica's journal at ARGV[3] plus the time left, at least 0.
+-- This replica registers itself here too, so that what it adopts is
+-- adopted from it in turn should it die before it writes anything.
 -- Returns { {id, increments, ...}, {deadline, increments, ...} }: who was
 -- adopted, and the entries added to this journal (merged per deadline).
 local t = redis.call('TIME')
@@ -12,6 +14,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local mine = tonumber(ARGV[3])
 local who = {}
 local added = {}
+redis.call('SADD', KEYS[2], ARGV[2])
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   if id ~= ARGV[2] and redis.call('EXISTS', ARGV[1] .. 'lease:' .. id) == 0 then
     local key = ARGV[1] .. 'journal:' .. id
