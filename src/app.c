@@ -395,7 +395,6 @@ static void wind_up(struct app *app) {
     /* Redis holds them: nothing is lost, whoever adopts the journal counts
      * them. */
     app->handed_over = pending(app);
-    app->metrics.journal_handed_over = app->handed_over;
     if (app->handed_over)
       log_warn("handed_over", LOG_UINT("increments", app->handed_over),
                LOG_STR("reason", reason));

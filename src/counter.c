@@ -316,6 +316,7 @@ uint64_t counter_write(struct counter *c, uint64_t deadline, uint64_t n) {
   *e = (struct entry){.n = n, .deadline = deadline, .state = ENTRY_SENT};
   c->in_writes += n;
   c->metrics->journal_writes++;
+  metrics_observe_write(c->metrics, n);
   return seq;
 }
 

@@ -24,6 +24,14 @@ void metrics_count_requests(struct metrics *m, enum route r, uint16_t status,
   m->requests[r][slot] += n;
 }
 
+void metrics_observe_write(struct metrics *m, uint64_t n) {
+  int b = 0;
+  for (uint64_t le = 1; b < METRICS_WRITE_BUCKETS - 1 && n > le; le *= 4)
+    b++;
+  m->write_sizes[b]++;
+  m->write_size_sum += n;
+}
+
 void metrics_count_request(struct metrics *m, enum route r, uint16_t status) {
   metrics_count_requests(m, r, status, 1);
 }
@@ -131,6 +139,24 @@ char *metrics_render(const struct metrics *m, const struct metrics_gauges *g,
     family(&b, counters[i].name, "counter", counters[i].help);
     emit(&b, "gracefuld_%s %llu\n", counters[i].name, (unsigned long long)v);
   }
+
+  family(&b, "journal_write_size", "histogram",
+         "durability redis: increments per journal write (one write per loop "
+         "turn with /incr).");
+  uint64_t seen = 0, le = 1;
+  for (int i = 0; i < METRICS_WRITE_BUCKETS; i++, le *= 4) {
+    seen += m->write_sizes[i];
+    if (i < METRICS_WRITE_BUCKETS - 1)
+      emit(&b, "gracefuld_journal_write_size_bucket{le=\"%llu\"} %llu\n",
+           (unsigned long long)le, (unsigned long long)seen);
+    else
+      emit(&b, "gracefuld_journal_write_size_bucket{le=\"+Inf\"} %llu\n",
+           (unsigned long long)seen);
+  }
+  emit(&b, "gracefuld_journal_write_size_sum %llu\n",
+       (unsigned long long)m->write_size_sum);
+  emit(&b, "gracefuld_journal_write_size_count %llu\n",
+       (unsigned long long)seen);
 
   family(&b, "increments_pending", "gauge",
          "Increments answered but not yet replied to by Redis.");

@@ -11,6 +11,8 @@
 
 /* The status codes counted one by one; any other lands in the last slot. */
 #define METRICS_STATUSES 10
+/* Journal write sizes: up to 1, 4, 16, 64, 256, 1024 increments, more. */
+#define METRICS_WRITE_BUCKETS 7
 
 struct metrics {
   uint64_t requests[ROUTE_COUNT][METRICS_STATUSES];
@@ -27,7 +29,8 @@ struct metrics {
   uint64_t journal_moves;       /* moves sent */
   uint64_t journal_adoptions;   /* journals of lapsed replicas taken over */
   uint64_t journal_adopted;     /* increments in them */
-  uint64_t journal_handed_over; /* left in the journal at a cut-short end */
+  uint64_t write_sizes[METRICS_WRITE_BUCKETS]; /* journal writes by size */
+  uint64_t write_size_sum;
   uint64_t connections_accepted;
   uint64_t connections_rejected; /* over MAX_CONNECTIONS */
   double start_time;             /* Unix seconds */
@@ -44,6 +47,9 @@ struct metrics_gauges {
 void metrics_init(struct metrics *m);
 
 void metrics_count_request(struct metrics *m, enum route r, uint16_t status);
+
+/* A journal write of n increments was sent. */
+void metrics_observe_write(struct metrics *m, uint64_t n);
 
 /* n requests answered alike (held responses filled in together). */
 void metrics_count_requests(struct metrics *m, enum route r, uint16_t status,

@@ -100,7 +100,8 @@ static void read_exposition(void) {
         memset(current, 0, sizeof *current);
         strcpy(current->name, name);
       }
-      if (strcmp(type, "counter") != 0 && strcmp(type, "gauge") != 0)
+      if (strcmp(type, "counter") != 0 && strcmp(type, "gauge") != 0 &&
+          strcmp(type, "histogram") != 0)
         fail_msg("family %s has type %s", name, type);
       strcpy(current->type, type);
       n_families++;
@@ -121,7 +122,15 @@ static void read_exposition(void) {
       fail_msg("metric without the gracefuld_ prefix: %s", l);
     if (brace && !valid_labels(brace, space))
       fail_msg("bad labels: %s", l);
-    if (!current || !current->type[0] || strlen(current->name) != name_len ||
+    /* A histogram's samples are its name with _bucket, _sum or _count. */
+    size_t own = current ? strlen(current->name) : 0;
+    bool histogram = current && strcmp(current->type, "histogram") == 0;
+    if (histogram && name_len > own &&
+        (strncmp(l + own, "_bucket", name_len - own) == 0 ||
+         strncmp(l + own, "_sum", name_len - own) == 0 ||
+         strncmp(l + own, "_count", name_len - own) == 0))
+      name_len = own;
+    if (!current || !current->type[0] || own != name_len ||
         strncmp(current->name, l, name_len) != 0)
       fail_msg("sample not under its own # TYPE line: %s", l);
     char *end;
@@ -214,6 +223,7 @@ static void test_metrics_every_family_is_typed_and_named(void **state) {
       {"gracefuld_journal_moves_total", "counter"},
       {"gracefuld_journal_adoptions_total", "counter"},
       {"gracefuld_journal_adopted_increments_total", "counter"},
+      {"gracefuld_journal_write_size", "histogram"},
       {"gracefuld_connections_accepted_total", "counter"},
       {"gracefuld_connections_rejected_total", "counter"},
       {"gracefuld_increments_pending", "gauge"},
@@ -400,8 +410,9 @@ static void test_metrics_largest_values_fit_the_buffer(void **state) {
   struct metrics_gauges g = {UINT64_MAX, UINT64_MAX, 1, PHASE_FLUSHING};
   render(&m, &g);
   /* Nothing cut off: every series is there, through the last family. */
-  assert_int_equal(n_samples,
-                   ROUTE_COUNT * METRICS_STATUSES + 15 + 3 + PHASE_COUNT + 1);
+  assert_int_equal(n_samples, ROUTE_COUNT * METRICS_STATUSES + 15 +
+                                  METRICS_WRITE_BUCKETS + 2 + 3 + PHASE_COUNT +
+                                  1);
   expect_sample(request_series("other", "other"), "18446744073709551615");
   expect_sample("gracefuld_increments_pending", "18446744073709551615");
   value_of("process_start_time_seconds");
@@ -409,8 +420,25 @@ static void test_metrics_largest_values_fit_the_buffer(void **state) {
 
 #define METRICS_TEST(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
+static void test_metrics_journal_write_sizes_are_a_histogram(void **state) {
+  (void)state;
+  uint64_t sizes[] = {1, 2, 4, 5, 1000, 5000};
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+    metrics_observe_write(&m, sizes[i]);
+  render(&m, &idle);
+  /* Cumulative, as Prometheus reads them. */
+  expect_sample("gracefuld_journal_write_size_bucket{le=\"1\"}", "1");
+  expect_sample("gracefuld_journal_write_size_bucket{le=\"4\"}", "3");
+  expect_sample("gracefuld_journal_write_size_bucket{le=\"16\"}", "4");
+  expect_sample("gracefuld_journal_write_size_bucket{le=\"1024\"}", "5");
+  expect_sample("gracefuld_journal_write_size_bucket{le=\"+Inf\"}", "6");
+  expect_sample("gracefuld_journal_write_size_count", "6");
+  expect_sample("gracefuld_journal_write_size_sum", "6012");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      METRICS_TEST(test_metrics_journal_write_sizes_are_a_histogram),
       METRICS_TEST(test_metrics_every_family_is_typed_and_named),
       METRICS_TEST(test_metrics_counters_start_at_zero),
       METRICS_TEST(test_metrics_counters_render_their_values),
