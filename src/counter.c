@@ -180,29 +180,41 @@ static bool on_error(struct counter *c, const redisReply *reply) {
 
 /* ---- Memory mode: numbered batches -------------------------------------- */
 
-static void send_batches(struct counter *c) {
-  for (; c->resend_from < c->batches.len && c->in_flight < WINDOW;
-       c->resend_from++) {
+/* Sends what waits from resend_from on, in order: memory batches again
+ * with their numbers, lost journal writes as their resolution. Returns
+ * false when it had to stop (the window is full, or no connection). */
+static bool send_waiting(struct counter *c) {
+  bool memory = c->durability == DURABILITY_MEMORY;
+  for (; c->resend_from < c->batches.len; c->resend_from++) {
     struct entry *e = ring_at(&c->batches, c->resend_from);
     if (e->state != ENTRY_WAITING)
       continue;
     uint64_t seq = c->first_seq + c->resend_from;
-    if (journal_cmd_batch(&c->cmd, &c->journal, seq, e->n, c->first_seq) ||
-        !send_cmd(c, TAG_BATCH, seq))
-      return;
-    e->state = ENTRY_SENT;
+    int rc = memory ? journal_cmd_batch(&c->cmd, &c->journal, seq, e->n,
+                                        c->first_seq)
+                    : journal_cmd_resolve(&c->cmd, &c->journal, seq);
+    if (c->in_flight >= WINDOW || rc ||
+        !send_cmd(c, memory ? TAG_BATCH : TAG_RESOLVE, seq))
+      return false;
+    e->state = memory ? ENTRY_SENT : ENTRY_RESOLVING;
+    if (!memory)
+      c->metrics->journal_resolutions++;
   }
+  return true;
+}
+
+static void send_batches(struct counter *c) {
+  if (!send_waiting(c))
+    return;
   while (c->due > 0 && c->in_flight < WINDOW) {
     uint64_t n = c->due < BATCH_MAX ? c->due : BATCH_MAX;
     uint64_t seq = c->first_seq + c->batches.len;
-    if (journal_cmd_batch(&c->cmd, &c->journal, seq, n, c->first_seq) ||
-        !send_cmd(c, TAG_BATCH, seq))
-      return;
     struct entry *e = ring_push(&c->batches);
-    if (!e) {
-      /* Sent but not remembered: its reply would be taken for another
-       * batch's. Drop the connection; nothing was taken from due. */
-      c->transport->retire(c, "out of memory", 13);
+    if (!e)
+      return; /* sent on a later turn */
+    if (journal_cmd_batch(&c->cmd, &c->journal, seq, n, c->first_seq) ||
+        !send_cmd(c, TAG_BATCH, seq)) {
+      c->batches.len--;
       return;
     }
     *e = (struct entry){.n = n, .state = ENTRY_SENT};
@@ -390,21 +402,6 @@ static void on_write_reply(struct counter *c, enum tag_kind kind, uint64_t seq,
     break;
   }
   report_writes(c);
-}
-
-static void send_resolutions(struct counter *c) {
-  for (; c->resend_from < c->batches.len && c->in_flight < WINDOW;
-       c->resend_from++) {
-    struct entry *e = ring_at(&c->batches, c->resend_from);
-    if (e->state != ENTRY_WAITING)
-      continue;
-    uint64_t seq = c->first_seq + c->resend_from;
-    if (journal_cmd_resolve(&c->cmd, &c->journal, seq) ||
-        !send_cmd(c, TAG_RESOLVE, seq))
-      return;
-    e->state = ENTRY_RESOLVING;
-    c->metrics->journal_resolutions++;
-  }
 }
 
 /* ---- Journal mode: moves ------------------------------------------------ */
@@ -670,7 +667,7 @@ static void pump(struct counter *c) {
   if (c->durability == DURABILITY_MEMORY) {
     send_batches(c);
   } else {
-    send_resolutions(c);
+    send_waiting(c);
     send_moves(c);
   }
   if (c->min_replicas && c->sends != sends)
