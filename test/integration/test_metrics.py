@@ -23,14 +23,18 @@ def parse(text):
             helps.add(name)
         elif line.startswith("# TYPE "):
             _, _, name, kind = line.split(" ")
-            assert NAME.match(name) and kind in ("counter", "gauge"), line
+            assert NAME.match(name), line
+            assert kind in ("counter", "gauge", "histogram"), line
             assert name not in types, f"TYPE twice for {name}"
             types[name] = kind
         else:
             m = SAMPLE.match(line)
             assert m, f"not a sample line: {line!r}"
             name = m.group("name")
-            assert name in types, f"{name} has no TYPE line before it"
+            # A histogram's samples are its name with _bucket, _sum, _count.
+            family = re.sub(r"_(bucket|sum|count)$", "", name)
+            owner = family if types.get(family) == "histogram" else name
+            assert owner in types, f"{name} has no TYPE line before it"
             assert (name.startswith("gracefuld_") or
                     name == "process_start_time_seconds")
             value = float(m.group("value"))
@@ -60,6 +64,8 @@ def test_metrics_is_valid_prometheus_text(server):
                    "redis_connected", "shutdown_phase"):
         assert types["gracefuld_" + family] == "gauge"
     assert types["process_start_time_seconds"] == "gauge"
+    assert types["gracefuld_journal_write_size"] == "histogram"
+    assert samples[("gracefuld_journal_write_size_bucket", 'le="+Inf"')] == 0
     # Given up on only as the process ends: not a series anyone can scrape.
     assert "gracefuld_increments_abandoned_total" not in types
     assert samples[("gracefuld_shutdown_phase", 'phase="running"')] == 1
