@@ -52,6 +52,7 @@ static void take_incr(struct app *app, struct route_result *r) {
   if (app->cfg->durability == DURABILITY_REDIS) {
     if (!counter_can_write(&app->counter)) {
       r->response = not_recorded;
+      app->metrics.journal_refused++;
       return;
     }
     app->incr_ok = r->response;
@@ -114,9 +115,8 @@ static void respond(struct server *srv, const struct http_request *req,
 
 /* ---- Journal mode: one write per loop turn ------------------------------ */
 
+/* A slot for one more write in flight; the caller checked there is one. */
 static struct app_write *app_write_push(struct app *app) {
-  if (app->writes_len == APP_WRITES_MAX)
-    return NULL;
   uint64_t i = (app->writes_head + app->writes_len++) % APP_WRITES_MAX;
   return &app->writes[i];
 }
@@ -127,26 +127,36 @@ static void fill_turn(struct app *app, uint64_t ticket, uint64_t n, bool held) {
   const struct http_response *resp = held ? &app->incr_ok : &not_recorded;
   uint64_t filled = server_fill(&app->server, ticket, resp);
   metrics_count_requests(&app->metrics, ROUTE_INCR, resp->status, filled);
-  if (held)
+  if (held) {
     app->metrics.incr_accepted += n;
+    app->metrics.journal_written += n;
+  } else {
+    app->metrics.journal_refused += n;
+  }
 }
 
 /* After the loop has run every callback of this turn: the /incr it held go
- * to Redis as one journal write. Answering some at once (503) lets their
- * connections parse what follows, which may open a new turn: written too. */
+ * to Redis as one journal write. While APP_WRITES_MAX writes are in flight
+ * the turn stays open, and the /incr of the turns that follow join it: one
+ * write carries all that came during the round trip (a group commit), so
+ * that under load writes grow rather than multiply. With no connection
+ * ready they are answered 503 at once, which lets their connections parse
+ * what follows; that may open a new turn, written (or answered) too. */
 static void on_turn_end(uv_check_t *check) {
   struct app *app = check->data;
   while (app->turn_n > 0) {
+    bool can = counter_can_write(&app->counter);
+    if (can && app->writes_len >= APP_WRITES_MAX)
+      return; /* joined by the next turns, written when one is answered */
     uint64_t ticket = app->turn, n = app->turn_n;
     app->turn_n = 0;
     uint64_t deadline = uv_now(app->loop) + app->cfg->incr_delay_ms;
-    uint64_t seq = counter_write(&app->counter, deadline, n);
-    struct app_write *w = seq ? app_write_push(app) : NULL;
-    if (!w) {
+    uint64_t seq = can ? counter_write(&app->counter, deadline, n) : 0;
+    if (!seq) {
       fill_turn(app, ticket, n, false);
       continue;
     }
-    *w = (struct app_write){seq, ticket, n};
+    *app_write_push(app) = (struct app_write){seq, ticket, n};
   }
 }
 

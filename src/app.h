@@ -13,8 +13,9 @@
 #include "server.h"
 #include "shutdown.h"
 
-/* Journal writes in flight at most (more wait: answered 503). */
-#define APP_WRITES_MAX 1024
+/* Journal writes in flight at most: the /incr that come meanwhile wait for
+ * the next one, which carries them all (see on_turn_end). */
+#define APP_WRITES_MAX 1
 
 /* A journal write in flight and the /incr it holds. */
 struct app_write {

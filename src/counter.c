@@ -346,10 +346,6 @@ static void report_writes(struct counter *c) {
       log_error("queue_full", LOG_UINT("increments", e->n));
       held = false;
     }
-    if (held)
-      c->metrics->journal_written += e->n;
-    else
-      c->metrics->journal_refused += e->n;
     uint64_t seq = c->first_seq;
     c->in_writes -= e->n;
     ring_pop(&c->batches);
