@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """gracefuld's benchmark, side by side with nginx answering `return 200`.
 
-    python3 test/bench/bench.py --build build-release         # about 7 minutes
-    python3 test/bench/bench.py --build build-release --quick # about 2 minutes
+    python3 test/bench/bench.py --build build-release         # about 10 minutes
+    python3 test/bench/bench.py --build build-release --quick # about 3 minutes
     python3 test/bench/bench.py --build build-release --only drain,allocs
     python3 test/bench/bench.py --build build-release --only profile
 
@@ -285,7 +285,8 @@ class Gracefuld:
             self.after_stop = None
 
     def stop(self):
-        """Ends it quickly: two signals abandon what is pending (exit 3)."""
+        """Ends it quickly: two signals abandon what is pending (exit 3;
+        journal mode hands it over in its journal, exit 0)."""
         if self.proc and self.proc.poll() is None:
             self.signal(signal.SIGTERM)
             time.sleep(0.05)
