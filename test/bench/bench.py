@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """gracefuld's benchmark, side by side with nginx answering `return 200`.
 
-    python3 test/bench/bench.py --build build-release         # about 7 minutes
-    python3 test/bench/bench.py --build build-release --quick # about 2 minutes
+    python3 test/bench/bench.py --build build-release         # about 10 minutes
+    python3 test/bench/bench.py --build build-release --quick # about 3 minutes
     python3 test/bench/bench.py --build build-release --only drain,allocs
     python3 test/bench/bench.py --build build-release --only profile
 
 Not part of the pass/fail suite: it measures, prints a table and writes a
 JSON file (test/bench/results/bench-<time>.json, with a .md table and an
 .html page charting each round beside it).
-It starts its own redis-server, nginx (one worker) and gracefuld, pins the
+It starts its own redis-server, nginx (one worker) and gracefuld, in memory
+mode (the default durability) and in journal mode (DURABILITY=redis), pins the
 servers to one CPU and the load generators (and Redis) to the other, and
 runs the reference and gracefuld alternately, several rounds, reporting
 medians and the per-round ratios. See test/bench/README.md for what each
@@ -43,6 +44,10 @@ PHASES = ["throughput", "latency", "memory", "drain", "startup", "redis",
           "allocs", "syscalls", "profile"]
 DEFAULT_PHASES = [p for p in PHASES if p != "profile"]
 TICK = os.sysconf("SC_CLK_TCK")
+# The servers measured side by side: the reference, gracefuld in memory
+# mode (the default durability; "gracefuld" in the results) and in journal
+# mode (DURABILITY=redis).
+KINDS = ["nginx", "gracefuld", "journal"]
 
 _children = []  # every process this script started, killed at exit
 
@@ -238,6 +243,7 @@ class Gracefuld:
         self.proc = None
         self.log = None
         self.cmd = [binary]
+        self.after_stop = None  # called once the process is gone
 
     def start(self, wait_ready=True):
         self.started = time.monotonic()
@@ -270,10 +276,17 @@ class Gracefuld:
         self.log.join()
         summary = self.wait_event("exit", 1)
         summary["rc"] = rc
+        self.stopped()
         return summary
 
+    def stopped(self):
+        if self.after_stop:
+            self.after_stop()
+            self.after_stop = None
+
     def stop(self):
-        """Ends it quickly: two signals abandon what is pending (exit 3)."""
+        """Ends it quickly: two signals abandon what is pending (exit 3;
+        journal mode hands it over in its journal, exit 0)."""
         if self.proc and self.proc.poll() is None:
             self.signal(signal.SIGTERM)
             time.sleep(0.05)
@@ -286,6 +299,7 @@ class Gracefuld:
                 self.proc.wait()
         if self.log:
             self.log.join()
+        self.stopped()
 
 
 # ---- load generators ---------------------------------------------------------
@@ -340,30 +354,51 @@ class Bench:
         self.redis = Redis().start()
         pin_all_threads(self.redis.proc.pid, args.client_cpu)
         self.results = {}
+        self.instances = 0  # journal-mode gracefulds started
 
     def close(self):
         self.redis.cleanup()
 
     # -- helpers --
 
-    def gracefuld(self, delay_ms, env=None, preload=None):
+    def gracefuld(self, delay_ms, env=None, preload=None, journal=False):
+        """A started gracefuld; journal: DURABILITY=redis, named "journal",
+        with keys under a prefix of its own that are deleted once it has
+        stopped, so that no later instance adopts (and waits out) what a
+        cut-short run left in its journal."""
         e = {"INCR_DELAY_MS": str(delay_ms)}
+        if journal:
+            self.instances += 1
+            prefix = f"bench{self.instances}:"
+            e.update({"DURABILITY": "redis", "KEY_PREFIX": prefix})
         e.update(env or {})
-        return Gracefuld(self.binary, self.redis, self.a.server_cpu, e,
-                         preload).start()
+        g = Gracefuld(self.binary, self.redis, self.a.server_cpu, e, preload)
+        if journal:
+            g.name = "journal"
+            g.prefix = prefix
+            g.after_stop = lambda: self.delete_keys(prefix)
+        return g.start()
+
+    def delete_keys(self, prefix):
+        self.redis.cli("EVAL", "for _, k in ipairs(redis.call('KEYS', "
+                       "ARGV[1])) do redis.call('DEL', k) end", "0",
+                       prefix + "*")
 
     def nginx(self):
         return Nginx(self.a.server_cpu).start()
 
     def server(self, kind, delay_ms):
-        """A started nginx or gracefuld (with INCR_DELAY_MS delay_ms)."""
-        return self.nginx() if kind is Nginx else self.gracefuld(delay_ms)
+        """A started server of a kind of KINDS (gracefuld with INCR_DELAY_MS
+        delay_ms)."""
+        if kind == "nginx":
+            return self.nginx()
+        return self.gracefuld(delay_ms, journal=kind == "journal")
 
     @staticmethod
     def round_order(r):
         """Which server goes first in round r: they take turns, so that
-        neither always runs on a machine the other has just warmed."""
-        return [Nginx, Gracefuld] if r % 2 == 0 else [Gracefuld, Nginx]
+        none always runs on a machine another has just warmed."""
+        return KINDS[r % len(KINDS):] + KINDS[:r % len(KINDS)]
 
     def wrk(self, port, seconds, latency=False):
         # wrk takes whole seconds.
@@ -451,7 +486,7 @@ class Bench:
                     # The load goes on until the first increments fall due.
                     self.wrk(srv.port, max(delay_s - first, 0) + 0.5)
                     res["steady"] = self.measured_wrk(srv, a.duration)
-                    if kind is Gracefuld:
+                    if kind != "nginx":
                         res["rss_kb"] = rss_kb(srv.proc.pid)
                 finally:
                     srv.stop()
@@ -465,6 +500,8 @@ class Bench:
             for w in ("http_only", "steady"):
                 row[w + "_ratio"] = round(row["gracefuld"][w]["rps"] /
                                           row["nginx"][w]["rps"], 3)
+                row["journal_" + w + "_ratio"] = round(
+                    row["journal"][w]["rps"] / row["nginx"][w]["rps"], 3)
             rounds.append(row)
 
         def med(k, w, f):
@@ -486,11 +523,16 @@ class Bench:
                         "redis_cpu_pct": med(k, w, lambda x:
                                              x["redis_cpu_pct"]),
                         "server_cpu_us_per_req":
-                            med(k, w, lambda x: x["server_cpu_us_per_req"])}
-                    for k in ("nginx", "gracefuld")},
+                            med(k, w, lambda x: x["server_cpu_us_per_req"]),
+                        "non2xx": sum(r[k][w]["non2xx"] for r in rounds)}
+                    for k in KINDS},
                 "ratio_median": statistics.median(r[w + "_ratio"]
                                                   for r in rounds),
                 "ratios": [r[w + "_ratio"] for r in rounds],
+                "journal_ratio_median": statistics.median(
+                    r["journal_" + w + "_ratio"] for r in rounds),
+                "journal_ratios": [r["journal_" + w + "_ratio"]
+                                   for r in rounds],
             }
         self.results["throughput"] = {
             "conns": a.conns, "incr_delay_ms": a.incr_delay_ms,
@@ -522,6 +564,10 @@ class Bench:
                     f"p99.9 {res['lat_us']['p99_9']} us")
             row["p99_ratio"] = round(row["gracefuld"]["lat_us"]["p99"] /
                                      row["nginx"]["lat_us"]["p99"], 3)
+            # Journal mode's target is against memory mode's.
+            row["journal_p99_ratio"] = round(
+                row["journal"]["lat_us"]["p99"] /
+                row["gracefuld"]["lat_us"]["p99"], 3)
             rounds.append(row)
         keys = ("mean", "p50", "p90", "p99", "p99_9", "max")
         self.results["latency"] = {
@@ -530,10 +576,13 @@ class Bench:
             "rounds": rounds,
             "median": {
                 k: {q: statistics.median(r[k]["lat_us"][q] for r in rounds)
-                    for q in keys} for k in ("nginx", "gracefuld")},
+                    for q in keys} for k in KINDS},
             "p99_ratio_median": statistics.median(r["p99_ratio"]
                                                   for r in rounds),
             "p99_ratios": [r["p99_ratio"] for r in rounds],
+            "journal_p99_ratio_median": statistics.median(
+                r["journal_p99_ratio"] for r in rounds),
+            "journal_p99_ratios": [r["journal_p99_ratio"] for r in rounds],
         }
 
     def memory(self):
@@ -567,7 +616,53 @@ class Bench:
             log(f"memory {name}: {accepted} pending at {res['rate']:.0f}/s, "
                 f"RSS {before} -> {after} kB: "
                 f"{out[name]['bytes_per_pending']} B/pending")
+        for name, lg_args in cases:
+            out["journal_" + name] = self.journal_memory(name, lg_args)
         self.results["memory"] = out
+
+    def used_memory(self):
+        info = self.redis.cli("INFO", "memory")
+        return int(re.search(r"^used_memory:(\d+)", info, re.M).group(1))
+
+    def journal_memory(self, name, lg_args):
+        """Journal mode: Redis's used_memory growth over the increments its
+        journal holds, with a delay long enough that none falls due (and
+        MEMORY USAGE of the journal itself, which no buffer blurs)."""
+        g = self.gracefuld(600000, {"MAX_PENDING": "100000000"},
+                           journal=True)
+        try:
+            p = self.staged_loadgen(g.port, *lg_args)
+            time.sleep(0.2)
+            written0 = metric(g.port,
+                              "gracefuld_journal_written_increments_total")
+            before = self.used_memory()
+            res = self.go(p)
+            time.sleep(0.3)
+            after = self.used_memory()
+            written = metric(g.port,
+                             "gracefuld_journal_written_increments_total")
+            keys = self.redis.cli("KEYS", g.prefix + "journal:*").split()
+            entries = sum(int(self.redis.cli("HLEN", k)) for k in keys)
+            usage = sum(int(self.redis.cli("MEMORY", "USAGE", k, "SAMPLES",
+                                           "0") or 0) for k in keys)
+            encoding = [self.redis.cli("OBJECT", "ENCODING", k) for k in keys]
+        finally:
+            g.stop()
+        held = int(written - written0)
+        x = {
+            "accepted": res["ok"], "journal_held": held,
+            "rate": round(res["rate"]), "used_memory_before": before,
+            "used_memory_after": after, "journal_entries": entries,
+            "journal_memory_usage": usage, "journal_encoding": encoding,
+            "bytes_per_pending": round((after - before) / max(held, 1), 3),
+            "journal_bytes_per_pending": round(usage / max(held, 1), 3),
+            "journal_bytes_per_entry": round(usage / max(entries, 1), 1),
+        }
+        log(f"memory journal {name}: {held} in the journal at "
+            f"{res['rate']:.0f}/s ({entries} entries, {encoding}), "
+            f"used_memory {before} -> {after}: {x['bytes_per_pending']} "
+            f"B/pending; MEMORY USAGE {usage} B")
+        return x
 
     def redis_fd(self, pid):
         """The descriptor of gracefuld's connection to Redis."""
@@ -721,36 +816,73 @@ class Bench:
                 calls[k[8:]] = int(re.search(r"calls=(\d+)", v).group(1))
         return calls, int(info.get("total_reads_processed", 0))
 
+    # What each mode sends per due batch (or loop turn); everything else
+    # gracefuld sends is "other" (the handshake, lease renewals, adoption
+    # scans, resolutions, the leave).
+    PER_BATCH = {"gracefuld": ("eval:batch",),
+                 "journal": ("eval:journal_write", "eval:journal_move")}
+
     def redis_commands(self):
+        """Redis commands per accepted increment at saturation, in both
+        modes: INFO commandstats (which counts the commands scripts run as
+        well as those clients send) over a full-speed run, drained; MONITOR
+        tells the commands gracefuld sent from those its scripts ran."""
+        out = {}
+        for kind in ("gracefuld", "journal"):
+            out[kind] = self.redis_commands_of(kind)
+        self.results["redis"] = out
+
+    def redis_commands_of(self, kind):
         a = self.a
-        calls0, reads0 = self.redis_stats()
-        g = self.gracefuld(100)
+        g = self.gracefuld(100, journal=kind == "journal")
+        # The keys go after the second count, not as the drain ends.
+        cleanup, g.after_stop = g.after_stop, None
         try:
+            monitor = Monitor(self.redis.port)
+            calls0, reads0 = self.redis_stats()
             res = self.run_loadgen(g.port, "--count", a.redis_requests,
                                    "--conns", a.conns)
             summary = g.drain()
+            calls1, reads1 = self.redis_stats()
+            monitor.wait_quiet()
+            monitor.close()
         finally:
             g.stop()
-        calls1, reads1 = self.redis_stats()
+            if cleanup:
+                cleanup()
+        # Our own INFO (and MONITOR) calls are not gracefuld's.
+        ours = ("info", "monitor")
         delta = {k: v - calls0.get(k, 0) for k, v in calls1.items()
-                 if v - calls0.get(k, 0)}
-        incr = delta.get("incr", 0)
+                 if v - calls0.get(k, 0) and k not in ours}
+        sent = {k: v for k, v in monitor.sent.items() if k not in ours}
         accepted = summary["accepted"]
+        total = sum(delta.values())
+        per_batch = sum(sent.get(k, 0) for k in self.PER_BATCH[kind])
+        other = {k: v for k, v in sent.items()
+                 if k not in self.PER_BATCH[kind]}
         # Our own INFO connections read once each; they are a handful.
         reads = reads1 - reads0
-        self.results["redis"] = {
-            "requests": res["ok"], "accepted": accepted,
-            "done": summary.get("done"), "rc": summary["rc"],
-            "commands": delta,
-            "incr_per_request": round(incr / max(accepted, 1), 4),
-            "other_commands": sum(v for k, v in delta.items()
-                                  if k not in ("incr", "info")),
+        x = {
+            "requests": res["ok"], "rate": round(res["rate"]),
+            "accepted": accepted, "done": summary.get("done"),
+            "rc": summary["rc"],
+            "commandstats": delta, "sent": sent,
+            "scripted": monitor.scripted,
+            "commands": total, "commands_sent": sum(sent.values()),
+            "commands_per_request": round(total / max(accepted, 1), 4),
+            "sent_per_request": round(sum(sent.values()) / max(accepted, 1),
+                                      4),
+            "per_batch_commands": per_batch,
+            "increments_per_batch": round(accepted / max(per_batch, 1), 1),
+            "other_commands": sum(other.values()), "other": other,
             "redis_reads": reads,
-            "incr_per_redis_read": round(incr / max(reads, 1), 1),
+            "increments_per_redis_read": round(accepted / max(reads, 1), 1),
         }
-        log(f"redis: {incr} INCR for {accepted} accepted; "
-            f"{self.results['redis']['incr_per_redis_read']} INCRs per "
-            "read on the Redis side")
+        log(f"redis {kind}: {total} commands ({x['commands_sent']} sent, "
+            f"{per_batch} per batch, other {other}) for {accepted} "
+            f"accepted at {x['rate']}/s: {x['commands_per_request']} per "
+            "request")
+        return x
 
     def allocs(self):
         a = self.a
@@ -806,7 +938,7 @@ class Bench:
             f"syscalls:sys_enter_{n}" for n in names]
         events += ["context-switches", "task-clock"]
         out = {}
-        for kind in (Nginx, Gracefuld):
+        for kind in ("nginx", "gracefuld"):
             srv = self.server(kind, a.syscall_delay_ms)
             try:
                 self.wrk(srv.port, 2)
@@ -913,9 +1045,23 @@ class Bench:
         self.results["profile"] = out
 
 
+def lua_scripts():
+    """{script name: the start of its text}, to tell gracefuld's EVALs apart
+    in MONITOR's lines (each script starts with a comment of its own)."""
+    d = os.path.join(ROOT, "src", "lua")
+    out = {}
+    for f in sorted(os.listdir(d)):
+        if f.endswith(".lua"):
+            with open(os.path.join(d, f)) as fh:
+                out[f[:-4]] = fh.readline().strip()[:40].encode()
+    return out
+
+
 class Monitor:
     """Redis MONITOR on its own connection: the time Redis ran the last
-    INCR (its wall clock, microseconds)."""
+    command that counts (INCR, or INCRBY inside a script; its wall clock,
+    seconds), and how many commands clients sent (EVALs by script name,
+    "eval:<name>") and scripts ran, by name."""
 
     def __init__(self, port):
         self.sock = socket.create_connection(("127.0.0.1", port), 5)
@@ -926,6 +1072,9 @@ class Monitor:
         self.last_incr = None
         self.last_line = time.monotonic()
         self.incrs = 0
+        self.sent = {}     # by clients: {command: calls}
+        self.scripted = {}  # inside scripts: {command: calls}
+        self.scripts = lua_scripts()
         self._stop = False
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -946,10 +1095,27 @@ class Monitor:
             lines = buf.split(b"\r\n")
             buf = lines.pop()
             for line in lines:
-                if b'"INCR"' in line or b'"incr"' in line:
-                    self.last_incr = float(line[1:].split(b" ", 1)[0])
-                    self.incrs += 1
+                self._count(line)
             self.last_line = time.monotonic()
+
+    def _count(self, line):
+        # +<time> [<db> <client>] "<COMMAND>" "<arg>" ...
+        m = re.match(rb'\+([\d.]+) \[\d+ (\S+)\] "([^"]*)"(?: "(.{0,40}))?',
+                     line)
+        if not m:
+            return
+        at, who, cmd, arg = m.groups()
+        cmd = cmd.decode().lower()
+        if cmd in ("incr", "incrby"):
+            self.last_incr = float(at)
+            self.incrs += 1
+        if who == b"lua":
+            self.scripted[cmd] = self.scripted.get(cmd, 0) + 1
+            return
+        if cmd in ("eval", "evalsha") and arg:
+            cmd += ":" + next((n for n, head in self.scripts.items()
+                               if arg.startswith(head)), "other")
+        self.sent[cmd] = self.sent.get(cmd, 0) + 1
 
     def wait_quiet(self, quiet=0.3, timeout=10):
         end = time.monotonic() + timeout
@@ -1038,31 +1204,39 @@ def table(res):
     def add(what, g, n="", ratio="", target=""):
         rows.append((what, g, n, ratio, target))
 
+    def rounds(median, ratios):
+        return (f"**{median:.2f}×** (rounds: " +
+                ", ".join(f"{v:.2f}" for v in ratios) + ")")
+
     t = res.get("throughput")
     if t:
-        for w, label in (("steady", "steady state, INCRs falling due"),
-                         ("http_only", "before the first INCR falls due")):
+        for (w, label), (k, mode) in ((wl, km) for wl in (
+                ("steady", "steady state, INCRs falling due"),
+                ("http_only", "before the first INCR falls due"))
+                for km in (("gracefuld", ""), ("journal", "journal mode, "))):
             x = t[w]
             m = x["median"]
-            add(f"throughput, req/s ({label}; wrk -t1 -c{t['conns']}, "
+            if k not in m:
+                continue  # a result from before journal mode was measured
+            pre = "journal_" if k == "journal" else ""
+            add(f"throughput, req/s ({mode}{label}; wrk -t1 -c{t['conns']}, "
                 f"{x['seconds']:g} s, median of {len(t['rounds'])})",
-                fmt(m["gracefuld"]["rps"]), fmt(m["nginx"]["rps"]),
-                f"**{x['ratio_median']:.2f}×** (rounds: " +
-                ", ".join(f"{v:.2f}" for v in x["ratios"]) + ")", "≥ 1.0×")
-            add(f"  CPU % server / wrk / redis-server ({w})",
-                " / ".join(fmt(m["gracefuld"][k]) for k in
+                fmt(m[k]["rps"]), fmt(m["nginx"]["rps"]),
+                rounds(x[pre + "ratio_median"], x[pre + "ratios"]),
+                "≥ 0.8×" if k == "journal" else "≥ 1.0×")
+            add(f"  CPU % server / wrk / redis-server ({mode}{w})",
+                " / ".join(fmt(m[k][c]) for c in
                            ("server_cpu_pct", "client_cpu_pct",
                             "redis_cpu_pct")),
-                " / ".join(fmt(m["nginx"][k]) for k in
+                " / ".join(fmt(m["nginx"][c]) for c in
                            ("server_cpu_pct", "client_cpu_pct",
                             "redis_cpu_pct")))
-            g, n = (m["gracefuld"]["server_cpu_us_per_req"],
+            g, n = (m[k]["server_cpu_us_per_req"],
                     m["nginx"]["server_cpu_us_per_req"])
-            add(f"  server CPU per request ({w}), µs", fmt(g, 2), fmt(n, 2),
-                f"{g / n:.2f}×" if n else "")
-            add(f"  latency at saturation ({w}, wrk) p50 / p99, µs",
-                f"{fmt(m['gracefuld']['p50_us'])} / "
-                f"{fmt(m['gracefuld']['p99_us'])}",
+            add(f"  server CPU per request ({mode}{w}), µs", fmt(g, 2),
+                fmt(n, 2), f"{g / n:.2f}×" if n else "")
+            add(f"  latency at saturation ({mode}{w}, wrk) p50 / p99, µs",
+                f"{fmt(m[k]['p50_us'])} / {fmt(m[k]['p99_us'])}",
                 f"{fmt(m['nginx']['p50_us'])} / {fmt(m['nginx']['p99_us'])}")
     lt = res.get("latency")
     if lt:
@@ -1072,12 +1246,22 @@ def table(res):
             ratio = (f"{m['gracefuld'][q] / m['nginx'][q]:.2f}×"
                      if m["nginx"][q] else "")
             if q == "p99":
-                ratio = (f"**{lt['p99_ratio_median']:.2f}×** (rounds: " +
-                         ", ".join(f"{x:.2f}" for x in lt["p99_ratios"]) +
-                         ")")
+                ratio = rounds(lt["p99_ratio_median"], lt["p99_ratios"])
             add(f"latency at {fmt(lt['rate'])} req/s constant, {label}, µs",
                 fmt(m["gracefuld"][q]), fmt(m["nginx"][q]), ratio,
                 "≤ 1.0×" if q == "p99" else "")
+        for q, label in (("p50", "p50"), ("p90", "p90"), ("p99", "p99"),
+                         ("p99_9", "p99.9")):
+            if "journal" not in m:
+                break
+            ratio = (f"{m['journal'][q] / m['gracefuld'][q]:.2f}× memory "
+                     "mode's" if m["gracefuld"][q] else "")
+            if q == "p99":
+                ratio = rounds(lt["journal_p99_ratio_median"],
+                               lt["journal_p99_ratios"]) + " memory mode's"
+            add(f"latency at {fmt(lt['rate'])} req/s constant, journal mode, "
+                f"{label}, µs", fmt(m["journal"][q]), fmt(m["nginx"][q]),
+                ratio, "≤ 2.0× memory mode's" if q == "p99" else "")
     mem = res.get("memory")
     if mem:
         for name, label in (("full_speed", "full speed"),
@@ -1092,6 +1276,18 @@ def table(res):
             add(f"RSS with {fmt(x['accepted'])} pending, kB",
                 fmt(x["rss_after_kb"]), "", "",
                 f"idle {fmt(x['rss_idle_kb'])} kB")
+        for name, label in (("journal_full_speed", "full speed"),
+                            ("journal_constant_rate", "constant rate")):
+            x = mem.get(name)
+            if x:
+                add(f"journal mode: Redis used_memory per pending increment "
+                    f"({fmt(x['journal_held'])} in the journal, {label}, "
+                    f"{fmt(x['rate'])}/s), bytes",
+                    fmt(x["bytes_per_pending"], 2), "",
+                    f"journal hash alone: {fmt(x['journal_bytes_per_pending'], 2)}"
+                    f" B per increment, {fmt(x['journal_entries'])} entries of "
+                    f"{fmt(x['journal_bytes_per_entry'])} B "
+                    f"({', '.join(x['journal_encoding'])})")
     d = res.get("drain")
     if d:
         m = d["median"]
@@ -1112,13 +1308,24 @@ def table(res):
             fmt(s["gracefuld"]["median_ms"], 2), fmt(s["nginx"]["median_ms"],
                                                     2))
     r = res.get("redis")
-    if r:
-        add("Redis INCR per request (INFO commandstats)",
-            fmt(r["incr_per_request"], 4), "", "", "1")
-        add("Redis other commands during the run", fmt(r["other_commands"]),
-            "", "", "0")
-        add("INCRs per Redis read (pipelining)",
-            fmt(r["incr_per_redis_read"], 1), "", "", "many")
+    for k, mode in (("gracefuld", "memory mode"), ("journal", "journal mode")):
+        x = (r or {}).get(k)
+        if not x:
+            continue
+        add(f"Redis commands per request, {mode} (INFO commandstats, those "
+            f"scripts run included; {fmt(x['accepted'])} at {fmt(x['rate'])}"
+            "/s)", fmt(x["commands_per_request"], 4), "", "", "≤ 0.05")
+        add(f"  … of which sent by gracefuld ({mode}, MONITOR)",
+            fmt(x["sent_per_request"], 4), "",
+            f"{fmt(x['increments_per_batch'], 1)} increments per "
+            + ("batch" if k == "gracefuld" else "journal write or move"))
+        add(f"  Redis other commands during the run ({mode})",
+            fmt(x["other_commands"]), "",
+            ", ".join(f"{c} {v}" for c, v in sorted(x["other"].items())),
+            "the handshake" + (", lease renewals (SET) and adoption scans"
+                               if k == "journal" else ""))
+        add(f"  increments per Redis read ({mode})",
+            fmt(x["increments_per_redis_read"], 1), "", "", "many")
     al = res.get("allocs")
     if al:
         p = al["per_request"]

@@ -1,6 +1,6 @@
 """The benchmark's HTML page: the table bench.py prints, and a chart per
-measure with each round's figure for gracefuld and for nginx, so that the
-spread behind each median is visible. One self-contained file (inline SVG
+measure with each round's figure for gracefuld (memory and journal mode)
+and for nginx, so that the spread behind each median is visible. One self-contained file (inline SVG
 and CSS, no script, no network).
 
     page(results, head, table_markdown) -> str
@@ -10,7 +10,10 @@ import html
 import math
 import re
 
-SERIES = (("gracefuld", "#1f77b4"), ("nginx", "#ff7f0e"))
+# gracefuld is memory mode (the default durability); journal is
+# DURABILITY=redis.
+SERIES = (("gracefuld", "#1f77b4"), ("journal", "#2ca02c"),
+          ("nginx", "#ff7f0e"))
 W, H, LEFT, TOP = 360, 150, 56, 24
 
 CSS = """
