@@ -46,8 +46,8 @@ static const struct http_response not_recorded = {
 };
 
 /* Memory mode: queued at once, answered 200 at once. Journal mode: held
- * in this loop turn's journal write (see on_turn_end), or 503 at once when
- * no write can be sent. */
+ * for the next journal write (see on_turn_end), or 503 at once when no
+ * write can be sent. */
 static void take_incr(struct app *app, struct route_result *r) {
   if (app->cfg->durability == DURABILITY_REDIS) {
     if (!counter_can_write(&app->counter)) {
@@ -113,7 +113,7 @@ static void respond(struct server *srv, const struct http_request *req,
   *resp = r.response;
 }
 
-/* ---- Journal mode: one write per loop turn ------------------------------ */
+/* ---- Journal mode: a group commit of each loop turn's /incr -------------- */
 
 /* A slot for one more write in flight; the caller checked there is one. */
 static struct app_write *app_write_push(struct app *app) {
