@@ -172,6 +172,13 @@ static void maybe_idle(struct counter *c) {
 /* An error reply: a fresh connection is asked for unless no retry can help.
  * Returns true when the error is permanent. */
 static bool on_error(struct counter *c, const redisReply *reply) {
+  if (journal_noscript(reply)) {
+    /* Redis has lost its script cache (SCRIPT FLUSH): not run, sent again
+     * whole on this connection. */
+    journal_scripts_forgotten(&c->journal);
+    c->resend_from = 0;
+    return false;
+  }
   if (c->transport->permanent(reply->str, reply->len))
     return true;
   c->transport->retire(c, reply->str, reply->len);
@@ -672,6 +679,7 @@ static void pump(struct counter *c) {
 
 void counter_on_ready(struct counter *c) {
   c->ready = true;
+  journal_scripts_forgotten(&c->journal); /* perhaps another Redis */
   c->resend_from = 0;
   c->moving_sent = c->moving_replied;
   if (c->durability == DURABILITY_REDIS && !c->leaving) {
@@ -696,6 +704,8 @@ void counter_on_down(struct counter *c) {
 void counter_on_reply(struct counter *c, uint64_t t, const redisReply *reply) {
   if (c->closed)
     return;
+  if (reply && journal_noscript(reply))
+    journal_scripts_forgotten(&c->journal); /* whole scripts from now on */
   if (c->in_flight > 0)
     c->in_flight--;
   uint64_t n = t >> TAG_BITS;

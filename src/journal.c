@@ -8,6 +8,19 @@
 #include <uv.h>
 
 #include "journal_lua.h" /* generated from src/lua by CMakeLists.txt */
+#include "sha1.h"
+
+static const struct {
+  const char *text;
+  size_t len;
+} scripts[JOURNAL_SCRIPTS] = {
+    [JOURNAL_BATCH] = {lua_batch, sizeof lua_batch - 1},
+    [JOURNAL_WRITE] = {lua_journal_write, sizeof lua_journal_write - 1},
+    [JOURNAL_RESOLVE] = {lua_journal_resolve, sizeof lua_journal_resolve - 1},
+    [JOURNAL_MOVE] = {lua_journal_move, sizeof lua_journal_move - 1},
+    [JOURNAL_ADOPT] = {lua_journal_adopt, sizeof lua_journal_adopt - 1},
+    [JOURNAL_LEAVE] = {lua_journal_leave, sizeof lua_journal_leave - 1},
+};
 
 void journal_cmd_free(struct journal_cmd *cmd) {
   free(cmd->buf);
@@ -30,6 +43,8 @@ int journal_init(struct journal *j, const char *prefix, const char *counter,
     return UV_EINVAL;
   strcpy(j->counter, counter);
   strcpy(j->prefix, prefix);
+  for (int i = 0; i < JOURNAL_SCRIPTS; i++)
+    sha1_hex(scripts[i].text, scripts[i].len, j->sha[i]);
   if (key(j->fence, prefix, "fence", j->id) ||
       key(j->skip, prefix, "skip", j->id) ||
       key(j->journal, prefix, "journal", j->id) ||
@@ -37,6 +52,13 @@ int journal_init(struct journal *j, const char *prefix, const char *counter,
       key(j->replicas, prefix, "replicas", NULL))
     return UV_EINVAL;
   return 0;
+}
+
+void journal_scripts_forgotten(struct journal *j) { j->cached = 0; }
+
+bool journal_noscript(const redisReply *reply) {
+  return reply->type == REDIS_REPLY_ERROR && reply->len >= 8 &&
+         memcmp(reply->str, "NOSCRIPT", 8) == 0;
 }
 
 void journal_clock_set(struct journal *j, uint64_t wall_ms, uint64_t mono_ms) {
@@ -102,38 +124,45 @@ static int arg_u64(struct journal_cmd *cmd, uint64_t v) {
   return arg(cmd, d, (size_t)len);
 }
 
-/* EVAL <script> <nkeys> <keys...>, leaving the arguments to the caller;
- * nargs counts them. */
-static int eval(struct journal_cmd *cmd, const char *script, size_t len,
-                const char *const *keys, unsigned nkeys, size_t nargs) {
+/* EVAL <script> or EVALSHA <sha1>, <nkeys> <keys...>, leaving the
+ * arguments to the caller; nargs counts them. */
+static int eval(struct journal_cmd *cmd, struct journal *j,
+                enum journal_script script, const char *const *keys,
+                unsigned nkeys, size_t nargs) {
   cmd->len = 0;
+  bool cached = j->cached & 1u << script;
   int rc = head(cmd, '*', 3 + nkeys + nargs);
-  rc = rc ? rc : arg_str(cmd, "EVAL");
-  rc = rc ? rc : arg(cmd, script, len);
+  rc = rc ? rc : arg_str(cmd, cached ? "EVALSHA" : "EVAL");
+  rc = rc       ? rc
+       : cached ? arg(cmd, j->sha[script], SHA1_HEX_LEN)
+                : arg(cmd, scripts[script].text, scripts[script].len);
   rc = rc ? rc : arg_u64(cmd, nkeys);
   for (unsigned i = 0; i < nkeys && !rc; i++)
     rc = arg_str(cmd, keys[i]);
+  /* Redis caches it as it reads the EVAL, before anything sent after. */
+  if (!rc)
+    j->cached |= 1u << script;
   return rc;
 }
 
-#define EVAL(cmd, script, keys, nargs)                                         \
-  eval(cmd, script, sizeof script - 1, keys, sizeof keys / sizeof *keys, nargs)
+#define EVAL(cmd, j, script, keys, nargs)                                      \
+  eval(cmd, j, script, keys, sizeof keys / sizeof *keys, nargs)
 
-int journal_cmd_batch(struct journal_cmd *cmd, const struct journal *j,
-                      uint64_t seq, uint64_t n, uint64_t floor) {
+int journal_cmd_batch(struct journal_cmd *cmd, struct journal *j, uint64_t seq,
+                      uint64_t n, uint64_t floor) {
   const char *keys[] = {j->counter, j->fence};
-  int rc = EVAL(cmd, lua_batch, keys, 4);
+  int rc = EVAL(cmd, j, JOURNAL_BATCH, keys, 4);
   rc = rc ? rc : arg_u64(cmd, seq);
   rc = rc ? rc : arg_u64(cmd, n);
   rc = rc ? rc : arg_u64(cmd, JOURNAL_FENCE_TTL_MS);
   return rc ? rc : arg_u64(cmd, floor);
 }
 
-int journal_cmd_write(struct journal_cmd *cmd, const struct journal *j,
-                      uint64_t seq, uint64_t deadline_wall, uint64_t n,
-                      uint64_t known, uint64_t lease_ms) {
+int journal_cmd_write(struct journal_cmd *cmd, struct journal *j, uint64_t seq,
+                      uint64_t deadline_wall, uint64_t n, uint64_t known,
+                      uint64_t lease_ms) {
   const char *keys[] = {j->journal, j->fence, j->skip, j->lease, j->replicas};
-  int rc = EVAL(cmd, lua_journal_write, keys, 7);
+  int rc = EVAL(cmd, j, JOURNAL_WRITE, keys, 7);
   rc = rc ? rc : arg_u64(cmd, seq);
   rc = rc ? rc : arg_u64(cmd, deadline_wall);
   rc = rc ? rc : arg_u64(cmd, n);
@@ -143,26 +172,26 @@ int journal_cmd_write(struct journal_cmd *cmd, const struct journal *j,
   return rc ? rc : arg_str(cmd, j->id);
 }
 
-int journal_cmd_resolve(struct journal_cmd *cmd, const struct journal *j,
+int journal_cmd_resolve(struct journal_cmd *cmd, struct journal *j,
                         uint64_t seq) {
   const char *keys[] = {j->fence, j->skip};
-  int rc = EVAL(cmd, lua_journal_resolve, keys, 2);
+  int rc = EVAL(cmd, j, JOURNAL_RESOLVE, keys, 2);
   rc = rc ? rc : arg_u64(cmd, seq);
   return rc ? rc : arg_u64(cmd, JOURNAL_FENCE_TTL_MS);
 }
 
-int journal_cmd_move(struct journal_cmd *cmd, const struct journal *j,
+int journal_cmd_move(struct journal_cmd *cmd, struct journal *j,
                      const uint64_t *deadlines_wall, size_t n) {
   if (n > JOURNAL_MOVE_MAX)
     return UV_EINVAL;
   const char *keys[] = {j->counter, j->journal};
-  int rc = EVAL(cmd, lua_journal_move, keys, n);
+  int rc = EVAL(cmd, j, JOURNAL_MOVE, keys, n);
   for (size_t i = 0; i < n && !rc; i++)
     rc = arg_u64(cmd, deadlines_wall[i]);
   return rc;
 }
 
-int journal_cmd_renew(struct journal_cmd *cmd, const struct journal *j,
+int journal_cmd_renew(struct journal_cmd *cmd, struct journal *j,
                       uint64_t lease_ms) {
   cmd->len = 0;
   int rc = head(cmd, '*', 5);
@@ -173,18 +202,18 @@ int journal_cmd_renew(struct journal_cmd *cmd, const struct journal *j,
   return rc ? rc : arg_u64(cmd, lease_ms);
 }
 
-int journal_cmd_adopt(struct journal_cmd *cmd, const struct journal *j,
+int journal_cmd_adopt(struct journal_cmd *cmd, struct journal *j,
                       uint64_t wall_now) {
   const char *keys[] = {j->journal, j->replicas};
-  int rc = EVAL(cmd, lua_journal_adopt, keys, 3);
+  int rc = EVAL(cmd, j, JOURNAL_ADOPT, keys, 3);
   rc = rc ? rc : arg_str(cmd, j->prefix);
   rc = rc ? rc : arg_str(cmd, j->id);
   return rc ? rc : arg_u64(cmd, wall_now);
 }
 
-int journal_cmd_leave(struct journal_cmd *cmd, const struct journal *j) {
+int journal_cmd_leave(struct journal_cmd *cmd, struct journal *j) {
   const char *keys[] = {j->journal, j->lease, j->replicas};
-  int rc = EVAL(cmd, lua_journal_leave, keys, 1);
+  int rc = EVAL(cmd, j, JOURNAL_LEAVE, keys, 1);
   return rc ? rc : arg_str(cmd, j->id);
 }
 

@@ -44,8 +44,23 @@ struct journal_cmd {
 
 void journal_cmd_free(struct journal_cmd *cmd);
 
+/* The scripts of src/lua. */
+enum journal_script {
+  JOURNAL_BATCH,
+  JOURNAL_WRITE,
+  JOURNAL_RESOLVE,
+  JOURNAL_MOVE,
+  JOURNAL_ADOPT,
+  JOURNAL_LEAVE,
+  JOURNAL_SCRIPTS
+};
+
 struct journal {
   char id[JOURNAL_ID_LEN + 1];
+  /* Each script is sent whole (EVAL) the first time on a connection, which
+   * has Redis cache it, and by its SHA-1 (EVALSHA) after that. */
+  char sha[JOURNAL_SCRIPTS][41];
+  unsigned cached; /* bit per script: sent whole on this connection */
   char counter[JOURNAL_KEY_MAX];
   char fence[JOURNAL_KEY_MAX];
   char skip[JOURNAL_KEY_MAX];
@@ -62,6 +77,13 @@ struct journal {
  * or UV_EINVAL when a key would not fit. */
 int journal_init(struct journal *j, const char *prefix, const char *counter,
                  uint64_t random);
+
+/* A new connection, or a NOSCRIPT reply (Redis restarted, SCRIPT FLUSH):
+ * every script is sent whole again, once. */
+void journal_scripts_forgotten(struct journal *j);
+
+/* Whether an error reply is NOSCRIPT: not run, to be sent again. */
+bool journal_noscript(const redisReply *reply);
 
 /* Fixes the clock: wall_ms is the wall clock when the monotonic clock read
  * mono_ms. */
@@ -80,22 +102,22 @@ uint64_t journal_adoption_bound_ms(uint64_t lease_ms);
 /* ---- Commands: each fills cmd (reusing its buffer); 0 or UV_ENOMEM ------ */
 
 /* floor: the lowest batch not yet settled (applied or failed). */
-int journal_cmd_batch(struct journal_cmd *cmd, const struct journal *j,
-                      uint64_t seq, uint64_t n, uint64_t floor);
-int journal_cmd_write(struct journal_cmd *cmd, const struct journal *j,
-                      uint64_t seq, uint64_t deadline_wall, uint64_t n,
-                      uint64_t known, uint64_t lease_ms);
-int journal_cmd_resolve(struct journal_cmd *cmd, const struct journal *j,
+int journal_cmd_batch(struct journal_cmd *cmd, struct journal *j, uint64_t seq,
+                      uint64_t n, uint64_t floor);
+int journal_cmd_write(struct journal_cmd *cmd, struct journal *j, uint64_t seq,
+                      uint64_t deadline_wall, uint64_t n, uint64_t known,
+                      uint64_t lease_ms);
+int journal_cmd_resolve(struct journal_cmd *cmd, struct journal *j,
                         uint64_t seq);
 /* Moves the entries at the given wall-clock deadlines (at most
  * JOURNAL_MOVE_MAX). */
-int journal_cmd_move(struct journal_cmd *cmd, const struct journal *j,
+int journal_cmd_move(struct journal_cmd *cmd, struct journal *j,
                      const uint64_t *deadlines_wall, size_t n);
-int journal_cmd_renew(struct journal_cmd *cmd, const struct journal *j,
+int journal_cmd_renew(struct journal_cmd *cmd, struct journal *j,
                       uint64_t lease_ms);
-int journal_cmd_adopt(struct journal_cmd *cmd, const struct journal *j,
+int journal_cmd_adopt(struct journal_cmd *cmd, struct journal *j,
                       uint64_t wall_now);
-int journal_cmd_leave(struct journal_cmd *cmd, const struct journal *j);
+int journal_cmd_leave(struct journal_cmd *cmd, struct journal *j);
 
 /* ---- Replies ------------------------------------------------------------ */
 

@@ -19,6 +19,7 @@ figure means and how it is measured.
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -1046,14 +1047,17 @@ class Bench:
 
 
 def lua_scripts():
-    """{script name: the start of its text}, to tell gracefuld's EVALs apart
-    in MONITOR's lines (each script starts with a comment of its own)."""
+    """{script name: (the start of its text, its SHA-1)}, to tell gracefuld's
+    EVALs (each script starts with a comment of its own) and EVALSHAs apart
+    in MONITOR's lines."""
     d = os.path.join(ROOT, "src", "lua")
     out = {}
     for f in sorted(os.listdir(d)):
         if f.endswith(".lua"):
-            with open(os.path.join(d, f)) as fh:
-                out[f[:-4]] = fh.readline().strip()[:40].encode()
+            with open(os.path.join(d, f), "rb") as fh:
+                text = fh.read()
+            out[f[:-4]] = (text.split(b"\n", 1)[0].strip()[:40],
+                           hashlib.sha1(text).hexdigest().encode())
     return out
 
 
@@ -1113,8 +1117,9 @@ class Monitor:
             self.scripted[cmd] = self.scripted.get(cmd, 0) + 1
             return
         if cmd in ("eval", "evalsha") and arg:
-            cmd += ":" + next((n for n, head in self.scripts.items()
-                               if arg.startswith(head)), "other")
+            cmd = "eval:" + next((n for n, (head, sha) in self.scripts.items()
+                                  if arg.startswith(head) or arg == sha),
+                                 "other")
         self.sent[cmd] = self.sent.get(cmd, 0) + 1
 
     def wait_quiet(self, quiet=0.3, timeout=10):

@@ -48,11 +48,15 @@ def log_time(event):
 
 
 def batch_calls(redis):
-    """How many batch scripts (EVAL) Redis has been sent: run (with errors
-    or not), or rejected before they ran."""
+    """How many batch scripts (EVAL or EVALSHA) Redis has been sent: run
+    (with errors or not), or rejected before they ran."""
     stats = redis.cli("INFO", "commandstats")
-    m = re.search(r"cmdstat_eval:calls=(\d+),.*?rejected_calls=(\d+)", stats)
-    return int(m.group(1)) + int(m.group(2)) if m else 0
+    n = 0
+    for cmd in ("eval", "evalsha"):
+        m = re.search(rf"cmdstat_{cmd}:calls=(\d+),.*?rejected_calls=(\d+)",
+                      stats)
+        n += int(m.group(1)) + int(m.group(2)) if m else 0
+    return n
 
 
 # ---- Redis paused ----------------------------------------------------------
@@ -148,6 +152,30 @@ def test_redis_stopped_under_load_counts_each_increment_once(redis, server):
     assert summary["accepted"] == ok and summary["done"] == ok
     assert summary["retried"] > 0  # copies were sent: the case happened
     assert redis.counter() == ok
+
+
+def test_script_cache_flushed_mid_run_counts_each_increment_once(
+        redis, server):
+    """Batches go by their script's SHA-1 once it was sent whole on a
+    connection. Redis forgetting its scripts (SCRIPT FLUSH, as after a
+    restart) answers NOSCRIPT: the batch is sent whole again, not failed."""
+    g = server(env={"INCR_DELAY_MS": "0"})
+    g.wait_event("redis_up")
+    assert timed_incrs(g, 5) < 0.25
+    deadline = time.monotonic() + 10
+    while g.metrics()["gracefuld_increments_done_total"] < 5:
+        assert time.monotonic() < deadline, "the first five never counted"
+    stats = redis.cli("INFO", "commandstats")
+    assert "cmdstat_evalsha:" in stats  # the later batches went by SHA-1
+    redis.cli("SCRIPT", "FLUSH")
+    assert timed_incrs(g, 5) < 0.25
+    g.signal()
+    assert g.wait(10) == 0
+    summary = g.wait_event("exit")
+    assert summary["done"] == 10 and summary["failed"] == 0
+    assert redis.counter() == 10
+    assert re.search(r"errorstat_NOSCRIPT:count=\d+",
+                     redis.cli("INFO", "errorstats"))
 
 
 # ---- Redis gone for long ----------------------------------------------------------

@@ -75,10 +75,10 @@ def test_requirepass_with_the_password_from_a_file(protected, tmp_path):
         g.stop()
 
 
-# The commands gracefuld sends in the memory durability mode (EVAL, and
-# those its batch script calls), and the only ones the ACL user gets: the
+# The commands gracefuld sends in the memory durability mode (EVAL and
+# EVALSHA, and those its batch script calls), and the only ones the ACL user gets: the
 # README's list. AUTH is always allowed.
-MEMORY_MODE_COMMANDS = ["+eval", "+get", "+set", "+incrby"]
+MEMORY_MODE_COMMANDS = ["+eval", "+evalsha", "+get", "+set", "+incrby"]
 
 
 def acl_user(redis, name, keys):

@@ -13,6 +13,7 @@
 #include <hiredis/hiredis.h>
 
 #include "counter.h"
+#include "sha1.h"
 
 #define MAX_SENT 64
 
@@ -110,12 +111,20 @@ static int teardown(void **state) {
 
 /* ---- Helpers ------------------------------------------------------------ */
 
-/* The script a sent EVAL runs, by the first words of its comment. */
-static bool runs(const struct sent *s, const char *script_start) {
-  return s->args->elements > 1 &&
-         strncmp(s->args->element[0]->str, "EVAL", 4) == 0 &&
-         strncmp(s->args->element[1]->str, script_start,
-                 strlen(script_start)) == 0;
+/* Whether a sent EVAL or EVALSHA runs script js. */
+static bool runs(const struct fixture *f, const struct sent *s,
+                 enum journal_script js) {
+  const redisReply *a = s->args;
+  if (a->elements < 2)
+    return false;
+  char sha[SHA1_HEX_LEN + 1];
+  if (strcmp(a->element[0]->str, "EVALSHA") == 0)
+    snprintf(sha, sizeof sha, "%s", a->element[1]->str);
+  else if (strcmp(a->element[0]->str, "EVAL") == 0)
+    sha1_hex(a->element[1]->str, a->element[1]->len, sha);
+  else
+    return false;
+  return strcmp(sha, f->c.journal.sha[js]) == 0;
 }
 
 /* The i-th argument after the keys of a sent EVAL, as a number. */
@@ -154,7 +163,7 @@ static void test_counter_sends_what_fell_due_as_one_batch(void **state) {
   counter_on_ready(&f->c);
   counter_add_due(&f->c, 5);
   assert_int_equal(f->nsent, 1);
-  assert_true(runs(&f->sent[0], "-- Memory mode"));
+  assert_true(runs(f, &f->sent[0], JOURNAL_BATCH));
   assert_int_equal(argv_u64(&f->sent[0], 0), 1); /* batch number */
   assert_int_equal(argv_u64(&f->sent[0], 1), 5); /* increments */
   assert_int_equal(counter_pending(&f->c), 5);
@@ -254,7 +263,7 @@ static void test_counter_renews_its_lease_when_ready(void **state) {
   assert_string_equal(f->sent[0].args->element[0]->str, "SET");
   assert_string_equal(f->sent[0].args->element[1]->str,
                       "gd:lease:0000000000001234");
-  assert_true(runs(&f->sent[1], "-- Journal mode: take over"));
+  assert_true(runs(f, &f->sent[1], JOURNAL_ADOPT));
 }
 
 static void test_counter_holds_a_write_until_redis_has_it(void **state) {
@@ -262,7 +271,7 @@ static void test_counter_holds_a_write_until_redis_has_it(void **state) {
   ready_with_lease(f);
   uint64_t seq = counter_write(&f->c, 5000, 7);
   assert_int_equal(seq, 1);
-  assert_true(runs(&f->sent[2], "-- Journal mode: record"));
+  assert_true(runs(f, &f->sent[2], JOURNAL_WRITE));
   assert_int_equal(argv_u64(&f->sent[2], 0), 1);
   assert_int_equal(argv_u64(&f->sent[2], 2), 7);
   assert_int_equal(f->nwritten, 0);
@@ -293,7 +302,7 @@ test_counter_resolves_lost_writes_and_reports_in_order(void **state) {
   assert_int_equal(counter_unresolved(&f->c), 2);
   ready_with_lease(f); /* lease + adopt went first: resolutions follow */
   assert_int_equal(f->nsent, 4 + 2 + 2);
-  assert_true(runs(&f->sent[6], "-- Journal mode: settle"));
+  assert_true(runs(f, &f->sent[6], JOURNAL_RESOLVE));
   assert_int_equal(argv_u64(&f->sent[6], 0), 1);
   assert_int_equal(argv_u64(&f->sent[7], 0), 2);
   reply_int(f, 1); /* write 1 had been applied */
@@ -339,13 +348,13 @@ static void test_counter_moves_due_runs_and_again_if_lost(void **state) {
   assert_int_equal(f->nsent, 4); /* nothing due yet */
   counter_due(&f->c, 5003);
   assert_int_equal(f->nsent, 5);
-  assert_true(runs(&f->sent[4], "-- Journal mode: increments"));
+  assert_true(runs(f, &f->sent[4], JOURNAL_MOVE));
   uint64_t wall = argv_u64(&f->sent[4], 0);
   assert_int_equal(argv_u64(&f->sent[4], 1), wall + 3); /* both deadlines */
   assert_int_equal(counter_pending(&f->c), 5);
   connection_breaks(f);
   ready_with_lease(f);
-  assert_true(runs(&f->sent[7], "-- Journal mode: increments"));
+  assert_true(runs(f, &f->sent[7], JOURNAL_MOVE));
   reply_int(f, 5);
   assert_int_equal(f->m.incr_done, 5);
   assert_int_equal(counter_pending(&f->c), 0);
@@ -392,7 +401,7 @@ static void test_counter_leaves_once_even_if_the_reply_is_lost(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
   counter_leave(&f->c);
-  assert_true(runs(&f->sent[2], "-- Journal mode: a replica stops"));
+  assert_true(runs(f, &f->sent[2], JOURNAL_LEAVE));
   assert_int_equal(f->left, 0);
   connection_breaks(f);
   assert_int_equal(f->left, 1);

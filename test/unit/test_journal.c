@@ -14,6 +14,7 @@
 #include <uv.h>
 
 #include "journal.h"
+#include "sha1.h"
 
 static struct journal j;
 static struct journal_cmd cmd;
@@ -147,6 +148,7 @@ static void test_journal_commands_reuse_one_buffer(void **state) {
   assert_int_equal(journal_cmd_resolve(&cmd, &j, 9), 0);
   char *buf = cmd.buf;
   size_t len = cmd.len;
+  journal_scripts_forgotten(&j); /* whole again: the same length */
   assert_int_equal(journal_cmd_resolve(&cmd, &j, 8), 0);
   assert_ptr_equal(cmd.buf, buf);
   assert_int_equal(cmd.len, len);
@@ -281,22 +283,88 @@ test_journal_adoption_reply_walks_replicas_and_entries(void **state) {
   assert_false(journal_adoption_of(&top, &a));
 }
 
+static int forget(void **state) {
+  (void)state;
+  journal_scripts_forgotten(&j);
+  return 0;
+}
+
+static void test_sha1_of_known_texts(void **state) {
+  (void)state;
+  char h[SHA1_HEX_LEN + 1];
+  sha1_hex("", 0, h);
+  assert_string_equal(h, "da39a3ee5e6b4b0d3255bfef95601890afd80709");
+  sha1_hex("abc", 3, h);
+  assert_string_equal(h, "a9993e364706816aba3e25717850c26c9cd0d89d");
+  const char *two = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+  sha1_hex(two, strlen(two), h); /* 56 bytes: the padding takes a block */
+  assert_string_equal(h, "84983e441c3bd26ebaae4aa1f95129e5e54670f1");
+  static char million[1000000];
+  memset(million, 'a', sizeof million);
+  sha1_hex(million, sizeof million, h);
+  assert_string_equal(h, "34aa973cd4c4daa4f61eeb2bdbad27316534016f");
+}
+
+static void
+test_journal_sends_a_script_whole_once_then_by_its_sha(void **state) {
+  (void)state;
+  assert_int_equal(journal_cmd_resolve(&cmd, &j, 1), 0);
+  redisReply *a = parsed();
+  assert_arg(a, 0, "EVAL");
+  char sha[SHA1_HEX_LEN + 1];
+  sha1_hex(a->element[1]->str, a->element[1]->len, sha);
+  assert_string_equal(sha, j.sha[JOURNAL_RESOLVE]);
+  freeReplyObject(a);
+  assert_int_equal(journal_cmd_resolve(&cmd, &j, 2), 0);
+  a = parsed();
+  assert_arg(a, 0, "EVALSHA");
+  assert_arg(a, 1, j.sha[JOURNAL_RESOLVE]);
+  assert_arg(a, 2, "2");
+  freeReplyObject(a);
+  /* Another script is still sent whole the first time. */
+  assert_int_equal(journal_cmd_leave(&cmd, &j), 0);
+  a = parsed();
+  assert_arg(a, 0, "EVAL");
+  freeReplyObject(a);
+  journal_scripts_forgotten(&j); /* a new connection, or NOSCRIPT */
+  assert_int_equal(journal_cmd_resolve(&cmd, &j, 3), 0);
+  a = parsed();
+  assert_arg(a, 0, "EVAL");
+  freeReplyObject(a);
+  redisReply noscript = {.type = REDIS_REPLY_ERROR,
+                         .str = "NOSCRIPT No matching script.",
+                         .len = 28};
+  assert_true(journal_noscript(&noscript));
+  noscript.str = "ERR other";
+  noscript.len = 9;
+  assert_false(journal_noscript(&noscript));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_journal_names_every_key_under_the_prefix),
-      cmocka_unit_test(test_journal_refuses_a_prefix_too_long_for_its_keys),
+      cmocka_unit_test(test_sha1_of_known_texts),
+      cmocka_unit_test_setup(
+          test_journal_sends_a_script_whole_once_then_by_its_sha, forget),
+      cmocka_unit_test_setup(test_journal_names_every_key_under_the_prefix,
+                             forget),
+      cmocka_unit_test_setup(
+          test_journal_refuses_a_prefix_too_long_for_its_keys, forget),
       cmocka_unit_test(
           test_journal_clock_is_wall_time_that_follows_the_monotonic),
-      cmocka_unit_test(test_journal_lease_is_renewed_three_times_per_length),
-      cmocka_unit_test(test_journal_batch_is_one_fenced_eval),
-      cmocka_unit_test(test_journal_write_names_lease_and_replica),
-      cmocka_unit_test(test_journal_commands_reuse_one_buffer),
-      cmocka_unit_test(test_journal_move_takes_each_due_deadline),
-      cmocka_unit_test(test_journal_renew_is_a_set_with_expiry),
-      cmocka_unit_test(test_journal_adopt_and_leave_pass_prefix_and_id),
-      cmocka_unit_test(test_journal_batch_replies_decode),
-      cmocka_unit_test(test_journal_write_replies_decode),
-      cmocka_unit_test(test_journal_adoption_reply_walks_replicas_and_entries),
+      cmocka_unit_test_setup(
+          test_journal_lease_is_renewed_three_times_per_length, forget),
+      cmocka_unit_test_setup(test_journal_batch_is_one_fenced_eval, forget),
+      cmocka_unit_test_setup(test_journal_write_names_lease_and_replica,
+                             forget),
+      cmocka_unit_test_setup(test_journal_commands_reuse_one_buffer, forget),
+      cmocka_unit_test_setup(test_journal_move_takes_each_due_deadline, forget),
+      cmocka_unit_test_setup(test_journal_renew_is_a_set_with_expiry, forget),
+      cmocka_unit_test_setup(test_journal_adopt_and_leave_pass_prefix_and_id,
+                             forget),
+      cmocka_unit_test_setup(test_journal_batch_replies_decode, forget),
+      cmocka_unit_test_setup(test_journal_write_replies_decode, forget),
+      cmocka_unit_test_setup(
+          test_journal_adoption_reply_walks_replicas_and_entries, forget),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
