@@ -760,8 +760,25 @@ test_config_warns_when_delays_exceed_the_shutdown_timeout(void **state) {
   assert_null(config_warning(&cfg));
 }
 
+static void test_config_durability_prefix_and_lease(void **state) {
+  (void)state;
+  expect_ok(NONE, NONE);
+  assert_int_equal(cfg.durability, DURABILITY_MEMORY);
+  assert_string_equal(cfg.key_prefix, "gracefuld:");
+  assert_int_equal(cfg.lease_ms, 3000);
+  expect_ok(LIST("--durability", "redis", "--lease-ms", "1500"),
+            LIST("KEY_PREFIX=app1:"));
+  assert_int_equal(cfg.durability, DURABILITY_REDIS);
+  assert_string_equal(cfg.key_prefix, "app1:");
+  assert_int_equal(cfg.lease_ms, 1500);
+  expect_rejected("durability", "DURABILITY", "disk");
+  expect_rejected("lease-ms", "LEASE_MS", "299");
+  expect_rejected("lease-ms", "LEASE_MS", "soon");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_config_durability_prefix_and_lease),
       cmocka_unit_test(test_config_sentinels_with_default_port_and_master_name),
       cmocka_unit_test(test_config_sentinel_settings_go_together),
       cmocka_unit_test(test_config_redis_url_sets_target_user_password_db),
