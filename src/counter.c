@@ -159,10 +159,6 @@ uint64_t counter_pending(const struct counter *c) {
   return c->due + c->in_batches + c->in_moving;
 }
 
-uint64_t counter_unresolved(const struct counter *c) {
-  return c->durability == DURABILITY_REDIS ? c->batches.len : 0;
-}
-
 static void maybe_idle(struct counter *c) {
   if (!c->closed && counter_pending(c) == 0 && c->batches.len == 0 &&
       c->events->on_idle)

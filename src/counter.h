@@ -146,8 +146,7 @@ uint64_t counter_write(struct counter *c, uint64_t deadline, uint64_t n);
  * and not yet moved (journal). The queue's are the owner's to count. */
 uint64_t counter_pending(const struct counter *c);
 
-/* Journal writes whose outcome is not known yet, and their increments. */
-uint64_t counter_unresolved(const struct counter *c);
+/* Increments in journal writes whose outcome is not known yet. */
 uint64_t counter_unresolved_increments(const struct counter *c);
 
 /* Journal mode: whether counter_write can send now. */
