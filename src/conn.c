@@ -24,8 +24,10 @@ unsigned conn_step(struct conn_life *l, enum conn_event e) {
       return go(l, CONN_SHUTTING,
                 CONN_DO_DISCARD | CONN_DO_SHUTDOWN | CONN_DO_WATCH_WRITE);
     case CONN_HELD:
-      /* What follows the request waits, unread, in pipeline order. */
-      return go(l, CONN_HOLDING, CONN_DO_STOP_READING);
+      /* What follows the request is read ahead, and parsed in pipeline
+       * order once the response is filled in; after the client's FIN
+       * there is nothing more to read. */
+      return go(l, CONN_HOLDING, l->peer_eof ? CONN_DO_NOTHING : CONN_DO_READ);
     case CONN_PEER_EOF:
       /* A request the client began and never finished is not answered. */
       l->peer_eof = true;
@@ -47,9 +49,18 @@ unsigned conn_step(struct conn_life *l, enum conn_event e) {
       return CONN_DO_NOTHING;
     }
   case CONN_HOLDING:
-    /* Queued like any response, then the buffer as after a write. */
-    return e == CONN_FILLED ? go(l, CONN_READING, CONN_DO_PROCESS)
-                            : CONN_DO_NOTHING;
+    switch (e) {
+    case CONN_FILLED:
+      /* Queued like any response, then the buffer as after a write; the
+       * client's FIN, if it came, once the buffer is used up. */
+      return go(l, CONN_READING, CONN_DO_PROCESS);
+    case CONN_PEER_EOF:
+      /* The requests it sent before are still answered. */
+      l->peer_eof = true;
+      return CONN_DO_STOP_READING;
+    default:
+      return CONN_DO_NOTHING;
+    }
   case CONN_SHUTTING:
     switch (e) {
     case CONN_PEER_EOF:

@@ -15,8 +15,11 @@
  * later pipelined request behind it, unread in the buffer. A response that
  * is not ready yet (a 200 held until Redis acknowledges a write) fits the
  * same way: a state beside writing, entered from reading when the handler
- * has no answer yet, with reading stopped, and left for reading once the
- * response is filled in, exactly as a completed write is.
+ * has no answer yet, and left for reading once the response is filled in,
+ * exactly as a completed write is. Holding goes on reading, into the
+ * buffer's free end and without parsing, so that a client waiting for its
+ * response costs no change to what the loop polls; the client's FIN while
+ * holding is kept for when the buffer is used up.
  *
  * Once the last response is queued the connection never stops reading: what the
  * client still sends is read and thrown away until its FIN, so the close that
@@ -29,7 +32,7 @@
 enum conn_state {
   CONN_READING,   /* reading and answering requests; nothing waits */
   CONN_WRITING,   /* the socket is full: a write is pending, reading stops */
-  CONN_HOLDING,   /* a response is not ready yet: reading stops */
+  CONN_HOLDING,   /* a response is not ready yet: reading ahead, unparsed */
   CONN_SHUTTING,  /* the last response is queued, our FIN behind it */
   CONN_LINGERING, /* our FIN is out; waiting for the client's */
   CONN_CLOSING,   /* the handles are closing */

@@ -81,6 +81,9 @@ static void on_alloc(uv_handle_t *handle, size_t hint, uv_buf_t *buf);
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void on_write(uv_write_t *req, int status);
 static void on_shutdown(uv_shutdown_t *req, int status);
+static void step(struct conn *c, enum conn_event e);
+
+static void close_now(struct conn *c) { step(c, CONN_FAILED); }
 
 static struct conn *conn_of_timer(uv_timer_t *timer) {
   return (struct conn *)((char *)timer - offsetof(struct conn, timer));
@@ -168,8 +171,28 @@ static void watch(struct conn *c) {
   check_progress(c);
 }
 
+/* Holding: what the client sends next goes to the buffer's free end,
+ * unparsed, until the buffer is full. Reading stays on, so that a held
+ * response costs no change to what the loop polls. */
+static void read_ahead(struct conn *c) {
+  if (c->rpos > 0) {
+    memmove(c->rbuf, c->rbuf + c->rpos, c->rlen - c->rpos);
+    c->rlen -= c->rpos;
+    c->rpos = 0;
+  }
+  if (c->rlen == CONN_RBUF) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    return;
+  }
+  int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+  if (rc && rc != UV_EALREADY)
+    close_now(c);
+}
+
 static void step(struct conn *c, enum conn_event e) {
   unsigned fx = conn_step(&c->life, e);
+  if (fx & CONN_DO_READ)
+    read_ahead(c);
   if (fx & CONN_DO_STOP_READING)
     uv_read_stop((uv_stream_t *)&c->tcp);
   if (fx & CONN_DO_DISCARD) {
@@ -197,7 +220,6 @@ static void step(struct conn *c, enum conn_event e) {
   }
 }
 
-static void close_now(struct conn *c) { step(c, CONN_FAILED); }
 
 /* A write has stalled only when no byte has moved for the idle timeout.
  * Lingering, LINGER_MS for the client's FIN begins once the client has
@@ -446,6 +468,10 @@ static void process(struct conn *c) {
   if (c->life.state != CONN_READING)
     return; /* writing (the rest of rbuf waits), or ending */
   c->rpos = c->rlen = 0;
+  if (c->life.peer_eof) { /* it came while holding */
+    step(c, CONN_PEER_EOF);
+    return;
+  }
   /* Draining: a connection that has been answered, has nothing begun and
    * nothing more sent is done. One that never sent a request waits for its
    * first. */
@@ -465,9 +491,13 @@ static void process(struct conn *c) {
 static void on_alloc(uv_handle_t *handle, size_t hint, uv_buf_t *buf) {
   struct conn *c = handle->data;
   (void)hint;
-  /* Reading is on only when rbuf holds nothing unparsed (or, once the last
-   * response is queued, when input is thrown away): all of it is free. */
-  *buf = uv_buf_init(c->rbuf, CONN_RBUF);
+  /* Holding reads ahead into the free end (read_ahead). Otherwise reading
+   * is on only when rbuf holds nothing unparsed (or, once the last response
+   * is queued, when input is thrown away): all of it is free. */
+  if (c->life.state == CONN_HOLDING)
+    *buf = uv_buf_init(c->rbuf + c->rlen, CONN_RBUF - c->rlen);
+  else
+    *buf = uv_buf_init(c->rbuf, CONN_RBUF);
 }
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
@@ -479,10 +509,16 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     step(c, nread == UV_EOF ? CONN_PEER_EOF : CONN_FAILED);
     return;
   }
-  if (c->life.state != CONN_READING)
+  if (c->life.state != CONN_READING && c->life.state != CONN_HOLDING)
     return; /* after the last response: thrown away */
   if (c->srv->mode != SERVER_KEEP_ALIVE && c->closing_bytes < CLOSING_BUDGET)
     c->closing_bytes += (uint32_t)nread;
+  if (c->life.state == CONN_HOLDING) { /* parsed once filled in */
+    c->rlen += (uint32_t)nread;
+    if (c->rlen == CONN_RBUF)
+      uv_read_stop((uv_stream_t *)&c->tcp);
+    return;
+  }
   c->rpos = 0;
   c->rlen = (uint32_t)nread;
   process(c);

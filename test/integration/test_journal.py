@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from gracefuld_testlib import Gracefuld, Redis, read_http_responses
+from gracefuld_testlib import (Gracefuld, Redis, parse_responses,
+                               read_http_responses, read_to_end)
 
 INCR = b"GET /incr HTTP/1.1\r\nHost: t\r\n\r\n"
 
@@ -96,6 +97,59 @@ def test_pipelined_requests_are_answered_in_order(redis):
         assert [r[2] for r in got][:4] == [b"ok\n"] * 4
         assert journal_total(redis) == 3
     finally:
+        g.stop()
+
+
+def unread_bytes(server_port, client_port):
+    """Bytes the kernel holds for the server's end of a connection that
+    the server has not read yet (rx_queue in /proc/net/tcp)."""
+    want = (f"0100007F:{server_port:04X}", f"0100007F:{client_port:04X}")
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if (fields[1], fields[2]) == want:
+                return int(fields[4].split(":")[1], 16)
+    raise AssertionError("the connection is not in /proc/net/tcp")
+
+
+def test_a_client_waiting_for_its_200_is_read_ahead_in_order(redis):
+    """While a 200 waits for Redis, what the client sends next is read
+    (not left in the kernel), and answered in order once the 200 is out,
+    a buffer's worth and more, then the client's FIN."""
+    g = journal_mode(redis, INCR_DELAY_MS="60000", REDIS_TIMEOUT_MS="30000")
+    s = None
+    try:
+        g.wait_event("redis_up")
+        os.kill(redis.proc.pid, signal.SIGSTOP)
+        s = socket.create_connection(("127.0.0.1", g.port))
+        s.sendall(INCR)
+        deadline = time.monotonic() + 10
+        while g.metric("gracefuld_journal_writes_total") < 1:
+            assert time.monotonic() < deadline, "the write was never sent"
+            time.sleep(0.01)
+        healthz = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+        first = (INCR + healthz) * 20  # well inside one read buffer
+        s.sendall(first)
+        port = s.getsockname()[1]
+        while unread_bytes(g.port, port) > 0:
+            assert time.monotonic() < deadline, \
+                "a held connection left what followed unread"
+            time.sleep(0.01)
+        assert g.metric("gracefuld_journal_writes_total") == 1
+        # More than the buffer holds: reading stops, and goes on later.
+        s.sendall((INCR + healthz) * 100)
+        s.shutdown(socket.SHUT_WR)
+    finally:
+        os.kill(redis.proc.pid, signal.SIGCONT)
+    try:
+        data, end = read_to_end(s, 30)
+        got = parse_responses(data)
+        assert end == "eof"
+        assert len(got) == 1 + 2 * 120
+        assert all(r[0] == 200 and r[2] == b"ok\n" for r in got)
+        assert journal_total(redis) == 121
+    finally:
+        s.close()
         g.stop()
 
 

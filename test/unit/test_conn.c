@@ -35,8 +35,10 @@ static const struct step steps[] = {
     {R, false, CONN_PEER_EOF, S,
      CONN_DO_STOP_READING | CONN_DO_SHUTDOWN | CONN_DO_WATCH_WRITE},
     {R, false, CONN_FAILED, C, CONN_DO_CLOSE},
-    {R, false, CONN_HELD, H, CONN_DO_STOP_READING},
+    {R, false, CONN_HELD, H, CONN_DO_READ},
+    {R, true, CONN_HELD, H, CONN_DO_NOTHING},
     {H, false, CONN_FILLED, R, CONN_DO_PROCESS},
+    {H, false, CONN_PEER_EOF, H, CONN_DO_STOP_READING},
     {H, false, CONN_FAILED, C, CONN_DO_CLOSE},
     {W, false, CONN_WRITE_DONE, R, CONN_DO_PROCESS},
     {W, false, CONN_LAST_QUEUED, S, CONN_DO_DISCARD | CONN_DO_SHUTDOWN},
@@ -141,6 +143,28 @@ static void test_conn_peer_fin_first_closes_once_our_fin_is_out(void **state) {
   assert_int_equal(conn_step(&l, CONN_SHUTDOWN_DONE), CONN_DO_CLOSE);
 }
 
+static void
+test_conn_peer_fin_while_holding_is_kept_for_after_the_answer(void **state) {
+  (void)state;
+  /* A client that sends its request and its FIN at once still gets the
+   * held response, and then ours. */
+  struct conn_life l;
+  conn_life_init(&l);
+  assert_int_equal(conn_step(&l, CONN_HELD), CONN_DO_READ);
+  assert_int_equal(conn_step(&l, CONN_PEER_EOF), CONN_DO_STOP_READING);
+  assert_int_equal(l.state, CONN_HOLDING);
+  assert_int_equal(conn_step(&l, CONN_FILLED), CONN_DO_PROCESS);
+  assert_int_equal(l.state, CONN_READING);
+  assert_true(l.peer_eof);
+  /* A second held request in the buffer: no reading after the FIN. */
+  assert_int_equal(conn_step(&l, CONN_HELD), CONN_DO_NOTHING);
+  assert_int_equal(conn_step(&l, CONN_FILLED), CONN_DO_PROCESS);
+  /* The buffer used up: the FIN is taken as it would have been. */
+  unsigned fx = conn_step(&l, CONN_PEER_EOF);
+  assert_int_equal(l.state, CONN_SHUTTING);
+  assert_true(fx & CONN_DO_SHUTDOWN);
+}
+
 static void test_conn_state_names(void **state) {
   (void)state;
   assert_string_equal(conn_state_name(CONN_READING), "reading");
@@ -160,6 +184,8 @@ int main(void) {
       cmocka_unit_test(
           test_conn_keeps_reading_until_the_peer_fin_after_the_last),
       cmocka_unit_test(test_conn_peer_fin_first_closes_once_our_fin_is_out),
+      cmocka_unit_test(
+          test_conn_peer_fin_while_holding_is_kept_for_after_the_answer),
       cmocka_unit_test(test_conn_state_names),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
