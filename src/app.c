@@ -142,8 +142,7 @@ static void fill_turn(struct app *app, uint64_t ticket, uint64_t n, bool held) {
  * that under load writes grow rather than multiply. With no connection
  * ready they are answered 503 at once, which lets their connections parse
  * what follows; that may open a new turn, written (or answered) too. */
-static void on_turn_end(uv_check_t *check) {
-  struct app *app = check->data;
+static void write_turn(struct app *app) {
   while (app->turn_n > 0) {
     bool can = counter_can_write(&app->counter);
     if (can && app->writes_len >= APP_WRITES_MAX)
@@ -158,6 +157,13 @@ static void on_turn_end(uv_check_t *check) {
     }
     *app_write_push(app) = (struct app_write){seq, ticket, n};
   }
+}
+
+/* Moves that fell due ride with the turn's write, or go alone after it. */
+static void on_turn_end(uv_check_t *check) {
+  struct app *app = check->data;
+  write_turn(app);
+  counter_turn_end(&app->counter);
 }
 
 static void on_written(struct counter *c, uint64_t seq, bool held) {

@@ -43,7 +43,8 @@ enum entry_state {
 
 struct entry {
   uint64_t n;
-  uint64_t deadline; /* journal: monotonic ms */
+  uint64_t deadline;  /* journal: monotonic ms */
+  uint64_t moves_end; /* journal: the moves a write carries end here (or 0) */
   uint64_t wait;     /* ENTRY_CONFIRMING: a WAIT numbered this or later */
   enum entry_state state;
 };
@@ -99,6 +100,9 @@ static void ring_pop(struct counter_ring *r) {
 
 static void pump(struct counter *c);
 static void on_lease_timer(uv_timer_t *timer);
+static void on_move_reply(struct counter *c, uint64_t end,
+                          const redisReply *reply);
+static void send_wait(struct counter *c);
 
 int counter_init(struct counter *c, uv_loop_t *loop, enum durability d,
                  const char *prefix, const char *counter_key,
@@ -200,8 +204,10 @@ static bool send_waiting(struct counter *c) {
         !send_cmd(c, memory ? TAG_BATCH : TAG_RESOLVE, seq))
       return false;
     e->state = memory ? ENTRY_SENT : ENTRY_RESOLVING;
-    if (!memory)
+    if (!memory) {
+      e->wait = c->waits_sent + 1; /* the WAIT after it */
       c->metrics->journal_resolutions++;
+    }
   }
   return true;
 }
@@ -311,15 +317,33 @@ uint64_t counter_unresolved_increments(const struct counter *c) {
   return c->in_writes;
 }
 
+/* The wall-clock deadlines of the moves not yet sent, up to
+ * JOURNAL_MOVE_MAX of them, in out; returns how many, and where they end. */
+static size_t unsent_moves(const struct counter *c, uint64_t *out,
+                           uint64_t *end) {
+  uint64_t last = c->moving_head + c->moving.len;
+  uint64_t i = c->moving_sent;
+  size_t k = 0;
+  for (; i < last && k < JOURNAL_MOVE_MAX; i++, k++) {
+    const struct run *r = ring_at(&c->moving, i - c->moving_head);
+    out[k] = journal_wall(&c->journal, r->deadline);
+  }
+  *end = i;
+  return k;
+}
+
 uint64_t counter_write(struct counter *c, uint64_t deadline, uint64_t n) {
   if (!counter_can_write(c))
     return 0;
   uint64_t seq = c->first_seq + c->batches.len;
+  /* What fell due rides with the write (counter_turn_end otherwise). */
+  uint64_t due[JOURNAL_MOVE_MAX], moves_end;
+  size_t k = unsent_moves(c, due, &moves_end);
   /* Writes below first_seq all have a known outcome: the fenced-off ones
    * among them need not be remembered any more. */
   if (journal_cmd_write(&c->cmd, &c->journal, seq,
                         journal_wall(&c->journal, deadline), n,
-                        c->first_seq - 1, c->lease_ms))
+                        c->first_seq - 1, c->lease_ms, due, k))
     return 0;
   struct entry *e = ring_push(&c->batches);
   if (!e)
@@ -328,7 +352,16 @@ uint64_t counter_write(struct counter *c, uint64_t deadline, uint64_t n) {
     c->batches.len--;
     return 0;
   }
-  *e = (struct entry){.n = n, .deadline = deadline, .state = ENTRY_SENT};
+  *e = (struct entry){.n = n,
+                      .deadline = deadline,
+                      .moves_end = k ? moves_end : 0,
+                      .wait = c->waits_sent + 1,
+                      .state = ENTRY_SENT};
+  c->writes_in_flight++;
+  if (k) {
+    c->moving_sent = moves_end;
+    c->metrics->journal_moves++;
+  }
   c->in_writes += n;
   c->metrics->journal_writes++;
   metrics_observe_write(c->metrics, n);
@@ -365,18 +398,29 @@ static void report_writes(struct counter *c) {
  * for the owner. */
 static void on_write_reply(struct counter *c, enum tag_kind kind, uint64_t seq,
                            const redisReply *reply) {
+  if (kind == TAG_WRITE && c->writes_in_flight > 0)
+    c->writes_in_flight--;
   struct entry *e = entry_of(c, seq);
   enum entry_state expect = kind == TAG_WRITE ? ENTRY_SENT : ENTRY_RESOLVING;
   if (!e || e->state != expect)
     return;
+  enum journal_outcome outcome =
+      reply ? journal_write_outcome(reply) : JOURNAL_BAD_REPLY;
+  if (kind == TAG_WRITE && e->moves_end) {
+    /* The moves it carried: done, refused, or (the script did not run, or
+     * the reply is lost) sent again. */
+    bool ran = outcome == JOURNAL_APPLIED || outcome == JOURNAL_NOT_APPLIED;
+    on_move_reply(c, e->moves_end, ran ? journal_write_moves(reply) : NULL);
+    e->moves_end = 0;
+  }
   if (!reply) {
     e->state = ENTRY_WAITING; /* resolved on the next connection */
     return;
   }
-  switch (journal_write_outcome(reply)) {
+  switch (outcome) {
   case JOURNAL_APPLIED:
+    /* A WAIT sent after the write (or its resolution) confirms it. */
     e->state = c->min_replicas ? ENTRY_CONFIRMING : ENTRY_HELD;
-    e->wait = c->waits_sent;
     break;
   case JOURNAL_NOT_APPLIED:
     e->state = ENTRY_REFUSED;
@@ -420,22 +464,30 @@ void counter_due(struct counter *c, uint64_t now) {
   pump(c);
 }
 
+/* Moves alone, when no write carried them. */
 static void send_moves(struct counter *c) {
   uint64_t deadlines[JOURNAL_MOVE_MAX];
-  uint64_t end = c->moving_head + c->moving.len;
-  while (c->moving_sent < end && c->in_flight < WINDOW) {
-    size_t k = 0;
-    uint64_t i = c->moving_sent;
-    for (; i < end && k < JOURNAL_MOVE_MAX; i++, k++) {
-      const struct run *r = ring_at(&c->moving, i - c->moving_head);
-      deadlines[k] = journal_wall(&c->journal, r->deadline);
-    }
+  while (c->moving_sent < c->moving_head + c->moving.len &&
+         c->in_flight < WINDOW) {
+    uint64_t end;
+    size_t k = unsent_moves(c, deadlines, &end);
     if (journal_cmd_move(&c->cmd, &c->journal, deadlines, k) ||
-        !send_cmd(c, TAG_MOVE, i))
+        !send_cmd(c, TAG_MOVE, end))
       return;
-    c->moving_sent = i;
+    c->moving_sent = end;
     c->metrics->journal_moves++;
   }
+}
+
+void counter_turn_end(struct counter *c) {
+  if (c->durability != DURABILITY_REDIS || !c->ready || c->closed)
+    return;
+  /* A write on its way: the next, sent when it is answered, carries them;
+   * if none follows, that turn's end sends them. */
+  if (c->writes_in_flight == 0)
+    send_moves(c);
+  if (c->min_replicas && c->sends != c->sends_waited)
+    send_wait(c);
 }
 
 /* The moves up to end are over: done, or failed. */
@@ -583,6 +635,7 @@ static void send_wait(struct counter *c) {
       c->transport->send(c, cmd, (size_t)len, tag(TAG_WAIT, k)) == 0) {
     c->in_flight++;
     c->waits_sent = k;
+    c->sends_waited = c->sends;
   }
 }
 
@@ -662,14 +715,11 @@ static void on_wait_reply(struct counter *c, uint64_t k,
 static void pump(struct counter *c) {
   if (!c->ready || c->closed)
     return;
-  uint64_t sends = c->sends;
-  if (c->durability == DURABILITY_MEMORY) {
+  if (c->durability == DURABILITY_MEMORY)
     send_batches(c);
-  } else {
-    send_waiting(c);
-    send_moves(c);
-  }
-  if (c->min_replicas && c->sends != sends)
+  else
+    send_waiting(c); /* moves: at the turn's end, or with its write */
+  if (c->min_replicas && c->sends != c->sends_waited)
     send_wait(c);
 }
 
@@ -692,6 +742,7 @@ void counter_on_ready(struct counter *c) {
 void counter_on_down(struct counter *c) {
   c->ready = false;
   c->in_flight = 0;
+  c->writes_in_flight = 0;
   unconfirm(c);
   if (c->leaving)
     left(c); /* the leave, if sent, was lost with the connection */

@@ -98,7 +98,9 @@ struct counter {
   struct counter_ring applied; /* moves applied, a WAIT to confirm them */
   uint64_t in_moving;          /* increments in moving */
   uint64_t in_flight;          /* commands sent, reply not yet read */
+  uint64_t writes_in_flight;   /* journal writes among them */
   uint64_t sends;              /* commands sent, ever */
+  uint64_t sends_waited;       /* sends when the last WAIT went */
   /* REDIS_MIN_REPLICAS: what was applied counts once a WAIT says that many
    * replicas have it; WAITs are numbered */
   uint64_t min_replicas;
@@ -148,6 +150,11 @@ uint64_t counter_pending(const struct counter *c);
 
 /* Increments in journal writes whose outcome is not known yet. */
 uint64_t counter_unresolved_increments(const struct counter *c);
+
+/* Journal mode: the end of a loop turn, after its write (if any). Moves
+ * that fell due ride with the next write; with none on its way they go
+ * alone now. REDIS_MIN_REPLICAS: a WAIT follows what was sent. */
+void counter_turn_end(struct counter *c);
 
 /* Journal mode: whether counter_write can send now. */
 bool counter_can_write(const struct counter *c);

@@ -160,16 +160,23 @@ int journal_cmd_batch(struct journal_cmd *cmd, struct journal *j, uint64_t seq,
 
 int journal_cmd_write(struct journal_cmd *cmd, struct journal *j, uint64_t seq,
                       uint64_t deadline_wall, uint64_t n, uint64_t known,
-                      uint64_t lease_ms) {
-  const char *keys[] = {j->journal, j->fence, j->skip, j->lease, j->replicas};
-  int rc = EVAL(cmd, j, JOURNAL_WRITE, keys, 7);
+                      uint64_t lease_ms, const uint64_t *due_wall,
+                      size_t n_due) {
+  if (n_due > JOURNAL_MOVE_MAX)
+    return UV_EINVAL;
+  const char *keys[] = {j->journal, j->fence,    j->skip,
+                        j->lease,   j->replicas, j->counter};
+  int rc = EVAL(cmd, j, JOURNAL_WRITE, keys, 7 + n_due);
   rc = rc ? rc : arg_u64(cmd, seq);
   rc = rc ? rc : arg_u64(cmd, deadline_wall);
   rc = rc ? rc : arg_u64(cmd, n);
   rc = rc ? rc : arg_u64(cmd, known);
   rc = rc ? rc : arg_u64(cmd, lease_ms);
   rc = rc ? rc : arg_u64(cmd, JOURNAL_FENCE_TTL_MS);
-  return rc ? rc : arg_str(cmd, j->id);
+  rc = rc ? rc : arg_str(cmd, j->id);
+  for (size_t i = 0; i < n_due && !rc; i++)
+    rc = arg_u64(cmd, due_wall[i]);
+  return rc;
 }
 
 int journal_cmd_resolve(struct journal_cmd *cmd, struct journal *j,
@@ -239,10 +246,18 @@ enum journal_outcome journal_batch_outcome(const redisReply *reply) {
 enum journal_outcome journal_write_outcome(const redisReply *reply) {
   if (reply->type == REDIS_REPLY_ERROR)
     return JOURNAL_ERROR;
+  if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2)
+    reply = reply->element[0]; /* the write, with moves beside it */
   if (reply->type != REDIS_REPLY_INTEGER ||
       (reply->integer != 0 && reply->integer != 1))
     return JOURNAL_BAD_REPLY;
   return reply->integer ? JOURNAL_APPLIED : JOURNAL_NOT_APPLIED;
+}
+
+const redisReply *journal_write_moves(const redisReply *reply) {
+  if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2)
+    return NULL;
+  return reply->element[1];
 }
 
 bool journal_count_of(const redisReply *reply, uint64_t *count) {

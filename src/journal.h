@@ -104,9 +104,12 @@ uint64_t journal_adoption_bound_ms(uint64_t lease_ms);
 /* floor: the lowest batch not yet settled (applied or failed). */
 int journal_cmd_batch(struct journal_cmd *cmd, struct journal *j, uint64_t seq,
                       uint64_t n, uint64_t floor);
+/* With due_wall: the deadlines that fell due (at most JOURNAL_MOVE_MAX),
+ * moved in the same step whether the write is recorded or not. */
 int journal_cmd_write(struct journal_cmd *cmd, struct journal *j, uint64_t seq,
                       uint64_t deadline_wall, uint64_t n, uint64_t known,
-                      uint64_t lease_ms);
+                      uint64_t lease_ms, const uint64_t *due_wall,
+                      size_t n_due);
 int journal_cmd_resolve(struct journal_cmd *cmd, struct journal *j,
                         uint64_t seq);
 /* Moves the entries at the given wall-clock deadlines (at most
@@ -135,6 +138,11 @@ enum journal_outcome journal_batch_outcome(const redisReply *reply);
 
 /* Decodes the reply to a journal write or resolve: applied or not. */
 enum journal_outcome journal_write_outcome(const redisReply *reply);
+
+/* The part of a write's reply that answers the moves it carried, as a
+ * move's reply would (journal_count_of, or an error); NULL when it carried
+ * none. */
+const redisReply *journal_write_moves(const redisReply *reply);
 
 /* The integer a move or leave answers; false for anything else. */
 bool journal_count_of(const redisReply *reply, uint64_t *count);

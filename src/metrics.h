@@ -26,7 +26,7 @@ struct metrics {
   uint64_t journal_written;     /* increments held by the journal: 200 */
   uint64_t journal_refused;     /* increments not written: 503 */
   uint64_t journal_resolutions; /* writes whose lost reply was asked for */
-  uint64_t journal_moves;       /* moves sent */
+  uint64_t journal_moves;       /* moves sent, alone or with a write */
   uint64_t journal_adoptions;   /* journals of lapsed replicas taken over */
   uint64_t journal_adopted;     /* increments in them */
   uint64_t write_sizes[METRICS_WRITE_BUCKETS]; /* journal writes by size */

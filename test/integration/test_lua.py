@@ -103,12 +103,12 @@ def batch(conn, seq, n, counter="counter", fence="p:fence:a", floor=1):
 
 def write_keys(rid="a"):
     return [f"p:journal:{rid}", f"p:fence:{rid}", f"p:skip:{rid}",
-            f"p:lease:{rid}", "p:replicas"]
+            f"p:lease:{rid}", "p:replicas", "counter"]
 
 
-def write(conn, seq, deadline, n, known=0, lease=3000, rid="a"):
+def write(conn, seq, deadline, n, known=0, lease=3000, rid="a", due=()):
     return conn.eval("journal_write", write_keys(rid), seq, deadline, n,
-                     known, lease, TTL, rid)
+                     known, lease, TTL, rid, *due)
 
 
 def resolve(conn, seq, rid="a"):
@@ -224,7 +224,8 @@ def test_a_late_write_and_its_resolution_always_agree(redis):
     answer says whether the journal holds the write."""
     outcomes = set()
     for seq in range(1, 21):
-        write_cmd = ("EVAL", script("journal_write"), 5, *write_keys(), seq,
+        write_cmd = ("EVAL", script("journal_write"), len(write_keys()),
+                     *write_keys(), seq,
                      5000 + seq, 1, 0, 3000, TTL, "a")
         resolve_cmd = ("EVAL", script("journal_resolve"), 2, "p:fence:a",
                        "p:skip:a", seq, TTL)
@@ -267,6 +268,29 @@ def test_move_counts_due_entries_once(conn):
     assert journal(conn) == {1002: 5}
     assert conn.eval("journal_move", move, 1002) == 5
     assert conn.call("EXISTS", "p:journal:a") == 0  # an empty journal goes
+
+
+def test_a_write_moves_what_fell_due_whether_it_is_recorded_or_not(conn):
+    write(conn, 1, 1000, 3)
+    write(conn, 2, 1001, 4)
+    # Recorded, and the due entries counted, in one step.
+    assert write(conn, 3, 2000, 1, due=(1000, 999)) == [1, 3]
+    assert int(conn.call("GET", "counter")) == 3
+    assert journal(conn) == {1001: 4, 2000: 1}
+    # A late copy records nothing; its moves, idempotent, still run.
+    assert write(conn, 3, 2000, 1, due=(1000, 1001)) == [0, 4]
+    assert write(conn, 3, 2000, 1, due=(1000, 1001)) == [0, 0]
+    assert int(conn.call("GET", "counter")) == 7
+    assert journal(conn) == {2000: 1}
+
+
+def test_a_write_beside_moves_the_counter_refuses_is_recorded(conn):
+    write(conn, 1, 1000, 3)
+    conn.call("RPUSH", "counter", "x")
+    applied, moved = write(conn, 2, 2000, 5, due=(1000,))
+    assert applied == 1
+    assert isinstance(moved, RedisError) and moved.startswith("WRONGTYPE")
+    assert journal(conn) == {1000: 3, 2000: 5}  # nothing lost
 
 
 def test_move_refused_by_the_counter_keeps_the_journal(conn):

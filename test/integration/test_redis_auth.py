@@ -81,10 +81,44 @@ def test_requirepass_with_the_password_from_a_file(protected, tmp_path):
 MEMORY_MODE_COMMANDS = ["+eval", "+evalsha", "+get", "+set", "+incrby"]
 
 
-def acl_user(redis, name, keys):
+# The same for journal mode (DURABILITY=redis): its scripts' commands.
+JOURNAL_MODE_COMMANDS = [
+    "+eval", "+evalsha", "+get", "+set", "+incrby", "+hincrby", "+hget",
+    "+hdel", "+hgetall", "+hvals", "+sadd", "+srem", "+smembers", "+zadd",
+    "+zrangebyscore", "+zremrangebyscore", "+pexpire", "+exists", "+del",
+    "+time"]
+
+
+def acl_user(redis, name, keys, commands=MEMORY_MODE_COMMANDS):
     redis.cli("ACL", "SETUSER", name, "reset", "on", ">" + PASSWORD,
               *["~" + k for k in keys], "resetchannels", "-@all",
-              *MEMORY_MODE_COMMANDS)
+              *commands)
+
+
+def test_journal_mode_needs_only_its_listed_commands(protected, tmp_path):
+    """Writes, moves alone and moves riding with writes, the lease, the
+    adoption scan and the leave, all with the README's journal-mode list."""
+    acl_user(protected, "gracefuld", ["counter", "gracefuld:*"],
+             JOURNAL_MODE_COMMANDS)
+    g = Gracefuld(env={
+        "REDIS_URL": f"redis://gracefuld@127.0.0.1:{protected.port}",
+        "REDIS_PASSWORD_FILE": secret_file(tmp_path),
+        "DURABILITY": "redis", "INCR_DELAY_MS": "20",
+        "LEASE_MS": "300"}).start()
+    try:
+        g.wait_event("redis_up")
+        for _ in range(60):
+            assert g.get("/incr") == 200
+        m = g.metrics()
+        assert m["gracefuld_journal_moves_total"] > 0
+        g.signal()
+        assert g.wait(15) == 0
+        summary = g.wait_event("exit")
+        assert summary["done"] == 60 and summary["failed"] == 0
+        assert protected.counter() == 60
+        assert not [e for e in g.events() if e.get("level") != "info"]
+    finally:
+        g.stop()
 
 
 def test_an_acl_user_granted_only_what_gracefuld_needs(protected, tmp_path):

@@ -345,8 +345,11 @@ static void test_counter_moves_due_runs_and_again_if_lost(void **state) {
   reply_int(f, 1);
   reply_int(f, 1);
   counter_due(&f->c, 4999);
+  counter_turn_end(&f->c);
   assert_int_equal(f->nsent, 4); /* nothing due yet */
   counter_due(&f->c, 5003);
+  assert_int_equal(f->nsent, 4); /* at the turn's end, with no write */
+  counter_turn_end(&f->c);
   assert_int_equal(f->nsent, 5);
   assert_true(runs(f, &f->sent[4], JOURNAL_MOVE));
   uint64_t wall = argv_u64(&f->sent[4], 0);
@@ -354,11 +357,87 @@ static void test_counter_moves_due_runs_and_again_if_lost(void **state) {
   assert_int_equal(counter_pending(&f->c), 5);
   connection_breaks(f);
   ready_with_lease(f);
+  counter_turn_end(&f->c);
   assert_true(runs(f, &f->sent[7], JOURNAL_MOVE));
   reply_int(f, 5);
   assert_int_equal(f->m.incr_done, 5);
   assert_int_equal(counter_pending(&f->c), 0);
   assert_int_equal(f->q.pending, 0);
+}
+
+static void reply_write_and_moves(struct fixture *f, long long recorded,
+                                  long long moved) {
+  redisReply w = {.type = REDIS_REPLY_INTEGER, .integer = recorded};
+  redisReply m = {.type = REDIS_REPLY_INTEGER, .integer = moved};
+  redisReply *both[] = {&w, &m};
+  redisReply r = {.type = REDIS_REPLY_ARRAY, .elements = 2, .element = both};
+  reply_with(f, &r);
+}
+
+static void test_counter_moves_ride_with_the_next_write(void **state) {
+  struct fixture *f = *state;
+  ready_with_lease(f);
+  counter_write(&f->c, 5000, 2);
+  reply_int(f, 1);
+  counter_write(&f->c, 9000, 1); /* on its way */
+  counter_due(&f->c, 5000);
+  counter_turn_end(&f->c);
+  assert_int_equal(f->nsent, 4); /* the next write will carry them */
+  reply_int(f, 1);
+  uint64_t seq = counter_write(&f->c, 9001, 4);
+  counter_turn_end(&f->c);
+  assert_int_equal(f->nsent, 5);
+  const struct sent *w = &f->sent[4];
+  assert_true(runs(f, w, JOURNAL_WRITE));
+  assert_int_equal(argv_u64(w, 0), seq);
+  assert_int_equal(argv_u64(w, 7), argv_u64(&f->sent[2], 1)); /* 5000 */
+  assert_int_equal(f->m.journal_moves, 1);
+  reply_write_and_moves(f, 1, 2);
+  assert_int_equal(f->m.incr_done, 2);
+  assert_int_equal(f->nwritten, 3);
+  assert_true(f->held[2]);
+  assert_int_equal(counter_pending(&f->c), 0);
+  assert_int_equal(f->q.pending, 5); /* the two later writes */
+}
+
+static void test_counter_moves_of_a_lost_write_go_again_alone(void **state) {
+  struct fixture *f = *state;
+  ready_with_lease(f);
+  counter_write(&f->c, 5000, 2);
+  reply_int(f, 1);
+  counter_due(&f->c, 5000);
+  counter_write(&f->c, 9000, 1); /* carries the move */
+  connection_breaks(f);
+  ready_with_lease(f);
+  counter_turn_end(&f->c); /* the write is resolved, the move sent again */
+  assert_true(runs(f, &f->sent[6], JOURNAL_RESOLVE));
+  assert_true(runs(f, &f->sent[7], JOURNAL_MOVE));
+  reply_int(f, 1);
+  reply_int(f, 2);
+  assert_int_equal(f->m.incr_done, 2);
+  assert_int_equal(f->nwritten, 2);
+  assert_true(f->held[1]);
+}
+
+static void
+test_counter_moves_refused_beside_a_recorded_write_fail_alone(void **state) {
+  struct fixture *f = *state;
+  ready_with_lease(f);
+  counter_write(&f->c, 5000, 2);
+  reply_int(f, 1);
+  counter_due(&f->c, 5000);
+  counter_write(&f->c, 9000, 1);
+  redisReply w = {.type = REDIS_REPLY_INTEGER, .integer = 1};
+  const char *err = "WRONGTYPE Operation against a key holding the wrong kind";
+  redisReply m = {.type = REDIS_REPLY_ERROR, .str = (char *)err,
+                  .len = strlen(err)};
+  redisReply *both[] = {&w, &m};
+  redisReply r = {.type = REDIS_REPLY_ARRAY, .elements = 2, .element = both};
+  reply_with(f, &r);
+  assert_int_equal(f->m.incr_failed, 2);
+  assert_int_equal(f->m.incr_done, 0);
+  assert_true(f->held[1]); /* the write itself is in the journal */
+  assert_int_equal(f->q.pending, 1);
 }
 
 static void test_counter_queues_adopted_entries_at_their_time(void **state) {
@@ -428,6 +507,9 @@ int main(void) {
       JOURNAL(test_counter_resolves_lost_writes_and_reports_in_order),
       JOURNAL(test_counter_reports_writes_in_order_when_outcomes_are_not),
       JOURNAL(test_counter_moves_due_runs_and_again_if_lost),
+      JOURNAL(test_counter_moves_ride_with_the_next_write),
+      JOURNAL(test_counter_moves_of_a_lost_write_go_again_alone),
+      JOURNAL(test_counter_moves_refused_beside_a_recorded_write_fail_alone),
       JOURNAL(test_counter_queues_adopted_entries_at_their_time),
       JOURNAL(test_counter_leaves_once_even_if_the_reply_is_lost),
   };

@@ -128,11 +128,13 @@ static void test_journal_batch_is_one_fenced_eval(void **state) {
 
 static void test_journal_write_names_lease_and_replica(void **state) {
   (void)state;
-  assert_int_equal(
-      journal_cmd_write(&cmd, &j, 7, 1700000005000ull, 33, 6, 3000), 0);
+  assert_int_equal(journal_cmd_write(&cmd, &j, 7, 1700000005000ull, 33, 6,
+                                     3000, NULL, 0),
+                   0);
   redisReply *a = parsed();
-  const char *keys[] = {j.journal, j.fence, j.skip, j.lease, j.replicas};
-  size_t i = assert_eval(a, "-- Journal mode: record", keys, 5);
+  const char *keys[] = {j.journal, j.fence,    j.skip,
+                        j.lease,   j.replicas, j.counter};
+  size_t i = assert_eval(a, "-- Journal mode: record", keys, 6);
   assert_int_equal(a->elements, i + 7);
   assert_arg(a, i, "7");
   assert_arg(a, i + 1, "1700000005000");
@@ -141,6 +143,25 @@ static void test_journal_write_names_lease_and_replica(void **state) {
   assert_arg(a, i + 4, "3000");
   assert_arg(a, i + 6, "abcdef0123456789");
   freeReplyObject(a);
+}
+
+static void test_journal_write_carries_the_deadlines_due(void **state) {
+  (void)state;
+  uint64_t due[] = {1700000000001ull, 1700000000003ull};
+  assert_int_equal(
+      journal_cmd_write(&cmd, &j, 8, 1700000005000ull, 2, 7, 3000, due, 2), 0);
+  redisReply *a = parsed();
+  const char *keys[] = {j.journal, j.fence,    j.skip,
+                        j.lease,   j.replicas, j.counter};
+  size_t i = assert_eval(a, "-- Journal mode: record", keys, 6);
+  assert_int_equal(a->elements, i + 9);
+  assert_arg(a, i + 7, "1700000000001");
+  assert_arg(a, i + 8, "1700000000003");
+  freeReplyObject(a);
+  uint64_t many[JOURNAL_MOVE_MAX + 1] = {0};
+  assert_int_equal(journal_cmd_write(&cmd, &j, 9, 1, 1, 8, 3000, many,
+                                     JOURNAL_MOVE_MAX + 1),
+                   UV_EINVAL);
 }
 
 static void test_journal_commands_reuse_one_buffer(void **state) {
@@ -239,6 +260,17 @@ static void test_journal_write_replies_decode(void **state) {
   assert_int_equal(n, 12);
   r = integer(-3);
   assert_false(journal_count_of(&r, &n));
+  assert_null(journal_write_moves(&r)); /* a write that carried none */
+  /* A write that carried moves: its outcome, and what they moved. */
+  redisReply applied = integer(1), moved = integer(40);
+  redisReply *both[] = {&applied, &moved};
+  r = (redisReply){.type = REDIS_REPLY_ARRAY, .elements = 2, .element = both};
+  assert_int_equal(journal_write_outcome(&r), JOURNAL_APPLIED);
+  assert_ptr_equal(journal_write_moves(&r), &moved);
+  applied = integer(0);
+  assert_int_equal(journal_write_outcome(&r), JOURNAL_NOT_APPLIED);
+  applied = integer(5);
+  assert_int_equal(journal_write_outcome(&r), JOURNAL_BAD_REPLY);
 }
 
 static void
@@ -355,6 +387,8 @@ int main(void) {
           test_journal_lease_is_renewed_three_times_per_length, forget),
       cmocka_unit_test_setup(test_journal_batch_is_one_fenced_eval, forget),
       cmocka_unit_test_setup(test_journal_write_names_lease_and_replica,
+                             forget),
+      cmocka_unit_test_setup(test_journal_write_carries_the_deadlines_due,
                              forget),
       cmocka_unit_test_setup(test_journal_commands_reuse_one_buffer, forget),
       cmocka_unit_test_setup(test_journal_move_takes_each_due_deadline, forget),
