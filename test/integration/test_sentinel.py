@@ -10,6 +10,7 @@ import http.client
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -18,7 +19,7 @@ import time
 import pytest
 
 from gracefuld_testlib import (Gracefuld, LineReader, Redis, free_port,
-                               stop_process)
+                               read_http_responses, stop_process)
 
 MASTER = "counter-master"
 
@@ -240,6 +241,53 @@ def test_min_replicas_holds_increments_until_a_replica_has_them():
         summary = g.wait_event("exit")
         assert summary["done"] == 4 and summary["retried"] == 0
         assert master.counter() == 4
+    finally:
+        if g:
+            g.stop()
+        master.cleanup()
+        replica.cleanup()
+
+
+def test_journal_mode_sends_a_200_only_once_a_replica_has_the_write():
+    """DURABILITY=redis with REDIS_MIN_REPLICAS=1: a 200 means the journal
+    write is on a replica too. With the replica away the 200 waits (the
+    master has the write already), and comes once the replica is back."""
+    master = Redis().start()
+    replica = Redis(args=["--replicaof", "127.0.0.1", str(master.port)])
+    replica.start()
+    g = None
+    try:
+        wait_until("replica in sync", lambda: replication(replica).get(
+            "master_link_status", "").strip() == "up")
+        g = Gracefuld(redis=master, env={
+            "DURABILITY": "redis", "REDIS_MIN_REPLICAS": "1",
+            "REDIS_TIMEOUT_MS": "1000", "INCR_DELAY_MS": "100"}).start()
+        g.wait_event("redis_up")
+        assert g.get("/incr") == 200
+        wait_until("first increment done",
+                   lambda: g.metric("gracefuld_increments_done_total") == 1)
+        replica.stop()
+        mark = g.mark()
+        s = g.raw()
+        s.sendall(b"GET /incr HTTP/1.1\r\nHost: t\r\n\r\n")
+        short = g.wait_event("redis_wait_short", start=mark)
+        assert short["replicas"] == 0 and short["wanted"] == 1
+        # The master holds it; no 200 yet.
+        assert int(master.cli("EVAL", "local n = 0 for _, k in ipairs("
+                              "redis.call('KEYS', 'gracefuld:journal:*')) do "
+                              "for _, v in ipairs(redis.call('HVALS', k)) do "
+                              "n = n + v end end return n", "0")) == 1
+        s.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            s.recv(1)
+        replica.start()
+        assert read_http_responses(s, 1, timeout=30)[0][0] == 200
+        s.close()
+        g.signal()
+        assert g.wait(30) == 0
+        summary = g.wait_event("exit")
+        assert summary["done"] == 2 and summary["failed"] == 0
+        assert master.counter() == 2
     finally:
         if g:
             g.stop()
