@@ -764,8 +764,11 @@ void counter_on_reply(struct counter *c, uint64_t t, const redisReply *reply) {
   case TAG_RESOLVE:
     on_write_reply(c, (enum tag_kind)(t & ((1u << TAG_BITS) - 1)), n, reply);
     break;
-  case TAG_MOVE:
-    on_move_reply(c, n, reply);
+  case TAG_MOVE: /* a write numbered 0: only its moves' part counts */
+    on_move_reply(c, n,
+                  reply && reply->type != REDIS_REPLY_ERROR
+                      ? journal_write_moves(reply)
+                      : reply);
     break;
   case TAG_ADOPT:
     on_adopt_reply(c, reply);

@@ -6,9 +6,9 @@
  * numbered, fenced INCRBY (lua/batch.lua). Journal mode records a loop
  * turn's increments in the replica's journal before their 200s
  * (journal_write.lua), settles a write whose reply was lost
- * (journal_resolve.lua), moves due entries to the counter
- * (journal_move.lua), adopts the journals of replicas whose lease lapsed
- * (journal_adopt.lua) and leaves (journal_leave.lua).
+ * (journal_resolve.lua), moves due entries to the counter (with a write, or
+ * alone as a write that records nothing), adopts the journals of replicas
+ * whose lease lapsed (journal_adopt.lua) and leaves (journal_leave.lua).
  *
  * Keys, all under KEY_PREFIX but the counter:
  *   <prefix>fence:<id>    the last batch or write number applied
@@ -49,7 +49,6 @@ enum journal_script {
   JOURNAL_BATCH,
   JOURNAL_WRITE,
   JOURNAL_RESOLVE,
-  JOURNAL_MOVE,
   JOURNAL_ADOPT,
   JOURNAL_LEAVE,
   JOURNAL_SCRIPTS

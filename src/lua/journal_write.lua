@@ -15,8 +15,9 @@
 -- to arrive) are fenced off here as one range, so that their resolution
 -- answers "not written" whatever order Redis sees things in. KEYS[3] is a
 -- sorted set of ranges "first-last", scored by last.
--- The moves are journal_move.lua's, done whether the write is recorded or
--- not: idempotent, they are safe in a late copy too.
+-- The moves run whether the write is recorded or not: an entry moved is
+-- gone, so that a move sent again, or run late, counts nothing twice. A
+-- move alone is a write numbered 0, which records nothing.
 -- Returns 1 when recorded, 0 when not; with deadlines to move, {that, the
 -- increments moved}, the second an error when the counter refused them
 -- (the journal keeps them then).

@@ -111,6 +111,14 @@ def write(conn, seq, deadline, n, known=0, lease=3000, rid="a", due=()):
                      known, lease, TTL, rid, *due)
 
 
+def move(conn, *due, rid="a"):
+    """A move alone: a write numbered 0, which records nothing; returns the
+    increments moved (or the counter's error)."""
+    recorded, moved = write(conn, 0, 0, 0, rid=rid, due=due)
+    assert recorded == 0
+    return moved
+
+
 def resolve(conn, seq, rid="a"):
     return conn.eval("journal_resolve", [f"p:fence:{rid}", f"p:skip:{rid}"],
                      seq, TTL)
@@ -261,12 +269,11 @@ def test_move_counts_due_entries_once(conn):
     write(conn, 1, 1000, 3)
     write(conn, 2, 1001, 4)
     write(conn, 3, 1002, 5)
-    move = ["counter", "p:journal:a"]
-    assert conn.eval("journal_move", move, 1000, 1001, 999) == 7
-    assert conn.eval("journal_move", move, 1000, 1001) == 0
+    assert move(conn, 1000, 1001, 999) == 7
+    assert move(conn, 1000, 1001) == 0
     assert int(conn.call("GET", "counter")) == 7
     assert journal(conn) == {1002: 5}
-    assert conn.eval("journal_move", move, 1002) == 5
+    assert move(conn, 1002) == 5
     assert conn.call("EXISTS", "p:journal:a") == 0  # an empty journal goes
 
 
@@ -296,8 +303,7 @@ def test_a_write_beside_moves_the_counter_refuses_is_recorded(conn):
 def test_move_refused_by_the_counter_keeps_the_journal(conn):
     write(conn, 1, 1000, 3)
     conn.call("SET", "counter", "x")
-    r = conn.eval("journal_move", ["counter", "p:journal:a"], 1000)
-    assert isinstance(r, RedisError)
+    assert isinstance(move(conn, 1000), RedisError)
     assert journal(conn) == {1000: 3}
 
 
@@ -335,7 +341,7 @@ def test_leave_drops_the_lease_and_only_an_empty_journal(conn):
     assert conn.eval("journal_leave", keys, "a") == 3
     assert conn.call("EXISTS", "p:lease:a") == 0
     assert conn.call("SMEMBERS", "p:replicas") == ["a"]  # left for adoption
-    conn.eval("journal_move", ["counter", "p:journal:a"], 1000)
+    move(conn, 1000)
     write(conn, 2, 1001, 0)  # takes the lease again, records nothing
     conn.call("HDEL", "p:journal:a", 1001)
     assert conn.eval("journal_leave", keys, "a") == 0

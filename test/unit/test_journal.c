@@ -180,16 +180,18 @@ static void test_journal_commands_reuse_one_buffer(void **state) {
   freeReplyObject(a);
 }
 
-static void test_journal_move_takes_each_due_deadline(void **state) {
+static void test_journal_move_alone_is_a_write_numbered_0(void **state) {
   (void)state;
   uint64_t due[] = {1700000000001ull, 1700000000007ull};
   assert_int_equal(journal_cmd_move(&cmd, &j, due, 2), 0);
   redisReply *a = parsed();
-  const char *keys[] = {"counter", j.journal};
-  size_t i = assert_eval(a, "-- Journal mode: increments", keys, 2);
-  assert_int_equal(a->elements, i + 2);
-  assert_arg(a, i, "1700000000001");
-  assert_arg(a, i + 1, "1700000000007");
+  const char *keys[] = {j.journal, j.fence,    j.skip,
+                        j.lease,   j.replicas, j.counter};
+  size_t i = assert_eval(a, "-- Journal mode: record", keys, 6);
+  assert_int_equal(a->elements, i + 9);
+  assert_arg(a, i, "0");
+  assert_arg(a, i + 7, "1700000000001");
+  assert_arg(a, i + 8, "1700000000007");
   freeReplyObject(a);
   assert_int_equal(journal_cmd_move(&cmd, &j, due, JOURNAL_MOVE_MAX + 1),
                    UV_EINVAL);
@@ -391,7 +393,8 @@ int main(void) {
       cmocka_unit_test_setup(test_journal_write_carries_the_deadlines_due,
                              forget),
       cmocka_unit_test_setup(test_journal_commands_reuse_one_buffer, forget),
-      cmocka_unit_test_setup(test_journal_move_takes_each_due_deadline, forget),
+      cmocka_unit_test_setup(test_journal_move_alone_is_a_write_numbered_0,
+                             forget),
       cmocka_unit_test_setup(test_journal_renew_is_a_set_with_expiry, forget),
       cmocka_unit_test_setup(test_journal_adopt_and_leave_pass_prefix_and_id,
                              forget),
