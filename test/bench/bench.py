@@ -91,6 +91,25 @@ def kill_children():
                 pass
 
 
+def steal_seconds():
+    """CPU time the hypervisor gave to others while this machine's CPUs
+    wanted it (steal in /proc/stat, all CPUs), in seconds: on a shared host
+    it is the noise behind a slow round, measured rather than guessed."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / TICK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def steal_pct(steal0, t0):
+    """Steal since steal_seconds() gave steal0 at time.monotonic() t0, as a
+    percentage of one CPU."""
+    wall = max(time.monotonic() - t0, 1e-9)
+    return round(100 * (steal_seconds() - steal0) / wall, 1)
+
+
 def cpu_seconds(pids):
     """utime + stime of these processes (all their threads), in seconds."""
     total = 0
@@ -479,6 +498,7 @@ class Bench:
         rounds = []
         for r in range(a.rounds):
             row = {"round": r + 1, "loadavg": os.getloadavg()[0]}
+            steal0, t0 = steal_seconds(), time.monotonic()
             for kind in self.round_order(r):
                 srv = self.server(kind, a.incr_delay_ms)
                 res = {}
@@ -498,6 +518,9 @@ class Bench:
                     f"{res[w]['client_cpu_pct']}%, redis "
                     f"{res[w]['redis_cpu_pct']}%)"
                     for w in ("http_only", "steady")))
+            row["steal_pct"] = steal_pct(steal0, t0)
+            log(f"throughput round {r + 1}: CPU steal {row['steal_pct']}% "
+                "of one CPU")
             for w in ("http_only", "steady"):
                 row[w + "_ratio"] = round(row["gracefuld"][w]["rps"] /
                                           row["nginx"][w]["rps"], 3)
@@ -544,6 +567,7 @@ class Bench:
         rounds = []
         for r in range(a.rounds):
             row = {"round": r + 1, "loadavg": os.getloadavg()[0]}
+            steal0, t0 = steal_seconds(), time.monotonic()
             for kind in self.round_order(r):
                 srv = self.server(kind, a.incr_delay_ms)
                 try:
@@ -563,6 +587,9 @@ class Bench:
                 log(f"latency round {r + 1} {srv.name}: p50 "
                     f"{res['lat_us']['p50']} p99 {res['lat_us']['p99']} "
                     f"p99.9 {res['lat_us']['p99_9']} us")
+            row["steal_pct"] = steal_pct(steal0, t0)
+            log(f"latency round {r + 1}: CPU steal {row['steal_pct']}% of "
+                "one CPU")
             row["p99_ratio"] = round(row["gracefuld"]["lat_us"]["p99"] /
                                      row["nginx"]["lat_us"]["p99"], 3)
             # Journal mode's target is against memory mode's.
@@ -1267,6 +1294,14 @@ def table(res):
             add(f"latency at {fmt(lt['rate'])} req/s constant, journal mode, "
                 f"{label}, µs", fmt(m["journal"][q]), fmt(m["nginx"][q]),
                 ratio, "≤ 2.0× memory mode's" if q == "p99" else "")
+    for phase in ("throughput", "latency"):
+        x = res.get(phase)
+        if x and all("steal_pct" in r for r in x["rounds"]):
+            steals = [r["steal_pct"] for r in x["rounds"]]
+            add(f"host CPU steal during the {phase} rounds, % of one CPU "
+                "(hypervisor; high means noisy rounds)",
+                f"{statistics.median(steals):.1f} (rounds: " +
+                ", ".join(f"{v:.1f}" for v in steals) + ")")
     mem = res.get("memory")
     if mem:
         for name, label in (("full_speed", "full speed"),
