@@ -220,7 +220,6 @@ static void step(struct conn *c, enum conn_event e) {
   }
 }
 
-
 /* A write has stalled only when no byte has moved for the idle timeout.
  * Lingering, LINGER_MS for the client's FIN begins once the client has
  * taken everything, our FIN included: a slow reader still gets every
