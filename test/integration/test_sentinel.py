@@ -6,6 +6,7 @@ SIGKILL of the master. With REDIS_MIN_REPLICAS=1 an increment is done only
 once the replica has it, so the counter on the new master is at least the
 number of 200s; the test prints by how much it exceeds it."""
 
+import contextlib
 import http.client
 import os
 import shutil
@@ -19,7 +20,7 @@ import time
 import pytest
 
 from gracefuld_testlib import (Gracefuld, LineReader, Redis, free_port,
-                               read_http_responses, stop_process)
+                               read_http_responses, running, stop_process)
 
 MASTER = "counter-master"
 
@@ -207,21 +208,30 @@ def test_sentinels_are_asked_in_turn(cluster):
         g.stop()
 
 
+@contextlib.contextmanager
+def master_and_replica():
+    """A master and its replica, in sync; both gone afterwards."""
+    master = Redis().start()
+    replica = Redis(args=["--replicaof", "127.0.0.1", str(master.port)])
+    try:
+        replica.start()
+        wait_until("replica in sync", lambda: replication(replica).get(
+            "master_link_status", "").strip() == "up")
+        yield master, replica
+    finally:
+        master.cleanup()
+        replica.cleanup()
+
+
 def test_min_replicas_holds_increments_until_a_replica_has_them():
     """REDIS_MIN_REPLICAS=1 against a master whose replica is away: the
     increments are executed but stay pending (WAIT says 0 replicas), are
     not sent again on the same master, and are done once the replica is
     back: the counter is exact."""
-    master = Redis().start()
-    replica = Redis(args=["--replicaof", "127.0.0.1", str(master.port)])
-    replica.start()
-    g = None
-    try:
-        wait_until("replica in sync", lambda: replication(replica).get(
-            "master_link_status", "").strip() == "up")
-        g = Gracefuld(redis=master, env={
-            "REDIS_MIN_REPLICAS": "1", "REDIS_TIMEOUT_MS": "1000",
-            "INCR_DELAY_MS": "0"}).start()
+    env = {"REDIS_MIN_REPLICAS": "1", "REDIS_TIMEOUT_MS": "1000",
+           "INCR_DELAY_MS": "0"}
+    with master_and_replica() as (master, replica), \
+            running(redis=master, env=env) as g:
         g.wait_event("redis_up")
         assert g.get("/incr") == 200
         wait_until("first increment done",
@@ -241,27 +251,16 @@ def test_min_replicas_holds_increments_until_a_replica_has_them():
         summary = g.wait_event("exit")
         assert summary["done"] == 4 and summary["retried"] == 0
         assert master.counter() == 4
-    finally:
-        if g:
-            g.stop()
-        master.cleanup()
-        replica.cleanup()
 
 
 def test_journal_mode_sends_a_200_only_once_a_replica_has_the_write():
     """DURABILITY=redis with REDIS_MIN_REPLICAS=1: a 200 means the journal
     write is on a replica too. With the replica away the 200 waits (the
     master has the write already), and comes once the replica is back."""
-    master = Redis().start()
-    replica = Redis(args=["--replicaof", "127.0.0.1", str(master.port)])
-    replica.start()
-    g = None
-    try:
-        wait_until("replica in sync", lambda: replication(replica).get(
-            "master_link_status", "").strip() == "up")
-        g = Gracefuld(redis=master, env={
-            "DURABILITY": "redis", "REDIS_MIN_REPLICAS": "1",
-            "REDIS_TIMEOUT_MS": "1000", "INCR_DELAY_MS": "100"}).start()
+    env = {"DURABILITY": "redis", "REDIS_MIN_REPLICAS": "1",
+           "REDIS_TIMEOUT_MS": "1000", "INCR_DELAY_MS": "100"}
+    with master_and_replica() as (master, replica), \
+            running(redis=master, env=env) as g:
         g.wait_event("redis_up")
         assert g.get("/incr") == 200
         wait_until("first increment done",
@@ -273,10 +272,10 @@ def test_journal_mode_sends_a_200_only_once_a_replica_has_the_write():
         short = g.wait_event("redis_wait_short", start=mark)
         assert short["replicas"] == 0 and short["wanted"] == 1
         # The master holds it; no 200 yet.
-        assert int(master.cli("EVAL", "local n = 0 for _, k in ipairs("
-                              "redis.call('KEYS', 'gracefuld:journal:*')) do "
-                              "for _, v in ipairs(redis.call('HVALS', k)) do "
-                              "n = n + v end end return n", "0")) == 1
+        assert int(master.cli(
+            "EVAL", "local n = 0 for _, k in ipairs(redis.call('KEYS', "
+            "'gracefuld:journal:*')) do for _, v in ipairs(redis.call("
+            "'HVALS', k)) do n = n + v end end return n", "0")) == 1
         s.settimeout(0.5)
         with pytest.raises(socket.timeout):
             s.recv(1)
@@ -288,11 +287,6 @@ def test_journal_mode_sends_a_200_only_once_a_replica_has_the_write():
         summary = g.wait_event("exit")
         assert summary["done"] == 2 and summary["failed"] == 0
         assert master.counter() == 2
-    finally:
-        if g:
-            g.stop()
-        master.cleanup()
-        replica.cleanup()
 
 
 def test_an_address_that_is_not_a_master_is_refused_by_role(cluster):
