@@ -7,8 +7,8 @@
 #include <unistd.h>
 
 #include "log.h"
-#include "redis_error.h"
-#include "routes.h"
+#include "redis/redis_error.h"
+#include "http/routes.h"
 
 static void wind_up(struct app *app);
 

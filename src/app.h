@@ -6,11 +6,11 @@
 #include <uv.h>
 
 #include "config.h"
-#include "counter.h"
-#include "incr_queue.h"
+#include "incr/counter.h"
+#include "incr/incr_queue.h"
 #include "metrics.h"
-#include "redis_link.h"
-#include "server.h"
+#include "redis/redis_link.h"
+#include "http/server.h"
 #include "shutdown.h"
 
 /* Journal writes in flight at most: the /incr that come meanwhile wait for

@@ -12,7 +12,7 @@
 #include <sys/socket.h>
 
 #include "log.h"
-#include "redis_url.h"
+#include "redis/redis_url.h"
 
 #define CONFIG_HOST_MAX 256
 #define CONFIG_KEY_MAX 512

@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "routes.h"
+#include "http/routes.h"
 #include "shutdown.h"
 
 /* The status codes counted one by one; any other lands in the last slot. */

@@ -36,7 +36,7 @@ K8S_DIR = os.path.join(SOURCE_DIR, "k8s")
 APP = "gracefuld"
 UID = 65532
 # The binary's reconnect backoff ceiling (BACKOFF_MAX_MS in
-# src/redis_link.c): after an INCR went unanswered for REDIS_TIMEOUT_MS, the
+# src/redis/redis_link.c): after an INCR went unanswered for REDIS_TIMEOUT_MS, the
 # link waits at most this long before it connects again and resends.
 RECONNECT_BACKOFF_MAX_MS = 2000
 # Time the app needs after its own deadline to write the termination message

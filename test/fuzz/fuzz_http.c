@@ -17,9 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "http.h"
+#include "http/http.h"
 #include "metrics.h"
-#include "routes.h"
+#include "http/routes.h"
 
 #define MAX_OUTCOMES 4096
 

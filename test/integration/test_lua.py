@@ -1,4 +1,4 @@
-"""The scripts of src/lua, run against a real redis-server exactly as the
+"""The scripts of src/redis/lua, run against a real redis-server exactly as the
 binary sends them: each batch counted once however often it is sent, a
 journal write either held or fenced off for good, adoption judged by
 Redis's clock, moves that cannot count twice."""
@@ -11,7 +11,7 @@ import pytest
 
 from gracefuld_testlib import Redis
 
-LUA = os.path.join(os.environ.get("GRACEFULD_SOURCE_DIR", "."), "src", "lua")
+LUA = os.path.join(os.environ.get("GRACEFULD_SOURCE_DIR", "."), "src", "redis", "lua")
 TTL = 86400000
 
 

@@ -8,7 +8,7 @@
 
 #include <stdbool.h>
 
-#include "conn.h"
+#include "http/conn.h"
 
 struct step {
   enum conn_state from;

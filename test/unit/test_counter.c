@@ -12,8 +12,8 @@
 
 #include <hiredis/hiredis.h>
 
-#include "counter.h"
-#include "sha1.h"
+#include "incr/counter.h"
+#include "redis/sha1.h"
 
 #define MAX_SENT 64
 

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "http.h"
+#include "http/http.h"
 
 static const struct http_limits defaults = {
     .header_max_bytes = 8192,

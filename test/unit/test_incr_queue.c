@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "incr_queue.h"
+#include "incr/incr_queue.h"
 
 /* A queue without a loop: push and pop only. */
 static int setup_queue(void **state) {

@@ -13,8 +13,8 @@
 
 #include <uv.h>
 
-#include "journal.h"
-#include "sha1.h"
+#include "redis/journal.h"
+#include "redis/sha1.h"
 
 static struct journal j;
 static struct journal_cmd cmd;

@@ -8,7 +8,7 @@
 
 #include <string.h>
 
-#include "redis_error.h"
+#include "redis/redis_error.h"
 
 static enum redis_error_class classify(const char *msg) {
   return redis_error_classify(msg, strlen(msg));

@@ -9,7 +9,7 @@
 
 #include <string.h>
 
-#include "redis_url.h"
+#include "redis/redis_url.h"
 
 static struct redis_target t;
 static const char *why;

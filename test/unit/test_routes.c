@@ -8,7 +8,7 @@
 
 #include <string.h>
 
-#include "routes.h"
+#include "http/routes.h"
 
 static const struct routes_state ready = {.ready = true, .queue_full = false};
 static const struct routes_state unready = {.ready = false,

@@ -1,4 +1,4 @@
-#include "incr_queue.h"
+#include "incr/incr_queue.h"
 
 #include <stdbool.h>
 #include <stdlib.h>

@@ -1,6 +1,6 @@
 /* accept4 and SO_ATTACH_FILTER are Linux interfaces. */
 #define _GNU_SOURCE
-#include "server.h"
+#include "http/server.h"
 
 #include <stddef.h>
 #include <stdlib.h>
@@ -12,7 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "conn.h"
+#include "http/conn.h"
 #include "log.h"
 
 #define CONN_RBUF 4096

@@ -6,7 +6,7 @@
 
 #include <stdbool.h>
 
-#include "http.h"
+#include "http/http.h"
 
 enum route {
   ROUTE_INCR,

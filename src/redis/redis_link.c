@@ -1,11 +1,11 @@
-#include "redis_link.h"
+#include "redis/redis_link.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "log.h"
-#include "redis_error.h"
+#include "redis/redis_error.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000

@@ -1,4 +1,4 @@
-#include "routes.h"
+#include "http/routes.h"
 
 #include <string.h>
 

@@ -18,7 +18,7 @@
 #include <uv.h>
 
 #include "config.h"
-#include "http.h"
+#include "http/http.h"
 #include "metrics.h"
 
 struct server;

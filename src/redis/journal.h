@@ -1,5 +1,5 @@
 /* The Redis side of exactly once: the keys a replica owns, the commands
- * that run the scripts of src/lua, and the decoding of their replies. Pure:
+ * that run the scripts of src/redis/lua, and the decoding of their replies. Pure:
  * no sockets, no loop, so the unit tests drive all of it.
  *
  * Memory mode sends each batch of increments that fell due together as one
@@ -44,7 +44,7 @@ struct journal_cmd {
 
 void journal_cmd_free(struct journal_cmd *cmd);
 
-/* The scripts of src/lua. */
+/* The scripts of src/redis/lua. */
 enum journal_script {
   JOURNAL_BATCH,
   JOURNAL_WRITE,

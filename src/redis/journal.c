@@ -1,4 +1,4 @@
-#include "journal.h"
+#include "redis/journal.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -7,8 +7,8 @@
 
 #include <uv.h>
 
-#include "journal_lua.h" /* generated from src/lua by CMakeLists.txt */
-#include "sha1.h"
+#include "journal_lua.h" /* generated from src/redis/lua by CMakeLists.txt */
+#include "redis/sha1.h"
 
 static const struct {
   const char *text;

@@ -1,4 +1,4 @@
-#include "conn.h"
+#include "http/conn.h"
 
 void conn_life_init(struct conn_life *l) {
   l->state = CONN_READING;

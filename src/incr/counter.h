@@ -26,8 +26,8 @@
 #include <uv.h>
 
 #include "config.h"
-#include "incr_queue.h"
-#include "journal.h"
+#include "incr/incr_queue.h"
+#include "redis/journal.h"
 #include "metrics.h"
 
 struct counter;

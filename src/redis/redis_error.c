@@ -1,4 +1,4 @@
-#include "redis_error.h"
+#include "redis/redis_error.h"
 
 #include <string.h>
 

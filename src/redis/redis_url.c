@@ -1,4 +1,4 @@
-#include "redis_url.h"
+#include "redis/redis_url.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -1,4 +1,4 @@
-#include "counter.h"
+#include "incr/counter.h"
 
 #include <stdlib.h>
 #include <string.h>
