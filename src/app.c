@@ -88,9 +88,11 @@ static void respond(struct server *srv, const struct http_request *req,
     if (r.action == ACTION_INCR) {
       take_incr(app, &r);
     } else if (r.action == ACTION_METRICS) {
-      struct metrics_gauges g = {
+      struct metrics_view g = {
+          .server = &app->server.stats,
+          .link = &app->link.stats,
+          .counter = &app->counter.stats,
           .pending = pending(app),
-          .open_connections = app->server.open,
           .redis_connected = redis_link_connected(&app->link),
           .phase = app->shutdown.phase,
       };
@@ -193,7 +195,7 @@ static void on_delay_elapsed(uv_timer_t *timer);
 static void log_phase(const struct app *app, enum shutdown_phase phase) {
   log_info("phase", LOG_STR("phase", shutdown_phase_name(phase)),
            LOG_UINT("pending", pending(app)),
-           LOG_UINT("connections", app->server.open));
+           LOG_UINT("connections", app->server.stats.open));
 }
 
 /* Performs the effects of the phase the state machine has just entered. */
@@ -342,6 +344,7 @@ static void write_termination_log(const struct app *app, const char *text,
 static void log_summary(const struct app *app) {
   const struct shutdown *s = &app->shutdown;
   const struct metrics *m = &app->metrics;
+  const struct counter_stats *cs = &app->counter.stats;
   uint64_t now = uv_now(app->loop);
   uint64_t first_signal = s->entered[PHASE_DELAYING]
                               ? s->entered[PHASE_DELAYING]
@@ -350,12 +353,12 @@ static void log_summary(const struct app *app) {
       LOG_STR("reason", shutdown_reason_name(s->reason)),
       LOG_INT("exit_code", app->exit_code),
       LOG_UINT("accepted", m->incr_accepted),
-      LOG_UINT("done", m->incr_done),
-      LOG_UINT("retried", m->incr_retried),
-      LOG_UINT("failed", m->incr_failed),
+      LOG_UINT("done", cs->done),
+      LOG_UINT("retried", cs->retried),
+      LOG_UINT("failed", cs->failed),
       LOG_UINT("abandoned", app->abandoned),
       LOG_UINT("handed_over", app->handed_over),
-      LOG_UINT("adopted", m->journal_adopted),
+      LOG_UINT("adopted", cs->journal_adopted),
       LOG_UINT("running_ms", shutdown_phase_ms(s, PHASE_RUNNING, now)),
       LOG_UINT("delaying_ms", shutdown_phase_ms(s, PHASE_DELAYING, now)),
       LOG_UINT("draining_ms", shutdown_phase_ms(s, PHASE_DRAINING, now)),
@@ -421,7 +424,7 @@ static void wind_up(struct app *app) {
                LOG_STR("reason", reason));
   }
   app->exit_code = shutdown_exit_code(&app->shutdown, app->abandoned,
-                                      app->metrics.incr_failed);
+                                      app->counter.stats.failed);
 
   server_close(&app->server);
   incr_queue_close(&app->queue, NULL);
@@ -454,8 +457,8 @@ int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg) {
   metrics_init(&app->metrics);
   if (incr_queue_init(&app->queue, loop, on_due) != 0)
     return UV_ENOMEM;
-  server_init(&app->server, loop, cfg, &app->metrics, respond, on_drained);
-  redis_link_init(&app->link, loop, cfg, &app->metrics, &link_client);
+  server_init(&app->server, loop, cfg, respond, on_drained);
+  redis_link_init(&app->link, loop, cfg, &link_client);
   uint64_t id;
   if (uv_random(NULL, NULL, &id, sizeof id, 0, NULL) != 0)
     id = uv_hrtime() ^ (uint64_t)getpid() << 32;
@@ -463,7 +466,7 @@ int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg) {
   uint64_t wait_ms = cfg->redis_timeout_ms / 2 ? cfg->redis_timeout_ms / 2 : 1;
   int rc = counter_init(&app->counter, loop, cfg->durability, cfg->key_prefix,
                         cfg->counter_key, id, cfg->lease_ms, cfg->min_replicas,
-                        wait_ms, &app->queue, &app->metrics, &transport,
+                        wait_ms, &app->queue, &transport,
                         &counter_events);
   if (rc)
     return rc;

@@ -1,6 +1,7 @@
 #include "metrics.h"
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,32 +25,44 @@ void metrics_count_requests(struct metrics *m, enum route r, uint16_t status,
   m->requests[r][slot] += n;
 }
 
-void metrics_observe_write(struct metrics *m, uint64_t n) {
-  int b = 0;
-  for (uint64_t le = 1; b < METRICS_WRITE_BUCKETS - 1 && n > le; le *= 4)
-    b++;
-  m->write_sizes[b]++;
-  m->write_size_sum += n;
-}
-
 void metrics_count_request(struct metrics *m, enum route r, uint16_t status) {
   metrics_count_requests(m, r, status, 1);
 }
 
+/* The text being rendered: a buffer that grows; failed once memory ran
+ * out, and then NULL when done. */
 struct buf {
   char *p;
   size_t len;
   size_t cap;
+  bool failed;
 };
 
 __attribute__((format(printf, 2, 3))) static void emit(struct buf *b,
                                                        const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
-  va_end(ap);
-  if (n > 0)
-    b->len += (size_t)n < b->cap - b->len ? (size_t)n : b->cap - b->len - 1;
+  for (int tries = 0; !b->failed && tries < 2; tries++) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+      b->failed = true;
+      return;
+    }
+    if ((size_t)n < b->cap - b->len) {
+      b->len += (size_t)n;
+      return;
+    }
+    size_t cap = 2 * b->cap > b->len + (size_t)n + 1 ? 2 * b->cap
+                                                     : b->len + (size_t)n + 1;
+    char *p = realloc(b->p, cap);
+    if (!p) {
+      b->failed = true;
+      return;
+    }
+    b->p = p;
+    b->cap = cap;
+  }
 }
 
 static void family(struct buf *b, const char *name, const char *type,
@@ -58,11 +71,19 @@ static void family(struct buf *b, const char *name, const char *type,
        type);
 }
 
-#define METRICS_BUF 16384
+static void counter(struct buf *b, const char *name, uint64_t v,
+                    const char *help) {
+  family(b, name, "counter", help);
+  emit(b, "gracefuld_%s %llu\n", name, (unsigned long long)v);
+}
 
-char *metrics_render(const struct metrics *m, const struct metrics_gauges *g,
+/* The first allocation; the buffer doubles as the text needs (a render
+ * takes about 9 KiB, so growing is the usual path, and the unit tests'). */
+#define METRICS_BUF 4096
+
+char *metrics_render(const struct metrics *m, const struct metrics_view *v,
                      size_t *len) {
-  struct buf b = {malloc(METRICS_BUF), 0, METRICS_BUF};
+  struct buf b = {malloc(METRICS_BUF), 0, METRICS_BUF, false};
   if (!b.p)
     return NULL;
   b.p[0] = '\0';
@@ -74,79 +95,65 @@ char *metrics_render(const struct metrics *m, const struct metrics_gauges *g,
    * first request. */
   for (int r = 0; r < ROUTE_COUNT; r++) {
     for (int s = 0; s < METRICS_STATUSES; s++) {
-      uint64_t v = m->requests[r][s];
+      uint64_t n = m->requests[r][s];
       if (s < METRICS_STATUSES - 1)
         emit(&b,
              "gracefuld_http_requests_total{route=\"%s\",code=\"%u\"} %llu\n",
-             routes_name((enum route)r), statuses[s], (unsigned long long)v);
+             routes_name((enum route)r), statuses[s], (unsigned long long)n);
       else
         emit(
             &b,
             "gracefuld_http_requests_total{route=\"%s\",code=\"other\"} %llu\n",
-            routes_name((enum route)r), (unsigned long long)v);
+            routes_name((enum route)r), (unsigned long long)n);
     }
   }
 
-  static const struct {
-    const char *name;
-    size_t offset;
-    const char *help;
-  } counters[] = {
-      {"increments_accepted_total", offsetof(struct metrics, incr_accepted),
-       "Increments answered 200 and queued."},
-      {"increments_done_total", offsetof(struct metrics, incr_done),
-       "INCRs Redis has answered with the new count."},
-      {"increments_retried_total", offsetof(struct metrics, incr_retried),
-       "INCRs sent again after their connection broke (at-least-once)."},
-      {"increments_failed_total", offsetof(struct metrics, incr_failed),
-       "INCRs Redis answered with an error."},
-      {"redis_reconnects_total", offsetof(struct metrics, redis_reconnects),
-       "Connections to Redis made after the first."},
-      {"redis_batches_total", offsetof(struct metrics, batches),
-       "durability memory: batches of due increments sent to Redis, each one "
-       "fenced command (not counting sends again)."},
-      {"journal_writes_total", offsetof(struct metrics, journal_writes),
-       "durability redis: journal writes sent, one per loop turn with /incr."},
-      {"journal_written_increments_total",
-       offsetof(struct metrics, journal_written),
-       "durability redis: increments the journal holds, answered 200."},
-      {"journal_refused_increments_total",
-       offsetof(struct metrics, journal_refused),
-       "durability redis: increments the journal could not take, answered "
-       "503."},
-      {"journal_resolutions_total",
-       offsetof(struct metrics, journal_resolutions),
-       "durability redis: journal writes whose lost reply was asked for."},
-      {"journal_moves_total", offsetof(struct metrics, journal_moves),
-       "durability redis: moves of due increments from journal to counter."},
-      {"journal_adoptions_total", offsetof(struct metrics, journal_adoptions),
-       "durability redis: journals of replicas whose lease lapsed, taken "
-       "over."},
-      {"journal_adopted_increments_total",
-       offsetof(struct metrics, journal_adopted),
-       "durability redis: increments in the journals taken over."},
-      {"connections_accepted_total",
-       offsetof(struct metrics, connections_accepted),
-       "TCP connections accepted, those then rejected included."},
-      {"connections_rejected_total",
-       offsetof(struct metrics, connections_rejected),
-       "TCP connections closed at once: past MAX_CONNECTIONS, or no memory "
-       "for them."},
-  };
-  for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++) {
-    uint64_t v;
-    memcpy(&v, (const char *)m + counters[i].offset, sizeof v);
-    family(&b, counters[i].name, "counter", counters[i].help);
-    emit(&b, "gracefuld_%s %llu\n", counters[i].name, (unsigned long long)v);
-  }
+  const struct counter_stats *cs = v->counter;
+  counter(&b, "increments_accepted_total", m->incr_accepted,
+          "Increments answered 200 and queued.");
+  counter(&b, "increments_done_total", cs->done,
+          "Increments Redis has counted, exactly once.");
+  counter(&b, "increments_retried_total", cs->retried,
+          "durability memory: increments in batches sent again after a lost "
+          "reply (the batch's fence makes a copy count nothing).");
+  counter(&b, "increments_failed_total", cs->failed,
+          "Increments Redis refused with an error no retry can fix.");
+  counter(&b, "redis_reconnects_total", v->link->reconnects,
+          "Connections to Redis made after the first.");
+  counter(&b, "redis_batches_total", cs->batches,
+          "durability memory: batches of due increments sent to Redis, each "
+          "one fenced command (not counting sends again).");
+  counter(&b, "journal_writes_total", cs->journal_writes,
+          "durability redis: journal writes sent, one per loop turn with "
+          "/incr.");
+  counter(&b, "journal_written_increments_total", m->journal_written,
+          "durability redis: increments the journal holds, answered 200.");
+  counter(&b, "journal_refused_increments_total", m->journal_refused,
+          "durability redis: increments the journal could not take, answered "
+          "503.");
+  counter(&b, "journal_resolutions_total", cs->journal_resolutions,
+          "durability redis: journal writes whose lost reply was asked for.");
+  counter(&b, "journal_moves_total", cs->journal_moves,
+          "durability redis: moves of due increments from journal to "
+          "counter.");
+  counter(&b, "journal_adoptions_total", cs->journal_adoptions,
+          "durability redis: journals of replicas whose lease lapsed, taken "
+          "over.");
+  counter(&b, "journal_adopted_increments_total", cs->journal_adopted,
+          "durability redis: increments in the journals taken over.");
+  counter(&b, "connections_accepted_total", v->server->accepted,
+          "TCP connections accepted, those then rejected included.");
+  counter(&b, "connections_rejected_total", v->server->rejected,
+          "TCP connections closed at once: past MAX_CONNECTIONS, or no memory "
+          "for them.");
 
   family(&b, "journal_write_size", "histogram",
          "durability redis: increments per journal write (one write per loop "
          "turn with /incr).");
   uint64_t seen = 0, le = 1;
-  for (int i = 0; i < METRICS_WRITE_BUCKETS; i++, le *= 4) {
-    seen += m->write_sizes[i];
-    if (i < METRICS_WRITE_BUCKETS - 1)
+  for (int i = 0; i < COUNTER_WRITE_BUCKETS; i++, le *= 4) {
+    seen += cs->write_sizes[i];
+    if (i < COUNTER_WRITE_BUCKETS - 1)
       emit(&b, "gracefuld_journal_write_size_bucket{le=\"%llu\"} %llu\n",
            (unsigned long long)le, (unsigned long long)seen);
     else
@@ -154,25 +161,25 @@ char *metrics_render(const struct metrics *m, const struct metrics_gauges *g,
            (unsigned long long)seen);
   }
   emit(&b, "gracefuld_journal_write_size_sum %llu\n",
-       (unsigned long long)m->write_size_sum);
+       (unsigned long long)cs->write_size_sum);
   emit(&b, "gracefuld_journal_write_size_count %llu\n",
        (unsigned long long)seen);
 
   family(&b, "increments_pending", "gauge",
-         "Increments answered but not yet replied to by Redis.");
+         "Increments answered but not yet counted by Redis.");
   emit(&b, "gracefuld_increments_pending %llu\n",
-       (unsigned long long)g->pending);
+       (unsigned long long)v->pending);
   family(&b, "open_connections", "gauge",
          "HTTP connections open, those closing included.");
   emit(&b, "gracefuld_open_connections %llu\n",
-       (unsigned long long)g->open_connections);
+       (unsigned long long)v->server->open);
   family(&b, "redis_connected", "gauge", "1 while the Redis connection is up.");
-  emit(&b, "gracefuld_redis_connected %d\n", g->redis_connected ? 1 : 0);
+  emit(&b, "gracefuld_redis_connected %d\n", v->redis_connected ? 1 : 0);
   family(&b, "shutdown_phase", "gauge",
          "1 for the current phase of the shutdown state machine.");
   for (int p = 0; p < PHASE_COUNT; p++)
     emit(&b, "gracefuld_shutdown_phase{phase=\"%s\"} %d\n",
-         shutdown_phase_name((enum shutdown_phase)p), p == (int)g->phase);
+         shutdown_phase_name((enum shutdown_phase)p), p == (int)v->phase);
   /* The standard name (the Prometheus client libraries' process metrics),
    * without our prefix. */
   emit(&b,
@@ -182,6 +189,10 @@ char *metrics_render(const struct metrics *m, const struct metrics_gauges *g,
        "process_start_time_seconds %.3f\n",
        m->start_time);
 
+  if (b.failed) {
+    free(b.p);
+    return NULL;
+  }
   *len = b.len;
   return b.p;
 }

@@ -98,7 +98,7 @@ static void drop_extra(struct conn *c) {
 }
 
 static void maybe_drained(struct server *srv) {
-  if (srv->mode != SERVER_DRAINING || srv->listener_open || srv->open > 0 ||
+  if (srv->mode != SERVER_DRAINING || srv->listener_open || srv->stats.open > 0 ||
       srv->drained_reported)
     return;
   srv->drained_reported = true;
@@ -136,7 +136,7 @@ static void on_conn_close(uv_handle_t *handle) {
     srv->conns = c->next;
   if (c->next)
     c->next->prev = c->prev;
-  srv->open--;
+  srv->stats.open--;
   drop_extra(c);
   free(c);
   maybe_drained(srv);
@@ -582,8 +582,8 @@ static void reject(struct server *srv, bool busy) {
   }
   uv_tcp_init(srv->loop, tcp);
   if (uv_accept((uv_stream_t *)&srv->listener, (uv_stream_t *)tcp) == 0) {
-    srv->metrics->connections_accepted++;
-    srv->metrics->connections_rejected++;
+    srv->stats.accepted++;
+    srv->stats.rejected++;
     if (busy) {
       uv_buf_t b = uv_buf_init((char *)text, sizeof text - 1);
       uv_try_write((uv_stream_t *)tcp, &b, 1);
@@ -595,12 +595,12 @@ static void reject(struct server *srv, bool busy) {
 /* Takes an accepted connection (through accept, or an fd the final sweep
  * accepted) and starts reading it. */
 static void conn_start(struct server *srv, struct conn *c) {
-  srv->metrics->connections_accepted++;
+  srv->stats.accepted++;
   c->next = srv->conns;
   if (srv->conns)
     srv->conns->prev = c;
   srv->conns = c;
-  srv->open++;
+  srv->stats.open++;
   http_parser_init(&c->http, &srv->limits);
   uv_tcp_nodelay(&c->tcp, 1);
   if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read)) {
@@ -641,11 +641,11 @@ static void on_connection(uv_stream_t *listener, int status) {
     if (now - srv->accept_error_logged >= 1000 || !srv->accept_error_logged) {
       srv->accept_error_logged = now ? now : 1;
       log_error("accept_failed", LOG_STR("error", uv_err_name(status)),
-                LOG_UINT("open", srv->open));
+                LOG_UINT("open", srv->stats.open));
     }
     return;
   }
-  if (srv->open >= srv->cfg->max_connections) {
+  if (srv->stats.open >= srv->cfg->max_connections) {
     reject(srv, true);
     return;
   }
@@ -674,10 +674,10 @@ static void accept_queued(struct server *srv) {
     if (fd < 0)
       return; /* EAGAIN: the queue is empty; anything else ends it too */
     struct conn *c =
-        srv->open < srv->cfg->max_connections ? conn_new(srv) : NULL;
+        srv->stats.open < srv->cfg->max_connections ? conn_new(srv) : NULL;
     if (!c || uv_tcp_open(&c->tcp, fd)) {
-      srv->metrics->connections_accepted++;
-      srv->metrics->connections_rejected++;
+      srv->stats.accepted++;
+      srv->stats.rejected++;
       close(fd);
       if (c) {
         uv_close((uv_handle_t *)&c->tcp, on_unaccepted_close);
@@ -719,12 +719,11 @@ static int stop_handshakes(struct server *srv) {
 /* ---- The server --------------------------------------------------------- */
 
 void server_init(struct server *srv, uv_loop_t *loop, const struct config *cfg,
-                 struct metrics *metrics, server_respond_cb respond,
+                 server_respond_cb respond,
                  server_drained_cb on_drained) {
   memset(srv, 0, sizeof *srv);
   srv->loop = loop;
   srv->cfg = cfg;
-  srv->metrics = metrics;
   srv->respond = respond;
   srv->on_drained = on_drained;
   srv->mode = SERVER_KEEP_ALIVE;

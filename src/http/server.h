@@ -19,7 +19,6 @@
 
 #include "config.h"
 #include "http/http.h"
-#include "metrics.h"
 
 struct server;
 /* Fills resp for a complete request, or (req NULL) for one that failed with
@@ -40,17 +39,23 @@ enum server_mode {
 
 struct conn;
 
+/* The server's own counts, which /metrics reads. */
+struct server_stats {
+  uint64_t accepted; /* connections accepted, those then rejected included */
+  uint64_t rejected; /* closed at once: past MAX_CONNECTIONS, or no memory */
+  uint64_t open;     /* open now, those closing included */
+};
+
 struct server {
   uv_loop_t *loop;
   uv_tcp_t listener;
   uv_timer_t grace_timer; /* draining: the last handshakes complete */
   const struct config *cfg;
-  struct metrics *metrics;
+  struct server_stats stats;
   struct http_limits limits;
   server_respond_cb respond;
   server_drained_cb on_drained;
   struct conn *conns; /* every open connection, in a list */
-  uint64_t open;
   struct conn *held; /* connections holding a response, oldest first */
   struct conn *held_last;
   enum server_mode mode;
@@ -63,7 +68,7 @@ struct server {
 };
 
 void server_init(struct server *srv, uv_loop_t *loop, const struct config *cfg,
-                 struct metrics *metrics, server_respond_cb respond,
+                 server_respond_cb respond,
                  server_drained_cb on_drained);
 
 /* Binds and listens on cfg->listen_addr. Returns 0 or a negative UV_E*. */

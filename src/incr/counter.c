@@ -108,7 +108,6 @@ int counter_init(struct counter *c, uv_loop_t *loop, enum durability d,
                  const char *prefix, const char *counter_key,
                  uint64_t replica_id, uint64_t lease_ms, uint64_t min_replicas,
                  uint64_t wait_timeout_ms, struct incr_queue *queue,
-                 struct metrics *metrics,
                  const struct counter_transport *transport,
                  const struct counter_events *events) {
   memset(c, 0, sizeof *c);
@@ -127,7 +126,6 @@ int counter_init(struct counter *c, uv_loop_t *loop, enum durability d,
   c->wait_timeout_ms = wait_timeout_ms;
   c->lease_ms = lease_ms;
   c->queue = queue;
-  c->metrics = metrics;
   c->transport = transport;
   c->events = events;
   c->loop = loop;
@@ -206,7 +204,7 @@ static bool send_waiting(struct counter *c) {
     e->state = memory ? ENTRY_SENT : ENTRY_RESOLVING;
     if (!memory) {
       e->wait = c->waits_sent + 1; /* the WAIT after it */
-      c->metrics->journal_resolutions++;
+      c->stats.journal_resolutions++;
     }
   }
   return true;
@@ -230,7 +228,7 @@ static void send_batches(struct counter *c) {
     c->resend_from = c->batches.len;
     c->due -= n;
     c->in_batches += n;
-    c->metrics->batches++;
+    c->stats.batches++;
   }
 }
 
@@ -250,14 +248,22 @@ static void batch_finished(struct counter *c, struct entry *e) {
 
 static void count_failed(struct counter *c, uint64_t n,
                          const redisReply *reply) {
-  uint64_t before = c->metrics->incr_failed;
-  c->metrics->incr_failed += n;
+  uint64_t before = c->stats.failed;
+  c->stats.failed += n;
   /* One line for the first failures, then one per power of two. */
-  if ((before ^ c->metrics->incr_failed) > before)
-    log_error("incr_failed", LOG_UINT("failed", c->metrics->incr_failed),
+  if ((before ^ c->stats.failed) > before)
+    log_error("incr_failed", LOG_UINT("failed", c->stats.failed),
               LOG_STRN("reply",
                        reply->type == REDIS_REPLY_ERROR ? reply->str : "",
                        reply->type == REDIS_REPLY_ERROR ? reply->len : 0));
+}
+
+void counter_stats_observe_write(struct counter_stats *s, uint64_t n) {
+  int b = 0;
+  for (uint64_t le = 1; b < COUNTER_WRITE_BUCKETS - 1 && n > le; le *= 4)
+    b++;
+  s->write_sizes[b]++;
+  s->write_size_sum += n;
 }
 
 static void on_batch_reply(struct counter *c, uint64_t seq,
@@ -267,7 +273,7 @@ static void on_batch_reply(struct counter *c, uint64_t seq,
     return;
   if (!reply) {
     e->state = ENTRY_WAITING;
-    c->metrics->incr_retried += e->n;
+    c->stats.retried += e->n;
     return;
   }
   switch (journal_batch_outcome(reply)) {
@@ -278,7 +284,7 @@ static void on_batch_reply(struct counter *c, uint64_t seq,
       e->wait = c->waits_sent;
       break;
     }
-    c->metrics->incr_done += e->n;
+    c->stats.done += e->n;
     batch_finished(c, e);
     break;
   case JOURNAL_OUT_OF_ORDER:
@@ -289,7 +295,7 @@ static void on_batch_reply(struct counter *c, uint64_t seq,
   case JOURNAL_ERROR:
     if (!on_error(c, reply)) {
       e->state = ENTRY_WAITING;
-      c->metrics->incr_retried += e->n;
+      c->stats.retried += e->n;
       break;
     }
     count_failed(c, e->n, reply);
@@ -360,11 +366,11 @@ uint64_t counter_write(struct counter *c, uint64_t deadline, uint64_t n) {
   c->writes_in_flight++;
   if (k) {
     c->moving_sent = moves_end;
-    c->metrics->journal_moves++;
+    c->stats.journal_moves++;
   }
   c->in_writes += n;
-  c->metrics->journal_writes++;
-  metrics_observe_write(c->metrics, n);
+  c->stats.journal_writes++;
+  counter_stats_observe_write(&c->stats, n);
   return seq;
 }
 
@@ -475,7 +481,7 @@ static void send_moves(struct counter *c) {
         !send_cmd(c, TAG_MOVE, end))
       return;
     c->moving_sent = end;
-    c->metrics->journal_moves++;
+    c->stats.journal_moves++;
   }
 }
 
@@ -504,7 +510,7 @@ static void moves_finished(struct counter *c, uint64_t end, bool failed,
   if (failed)
     count_failed(c, n, reply);
   else
-    c->metrics->incr_done += n;
+    c->stats.done += n;
 }
 
 static void on_move_reply(struct counter *c, uint64_t end,
@@ -583,8 +589,8 @@ static void on_adopt_reply(struct counter *c, const redisReply *reply) {
   const char *id;
   size_t id_len;
   for (size_t i = 0; journal_adoption_replica(&a, i, &id, &id_len, &n); i++) {
-    c->metrics->journal_adoptions++;
-    c->metrics->journal_adopted += n;
+    c->stats.journal_adoptions++;
+    c->stats.journal_adopted += n;
     log_info("journal_adopted", LOG_STRN("from", id, id_len),
              LOG_UINT("increments", n), LOG_UINT("lease_ms", c->lease_ms));
   }
@@ -648,7 +654,7 @@ static void confirm(struct counter *c, uint64_t k) {
     if (c->durability == DURABILITY_REDIS) {
       e->state = ENTRY_HELD;
     } else {
-      c->metrics->incr_done += e->n;
+      c->stats.done += e->n;
       batch_finished(c, e);
       i = (uint64_t)-1; /* the ring may have moved on: look again */
     }
@@ -674,7 +680,7 @@ static void unconfirm(struct counter *c) {
       continue;
     e->state = ENTRY_WAITING;
     if (c->durability == DURABILITY_MEMORY)
-      c->metrics->incr_retried += e->n;
+      c->stats.retried += e->n;
   }
   c->resend_from = 0;
   c->applied.len = 0;

@@ -28,9 +28,29 @@
 #include "config.h"
 #include "incr/incr_queue.h"
 #include "redis/journal.h"
-#include "metrics.h"
 
 struct counter;
+
+/* Journal write sizes: up to 1, 4, 16, 64, 256, 1024 increments, more. */
+#define COUNTER_WRITE_BUCKETS 7
+
+/* The counter's own counts, which /metrics reads. */
+struct counter_stats {
+  uint64_t done;                /* counted by Redis (and confirmed) */
+  uint64_t retried;             /* memory: sent again after a lost reply */
+  uint64_t failed;              /* Redis refused them for good */
+  uint64_t batches;             /* memory: batches sent (first sends) */
+  uint64_t journal_writes;      /* journal writes sent */
+  uint64_t journal_resolutions; /* writes whose lost reply was asked for */
+  uint64_t journal_moves;       /* moves sent, alone or with a write */
+  uint64_t journal_adoptions;   /* journals of lapsed replicas taken over */
+  uint64_t journal_adopted;     /* increments in them */
+  uint64_t write_sizes[COUNTER_WRITE_BUCKETS]; /* journal writes by size */
+  uint64_t write_size_sum;
+};
+
+/* A journal write of n increments was sent: its size into the histogram. */
+void counter_stats_observe_write(struct counter_stats *s, uint64_t n);
 
 /* What the counter needs of a Redis connection. */
 struct counter_transport {
@@ -72,7 +92,7 @@ struct counter {
   struct journal journal;
   struct journal_cmd cmd;
   struct incr_queue *queue; /* the owner's; written increments go there */
-  struct metrics *metrics;
+  struct counter_stats stats;
   const struct counter_transport *transport;
   const struct counter_events *events;
   uv_loop_t *loop;        /* NULL in unit tests: no lease timer */
@@ -118,7 +138,6 @@ int counter_init(struct counter *c, uv_loop_t *loop, enum durability d,
                  const char *prefix, const char *counter_key,
                  uint64_t replica_id, uint64_t lease_ms, uint64_t min_replicas,
                  uint64_t wait_timeout_ms, struct incr_queue *queue,
-                 struct metrics *metrics,
                  const struct counter_transport *transport,
                  const struct counter_events *events);
 

@@ -129,12 +129,11 @@ static uint32_t next_random(struct redis_link *link) {
 }
 
 void redis_link_init(struct redis_link *link, uv_loop_t *loop,
-                     const struct config *cfg, struct metrics *metrics,
+                     const struct config *cfg,
                      const struct redis_link_client *client) {
   memset(link, 0, sizeof *link);
   link->loop = loop;
   link->cfg = cfg;
-  link->metrics = metrics;
   link->client = client;
   link->state = LINK_IDLE;
   link->rng = (uint32_t)uv_hrtime() | 1;
@@ -312,7 +311,7 @@ static void handshake_done(struct redis_link *link) {
   uv_timer_stop(&link->timer);
   link->state = LINK_READY;
   if (link->ever_ready)
-    link->metrics->redis_reconnects++;
+    link->stats.reconnects++;
   if (link->down_logged || !link->ever_ready)
     log_info(
         "redis_up", LOG_STR("addr", link->addr),

@@ -19,7 +19,6 @@
 #include <uv.h>
 
 #include "config.h"
-#include "metrics.h"
 
 enum redis_link_state {
   LINK_IDLE,       /* not started, or waiting out a backoff */
@@ -36,6 +35,11 @@ enum redis_link_state {
 };
 
 struct redis_link;
+
+/* The link's own counts, which /metrics reads. */
+struct redis_link_stats {
+  uint64_t reconnects; /* connections made after the first */
+};
 
 /* What the link tells its client. */
 struct redis_link_client {
@@ -54,7 +58,7 @@ struct redis_link_client {
 struct redis_link {
   uv_loop_t *loop;
   const struct config *cfg;
-  struct metrics *metrics;
+  struct redis_link_stats stats;
   redisAsyncContext *ac;
   enum redis_link_state state;
   uv_timer_t timer; /* backoff, connect timeout or reply watchdog */
@@ -87,7 +91,7 @@ struct redis_link {
 
 /* Prepares the link (no connection yet). cfg and client must outlive it. */
 void redis_link_init(struct redis_link *link, uv_loop_t *loop,
-                     const struct config *cfg, struct metrics *metrics,
+                     const struct config *cfg,
                      const struct redis_link_client *client);
 
 /* Starts connecting; the link keeps itself connected from then on. */

@@ -77,7 +77,10 @@ static void route(struct run *run, const struct http_request *req) {
   routes_handle(req, &state, &r);
   CHECK(r.route < ROUTE_COUNT);
   if (r.action == ACTION_METRICS) {
-    struct metrics_gauges g = {.pending = run->n, .phase = PHASE_RUNNING};
+    struct server_stats srv = {0};
+    struct redis_link_stats link = {0};
+    struct counter_stats cs = {0};
+    struct metrics_view g = {&srv, &link, &cs, run->n, 0, PHASE_RUNNING};
     size_t len;
     char *body = metrics_render(&metrics, &g, &len);
     CHECK(body != NULL && len > 0 && strlen(body) == len);

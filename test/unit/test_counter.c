@@ -25,7 +25,6 @@ struct sent {
 struct fixture {
   struct counter c;
   struct incr_queue q;
-  struct metrics m;
   struct sent sent[MAX_SENT];
   size_t nsent;
   size_t next_reply; /* the oldest sent command not answered yet */
@@ -84,9 +83,8 @@ static int setup(void **state, enum durability d) {
   struct fixture *f = calloc(1, sizeof *f);
   if (!f || incr_queue_init(&f->q, NULL, NULL) != 0)
     return -1;
-  metrics_init(&f->m);
   if (counter_init(&f->c, NULL, d, "gd:", "counter", 0x1234, 3000, 0, 0, &f->q,
-                   &f->m, &transport, &events) != 0)
+                   &transport, &events) != 0)
     return -1;
   *state = f;
   return 0;
@@ -182,7 +180,7 @@ static void test_counter_sends_what_fell_due_as_one_batch(void **state) {
   assert_int_equal(argv_u64(&f->sent[0], 1), 5); /* increments */
   assert_int_equal(counter_pending(&f->c), 5);
   reply_int(f, 1);
-  assert_int_equal(f->m.incr_done, 5);
+  assert_int_equal(f->c.stats.done, 5);
   assert_int_equal(counter_pending(&f->c), 0);
   assert_true(f->idle > 0);
 }
@@ -205,7 +203,7 @@ test_counter_sends_a_lost_batch_again_with_its_number(void **state) {
   counter_add_due(&f->c, 3);
   counter_add_due(&f->c, 4);
   connection_breaks(f);
-  assert_int_equal(f->m.incr_retried, 7);
+  assert_int_equal(f->c.stats.retried, 7);
   counter_add_due(&f->c, 1); /* while down: a batch of its own later */
   counter_on_ready(&f->c);
   assert_int_equal(f->nsent, 5);
@@ -217,7 +215,7 @@ test_counter_sends_a_lost_batch_again_with_its_number(void **state) {
   reply_int(f, 0); /* applied before the break: done, not counted again */
   reply_int(f, 1);
   reply_int(f, 1);
-  assert_int_equal(f->m.incr_done, 8);
+  assert_int_equal(f->c.stats.done, 8);
   assert_int_equal(counter_pending(&f->c), 0);
 }
 
@@ -230,8 +228,8 @@ test_counter_resends_in_order_after_a_transient_error(void **state) {
   reply_error(f, "BUSY Redis is busy running a script");
   reply_int(f, -1); /* its predecessor is missing: nothing applied */
   assert_true(f->retired > 0);
-  assert_int_equal(f->m.incr_done, 0);
-  assert_int_equal(f->m.incr_failed, 0);
+  assert_int_equal(f->c.stats.done, 0);
+  assert_int_equal(f->c.stats.failed, 0);
   counter_on_down(&f->c);
   counter_on_ready(&f->c);
   assert_int_equal(f->nsent, 4);
@@ -239,7 +237,7 @@ test_counter_resends_in_order_after_a_transient_error(void **state) {
   assert_int_equal(argv_u64(&f->sent[3], 0), 2);
   reply_int(f, 1);
   reply_int(f, 1);
-  assert_int_equal(f->m.incr_done, 5);
+  assert_int_equal(f->c.stats.done, 5);
 }
 
 static void test_counter_fails_a_batch_no_retry_can_fix(void **state) {
@@ -249,8 +247,8 @@ static void test_counter_fails_a_batch_no_retry_can_fix(void **state) {
   counter_add_due(&f->c, 3);
   reply_error(f, "WRONGTYPE Operation against a key holding the wrong kind");
   reply_int(f, 1);
-  assert_int_equal(f->m.incr_failed, 2);
-  assert_int_equal(f->m.incr_done, 3);
+  assert_int_equal(f->c.stats.failed, 2);
+  assert_int_equal(f->c.stats.done, 3);
   assert_int_equal(f->retired, 0);
   assert_int_equal(counter_pending(&f->c), 0);
   counter_add_due(&f->c, 1);
@@ -374,7 +372,7 @@ static void test_counter_moves_due_runs_and_again_if_lost(void **state) {
   counter_turn_end(&f->c);
   assert_true(moves_alone(f, &f->sent[7]));
   reply_write_and_moves(f, 0, 5);
-  assert_int_equal(f->m.incr_done, 5);
+  assert_int_equal(f->c.stats.done, 5);
   assert_int_equal(counter_pending(&f->c), 0);
   assert_int_equal(f->q.pending, 0);
 }
@@ -396,9 +394,9 @@ static void test_counter_moves_ride_with_the_next_write(void **state) {
   assert_true(runs(f, w, JOURNAL_WRITE));
   assert_int_equal(argv_u64(w, 0), seq);
   assert_int_equal(argv_u64(w, 7), argv_u64(&f->sent[2], 1)); /* 5000 */
-  assert_int_equal(f->m.journal_moves, 1);
+  assert_int_equal(f->c.stats.journal_moves, 1);
   reply_write_and_moves(f, 1, 2);
-  assert_int_equal(f->m.incr_done, 2);
+  assert_int_equal(f->c.stats.done, 2);
   assert_int_equal(f->nwritten, 3);
   assert_true(f->held[2]);
   assert_int_equal(counter_pending(&f->c), 0);
@@ -419,7 +417,7 @@ static void test_counter_moves_of_a_lost_write_go_again_alone(void **state) {
   assert_true(moves_alone(f, &f->sent[7]));
   reply_int(f, 1);
   reply_write_and_moves(f, 0, 2);
-  assert_int_equal(f->m.incr_done, 2);
+  assert_int_equal(f->c.stats.done, 2);
   assert_int_equal(f->nwritten, 2);
   assert_true(f->held[1]);
 }
@@ -439,8 +437,8 @@ test_counter_moves_refused_beside_a_recorded_write_fail_alone(void **state) {
   redisReply *both[] = {&w, &m};
   redisReply r = {.type = REDIS_REPLY_ARRAY, .elements = 2, .element = both};
   reply_with(f, &r);
-  assert_int_equal(f->m.incr_failed, 2);
-  assert_int_equal(f->m.incr_done, 0);
+  assert_int_equal(f->c.stats.failed, 2);
+  assert_int_equal(f->c.stats.done, 0);
   assert_true(f->held[1]); /* the write itself is in the journal */
   assert_int_equal(f->q.pending, 1);
 }
@@ -468,8 +466,8 @@ static void test_counter_queues_adopted_entries_at_their_time(void **state) {
   redisReply *top_e[] = {&who, &added};
   redisReply top = {.type = REDIS_REPLY_ARRAY, .elements = 2, .element = top_e};
   reply_with(f, &top);
-  assert_int_equal(f->m.journal_adoptions, 1);
-  assert_int_equal(f->m.journal_adopted, 9);
+  assert_int_equal(f->c.stats.journal_adoptions, 1);
+  assert_int_equal(f->c.stats.journal_adopted, 9);
   assert_int_equal(f->q.pending, 9);
   /* The monotonic clock of the test is 0 at the adoption: one entry due at
    * once, the other 1.5 s later. */

@@ -147,7 +147,7 @@ static void read_exposition(void) {
   }
 }
 
-static void render(const struct metrics *m, const struct metrics_gauges *g) {
+static void render(const struct metrics *m, const struct metrics_view *g) {
   free(text);
   text = metrics_render(m, g, &text_len);
   assert_non_null(text);
@@ -186,11 +186,26 @@ static const char *request_series(const char *route, const char *code) {
 }
 
 static struct metrics m;
-static const struct metrics_gauges idle = {0, 0, 0, PHASE_RUNNING};
+/* What the rooms count, as /metrics reads it. */
+static struct server_stats srv;
+static struct redis_link_stats link;
+static struct counter_stats cs;
+static struct metrics_view idle;
+
+/* A view of the rooms' counts with these gauges. */
+static struct metrics_view view(uint64_t pending, int redis_connected,
+                                enum shutdown_phase phase) {
+  return (struct metrics_view){&srv, &link, &cs, pending, redis_connected,
+                               phase};
+}
 
 static int setup(void **state) {
   (void)state;
   metrics_init(&m);
+  memset(&srv, 0, sizeof srv);
+  memset(&link, 0, sizeof link);
+  memset(&cs, 0, sizeof cs);
+  idle = view(0, 0, PHASE_RUNNING);
   return 0;
 }
 
@@ -272,12 +287,12 @@ static void test_metrics_counters_start_at_zero(void **state) {
 static void test_metrics_counters_render_their_values(void **state) {
   (void)state;
   m.incr_accepted = 1001;
-  m.incr_done = 1000;
-  m.incr_retried = 7;
-  m.incr_failed = 2;
-  m.redis_reconnects = 3;
-  m.connections_accepted = 55;
-  m.connections_rejected = 4;
+  cs.done = 1000;
+  cs.retried = 7;
+  cs.failed = 2;
+  link.reconnects = 3;
+  srv.accepted = 55;
+  srv.rejected = 4;
   render(&m, &idle);
   expect_sample("gracefuld_increments_accepted_total", "1001");
   expect_sample("gracefuld_increments_done_total", "1000");
@@ -347,17 +362,15 @@ static void test_metrics_every_request_series_is_rendered(void **state) {
 
 static void test_metrics_gauges_reflect_values_passed_in(void **state) {
   (void)state;
-  struct metrics_gauges g = {.pending = 123456,
-                             .open_connections = 17,
-                             .redis_connected = 1,
-                             .phase = PHASE_DRAINING};
+  struct metrics_view g = view(123456, 1, PHASE_DRAINING);
+  srv.open = 17;
   render(&m, &g);
   expect_sample("gracefuld_increments_pending", "123456");
   expect_sample("gracefuld_open_connections", "17");
   expect_sample("gracefuld_redis_connected", "1");
 
   g.pending = 0;
-  g.open_connections = 0;
+  srv.open = 0;
   g.redis_connected = 0;
   render(&m, &g);
   expect_sample("gracefuld_increments_pending", "0");
@@ -376,7 +389,7 @@ test_metrics_shutdown_phase_marks_only_the_current_one(void **state) {
   static const char *const names[] = {"running", "delaying", "draining",
                                       "flushing", "done"};
   for (int current = 0; current < PHASE_COUNT; current++) {
-    struct metrics_gauges g = {0, 0, 1, (enum shutdown_phase)current};
+    struct metrics_view g = view(0, 1, (enum shutdown_phase)current);
     render(&m, &g);
     for (int p = 0; p < PHASE_COUNT; p++) {
       char series[96];
@@ -404,14 +417,14 @@ static void test_metrics_largest_values_fit_the_buffer(void **state) {
     for (int s = 0; s < METRICS_STATUSES; s++)
       m.requests[r][s] = UINT64_MAX;
   }
-  m.incr_accepted = m.incr_done = m.incr_retried = m.incr_failed = UINT64_MAX;
-  m.redis_reconnects = UINT64_MAX;
-  m.connections_accepted = m.connections_rejected = UINT64_MAX;
-  struct metrics_gauges g = {UINT64_MAX, UINT64_MAX, 1, PHASE_FLUSHING};
+  m.incr_accepted = cs.done = cs.retried = cs.failed = UINT64_MAX;
+  link.reconnects = UINT64_MAX;
+  srv.accepted = srv.rejected = srv.open = UINT64_MAX;
+  struct metrics_view g = view(UINT64_MAX, 1, PHASE_FLUSHING);
   render(&m, &g);
   /* Nothing cut off: every series is there, through the last family. */
   assert_int_equal(n_samples, ROUTE_COUNT * METRICS_STATUSES + 15 +
-                                  METRICS_WRITE_BUCKETS + 2 + 3 + PHASE_COUNT +
+                                  COUNTER_WRITE_BUCKETS + 2 + 3 + PHASE_COUNT +
                                   1);
   expect_sample(request_series("other", "other"), "18446744073709551615");
   expect_sample("gracefuld_increments_pending", "18446744073709551615");
@@ -424,7 +437,7 @@ static void test_metrics_journal_write_sizes_are_a_histogram(void **state) {
   (void)state;
   uint64_t sizes[] = {1, 2, 4, 5, 1000, 5000};
   for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
-    metrics_observe_write(&m, sizes[i]);
+    counter_stats_observe_write(&cs, sizes[i]);
   render(&m, &idle);
   /* Cumulative, as Prometheus reads them. */
   expect_sample("gracefuld_journal_write_size_bucket{le=\"1\"}", "1");
