@@ -457,7 +457,18 @@ int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg) {
   metrics_init(&app->metrics);
   if (incr_queue_init(&app->queue, loop, on_due) != 0)
     return UV_ENOMEM;
-  server_init(&app->server, loop, cfg, respond, on_drained);
+  server_init(&app->server, loop,
+              &(struct server_options){
+                  .listen_addr = cfg->listen_addr,
+                  .max_connections = cfg->max_connections,
+                  .header_timeout_ms = cfg->header_timeout_ms,
+                  .idle_timeout_ms = cfg->idle_timeout_ms,
+                  .limits = {.header_max_bytes = cfg->header_max_bytes,
+                             .max_headers = cfg->max_headers,
+                             .url_max_bytes = cfg->url_max_bytes,
+                             .max_body_bytes = cfg->max_body_bytes},
+              },
+              respond, on_drained);
   redis_link_init(&app->link, loop, cfg, &link_client);
   uint64_t id;
   if (uv_random(NULL, NULL, &id, sizeof id, 0, NULL) != 0)

@@ -2,9 +2,10 @@
 
 #include <string.h>
 
+#include "base.h"
+
 static struct http_parser *parser_of(llhttp_t *l) {
-  return (struct http_parser *)((char *)l -
-                                offsetof(struct http_parser, llhttp));
+  return container_of(l, struct http_parser, llhttp);
 }
 
 static int refuse(struct http_parser *p, uint16_t status) {

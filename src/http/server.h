@@ -1,14 +1,7 @@
-/* The HTTP side: the listener, each connection from accept to close, keep-
- * alive, and the drain of connections at shutdown.
- *
- * Each connection owns a read buffer and a write buffer. Requests are taken
- * from the read buffer one at a time (pipelining in order) and their
- * responses gathered in the write buffer, which goes out with one
- * uv_try_write (or uv_write when the socket is full, during which the
- * connection stops reading). Its lifecycle is the state machine of conn.h.
- * Each connection has its own timer (libuv keeps timers in a min-heap, so a
- * deadline costs O(log n)): the header timeout of each request, the idle
- * timeout, a write that makes no progress, and the linger after our FIN. */
+/* The HTTP side: the listener, accepting (and refusing past
+ * max_connections), keep-alive, and the drain of connections at shutdown.
+ * Each connection, from accept to close, is a struct conn (conn_io.h),
+ * whose lifecycle is the state machine of conn.h. */
 #ifndef GRACEFULD_SERVER_H
 #define GRACEFULD_SERVER_H
 
@@ -17,7 +10,6 @@
 
 #include <uv.h>
 
-#include "config.h"
 #include "http/http.h"
 
 struct server;
@@ -39,6 +31,15 @@ enum server_mode {
 
 struct conn;
 
+/* What the server is told at init; the server keeps its own copy. */
+struct server_options {
+  struct sockaddr_storage listen_addr;
+  uint64_t max_connections;   /* open at once; past it, 503 and close */
+  uint64_t header_timeout_ms; /* for each request's head, from its start */
+  uint64_t idle_timeout_ms;   /* between requests; a write without progress */
+  struct http_limits limits;
+};
+
 /* The server's own counts, which /metrics reads. */
 struct server_stats {
   uint64_t accepted; /* connections accepted, those then rejected included */
@@ -50,13 +51,15 @@ struct server {
   uv_loop_t *loop;
   uv_tcp_t listener;
   uv_timer_t grace_timer; /* draining: the last handshakes complete */
-  const struct config *cfg;
+  struct server_options opts;
   struct server_stats stats;
-  struct http_limits limits;
   server_respond_cb respond;
   server_drained_cb on_drained;
   struct conn *conns; /* every open connection, in a list */
-  struct conn *held; /* connections holding a response, oldest first */
+  /* An index of the connections that hold a response (conn_holds), oldest
+   * first, to find them by ticket; conn_io.c keeps it in step with their
+   * states. */
+  struct conn *held;
   struct conn *held_last;
   enum server_mode mode;
   bool listener_open;
@@ -65,13 +68,17 @@ struct server {
   uv_tcp_t spare;               /* sheds a connection when memory runs out */
   bool spare_busy;              /* spare is closing */
   bool accept_waiting;          /* a connection waits for spare */
+  /* The 503 a connection past max_connections gets, formatted once. */
+  char busy_reply[HTTP_HEAD_MAX + 32];
+  size_t busy_reply_len;
 };
 
-void server_init(struct server *srv, uv_loop_t *loop, const struct config *cfg,
-                 server_respond_cb respond,
+/* Copies opts. */
+void server_init(struct server *srv, uv_loop_t *loop,
+                 const struct server_options *opts, server_respond_cb respond,
                  server_drained_cb on_drained);
 
-/* Binds and listens on cfg->listen_addr. Returns 0 or a negative UV_E*. */
+/* Binds and listens on opts.listen_addr. Returns 0 or a negative UV_E*. */
 int server_listen(struct server *srv);
 
 /* Delaying: keep serving, but close every connection after its response. */
@@ -92,5 +99,10 @@ uint64_t server_fill(struct server *srv, uint64_t ticket,
 
 /* Closes the listener, the timer and every connection at once. */
 void server_close(struct server *srv);
+
+/* For the connections (conn_io.c), not the app: c, whose handles are
+ * closed, leaves the server's list; it is freed after. Draining, the last
+ * to go ends the drain. */
+void server_conn_gone(struct server *srv, struct conn *c);
 
 #endif
