@@ -97,40 +97,16 @@ static void read_ahead(struct conn *c) {
     close_now(c);
 }
 
-/* The server's index of the connections that hold a response follows the
- * state: c is in it exactly while conn_holds. */
-static void index_held(struct conn *c) {
-  struct server *srv = c->srv;
-  c->held_prev = srv->held_last;
-  c->held_next = NULL;
-  if (srv->held_last)
-    srv->held_last->held_next = c;
-  else
-    srv->held = c;
-  srv->held_last = c;
-}
-
-static void unindex_held(struct conn *c) {
-  struct server *srv = c->srv;
-  if (c->held_prev)
-    c->held_prev->held_next = c->held_next;
-  else
-    srv->held = c->held_next;
-  if (c->held_next)
-    c->held_next->held_prev = c->held_prev;
-  else
-    srv->held_last = c->held_prev;
-  c->held_prev = c->held_next = NULL;
-}
-
 static void step(struct conn *c, enum conn_event e) {
   bool held = conn_holds(&c->life);
   unsigned fx = conn_step(&c->life, e);
+  /* The server's index of the connections that hold a response follows
+   * the state: c is in it exactly while conn_holds. */
   if (conn_holds(&c->life) != held) {
     if (held)
-      unindex_held(c);
+      list_remove(&c->srv->held, &c->in_held);
     else
-      index_held(c);
+      list_append(&c->srv->held, &c->in_held);
   }
   if (fx & CONN_DO_READ)
     read_ahead(c);

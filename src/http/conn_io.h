@@ -23,6 +23,7 @@
 
 #include "http/conn.h"
 #include "http/http.h"
+#include "http/list.h"
 #include "http/server.h"
 
 #define CONN_RBUF 4096
@@ -34,10 +35,8 @@ struct conn {
   uv_write_t write_req;
   uv_shutdown_t shutdown_req;
   struct server *srv;
-  struct conn *prev; /* the server's list of connections */
-  struct conn *next;
-  struct conn *held_prev; /* the server's index of those holding */
-  struct conn *held_next;
+  struct list_link in_server;  /* the server's list of connections */
+  struct list_link in_held;    /* the server's index of those holding */
   uint64_t ticket;             /* holding: the held response's */
   struct http_response filled; /* writing filled: to queue after the write */
   struct http_parser http;

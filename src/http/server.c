@@ -39,12 +39,7 @@ static void maybe_drained(struct server *srv) {
 }
 
 void server_conn_gone(struct server *srv, struct conn *c) {
-  if (c->prev)
-    c->prev->next = c->next;
-  else
-    srv->conns = c->next;
-  if (c->next)
-    c->next->prev = c->prev;
+  list_remove(&srv->conns, &c->in_server);
   srv->stats.open--;
   maybe_drained(srv);
 }
@@ -96,10 +91,7 @@ static void reject(struct server *srv, bool busy) {
  * accepted) into the list, and starts it. */
 static void start_conn(struct server *srv, struct conn *c) {
   srv->stats.accepted++;
-  c->next = srv->conns;
-  if (srv->conns)
-    srv->conns->prev = c;
-  srv->conns = c;
+  list_append(&srv->conns, &c->in_server);
   srv->stats.open++;
   conn_io_start(c);
 }
@@ -267,23 +259,21 @@ void server_drain(struct server *srv) {
     close_listener(srv);
   /* Idle connections end now; the others once answered (process ends
    * those it finds idle). */
-  struct conn *next;
-  for (struct conn *c = srv->conns; c; c = next) {
-    next = c->next;
-    conn_io_drain(c);
-  }
+  for (struct list_link *k = srv->conns.first; k; k = k->next)
+    conn_io_drain(container_of(k, struct conn, in_server));
 }
 
 uint64_t server_fill(struct server *srv, uint64_t ticket,
                      const struct http_response *resp) {
   uint64_t n = 0;
-  struct conn *next;
-  for (struct conn *c = srv->held; c; c = next) {
-    next = c->held_next;
+  struct list_link *next;
+  for (struct list_link *k = srv->held.first; k; k = next) {
+    next = k->next; /* filled in, c leaves the index */
+    struct conn *c = container_of(k, struct conn, in_held);
     if (c->ticket != ticket)
       continue;
     n++;
-    conn_io_fill(c, resp); /* which takes it off the index */
+    conn_io_fill(c, resp);
   }
   return n;
 }
@@ -291,8 +281,8 @@ uint64_t server_fill(struct server *srv, uint64_t ticket,
 void server_close(struct server *srv) {
   srv->mode = SERVER_CLOSED;
   close_listener(srv);
-  for (struct conn *c = srv->conns; c; c = c->next)
-    conn_io_close(c);
+  for (struct list_link *k = srv->conns.first; k; k = k->next)
+    conn_io_close(container_of(k, struct conn, in_server));
   if (!uv_is_closing((uv_handle_t *)&srv->grace_timer))
     uv_close((uv_handle_t *)&srv->grace_timer, NULL);
 }

@@ -11,6 +11,7 @@
 #include <uv.h>
 
 #include "http/http.h"
+#include "http/list.h"
 
 struct server;
 /* Fills resp for a complete request, or (req NULL) for one that failed with
@@ -55,12 +56,11 @@ struct server {
   struct server_stats stats;
   server_respond_cb respond;
   server_drained_cb on_drained;
-  struct conn *conns; /* every open connection, in a list */
+  struct list conns; /* every open connection, oldest first */
   /* An index of the connections that hold a response (conn_holds), oldest
    * first, to find them by ticket; conn_io.c keeps it in step with their
    * states. */
-  struct conn *held;
-  struct conn *held_last;
+  struct list held;
   enum server_mode mode;
   bool listener_open;
   bool drained_reported;
