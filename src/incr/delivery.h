@@ -23,7 +23,7 @@
  *   journal; each renewal also adopts the journals of replicas whose lease
  *   lapsed, into the queue.
  *
- * The lifecycle (one state, its transitions in delivery.c's `enter`):
+ * The lifecycle (one state, every transition in delivery.c's next_state):
  *   down --connection ready--> ready --connection lost--> down
  *   ready --leave sent (journal)--> leaving --answered or lost--> left
  *   down|ready --leave, nothing to send--> left

@@ -30,7 +30,7 @@ struct entry {
   enum entry_state state;
 };
 
-/* What a mode is. Every hook is called with the engine not closed. */
+/* What a mode is. Every hook but close is called with the engine open. */
 struct delivery_mode {
   size_t entry_size; /* a struct entry first */
   /* Fills the mode's part of d at init (0 or a negative error) and
