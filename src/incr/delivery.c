@@ -45,6 +45,8 @@ void delivery_ring_pop(struct delivery_ring *r) {
   r->len--;
 }
 
+void delivery_ring_unpush(struct delivery_ring *r) { r->len--; }
+
 void delivery_ring_free(struct delivery_ring *r) {
   free(r->buf);
   r->buf = NULL;

@@ -131,7 +131,7 @@ uint64_t delivery_write(struct delivery *d, uint64_t deadline, uint64_t n) {
   if (!w)
     return 0;
   if (!delivery_send(d, TAG_WRITE, seq)) {
-    d->entries.len--;
+    delivery_ring_unpush(&d->entries);
     return 0;
   }
   *w = (struct write){

@@ -48,7 +48,7 @@ static void memory_send(struct delivery *d) {
     if (!e)
       return; /* sent on a later turn */
     if (!send_batch(d, seq, n)) {
-      d->entries.len--;
+      delivery_ring_unpush(&d->entries);
       return;
     }
     *e = (struct entry){.n = n, .state = ENTRY_SENT};

@@ -77,6 +77,8 @@ void *delivery_ring_at(const struct delivery_ring *r, uint64_t i);
 /* A new slot at the end, or NULL when out of memory. */
 void *delivery_ring_push(struct delivery_ring *r);
 void delivery_ring_pop(struct delivery_ring *r);
+/* Takes back the slot delivery_ring_push just gave (nothing was sent). */
+void delivery_ring_unpush(struct delivery_ring *r);
 void delivery_ring_free(struct delivery_ring *r);
 
 /* Whether commands can be sent: a connection is ready, not yet left. */
