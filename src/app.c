@@ -6,62 +6,26 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "base.h"
 #include "log.h"
 #include "redis/redis_error.h"
-#include "http/routes.h"
 
 static void wind_up(struct app *app);
-
-static struct app *app_of_queue(struct incr_queue *q) {
-  return (struct app *)((char *)q - offsetof(struct app, queue));
-}
 
 static struct app *app_of_link(const struct redis_link *link) {
   return (struct app *)((char *)link - offsetof(struct app, link));
 }
 
-static struct app *app_of_counter(struct counter *c) {
-  return (struct app *)((char *)c - offsetof(struct app, counter));
-}
-
 /* Increments answered but not yet counted by Redis: queued, due, or in a
  * command not yet answered. */
 static uint64_t pending(const struct app *app) {
-  return app->queue.pending + counter_pending(&app->counter);
+  return app->queue.pending + delivery_pending(&app->delivery);
 }
 
 /* ---- Requests ----------------------------------------------------------- */
 
-static struct app *app_of_server(struct server *srv) {
-  return (struct app *)((char *)srv - offsetof(struct app, server));
-}
-
-/* The answer to an /incr the journal could not take: nothing was
- * recorded, and a retry may succeed. */
-static const struct http_response not_recorded = {
-    .status = 503,
-    .extra_headers = "Retry-After: 1\r\n",
-    .body = "not recorded, try again\n",
-    .body_len = sizeof "not recorded, try again\n" - 1,
-};
-
-/* Memory mode: queued at once, answered 200 at once. Journal mode: held
- * for the next journal write (see on_turn_end), or 503 at once when no
- * write can be sent. */
-static void take_incr(struct app *app, struct route_result *r) {
-  if (app->cfg->durability == DURABILITY_REDIS) {
-    if (!counter_can_write(&app->counter)) {
-      r->response = not_recorded;
-      app->metrics.journal_refused++;
-      return;
-    }
-    app->incr_ok = r->response;
-    if (app->turn_n++ == 0)
-      app->turn = ++app->tickets;
-    r->response.held = true;
-    r->response.ticket = app->turn;
-    return;
-  }
+/* Memory mode: queued at once, answered 200 at once. */
+static void take_now(struct app *app, struct route_result *r) {
   uint64_t deadline = uv_now(app->loop) + app->cfg->incr_delay_ms;
   if (incr_queue_push(&app->queue, deadline) == 0) {
     app->metrics.incr_accepted++;
@@ -71,27 +35,48 @@ static void take_incr(struct app *app, struct route_result *r) {
   }
 }
 
+/* Journal mode: held for the turn's journal write, or 503 at once when no
+ * write can be sent. */
+static void take_held(struct app *app, struct route_result *r) {
+  if (!commit_take(&app->commit, &r->response))
+    app->metrics.journal_refused++;
+}
+
+/* The held /incr of ticket are answered: 200 when the journal holds them,
+ * 503 when it does not. */
+static void fill_held(struct commit *cm, uint64_t ticket, uint64_t n, bool held,
+                      const struct http_response *resp) {
+  struct app *app = container_of(cm, struct app, commit);
+  uint64_t filled = server_fill(&app->server, ticket, resp);
+  metrics_count_requests(&app->metrics, ROUTE_INCR, resp->status, filled);
+  if (held) {
+    app->metrics.incr_accepted += n;
+    app->metrics.journal_written += n;
+  } else {
+    app->metrics.journal_refused += n;
+  }
+}
+
 static void respond(struct server *srv, const struct http_request *req,
                     uint16_t error_status, struct http_response *resp) {
-  struct app *app = app_of_server(srv);
+  struct app *app = container_of(srv, struct app, server);
   struct route_result r;
   if (!req) {
     routes_error(error_status, &r);
   } else {
     struct routes_state state = {
         .ready = app->link.ever_ready && app->shutdown.phase == PHASE_RUNNING,
-        .queue_full = pending(app) + app->turn_n +
-                          counter_unresolved_increments(&app->counter) >=
+        .queue_full = pending(app) + commit_holding(&app->commit) >=
                       app->cfg->max_pending,
     };
     routes_handle(req, &state, &r);
     if (r.action == ACTION_INCR) {
-      take_incr(app, &r);
+      app->take_incr(app, &r);
     } else if (r.action == ACTION_METRICS) {
       struct metrics_view g = {
           .server = &app->server.stats,
           .link = &app->link.stats,
-          .counter = &app->counter.stats,
+          .counter = &app->delivery.stats,
           .pending = pending(app),
           .redis_connected = redis_link_connected(&app->link),
           .phase = app->shutdown.phase,
@@ -113,72 +98,6 @@ static void respond(struct server *srv, const struct http_request *req,
   if (!r.response.held) /* counted when filled in */
     metrics_count_request(&app->metrics, r.route, r.response.status);
   *resp = r.response;
-}
-
-/* ---- Journal mode: a group commit of each loop turn's /incr -------------- */
-
-/* A slot for one more write in flight; the caller checked there is one. */
-static struct app_write *app_write_push(struct app *app) {
-  uint64_t i = (app->writes_head + app->writes_len++) % APP_WRITES_MAX;
-  return &app->writes[i];
-}
-
-/* Answers the held /incr of ticket: 200 when the journal holds them, 503
- * when it does not. */
-static void fill_turn(struct app *app, uint64_t ticket, uint64_t n, bool held) {
-  const struct http_response *resp = held ? &app->incr_ok : &not_recorded;
-  uint64_t filled = server_fill(&app->server, ticket, resp);
-  metrics_count_requests(&app->metrics, ROUTE_INCR, resp->status, filled);
-  if (held) {
-    app->metrics.incr_accepted += n;
-    app->metrics.journal_written += n;
-  } else {
-    app->metrics.journal_refused += n;
-  }
-}
-
-/* After the loop has run every callback of this turn: the /incr it held go
- * to Redis as one journal write. While APP_WRITES_MAX writes are in flight
- * the turn stays open, and the /incr of the turns that follow join it: one
- * write carries all that came during the round trip (a group commit), so
- * that under load writes grow rather than multiply. With no connection
- * ready they are answered 503 at once, which lets their connections parse
- * what follows; that may open a new turn, written (or answered) too. */
-static void write_turn(struct app *app) {
-  while (app->turn_n > 0) {
-    bool can = counter_can_write(&app->counter);
-    if (can && app->writes_len >= APP_WRITES_MAX)
-      return; /* joined by the next turns, written when one is answered */
-    uint64_t ticket = app->turn, n = app->turn_n;
-    app->turn_n = 0;
-    uint64_t deadline = uv_now(app->loop) + app->cfg->incr_delay_ms;
-    uint64_t seq = can ? counter_write(&app->counter, deadline, n) : 0;
-    if (!seq) {
-      fill_turn(app, ticket, n, false);
-      continue;
-    }
-    *app_write_push(app) = (struct app_write){seq, ticket, n};
-  }
-}
-
-/* Moves that fell due ride with the turn's write, or go alone after it. */
-static void on_turn_end(uv_check_t *check) {
-  struct app *app = check->data;
-  write_turn(app);
-  counter_turn_end(&app->counter);
-}
-
-static void on_written(struct counter *c, uint64_t seq, bool held) {
-  struct app *app = app_of_counter(c);
-  if (app->writes_len == 0)
-    return;
-  struct app_write w = app->writes[app->writes_head];
-  /* In write order, one for each write sent (counter.h). */
-  if (w.seq != seq)
-    return;
-  app->writes_head = (app->writes_head + 1) % APP_WRITES_MAX;
-  app->writes_len--;
-  fill_turn(app, w.ticket, w.n, held);
 }
 
 /* ---- Shutdown phases ---------------------------------------------------- */
@@ -239,60 +158,66 @@ static void on_deadline(uv_timer_t *timer) {
 }
 
 static void on_drained(struct server *srv) {
-  struct app *app = app_of_server(srv);
+  struct app *app = container_of(srv, struct app, server);
   perform(app, shutdown_connections_closed(&app->shutdown, uv_now(app->loop)));
 }
 
 static void on_due(struct incr_queue *q, uint64_t now) {
-  struct counter *c = &app_of_queue(q)->counter;
-  if (c->durability == DURABILITY_MEMORY)
-    counter_add_due(c, incr_queue_pop_due(q, now));
-  else
-    counter_due(c, now);
+  delivery_due(&container_of(q, struct app, queue)->delivery, now);
 }
 
-/* ---- Redis: the link carries what the counter sends --------------------- */
+/* ---- Redis: the link carries what the engine sends ---------------------- */
 
-static int transport_send(struct counter *c, const char *cmd, size_t len,
+static struct app *app_of_delivery(struct delivery *d) {
+  return container_of(d, struct app, delivery);
+}
+
+static int transport_send(struct delivery *d, const char *cmd, size_t len,
                           uint64_t tag) {
-  return redis_link_send(&app_of_counter(c)->link, cmd, len, tag);
+  return redis_link_send(&app_of_delivery(d)->link, cmd, len, tag);
 }
 
-static void transport_retire(struct counter *c, const char *why, size_t len) {
-  redis_link_retire(&app_of_counter(c)->link, why, len);
+static void transport_retire(struct delivery *d, const char *why, size_t len) {
+  redis_link_retire(&app_of_delivery(d)->link, why, len);
 }
 
 static bool error_is_permanent(const char *err, size_t len) {
   return redis_error_classify(err, len) == REDIS_ERROR_PERMANENT;
 }
 
-static void on_counter_idle(struct counter *c) { advance(app_of_counter(c)); }
+static void on_written(struct delivery *d, uint64_t seq, bool held) {
+  commit_written(&app_of_delivery(d)->commit, seq, held);
+}
 
-static void wind_up_done(struct app *app);
+static void on_delivery_idle(struct delivery *d) {
+  advance(app_of_delivery(d));
+}
 
-static void on_left(struct counter *c) { wind_up_done(app_of_counter(c)); }
+static void wound_up(struct app *app);
+
+static void on_left(struct delivery *d) { wound_up(app_of_delivery(d)); }
 
 static void on_link_ready(struct redis_link *link) {
-  counter_on_ready(&app_of_link(link)->counter);
+  delivery_on_ready(&app_of_link(link)->delivery);
 }
 
 static void on_link_reply(struct redis_link *link, uint64_t tag,
                           const redisReply *reply) {
-  counter_on_reply(&app_of_link(link)->counter, tag, reply);
+  delivery_on_reply(&app_of_link(link)->delivery, tag, reply);
 }
 
 static void on_link_down(struct redis_link *link) {
-  counter_on_down(&app_of_link(link)->counter);
+  delivery_on_down(&app_of_link(link)->delivery);
 }
 
 static uint64_t link_pending(const struct redis_link *link) {
   return pending(app_of_link(link));
 }
 
-static const struct counter_transport transport = {
+static const struct delivery_transport transport = {
     transport_send, transport_retire, error_is_permanent};
-static const struct counter_events counter_events = {on_written,
-                                                     on_counter_idle, on_left};
+static const struct delivery_events delivery_events = {
+    on_written, on_delivery_idle, on_left};
 static const struct redis_link_client link_client = {
     on_link_ready, on_link_reply, on_link_down, link_pending};
 
@@ -344,7 +269,7 @@ static void write_termination_log(const struct app *app, const char *text,
 static void log_summary(const struct app *app) {
   const struct shutdown *s = &app->shutdown;
   const struct metrics *m = &app->metrics;
-  const struct counter_stats *cs = &app->counter.stats;
+  const struct counter_stats *cs = &app->delivery.stats;
   uint64_t now = uv_now(app->loop);
   uint64_t first_signal = s->entered[PHASE_DELAYING]
                               ? s->entered[PHASE_DELAYING]
@@ -400,63 +325,109 @@ static void close_signals(struct app *app) {
   sigprocmask(SIG_SETMASK, &old, NULL);
 }
 
-/* Gives up what is still pending (memory mode) or leaves it in the journal
- * for another replica (journal mode), closes every handle so that uv_run
- * returns, and reports. */
-static void wind_up(struct app *app) {
-  if (uv_is_closing((uv_handle_t *)&app->sigterm))
-    return;
-  uint64_t now = uv_now(app->loop);
-  if (app->shutdown.phase != PHASE_DONE)
-    shutdown_fail(&app->shutdown, now);
+/* ---- The wind-up: running -> winding up -> wound up ---------------------
+ * Once the shutdown phases are over (done), or the process gives up, the
+ * app winds up in two steps: every handle but the Redis link's is closed,
+ * and the engine leaves (journal mode: the lease and an empty journal are
+ * given up, so that another replica adopts what it still holds at once);
+ * once it has left, the link is closed and the run summed up, and uv_run
+ * returns. */
+
+/* What is still pending is given up (memory mode) or left in the journal
+ * for another replica (journal mode). */
+static void count_leftovers(struct app *app) {
   const char *reason = shutdown_reason_name(app->shutdown.reason);
-  if (app->cfg->durability == DURABILITY_REDIS) {
+  uint64_t n = pending(app);
+  if (delivery_hands_over(&app->delivery)) {
     /* Redis holds them: nothing is lost, whoever adopts the journal counts
      * them. */
-    app->handed_over = pending(app);
-    if (app->handed_over)
-      log_warn("handed_over", LOG_UINT("increments", app->handed_over),
+    app->handed_over = n;
+    if (n)
+      log_warn("handed_over", LOG_UINT("increments", n),
                LOG_STR("reason", reason));
   } else {
-    app->abandoned = pending(app);
-    if (app->abandoned)
-      log_warn("abandoned", LOG_UINT("increments", app->abandoned),
+    app->abandoned = n;
+    if (n)
+      log_warn("abandoned", LOG_UINT("increments", n),
                LOG_STR("reason", reason));
   }
-  app->exit_code = shutdown_exit_code(&app->shutdown, app->abandoned,
-                                      app->counter.stats.failed);
+}
 
+/* running -> winding up. */
+static void wind_up(struct app *app) {
+  if (app->state != APP_RUNNING)
+    return;
+  app->state = APP_WINDING_UP;
+  if (app->shutdown.phase != PHASE_DONE)
+    shutdown_fail(&app->shutdown, uv_now(app->loop));
+  count_leftovers(app);
+  app->exit_code = shutdown_exit_code(&app->shutdown, app->abandoned,
+                                      app->delivery.stats.failed);
   server_close(&app->server);
   incr_queue_close(&app->queue, NULL);
   close_signals(app);
   close_handle((uv_handle_t *)&app->delay_timer);
   close_handle((uv_handle_t *)&app->deadline_timer);
-  close_handle((uv_handle_t *)&app->turn_check);
-  /* Journal mode: the lease goes first (on_left), so that what the journal
-   * still holds is adopted at once; memory mode has nothing to say. */
-  counter_leave(&app->counter);
+  commit_close(&app->commit);
+  delivery_leave(&app->delivery); /* on_left: at once, or once answered */
 }
 
-static void wind_up_done(struct app *app) {
-  if (app->wound_up)
+/* winding up -> wound up: the engine has left. */
+static void wound_up(struct app *app) {
+  if (app->state != APP_WINDING_UP)
     return;
-  app->wound_up = true;
+  app->state = APP_WOUND_UP;
   redis_link_close(&app->link);
-  counter_close(&app->counter);
+  delivery_close(&app->delivery);
   log_summary(app);
 }
 
 /* ---- Construction ------------------------------------------------------- */
 
-int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg) {
+/* SIGTERM and SIGINT shut down; SIGHUP is logged and ignored. Returns 0, or
+ * a negative UV_E* with the handles already opened closed. */
+static int start_signals(struct app *app) {
+  uv_signal_t *signals[] = {&app->sigterm, &app->sigint, &app->sighup};
+  int signums[] = {SIGTERM, SIGINT, SIGHUP};
+  int i, rc = 0;
+  for (i = 0; i < 3; i++) {
+    rc = uv_signal_init(app->loop, signals[i]);
+    if (rc)
+      goto fail;
+    signals[i]->data = app;
+    rc = uv_signal_start(signals[i], on_signal, signums[i]);
+    if (rc) {
+      i++; /* initialised: closed too */
+      goto fail;
+    }
+  }
+  return 0;
+
+fail:
+  while (i-- > 0)
+    close_handle((uv_handle_t *)signals[i]);
+  return rc;
+}
+
+static int timer_init(struct app *app, uv_timer_t *timer) {
+  int rc = uv_timer_init(app->loop, timer);
+  timer->data = app;
+  return rc;
+}
+
+int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg,
+             const char **part) {
   memset(app, 0, sizeof *app);
   app->loop = loop;
   app->cfg = cfg;
+  app->state = APP_RUNNING;
   /* A client that vanishes must cost an error code, not the process. */
   signal(SIGPIPE, SIG_IGN);
   metrics_init(&app->metrics);
-  if (incr_queue_init(&app->queue, loop, on_due) != 0)
-    return UV_ENOMEM;
+  *part = "queue";
+  int rc = incr_queue_init(&app->queue, loop, on_due);
+  if (rc)
+    goto fail;
   server_init(&app->server, loop,
               &(struct server_options){
                   .listen_addr = cfg->listen_addr,
@@ -473,34 +444,67 @@ int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg) {
   uint64_t id;
   if (uv_random(NULL, NULL, &id, sizeof id, 0, NULL) != 0)
     id = uv_hrtime() ^ (uint64_t)getpid() << 32;
-  /* WAIT's own timeout stays under the reply watchdog's. */
-  uint64_t wait_ms = cfg->redis_timeout_ms / 2 ? cfg->redis_timeout_ms / 2 : 1;
-  int rc = counter_init(&app->counter, loop, cfg->durability, cfg->key_prefix,
-                        cfg->counter_key, id, cfg->lease_ms, cfg->min_replicas,
-                        wait_ms, &app->queue, &transport,
-                        &counter_events);
-  if (rc)
-    return rc;
+  struct delivery_options opts = {
+      .durability = cfg->durability,
+      .prefix = cfg->key_prefix,
+      .counter_key = cfg->counter_key,
+      .replica_id = id,
+      .lease_ms = cfg->lease_ms,
+      .min_replicas = cfg->min_replicas,
+      /* WAIT's own timeout stays under the reply watchdog's. */
+      .wait_timeout_ms =
+          cfg->redis_timeout_ms / 2 ? cfg->redis_timeout_ms / 2 : 1,
+      .queue = &app->queue,
+      .transport = &transport,
+      .events = &delivery_events,
+  };
+  rc = delivery_init(&app->delivery, loop, &opts);
+  if (rc) {
+    *part = rc == UV_EINVAL ? "Redis keys (KEY_PREFIX or COUNTER_KEY too long)"
+                            : "delivery engine";
+    goto fail_delivery;
+  }
   shutdown_init(&app->shutdown, cfg->shutdown_delay_ms,
                 cfg->shutdown_timeout_ms, uv_now(loop));
-  uv_signal_t *signals[] = {&app->sigterm, &app->sigint, &app->sighup};
-  int signums[] = {SIGTERM, SIGINT, SIGHUP};
-  for (int i = 0; i < 3; i++) {
-    uv_signal_init(loop, signals[i]);
-    signals[i]->data = app;
-    uv_signal_start(signals[i], on_signal, signums[i]);
-  }
-  uv_timer_init(loop, &app->delay_timer);
-  app->delay_timer.data = app;
-  uv_timer_init(loop, &app->deadline_timer);
-  app->deadline_timer.data = app;
-  uv_check_init(loop, &app->turn_check);
-  app->turn_check.data = app;
+  *part = "shutdown timers";
+  rc = timer_init(app, &app->delay_timer);
+  if (rc)
+    goto fail_delay_timer;
+  rc = timer_init(app, &app->deadline_timer);
+  if (rc)
+    goto fail_deadline_timer;
+  *part = "journal commit";
+  rc = commit_init(&app->commit, loop, &app->delivery, cfg->incr_delay_ms,
+                   fill_held);
+  if (rc)
+    goto fail_commit;
+  app->take_incr = take_now;
   if (cfg->durability == DURABILITY_REDIS) {
-    uv_check_start(&app->turn_check, on_turn_end);
-    uv_unref((uv_handle_t *)&app->turn_check); /* it keeps nothing alive */
+    app->take_incr = take_held;
+    rc = commit_start(&app->commit);
+    if (rc)
+      goto fail_signals;
   }
+  *part = "signal handlers";
+  rc = start_signals(app);
+  if (rc)
+    goto fail_signals;
   return 0;
+
+fail_signals:
+  commit_close(&app->commit);
+fail_commit:
+  close_handle((uv_handle_t *)&app->deadline_timer);
+fail_deadline_timer:
+  close_handle((uv_handle_t *)&app->delay_timer);
+fail_delay_timer:
+  delivery_close(&app->delivery);
+fail_delivery:
+  redis_link_close(&app->link);
+  server_close(&app->server);
+  incr_queue_close(&app->queue, NULL);
+fail:
+  return rc;
 }
 
 int app_run(struct app *app) {

@@ -6,22 +6,21 @@
 #include <uv.h>
 
 #include "config.h"
-#include "incr/counter.h"
+#include "incr/commit.h"
+#include "incr/delivery.h"
 #include "incr/incr_queue.h"
 #include "metrics.h"
 #include "redis/redis_link.h"
+#include "http/routes.h"
 #include "http/server.h"
 #include "shutdown.h"
 
-/* Journal writes in flight at most: the /incr that come meanwhile wait for
- * the next one, which carries them all (see on_turn_end). */
-#define APP_WRITES_MAX 1
-
-/* A journal write in flight and the /incr it holds. */
-struct app_write {
-  uint64_t seq;    /* the counter's write number */
-  uint64_t ticket; /* the held responses' (server_fill) */
-  uint64_t n;
+/* The app's end, after the shutdown phases (shutdown.h draws it whole):
+ * running --wind_up--> winding up --the engine left--> wound up. */
+enum app_state {
+  APP_RUNNING,    /* serving, delaying, draining or flushing */
+  APP_WINDING_UP, /* handles closed; journal mode: the leave sent */
+  APP_WOUND_UP,   /* Redis link closed, summary logged: uv_run returns */
 };
 
 struct app {
@@ -31,7 +30,8 @@ struct app {
   struct server server;
   struct incr_queue queue;
   struct redis_link link;
-  struct counter counter;
+  struct delivery delivery;
+  struct commit commit; /* journal mode: the held 200s */
   struct shutdown shutdown;
   uv_signal_t sigterm;
   uv_signal_t sigint;
@@ -40,22 +40,18 @@ struct app {
   uv_timer_t deadline_timer; /* SHUTDOWN_TIMEOUT_MS after the first signal */
   uint64_t abandoned;        /* memory mode: pending when the process gave up */
   uint64_t handed_over;      /* journal mode: left in the journal at the end */
-  bool wound_up;
-  /* Journal mode: the /incr of the loop turn under way, held for one
-   * write (turn_n of them, ticket turn), and the writes in flight. */
-  uv_check_t turn_check;
-  uint64_t turn;
-  uint64_t turn_n;
-  uint64_t tickets;
-  struct http_response incr_ok;
-  struct app_write writes[APP_WRITES_MAX];
-  uint64_t writes_head;
-  uint64_t writes_len;
+  enum app_state state;
+  /* How an /incr is taken: queued and answered at once (memory mode), or
+   * held for the turn's journal write (journal mode). */
+  void (*take_incr)(struct app *app, struct route_result *r);
   int exit_code;
 };
 
-/* Builds the service on loop. Returns 0 or UV_ENOMEM. */
-int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg);
+/* Builds the service on loop. Returns 0, or a negative UV_E* with *part
+ * naming what could not be built; what was built is then closed, and
+ * running the loop completes its closing. */
+int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg,
+             const char **part);
 
 /* Listens, connects to Redis and runs the loop until the service is done;
  * every handle is closed when it returns. Returns the exit status:

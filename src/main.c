@@ -16,6 +16,12 @@ static void print_handle(uv_handle_t *handle, void *arg) {
             LOG_BOOL("closing", uv_is_closing(handle) != 0));
 }
 
+static int start_failed(const char *part, int rc) {
+  log_error("start_failed", LOG_STR("part", part),
+            LOG_STR("error", uv_strerror(rc)));
+  return 1;
+}
+
 int main(int argc, char **argv) {
   struct config cfg;
   char err[512];
@@ -32,9 +38,15 @@ int main(int argc, char **argv) {
 
   uv_loop_t loop;
   struct app app;
-  if (uv_loop_init(&loop) != 0 || app_init(&app, &loop, &cfg) != 0) {
-    log_error("start_failed", LOG_STR("error", "out of memory"));
-    return 1;
+  int rc = uv_loop_init(&loop);
+  if (rc)
+    return start_failed("event loop", rc);
+  const char *part;
+  rc = app_init(&app, &loop, &cfg, &part);
+  if (rc) {
+    uv_run(&loop, UV_RUN_DEFAULT); /* what was built finishes closing */
+    uv_loop_close(&loop);
+    return start_failed(part, rc);
   }
   int code = app_run(&app);
   /* Every handle was closed before uv_run returned; prove it. */

@@ -6,6 +6,16 @@
  *   running --signal, no delay-----------------------> draining
  *   draining --no connections left--> flushing --nothing pending--> done
  *   delaying|draining|flushing --deadline or second signal--> done
+ *   any --the process cannot go on (listen failed)--> done
+ *
+ * After done the app winds up (app.h's enum app_state): every handle but
+ * the Redis link's closes, and the delivery engine leaves; in journal mode
+ * that is a leave script giving up the lease and an empty journal, so that
+ * another replica adopts at once what this one still holds. Its reply (or
+ * the connection's loss) ends the wind-up: the link closes, the summary is
+ * logged, uv_run returns.
+ *
+ *   done --handles closed, leave sent--> winding up --left--> wound up
  */
 #ifndef GRACEFULD_SHUTDOWN_H
 #define GRACEFULD_SHUTDOWN_H

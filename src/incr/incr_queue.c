@@ -17,10 +17,13 @@ int incr_queue_init(struct incr_queue *q, uv_loop_t *loop,
   q->cap = INITIAL_RUNS;
   q->loop = loop;
   q->on_due = on_due;
-  if (loop) {
-    uv_timer_init(loop, &q->timer);
-    q->timer.data = q;
+  int rc = uv_timer_init(loop, &q->timer);
+  if (rc) {
+    free(q->runs);
+    q->runs = NULL;
+    return rc;
   }
+  q->timer.data = q;
   return 0;
 }
 
@@ -31,8 +34,6 @@ static uint64_t deadline_of(const struct incr_queue *q, uint64_t i) {
 }
 
 static void arm(struct incr_queue *q) {
-  if (!q->loop)
-    return;
   if (q->len == 0) {
     uv_timer_stop(&q->timer);
     return;
@@ -176,8 +177,7 @@ uint64_t incr_queue_next_deadline(const struct incr_queue *q) {
 uint64_t incr_queue_clear(struct incr_queue *q) {
   uint64_t n = q->pending;
   q->head = q->len = q->pending = 0;
-  if (q->loop)
-    uv_timer_stop(&q->timer);
+  uv_timer_stop(&q->timer);
   return n;
 }
 
@@ -189,7 +189,9 @@ static void on_timer(uv_timer_t *timer) {
 
 static void on_close(uv_handle_t *handle) {
   struct incr_queue *q = handle->data;
-  incr_queue_free(q);
+  free(q->runs);
+  q->runs = NULL;
+  q->cap = q->len = q->head = q->pending = 0;
   if (q->on_close)
     q->on_close(q);
 }
@@ -200,10 +202,4 @@ void incr_queue_close(struct incr_queue *q, void (*cb)(struct incr_queue *q)) {
     return;
   q->on_close = cb;
   uv_close((uv_handle_t *)&q->timer, on_close);
-}
-
-void incr_queue_free(struct incr_queue *q) {
-  free(q->runs);
-  q->runs = NULL;
-  q->cap = q->len = q->head = q->pending = 0;
 }

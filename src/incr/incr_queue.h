@@ -41,8 +41,8 @@ struct incr_queue {
   void (*on_close)(struct incr_queue *q);
 };
 
-/* Initialises an empty queue (its timer on loop, when loop is not NULL).
- * Returns 0 or UV_ENOMEM. */
+/* Initialises an empty queue, its timer on loop. Returns 0 or a negative
+ * UV_E* (UV_ENOMEM). */
 int incr_queue_init(struct incr_queue *q, uv_loop_t *loop,
                     incr_queue_due_cb on_due);
 
@@ -72,10 +72,7 @@ uint64_t incr_queue_next_deadline(const struct incr_queue *q);
 uint64_t incr_queue_clear(struct incr_queue *q);
 
 /* Closes the timer; the memory is released in its close callback, after
- * which cb (if not NULL) is called with q. */
+ * which cb (if not NULL) is called with q. The loop must run for that. */
 void incr_queue_close(struct incr_queue *q, void (*cb)(struct incr_queue *q));
-
-/* Releases the memory of a queue initialised without a loop. */
-void incr_queue_free(struct incr_queue *q);
 
 #endif

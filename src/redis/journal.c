@@ -218,6 +218,15 @@ int journal_cmd_leave(struct journal_cmd *cmd, struct journal *j) {
   return rc ? rc : arg_str(cmd, j->id);
 }
 
+int journal_cmd_wait(struct journal_cmd *cmd, uint64_t min_replicas,
+                     uint64_t timeout_ms) {
+  cmd->len = 0;
+  int rc = head(cmd, '*', 3);
+  rc = rc ? rc : arg_str(cmd, "WAIT");
+  rc = rc ? rc : arg_u64(cmd, min_replicas);
+  return rc ? rc : arg_u64(cmd, timeout_ms);
+}
+
 /* ---- Replies ------------------------------------------------------------ */
 
 enum journal_outcome journal_batch_outcome(const redisReply *reply) {

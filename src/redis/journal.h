@@ -1,6 +1,6 @@
 /* The Redis side of exactly once: the keys a replica owns, the commands
- * that run the scripts of src/redis/lua, and the decoding of their replies. Pure:
- * no sockets, no loop, so the unit tests drive all of it.
+ * that run the scripts of src/redis/lua, and the decoding of their replies.
+ * Pure: no sockets, no loop, so the unit tests drive all of it.
  *
  * Memory mode sends each batch of increments that fell due together as one
  * numbered, fenced INCRBY (lua/batch.lua). Journal mode records a loop
@@ -120,6 +120,10 @@ int journal_cmd_renew(struct journal_cmd *cmd, struct journal *j,
 int journal_cmd_adopt(struct journal_cmd *cmd, struct journal *j,
                       uint64_t wall_now);
 int journal_cmd_leave(struct journal_cmd *cmd, struct journal *j);
+/* WAIT min_replicas timeout_ms: REDIS_MIN_REPLICAS's confirmation of what
+ * was sent before it (no script). */
+int journal_cmd_wait(struct journal_cmd *cmd, uint64_t min_replicas,
+                     uint64_t timeout_ms);
 
 /* ---- Replies ------------------------------------------------------------ */
 

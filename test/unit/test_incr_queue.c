@@ -9,20 +9,74 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base.h"
 #include "incr/incr_queue.h"
 
-/* A queue without a loop: push and pop only. */
+#define MAX_FIRES 8
+
+struct fires {
+  int calls;
+  uint64_t n[MAX_FIRES];
+  uint64_t at[MAX_FIRES];
+  int closed;
+};
+
+/* A queue on a real loop, with a record of what its timer did. */
+struct timed {
+  uv_loop_t loop;
+  struct incr_queue q;
+  struct fires f;
+};
+
+/* The owner of q, as every owner finds itself from its queue's callback. */
+static struct fires *fires_of(struct incr_queue *q) {
+  return &container_of(q, struct timed, q)->f;
+}
+
+static void on_due(struct incr_queue *q, uint64_t now) {
+  struct fires *f = fires_of(q);
+  assert_true(f->calls < MAX_FIRES);
+  assert_int_equal(now, uv_now(q->loop));
+  f->n[f->calls] = incr_queue_pop_due(q, now);
+  assert_true(f->n[f->calls] > 0); /* it fires only when something is due */
+  f->at[f->calls] = now;
+  f->calls++;
+}
+
+static void on_closed(struct incr_queue *q) { fires_of(q)->closed++; }
+
+static int setup_timed(void **state) {
+  struct timed *t = calloc(1, sizeof *t);
+  assert_non_null(t);
+  assert_int_equal(uv_loop_init(&t->loop), 0);
+  assert_int_equal(incr_queue_init(&t->q, &t->loop, on_due), 0);
+  *state = t;
+  return 0;
+}
+
+/* Closes the queue (a test may have done so already) and asserts that
+ * nothing is left on the loop. */
+static int teardown_timed(void **state) {
+  struct timed *t = *state;
+  incr_queue_close(&t->q, NULL);
+  uv_run(&t->loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&t->loop), 0);
+  free(t);
+  return 0;
+}
+
+/* A queue whose timer is never run: push and pop only. */
 static int setup_queue(void **state) {
-  static struct incr_queue q;
-  if (incr_queue_init(&q, NULL, NULL) != 0)
-    return -1;
-  *state = &q;
+  void *t;
+  setup_timed(&t);
+  *state = &((struct timed *)t)->q;
   return 0;
 }
 
 static int teardown_queue(void **state) {
-  incr_queue_free(*state);
-  return 0;
+  struct timed *t = container_of(*state, struct timed, q);
+  *state = t;
+  return teardown_timed(state);
 }
 
 /* How many increments the test pushes at deadline d, so that runs of
@@ -234,59 +288,6 @@ static void test_queue_pending_counts_every_increment(void **state) {
 }
 
 /* ---- The timer, on a real loop ---------------------------------------- */
-
-#define MAX_FIRES 8
-
-struct fires {
-  int calls;
-  uint64_t n[MAX_FIRES];
-  uint64_t at[MAX_FIRES];
-  int closed;
-};
-
-/* A queue on a real loop, with a record of what its timer did. */
-struct timed {
-  uv_loop_t loop;
-  struct incr_queue q;
-  struct fires f;
-};
-
-/* The owner of q, as every owner finds itself from its queue's callback. */
-static struct fires *fires_of(struct incr_queue *q) {
-  return &((struct timed *)((char *)q - offsetof(struct timed, q)))->f;
-}
-
-static void on_due(struct incr_queue *q, uint64_t now) {
-  struct fires *f = fires_of(q);
-  assert_true(f->calls < MAX_FIRES);
-  assert_int_equal(now, uv_now(q->loop));
-  f->n[f->calls] = incr_queue_pop_due(q, now);
-  assert_true(f->n[f->calls] > 0); /* it fires only when something is due */
-  f->at[f->calls] = now;
-  f->calls++;
-}
-
-static void on_closed(struct incr_queue *q) { fires_of(q)->closed++; }
-
-static int setup_timed(void **state) {
-  struct timed *t = calloc(1, sizeof *t);
-  assert_non_null(t);
-  assert_int_equal(uv_loop_init(&t->loop), 0);
-  assert_int_equal(incr_queue_init(&t->q, &t->loop, on_due), 0);
-  *state = t;
-  return 0;
-}
-
-/* Closes the queue (a test may have done so already) and asserts that
- * nothing is left on the loop. */
-static int teardown_timed(void **state) {
-  struct timed *t = *state;
-  incr_queue_close(&t->q, NULL);
-  uv_run(&t->loop, UV_RUN_DEFAULT);
-  assert_int_equal(uv_loop_close(&t->loop), 0);
-  free(t);
-  return 0;
-}
 
 static void test_queue_timer_fires_on_due_at_each_deadline(void **state) {
   struct timed *t = *state;

@@ -128,9 +128,9 @@ static void test_journal_batch_is_one_fenced_eval(void **state) {
 
 static void test_journal_write_names_lease_and_replica(void **state) {
   (void)state;
-  assert_int_equal(journal_cmd_write(&cmd, &j, 7, 1700000005000ull, 33, 6,
-                                     3000, NULL, 0),
-                   0);
+  assert_int_equal(
+      journal_cmd_write(&cmd, &j, 7, 1700000005000ull, 33, 6, 3000, NULL, 0),
+      0);
   redisReply *a = parsed();
   const char *keys[] = {j.journal, j.fence,    j.skip,
                         j.lease,   j.replicas, j.counter};
@@ -159,9 +159,9 @@ static void test_journal_write_carries_the_deadlines_due(void **state) {
   assert_arg(a, i + 8, "1700000000003");
   freeReplyObject(a);
   uint64_t many[JOURNAL_MOVE_MAX + 1] = {0};
-  assert_int_equal(journal_cmd_write(&cmd, &j, 9, 1, 1, 8, 3000, many,
-                                     JOURNAL_MOVE_MAX + 1),
-                   UV_EINVAL);
+  assert_int_equal(
+      journal_cmd_write(&cmd, &j, 9, 1, 1, 8, 3000, many, JOURNAL_MOVE_MAX + 1),
+      UV_EINVAL);
 }
 
 static void test_journal_commands_reuse_one_buffer(void **state) {
@@ -226,6 +226,15 @@ static void test_journal_adopt_and_leave_pass_prefix_and_id(void **state) {
   i = assert_eval(a, "-- Journal mode: a replica stops", lkeys, 3);
   assert_arg(a, i, j.id);
   freeReplyObject(a);
+}
+
+/* The very bytes WAIT was written as by hand before the builder made it. */
+static void test_journal_wait_is_a_plain_command(void **state) {
+  (void)state;
+  assert_int_equal(journal_cmd_wait(&cmd, 2, 500), 0);
+  const char want[] = "*3\r\n$4\r\nWAIT\r\n$1\r\n2\r\n$3\r\n500\r\n";
+  assert_int_equal(cmd.len, sizeof want - 1);
+  assert_memory_equal(cmd.buf, want, cmd.len);
 }
 
 static redisReply integer(long long v) {
@@ -398,6 +407,7 @@ int main(void) {
       cmocka_unit_test_setup(test_journal_renew_is_a_set_with_expiry, forget),
       cmocka_unit_test_setup(test_journal_adopt_and_leave_pass_prefix_and_id,
                              forget),
+      cmocka_unit_test_setup(test_journal_wait_is_a_plain_command, forget),
       cmocka_unit_test_setup(test_journal_batch_replies_decode, forget),
       cmocka_unit_test_setup(test_journal_write_replies_decode, forget),
       cmocka_unit_test_setup(

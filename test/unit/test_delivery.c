@@ -1,6 +1,8 @@
-/* counter: what goes to Redis, and what each reply, lost reply or error
+/* delivery: what goes to Redis, and what each reply, lost reply or error
  * means for the increments, in both durabilities. A fake transport records
- * the commands; the test answers them as Redis would. */
+ * the commands; the test answers them as Redis would. The engine and its
+ * queue live on a real loop that the tests never run: time stands still,
+ * and the teardown proves that closing leaves nothing on it. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -12,7 +14,8 @@
 
 #include <hiredis/hiredis.h>
 
-#include "incr/counter.h"
+#include "base.h"
+#include "incr/delivery.h"
 #include "redis/sha1.h"
 
 #define MAX_SENT 64
@@ -23,7 +26,8 @@ struct sent {
 };
 
 struct fixture {
-  struct counter c;
+  uv_loop_t loop;
+  struct delivery c;
   struct incr_queue q;
   struct sent sent[MAX_SENT];
   size_t nsent;
@@ -36,11 +40,11 @@ struct fixture {
   unsigned idle, left;
 };
 
-static struct fixture *fixture_of(struct counter *c) {
-  return (struct fixture *)((char *)c - offsetof(struct fixture, c));
+static struct fixture *fixture_of(struct delivery *c) {
+  return container_of(c, struct fixture, c);
 }
 
-static int fake_send(struct counter *c, const char *cmd, size_t len,
+static int fake_send(struct delivery *c, const char *cmd, size_t len,
                      uint64_t tag) {
   struct fixture *f = fixture_of(c);
   if (f->refuse)
@@ -56,7 +60,7 @@ static int fake_send(struct counter *c, const char *cmd, size_t len,
   return 0;
 }
 
-static void fake_retire(struct counter *c, const char *why, size_t len) {
+static void fake_retire(struct delivery *c, const char *why, size_t len) {
   (void)why;
   (void)len;
   fixture_of(c)->retired++;
@@ -66,25 +70,35 @@ static bool fake_permanent(const char *err, size_t len) {
   return len >= 9 && strncmp(err, "WRONGTYPE", 9) == 0;
 }
 
-static void on_written(struct counter *c, uint64_t seq, bool held) {
+static void on_written(struct delivery *c, uint64_t seq, bool held) {
   struct fixture *f = fixture_of(c);
   f->written[f->nwritten] = seq;
   f->held[f->nwritten++] = held;
 }
 
-static void on_idle(struct counter *c) { fixture_of(c)->idle++; }
-static void on_left(struct counter *c) { fixture_of(c)->left++; }
+static void on_idle(struct delivery *c) { fixture_of(c)->idle++; }
+static void on_left(struct delivery *c) { fixture_of(c)->left++; }
 
-static const struct counter_transport transport = {fake_send, fake_retire,
-                                                   fake_permanent};
-static const struct counter_events events = {on_written, on_idle, on_left};
+static const struct delivery_transport transport = {fake_send, fake_retire,
+                                                    fake_permanent};
+static const struct delivery_events events = {on_written, on_idle, on_left};
 
 static int setup(void **state, enum durability d) {
   struct fixture *f = calloc(1, sizeof *f);
-  if (!f || incr_queue_init(&f->q, NULL, NULL) != 0)
+  if (!f || uv_loop_init(&f->loop) != 0 ||
+      incr_queue_init(&f->q, &f->loop, NULL) != 0)
     return -1;
-  if (counter_init(&f->c, NULL, d, "gd:", "counter", 0x1234, 3000, 0, 0, &f->q,
-                   &transport, &events) != 0)
+  struct delivery_options opts = {
+      .durability = d,
+      .prefix = "gd:",
+      .counter_key = "counter",
+      .replica_id = 0x1234,
+      .lease_ms = 3000,
+      .queue = &f->q,
+      .transport = &transport,
+      .events = &events,
+  };
+  if (delivery_init(&f->c, &f->loop, &opts) != 0)
     return -1;
   *state = f;
   return 0;
@@ -101,8 +115,10 @@ static int teardown(void **state) {
   struct fixture *f = *state;
   for (size_t i = 0; i < f->nsent; i++)
     freeReplyObject(f->sent[i].args);
-  counter_close(&f->c);
-  incr_queue_free(&f->q);
+  delivery_close(&f->c);
+  incr_queue_close(&f->q, NULL);
+  uv_run(&f->loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&f->loop), 0);
   free(f);
   return 0;
 }
@@ -133,7 +149,7 @@ static uint64_t argv_u64(const struct sent *s, size_t i) {
 
 static void reply_with(struct fixture *f, const redisReply *r) {
   assert_true(f->next_reply < f->nsent);
-  counter_on_reply(&f->c, f->sent[f->next_reply++].tag, r);
+  delivery_on_reply(&f->c, f->sent[f->next_reply++].tag, r);
 }
 
 static void reply_int(struct fixture *f, long long v) {
@@ -156,6 +172,14 @@ static void reply_write_and_moves(struct fixture *f, long long recorded,
   reply_with(f, &r);
 }
 
+/* Memory mode: n more increments fall due, as the queue's timer finds them. */
+static void fall_due(struct fixture *f, uint64_t n) {
+  uint64_t now = uv_now(&f->loop);
+  assert_int_equal(incr_queue_add(&f->q, now, n), 0);
+  delivery_due(&f->c, now);
+  assert_int_equal(f->q.pending, 0);
+}
+
 /* A move alone: a journal write numbered 0, which records nothing. */
 static bool moves_alone(const struct fixture *f, const struct sent *s) {
   return runs(f, s, JOURNAL_WRITE) && argv_u64(s, 0) == 0;
@@ -165,47 +189,47 @@ static bool moves_alone(const struct fixture *f, const struct sent *s) {
 static void connection_breaks(struct fixture *f) {
   while (f->next_reply < f->nsent)
     reply_with(f, NULL);
-  counter_on_down(&f->c);
+  delivery_on_down(&f->c);
 }
 
 /* ---- Memory mode -------------------------------------------------------- */
 
-static void test_counter_sends_what_fell_due_as_one_batch(void **state) {
+static void test_delivery_sends_what_fell_due_as_one_batch(void **state) {
   struct fixture *f = *state;
-  counter_on_ready(&f->c);
-  counter_add_due(&f->c, 5);
+  delivery_on_ready(&f->c);
+  fall_due(f, 5);
   assert_int_equal(f->nsent, 1);
   assert_true(runs(f, &f->sent[0], JOURNAL_BATCH));
   assert_int_equal(argv_u64(&f->sent[0], 0), 1); /* batch number */
   assert_int_equal(argv_u64(&f->sent[0], 1), 5); /* increments */
-  assert_int_equal(counter_pending(&f->c), 5);
+  assert_int_equal(delivery_pending(&f->c), 5);
   reply_int(f, 1);
   assert_int_equal(f->c.stats.done, 5);
-  assert_int_equal(counter_pending(&f->c), 0);
+  assert_int_equal(delivery_pending(&f->c), 0);
   assert_true(f->idle > 0);
 }
 
-static void test_counter_gathers_what_fell_due_while_down(void **state) {
+static void test_delivery_gathers_what_fell_due_while_down(void **state) {
   struct fixture *f = *state;
-  counter_add_due(&f->c, 1);
-  counter_add_due(&f->c, 2);
-  counter_add_due(&f->c, 3);
+  fall_due(f, 1);
+  fall_due(f, 2);
+  fall_due(f, 3);
   assert_int_equal(f->nsent, 0);
-  counter_on_ready(&f->c);
+  delivery_on_ready(&f->c);
   assert_int_equal(f->nsent, 1);
   assert_int_equal(argv_u64(&f->sent[0], 1), 6);
 }
 
 static void
-test_counter_sends_a_lost_batch_again_with_its_number(void **state) {
+test_delivery_sends_a_lost_batch_again_with_its_number(void **state) {
   struct fixture *f = *state;
-  counter_on_ready(&f->c);
-  counter_add_due(&f->c, 3);
-  counter_add_due(&f->c, 4);
+  delivery_on_ready(&f->c);
+  fall_due(f, 3);
+  fall_due(f, 4);
   connection_breaks(f);
   assert_int_equal(f->c.stats.retried, 7);
-  counter_add_due(&f->c, 1); /* while down: a batch of its own later */
-  counter_on_ready(&f->c);
+  fall_due(f, 1); /* while down: a batch of its own later */
+  delivery_on_ready(&f->c);
   assert_int_equal(f->nsent, 5);
   assert_int_equal(argv_u64(&f->sent[2], 0), 1);
   assert_int_equal(argv_u64(&f->sent[2], 1), 3);
@@ -216,22 +240,22 @@ test_counter_sends_a_lost_batch_again_with_its_number(void **state) {
   reply_int(f, 1);
   reply_int(f, 1);
   assert_int_equal(f->c.stats.done, 8);
-  assert_int_equal(counter_pending(&f->c), 0);
+  assert_int_equal(delivery_pending(&f->c), 0);
 }
 
 static void
-test_counter_resends_in_order_after_a_transient_error(void **state) {
+test_delivery_resends_in_order_after_a_transient_error(void **state) {
   struct fixture *f = *state;
-  counter_on_ready(&f->c);
-  counter_add_due(&f->c, 2);
-  counter_add_due(&f->c, 3);
+  delivery_on_ready(&f->c);
+  fall_due(f, 2);
+  fall_due(f, 3);
   reply_error(f, "BUSY Redis is busy running a script");
   reply_int(f, -1); /* its predecessor is missing: nothing applied */
   assert_true(f->retired > 0);
   assert_int_equal(f->c.stats.done, 0);
   assert_int_equal(f->c.stats.failed, 0);
-  counter_on_down(&f->c);
-  counter_on_ready(&f->c);
+  delivery_on_down(&f->c);
+  delivery_on_ready(&f->c);
   assert_int_equal(f->nsent, 4);
   assert_int_equal(argv_u64(&f->sent[2], 0), 1);
   assert_int_equal(argv_u64(&f->sent[3], 0), 2);
@@ -240,18 +264,18 @@ test_counter_resends_in_order_after_a_transient_error(void **state) {
   assert_int_equal(f->c.stats.done, 5);
 }
 
-static void test_counter_fails_a_batch_no_retry_can_fix(void **state) {
+static void test_delivery_fails_a_batch_no_retry_can_fix(void **state) {
   struct fixture *f = *state;
-  counter_on_ready(&f->c);
-  counter_add_due(&f->c, 2);
-  counter_add_due(&f->c, 3);
+  delivery_on_ready(&f->c);
+  fall_due(f, 2);
+  fall_due(f, 3);
   reply_error(f, "WRONGTYPE Operation against a key holding the wrong kind");
   reply_int(f, 1);
   assert_int_equal(f->c.stats.failed, 2);
   assert_int_equal(f->c.stats.done, 3);
   assert_int_equal(f->retired, 0);
-  assert_int_equal(counter_pending(&f->c), 0);
-  counter_add_due(&f->c, 1);
+  assert_int_equal(delivery_pending(&f->c), 0);
+  fall_due(f, 1);
   assert_int_equal(argv_u64(&f->sent[2], 0), 3); /* numbers go on */
 }
 
@@ -259,7 +283,7 @@ static void test_counter_fails_a_batch_no_retry_can_fix(void **state) {
 
 /* Answers the lease renewal and adoption sent when a connection is ready. */
 static void ready_with_lease(struct fixture *f) {
-  counter_on_ready(&f->c);
+  delivery_on_ready(&f->c);
   redisReply ok = {.type = REDIS_REPLY_STATUS, .str = "OK", .len = 2};
   reply_with(f, &ok);
   redisReply empty = {.type = REDIS_REPLY_ARRAY, .elements = 0};
@@ -268,9 +292,9 @@ static void ready_with_lease(struct fixture *f) {
   reply_with(f, &adopt);
 }
 
-static void test_counter_renews_its_lease_when_ready(void **state) {
+static void test_delivery_renews_its_lease_when_ready(void **state) {
   struct fixture *f = *state;
-  counter_on_ready(&f->c);
+  delivery_on_ready(&f->c);
   assert_int_equal(f->nsent, 2);
   assert_string_equal(f->sent[0].args->element[0]->str, "SET");
   assert_string_equal(f->sent[0].args->element[1]->str,
@@ -278,10 +302,10 @@ static void test_counter_renews_its_lease_when_ready(void **state) {
   assert_true(runs(f, &f->sent[1], JOURNAL_ADOPT));
 }
 
-static void test_counter_holds_a_write_until_redis_has_it(void **state) {
+static void test_delivery_holds_a_write_until_redis_has_it(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
-  uint64_t seq = counter_write(&f->c, 5000, 7);
+  uint64_t seq = delivery_write(&f->c, 5000, 7);
   assert_int_equal(seq, 1);
   assert_true(runs(f, &f->sent[2], JOURNAL_WRITE));
   assert_int_equal(argv_u64(&f->sent[2], 0), 1);
@@ -296,22 +320,22 @@ static void test_counter_holds_a_write_until_redis_has_it(void **state) {
   assert_int_equal(incr_queue_next_deadline(&f->q), 5000);
 }
 
-static void test_counter_refuses_a_write_with_no_connection(void **state) {
+static void test_delivery_refuses_a_write_with_no_connection(void **state) {
   struct fixture *f = *state;
-  assert_int_equal(counter_write(&f->c, 5000, 7), 0);
+  assert_int_equal(delivery_write(&f->c, 5000, 7), 0);
   assert_int_equal(f->nsent, 0);
   assert_int_equal(f->nwritten, 0);
 }
 
 static void
-test_counter_resolves_lost_writes_and_reports_in_order(void **state) {
+test_delivery_resolves_lost_writes_and_reports_in_order(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
-  counter_write(&f->c, 5000, 1);
-  counter_write(&f->c, 5001, 2);
+  delivery_write(&f->c, 5000, 1);
+  delivery_write(&f->c, 5001, 2);
   connection_breaks(f);
   assert_int_equal(f->nwritten, 0); /* their 200s wait */
-  assert_int_equal(counter_unresolved_increments(&f->c), 3);
+  assert_int_equal(delivery_unresolved(&f->c), 3);
   ready_with_lease(f); /* lease + adopt went first: resolutions follow */
   assert_int_equal(f->nsent, 4 + 2 + 2);
   assert_true(runs(f, &f->sent[6], JOURNAL_RESOLVE));
@@ -323,23 +347,23 @@ test_counter_resolves_lost_writes_and_reports_in_order(void **state) {
   assert_true(f->held[0]);
   assert_false(f->held[1]);
   assert_int_equal(f->q.pending, 1);
-  assert_int_equal(counter_unresolved_increments(&f->c), 0);
+  assert_int_equal(delivery_unresolved(&f->c), 0);
 }
 
 static void
-test_counter_reports_writes_in_order_when_outcomes_are_not(void **state) {
+test_delivery_reports_writes_in_order_when_outcomes_are_not(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
-  counter_write(&f->c, 5000, 1);
+  delivery_write(&f->c, 5000, 1);
   connection_breaks(f);
   ready_with_lease(f);
   /* The resolution fails; a write sent behind it succeeds. */
-  uint64_t later = counter_write(&f->c, 5001, 3);
+  uint64_t later = delivery_write(&f->c, 5001, 3);
   assert_int_equal(later, 2);
   reply_error(f, "BUSY Redis is busy running a script");
   reply_int(f, 1);
   assert_int_equal(f->nwritten, 0); /* write 2 waits for write 1 */
-  counter_on_down(&f->c);
+  delivery_on_down(&f->c);
   ready_with_lease(f);
   reply_int(f, 0);
   assert_int_equal(f->nwritten, 2);
@@ -349,46 +373,46 @@ test_counter_reports_writes_in_order_when_outcomes_are_not(void **state) {
   assert_true(f->held[1]);
 }
 
-static void test_counter_moves_due_runs_and_again_if_lost(void **state) {
+static void test_delivery_moves_due_runs_and_again_if_lost(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
-  counter_write(&f->c, 5000, 2);
-  counter_write(&f->c, 5003, 3);
+  delivery_write(&f->c, 5000, 2);
+  delivery_write(&f->c, 5003, 3);
   reply_int(f, 1);
   reply_int(f, 1);
-  counter_due(&f->c, 4999);
-  counter_turn_end(&f->c);
+  delivery_due(&f->c, 4999);
+  delivery_turn_end(&f->c);
   assert_int_equal(f->nsent, 4); /* nothing due yet */
-  counter_due(&f->c, 5003);
+  delivery_due(&f->c, 5003);
   assert_int_equal(f->nsent, 4); /* at the turn's end, with no write */
-  counter_turn_end(&f->c);
+  delivery_turn_end(&f->c);
   assert_int_equal(f->nsent, 5);
   assert_true(moves_alone(f, &f->sent[4]));
   uint64_t wall = argv_u64(&f->sent[4], 7);
   assert_int_equal(argv_u64(&f->sent[4], 8), wall + 3); /* both deadlines */
-  assert_int_equal(counter_pending(&f->c), 5);
+  assert_int_equal(delivery_pending(&f->c), 5);
   connection_breaks(f);
   ready_with_lease(f);
-  counter_turn_end(&f->c);
+  delivery_turn_end(&f->c);
   assert_true(moves_alone(f, &f->sent[7]));
   reply_write_and_moves(f, 0, 5);
   assert_int_equal(f->c.stats.done, 5);
-  assert_int_equal(counter_pending(&f->c), 0);
+  assert_int_equal(delivery_pending(&f->c), 0);
   assert_int_equal(f->q.pending, 0);
 }
 
-static void test_counter_moves_ride_with_the_next_write(void **state) {
+static void test_delivery_moves_ride_with_the_next_write(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
-  counter_write(&f->c, 5000, 2);
+  delivery_write(&f->c, 5000, 2);
   reply_int(f, 1);
-  counter_write(&f->c, 9000, 1); /* on its way */
-  counter_due(&f->c, 5000);
-  counter_turn_end(&f->c);
+  delivery_write(&f->c, 9000, 1); /* on its way */
+  delivery_due(&f->c, 5000);
+  delivery_turn_end(&f->c);
   assert_int_equal(f->nsent, 4); /* the next write will carry them */
   reply_int(f, 1);
-  uint64_t seq = counter_write(&f->c, 9001, 4);
-  counter_turn_end(&f->c);
+  uint64_t seq = delivery_write(&f->c, 9001, 4);
+  delivery_turn_end(&f->c);
   assert_int_equal(f->nsent, 5);
   const struct sent *w = &f->sent[4];
   assert_true(runs(f, w, JOURNAL_WRITE));
@@ -399,20 +423,20 @@ static void test_counter_moves_ride_with_the_next_write(void **state) {
   assert_int_equal(f->c.stats.done, 2);
   assert_int_equal(f->nwritten, 3);
   assert_true(f->held[2]);
-  assert_int_equal(counter_pending(&f->c), 0);
+  assert_int_equal(delivery_pending(&f->c), 0);
   assert_int_equal(f->q.pending, 5); /* the two later writes */
 }
 
-static void test_counter_moves_of_a_lost_write_go_again_alone(void **state) {
+static void test_delivery_moves_of_a_lost_write_go_again_alone(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
-  counter_write(&f->c, 5000, 2);
+  delivery_write(&f->c, 5000, 2);
   reply_int(f, 1);
-  counter_due(&f->c, 5000);
-  counter_write(&f->c, 9000, 1); /* carries the move */
+  delivery_due(&f->c, 5000);
+  delivery_write(&f->c, 9000, 1); /* carries the move */
   connection_breaks(f);
   ready_with_lease(f);
-  counter_turn_end(&f->c); /* the write is resolved, the move sent again */
+  delivery_turn_end(&f->c); /* the write is resolved, the move sent again */
   assert_true(runs(f, &f->sent[6], JOURNAL_RESOLVE));
   assert_true(moves_alone(f, &f->sent[7]));
   reply_int(f, 1);
@@ -423,17 +447,17 @@ static void test_counter_moves_of_a_lost_write_go_again_alone(void **state) {
 }
 
 static void
-test_counter_moves_refused_beside_a_recorded_write_fail_alone(void **state) {
+test_delivery_moves_refused_beside_a_recorded_write_fail_alone(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
-  counter_write(&f->c, 5000, 2);
+  delivery_write(&f->c, 5000, 2);
   reply_int(f, 1);
-  counter_due(&f->c, 5000);
-  counter_write(&f->c, 9000, 1);
+  delivery_due(&f->c, 5000);
+  delivery_write(&f->c, 9000, 1);
   redisReply w = {.type = REDIS_REPLY_INTEGER, .integer = 1};
   const char *err = "WRONGTYPE Operation against a key holding the wrong kind";
-  redisReply m = {.type = REDIS_REPLY_ERROR, .str = (char *)err,
-                  .len = strlen(err)};
+  redisReply m = {
+      .type = REDIS_REPLY_ERROR, .str = (char *)err, .len = strlen(err)};
   redisReply *both[] = {&w, &m};
   redisReply r = {.type = REDIS_REPLY_ARRAY, .elements = 2, .element = both};
   reply_with(f, &r);
@@ -443,9 +467,9 @@ test_counter_moves_refused_beside_a_recorded_write_fail_alone(void **state) {
   assert_int_equal(f->q.pending, 1);
 }
 
-static void test_counter_queues_adopted_entries_at_their_time(void **state) {
+static void test_delivery_queues_adopted_entries_at_their_time(void **state) {
   struct fixture *f = *state;
-  counter_on_ready(&f->c);
+  delivery_on_ready(&f->c);
   redisReply ok = {.type = REDIS_REPLY_STATUS, .str = "OK", .len = 2};
   reply_with(f, &ok);
   uint64_t mine = argv_u64(&f->sent[1], 2); /* this clock, when asked */
@@ -469,29 +493,29 @@ static void test_counter_queues_adopted_entries_at_their_time(void **state) {
   assert_int_equal(f->c.stats.journal_adoptions, 1);
   assert_int_equal(f->c.stats.journal_adopted, 9);
   assert_int_equal(f->q.pending, 9);
-  /* The monotonic clock of the test is 0 at the adoption: one entry due at
-   * once, the other 1.5 s later. */
-  uint64_t deadline, n;
-  assert_true(incr_queue_pop_run(&f->q, 0, &deadline, &n));
+  /* The loop's clock stands still: one entry due at the adoption, the
+   * other 1.5 s later. */
+  uint64_t now = uv_now(&f->loop), deadline, n;
+  assert_true(incr_queue_pop_run(&f->q, now, &deadline, &n));
   assert_int_equal(n, 4);
-  assert_false(incr_queue_pop_run(&f->q, 1499, &deadline, &n));
-  assert_true(incr_queue_pop_run(&f->q, 1500, &deadline, &n));
+  assert_false(incr_queue_pop_run(&f->q, now + 1499, &deadline, &n));
+  assert_true(incr_queue_pop_run(&f->q, now + 1500, &deadline, &n));
   assert_int_equal(n, 5);
 }
 
-static void test_counter_leaves_once_even_if_the_reply_is_lost(void **state) {
+static void test_delivery_leaves_once_even_if_the_reply_is_lost(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
-  counter_leave(&f->c);
+  delivery_leave(&f->c);
   assert_true(runs(f, &f->sent[2], JOURNAL_LEAVE));
   assert_int_equal(f->left, 0);
   connection_breaks(f);
   assert_int_equal(f->left, 1);
-  counter_on_ready(&f->c);
+  delivery_on_ready(&f->c);
   assert_int_equal(f->nsent, 3); /* no lease taken again */
-  counter_on_down(&f->c);
+  delivery_on_down(&f->c);
   assert_int_equal(f->left, 1);
-  assert_int_equal(counter_write(&f->c, 1, 1), 0);
+  assert_int_equal(delivery_write(&f->c, 1, 1), 0);
 }
 
 #define MEMORY(t) cmocka_unit_test_setup_teardown(t, setup_memory, teardown)
@@ -499,22 +523,22 @@ static void test_counter_leaves_once_even_if_the_reply_is_lost(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      MEMORY(test_counter_sends_what_fell_due_as_one_batch),
-      MEMORY(test_counter_gathers_what_fell_due_while_down),
-      MEMORY(test_counter_sends_a_lost_batch_again_with_its_number),
-      MEMORY(test_counter_resends_in_order_after_a_transient_error),
-      MEMORY(test_counter_fails_a_batch_no_retry_can_fix),
-      JOURNAL(test_counter_renews_its_lease_when_ready),
-      JOURNAL(test_counter_holds_a_write_until_redis_has_it),
-      JOURNAL(test_counter_refuses_a_write_with_no_connection),
-      JOURNAL(test_counter_resolves_lost_writes_and_reports_in_order),
-      JOURNAL(test_counter_reports_writes_in_order_when_outcomes_are_not),
-      JOURNAL(test_counter_moves_due_runs_and_again_if_lost),
-      JOURNAL(test_counter_moves_ride_with_the_next_write),
-      JOURNAL(test_counter_moves_of_a_lost_write_go_again_alone),
-      JOURNAL(test_counter_moves_refused_beside_a_recorded_write_fail_alone),
-      JOURNAL(test_counter_queues_adopted_entries_at_their_time),
-      JOURNAL(test_counter_leaves_once_even_if_the_reply_is_lost),
+      MEMORY(test_delivery_sends_what_fell_due_as_one_batch),
+      MEMORY(test_delivery_gathers_what_fell_due_while_down),
+      MEMORY(test_delivery_sends_a_lost_batch_again_with_its_number),
+      MEMORY(test_delivery_resends_in_order_after_a_transient_error),
+      MEMORY(test_delivery_fails_a_batch_no_retry_can_fix),
+      JOURNAL(test_delivery_renews_its_lease_when_ready),
+      JOURNAL(test_delivery_holds_a_write_until_redis_has_it),
+      JOURNAL(test_delivery_refuses_a_write_with_no_connection),
+      JOURNAL(test_delivery_resolves_lost_writes_and_reports_in_order),
+      JOURNAL(test_delivery_reports_writes_in_order_when_outcomes_are_not),
+      JOURNAL(test_delivery_moves_due_runs_and_again_if_lost),
+      JOURNAL(test_delivery_moves_ride_with_the_next_write),
+      JOURNAL(test_delivery_moves_of_a_lost_write_go_again_alone),
+      JOURNAL(test_delivery_moves_refused_beside_a_recorded_write_fail_alone),
+      JOURNAL(test_delivery_queues_adopted_entries_at_their_time),
+      JOURNAL(test_delivery_leaves_once_even_if_the_reply_is_lost),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

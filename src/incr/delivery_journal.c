@@ -1,0 +1,485 @@
+/* Journal mode (DURABILITY=redis): the engine's entries are journal writes,
+ * each recording the /incr of one or more loop turns before their 200s.
+ * A write whose reply was lost is resolved (lua/journal_resolve.lua): held,
+ * or fenced off for good. Written increments wait in the queue; due runs
+ * are moved from the journal to the counter, riding with the next write or
+ * alone at a turn's end. A lease keeps other replicas from adopting the
+ * journal; its renewal adopts the journals of lapsed replicas; leaving
+ * gives it up. */
+#include <stdlib.h>
+
+#include "incr/delivery_mode.h"
+#include "log.h"
+
+enum journal_tag {
+  TAG_WRITE = 1, /* numbered by the write */
+  TAG_RESOLVE,   /* numbered by the write */
+  TAG_MOVE,      /* numbered by the absolute index past its last run */
+  TAG_RENEW,
+  TAG_ADOPT,
+  TAG_LEAVE,
+};
+
+/* An entry of the ring: one journal write. */
+struct write {
+  struct entry e;
+  uint64_t deadline;  /* monotonic ms */
+  uint64_t moves_end; /* the moves it carries end here (or 0) */
+  bool resolving;     /* ENTRY_SENT: its resolution was, not the write */
+  bool held;          /* applied: in the journal */
+};
+
+/* Increments that fell due together, to be moved. */
+struct run {
+  uint64_t deadline; /* monotonic ms */
+  uint64_t n;
+};
+
+/* Moves applied, up to end, waiting for a WAIT numbered `wait` or later. */
+struct applied_move {
+  uint64_t end;
+  uint64_t wait;
+};
+
+static struct delivery_journal *jm(struct delivery *d) { return &d->m.journal; }
+
+static void on_lease_timer(uv_timer_t *timer);
+
+static int journal_mode_init(struct delivery *d,
+                             const struct delivery_options *opts) {
+  struct delivery_journal *j = jm(d);
+  *j = (struct delivery_journal){.lease_ms = opts->lease_ms};
+  int rc = delivery_ring_init(&j->moving, sizeof(struct run));
+  if (rc)
+    goto fail;
+  rc = delivery_ring_init(&j->applied, sizeof(struct applied_move));
+  if (rc)
+    goto fail_applied;
+  rc = uv_timer_init(d->loop, &j->lease_timer);
+  if (rc)
+    goto fail_timer;
+  j->lease_timer.data = d;
+  return 0;
+
+fail_timer:
+  delivery_ring_free(&j->applied);
+fail_applied:
+  delivery_ring_free(&j->moving);
+fail:
+  return rc;
+}
+
+static void journal_mode_close(struct delivery *d) {
+  struct delivery_journal *j = jm(d);
+  if (!uv_is_closing((uv_handle_t *)&j->lease_timer))
+    uv_close((uv_handle_t *)&j->lease_timer, NULL);
+  delivery_ring_free(&j->moving);
+  delivery_ring_free(&j->applied);
+}
+
+static uint64_t journal_pending(const struct delivery *d) {
+  return d->m.journal.in_moving;
+}
+
+/* ---- Writes and their resolution ---------------------------------------- */
+
+/* The entry points below serve journal mode only; in memory mode they do
+ * nothing (d->m holds memory mode's fields). */
+static bool journal_mode(const struct delivery *d) {
+  return d->mode == &delivery_journal_mode;
+}
+
+bool delivery_can_write(const struct delivery *d) {
+  return journal_mode(d) && d->state == DELIVERY_READY &&
+         d->in_flight < DELIVERY_WINDOW;
+}
+
+uint64_t delivery_unresolved(const struct delivery *d) {
+  return journal_mode(d) ? d->m.journal.in_writes : 0;
+}
+
+/* The wall-clock deadlines of the moves not yet sent, up to
+ * JOURNAL_MOVE_MAX of them, in out; returns how many, and where they end. */
+static size_t unsent_moves(struct delivery *d, uint64_t *out, uint64_t *end) {
+  struct delivery_journal *j = jm(d);
+  uint64_t last = j->moving_head + j->moving.len;
+  uint64_t i = j->moving_sent;
+  size_t k = 0;
+  for (; i < last && k < JOURNAL_MOVE_MAX; i++, k++) {
+    const struct run *r = delivery_ring_at(&j->moving, i - j->moving_head);
+    out[k] = journal_wall(&d->journal, r->deadline);
+  }
+  *end = i;
+  return k;
+}
+
+uint64_t delivery_write(struct delivery *d, uint64_t deadline, uint64_t n) {
+  struct delivery_journal *j = jm(d);
+  if (!delivery_can_write(d))
+    return 0;
+  uint64_t seq = d->first_seq + d->entries.len;
+  /* What fell due rides with the write (delivery_turn_end otherwise). */
+  uint64_t due[JOURNAL_MOVE_MAX], moves_end;
+  size_t k = unsent_moves(d, due, &moves_end);
+  /* Writes below first_seq all have a known outcome: the fenced-off ones
+   * among them need not be remembered any more. */
+  if (journal_cmd_write(&d->cmd, &d->journal, seq,
+                        journal_wall(&d->journal, deadline), n,
+                        d->first_seq - 1, j->lease_ms, due, k))
+    return 0;
+  struct write *w = delivery_ring_push(&d->entries);
+  if (!w)
+    return 0;
+  if (!delivery_send(d, TAG_WRITE, seq)) {
+    delivery_ring_unpush(&d->entries);
+    return 0;
+  }
+  *w = (struct write){
+      .e = {.n = n, .wait = d->waits_sent + 1, .state = ENTRY_SENT},
+      .deadline = deadline,
+      .moves_end = k ? moves_end : 0};
+  j->writes_in_flight++;
+  if (k) {
+    j->moving_sent = moves_end;
+    d->stats.journal_moves++;
+  }
+  j->in_writes += n;
+  d->stats.journal_writes++;
+  counter_stats_observe_write(&d->stats, n);
+  return seq;
+}
+
+/* A lost write: what settles it is asked for. */
+static bool journal_resend(struct delivery *d, uint64_t seq, struct entry *e) {
+  if (journal_cmd_resolve(&d->cmd, &d->journal, seq) ||
+      !delivery_send(d, TAG_RESOLVE, seq))
+    return false;
+  struct write *w = (struct write *)e;
+  e->state = ENTRY_SENT;
+  e->wait = d->waits_sent + 1; /* the WAIT after it */
+  w->resolving = true;
+  d->stats.journal_resolutions++;
+  return true;
+}
+
+/* A write left the ring, in write order: reported, and held ones join the
+ * queue. */
+static void journal_settled(struct delivery *d, uint64_t seq,
+                            const struct entry *e) {
+  const struct write *w = (const struct write *)e;
+  bool held = w->held;
+  if (held && incr_queue_add(d->queue, w->deadline, e->n) != 0) {
+    /* Held by Redis, but not by this process: the journal keeps them,
+     * and whoever adopts it counts them. Answered 503 here. */
+    log_error("queue_full", LOG_UINT("increments", e->n));
+    held = false;
+  }
+  jm(d)->in_writes -= e->n;
+  d->events->on_written(d, seq, held);
+}
+
+static void on_move_reply(struct delivery *d, uint64_t end,
+                          const redisReply *reply);
+
+/* The reply to a write or to its resolution. Outcomes may come out of
+ * order (a resolution asked again behind later writes): the scripts answer
+ * each one exactly whatever the order, and the ring reports them in order
+ * (journal_settled). */
+static void on_write_reply(struct delivery *d, bool resolution, uint64_t seq,
+                           const redisReply *reply) {
+  struct delivery_journal *j = jm(d);
+  if (!resolution && j->writes_in_flight > 0)
+    j->writes_in_flight--;
+  struct write *w = (struct write *)delivery_entry(d, seq);
+  if (!w || w->e.state != ENTRY_SENT || w->resolving != resolution)
+    return;
+  enum journal_outcome outcome =
+      reply ? journal_write_outcome(reply) : JOURNAL_BAD_REPLY;
+  if (!resolution && w->moves_end) {
+    /* The moves it carried: done, refused, or (the script did not run, or
+     * the reply is lost) sent again. */
+    bool ran = outcome == JOURNAL_APPLIED || outcome == JOURNAL_NOT_APPLIED;
+    on_move_reply(d, w->moves_end, ran ? journal_write_moves(reply) : NULL);
+    w->moves_end = 0;
+  }
+  w->resolving = false;
+  if (!reply) {
+    w->e.state = ENTRY_WAITING; /* resolved on the next connection */
+    return;
+  }
+  switch (outcome) {
+  case JOURNAL_APPLIED:
+    /* A WAIT sent after the write (or its resolution) confirms it. */
+    w->held = true;
+    delivery_applied(d, &w->e, w->e.wait);
+    break;
+  case JOURNAL_NOT_APPLIED:
+    w->held = false;
+    w->e.state = ENTRY_SETTLED;
+    break;
+  case JOURNAL_ERROR:
+    if (!resolution) {
+      /* The script did not run, or stopped before its first write; its
+       * number is passed over by the next write applied. */
+      delivery_on_error(d, reply);
+      w->held = false;
+      w->e.state = ENTRY_SETTLED;
+      break;
+    }
+    /* Still unknown: asked again on a fresh connection. */
+    log_warn("journal_resolve_failed", LOG_UINT("write", seq),
+             LOG_STRN("reply", reply->str, reply->len));
+    w->e.state = ENTRY_WAITING;
+    d->transport->retire(d, reply->str, reply->len);
+    break;
+  default:
+    w->e.state = ENTRY_WAITING;
+    d->transport->retire(d, "unexpected reply", 16);
+    break;
+  }
+  delivery_settle_head(d);
+}
+
+/* ---- Moves -------------------------------------------------------------- */
+
+static void journal_due(struct delivery *d, uint64_t now) {
+  struct delivery_journal *j = jm(d);
+  uint64_t deadline, n;
+  while (incr_queue_pop_run(d->queue, now, &deadline, &n)) {
+    struct run *r = delivery_ring_push(&j->moving);
+    if (!r) {
+      /* Back where it was: moved on a later turn. */
+      incr_queue_add(d->queue, deadline, n);
+      break;
+    }
+    *r = (struct run){deadline, n};
+    j->in_moving += n;
+  }
+}
+
+/* Moves alone, when no write carried them. */
+static void send_moves(struct delivery *d) {
+  struct delivery_journal *j = jm(d);
+  uint64_t deadlines[JOURNAL_MOVE_MAX];
+  while (j->moving_sent < j->moving_head + j->moving.len &&
+         d->in_flight < DELIVERY_WINDOW) {
+    uint64_t end;
+    size_t k = unsent_moves(d, deadlines, &end);
+    if (journal_cmd_move(&d->cmd, &d->journal, deadlines, k) ||
+        !delivery_send(d, TAG_MOVE, end))
+      return;
+    j->moving_sent = end;
+    d->stats.journal_moves++;
+  }
+}
+
+void delivery_turn_end(struct delivery *d) {
+  if (!journal_mode(d) || !delivery_sending(d))
+    return;
+  /* A write on its way: the next, sent when it is answered, carries them;
+   * if none follows, that turn's end sends them. */
+  if (jm(d)->writes_in_flight == 0)
+    send_moves(d);
+  delivery_wait_if_due(d);
+}
+
+/* The moves up to end are over: done, or failed. */
+static void moves_finished(struct delivery *d, uint64_t end, bool failed,
+                           const redisReply *reply) {
+  struct delivery_journal *j = jm(d);
+  uint64_t n = 0;
+  while (j->moving_head < end) {
+    const struct run *r = delivery_ring_at(&j->moving, 0);
+    n += r->n;
+    delivery_ring_pop(&j->moving);
+    j->moving_head++;
+  }
+  j->in_moving -= n;
+  if (failed)
+    delivery_failed(d, n, reply);
+  else
+    d->stats.done += n;
+}
+
+static void on_move_reply(struct delivery *d, uint64_t end,
+                          const redisReply *reply) {
+  struct delivery_journal *j = jm(d);
+  if (end <= j->moving_replied || end > j->moving_sent)
+    return;
+  if (!reply) {
+    j->moving_sent = j->moving_replied; /* idempotent: sent again */
+    return;
+  }
+  uint64_t moved;
+  if (!journal_count_of(reply, &moved)) {
+    if (reply->type == REDIS_REPLY_ERROR && !delivery_on_error(d, reply)) {
+      j->moving_sent = j->moving_replied;
+      return;
+    }
+    /* Failed: what came before it and waits for a WAIT stays counted. */
+    j->moving_replied = end;
+    moves_finished(d, end, true, reply);
+    return;
+  }
+  uint64_t expected = 0;
+  for (uint64_t i = j->moving_replied; i < end; i++)
+    expected +=
+        ((const struct run *)delivery_ring_at(&j->moving, i - j->moving_head))
+            ->n;
+  if (moved != expected)
+    /* Fewer: another replica adopted part of this journal while this one
+     * could not renew its lease, and moves them itself. */
+    log_warn("journal_moved_elsewhere", LOG_UINT("expected", expected),
+             LOG_UINT("moved", moved));
+  j->moving_replied = end;
+  if (!d->min_replicas) {
+    moves_finished(d, end, false, NULL);
+    return;
+  }
+  struct applied_move *a = delivery_ring_push(&j->applied);
+  if (a)
+    *a = (struct applied_move){end, d->waits_sent};
+  else
+    j->moving_sent = j->moving_replied = j->moving_head; /* moved again */
+}
+
+/* ---- REDIS_MIN_REPLICAS ------------------------------------------------- */
+
+/* The writes the core settled are reported; the moves applied before WAIT
+ * k are done. */
+static void journal_confirmed(struct delivery *d, uint64_t k, uint64_t n) {
+  (void)n;
+  struct delivery_journal *j = jm(d);
+  delivery_settle_head(d);
+  while (j->applied.len > 0) {
+    const struct applied_move *a = delivery_ring_at(&j->applied, 0);
+    if (a->wait > k)
+      break;
+    moves_finished(d, a->end, false, NULL);
+    delivery_ring_pop(&j->applied);
+  }
+}
+
+/* Writes are resolved again (the core made them wait), moves moved again. */
+static void journal_unconfirmed(struct delivery *d, uint64_t n) {
+  (void)n;
+  struct delivery_journal *j = jm(d);
+  j->applied.len = 0;
+  j->moving_sent = j->moving_replied = j->moving_head;
+}
+
+/* ---- Lease, adoption, leaving ------------------------------------------- */
+
+static void renew(struct delivery *d) {
+  if (d->state != DELIVERY_READY)
+    return;
+  if (journal_cmd_renew(&d->cmd, &d->journal, jm(d)->lease_ms) == 0)
+    delivery_send(d, TAG_RENEW, 0);
+  uint64_t now = journal_wall(&d->journal, uv_now(d->loop));
+  if (journal_cmd_adopt(&d->cmd, &d->journal, now) == 0)
+    delivery_send(d, TAG_ADOPT, 0);
+}
+
+static void on_lease_timer(uv_timer_t *timer) { renew(timer->data); }
+
+/* A connection is ready: what was sent of the moves and not answered goes
+ * again, and the lease is renewed at once, then every third of it. */
+static void journal_ready(struct delivery *d) {
+  struct delivery_journal *j = jm(d);
+  j->moving_sent = j->moving_replied;
+  renew(d);
+  uint64_t period = journal_renew_period_ms(j->lease_ms);
+  uv_timer_start(&j->lease_timer, on_lease_timer, period, period);
+}
+
+static void journal_down(struct delivery *d) { jm(d)->writes_in_flight = 0; }
+
+static void on_adopt_reply(struct delivery *d, const redisReply *reply) {
+  struct journal_adoption a;
+  if (!reply)
+    return;
+  if (!journal_adoption_of(reply, &a)) {
+    log_warn("journal_adopt_failed",
+             LOG_STRN("reply",
+                      reply->type == REDIS_REPLY_ERROR ? reply->str : "",
+                      reply->type == REDIS_REPLY_ERROR ? reply->len : 0));
+    return;
+  }
+  uint64_t deadline_wall, n;
+  for (size_t i = 0; journal_adoption_entry(&a, i, &deadline_wall, &n); i++) {
+    uint64_t deadline = deadline_wall - (uint64_t)d->journal.clock_offset;
+    if (incr_queue_add(d->queue, deadline, n) != 0)
+      /* In this journal now, moved by whoever adopts it next. */
+      log_error("queue_full", LOG_UINT("increments", n));
+  }
+  const char *id;
+  size_t id_len;
+  for (size_t i = 0; journal_adoption_replica(&a, i, &id, &id_len, &n); i++) {
+    d->stats.journal_adoptions++;
+    d->stats.journal_adopted += n;
+    log_info("journal_adopted", LOG_STRN("from", id, id_len),
+             LOG_UINT("increments", n), LOG_UINT("lease_ms", jm(d)->lease_ms));
+  }
+}
+
+/* A lost leave is reported by the connection's loss (delivery.c). */
+static void on_leave_reply(struct delivery *d, const redisReply *reply) {
+  if (!reply)
+    return;
+  uint64_t n = 0;
+  if (journal_count_of(reply, &n) && n > 0)
+    log_info("journal_handed_over", LOG_UINT("increments", n));
+  delivery_left(d);
+}
+
+static bool journal_leave(struct delivery *d) {
+  uv_timer_stop(&jm(d)->lease_timer);
+  return journal_cmd_leave(&d->cmd, &d->journal) == 0 &&
+         delivery_send(d, TAG_LEAVE, 0);
+}
+
+static void journal_reply(struct delivery *d, unsigned kind, uint64_t n,
+                          const redisReply *reply) {
+  switch ((enum journal_tag)kind) {
+  case TAG_WRITE:
+  case TAG_RESOLVE:
+    on_write_reply(d, kind == TAG_RESOLVE, n, reply);
+    break;
+  case TAG_MOVE: /* a write numbered 0: only its moves' part counts */
+    on_move_reply(d, n,
+                  reply && reply->type != REDIS_REPLY_ERROR
+                      ? journal_write_moves(reply)
+                      : reply);
+    break;
+  case TAG_ADOPT:
+    on_adopt_reply(d, reply);
+    break;
+  case TAG_LEAVE:
+    on_leave_reply(d, reply);
+    break;
+  case TAG_RENEW:
+    if (reply && reply->type == REDIS_REPLY_ERROR)
+      log_warn("journal_renew_failed",
+               LOG_STRN("reply", reply->str, reply->len));
+    break;
+  }
+}
+
+const struct delivery_mode delivery_journal_mode = {
+    .entry_size = sizeof(struct write),
+    .init = journal_mode_init,
+    .close = journal_mode_close,
+    .due = journal_due,
+    .resend = journal_resend,
+    .send = NULL, /* writes: delivery_write; moves: with them, or at the
+                     turn's end */
+    .ready = journal_ready,
+    .down = journal_down,
+    .reply = journal_reply,
+    .confirmed = journal_confirmed,
+    .unconfirmed = journal_unconfirmed,
+    .settled = journal_settled,
+    .pending = journal_pending,
+    .leave = journal_leave,
+    .hands_over = true,
+};
