@@ -3,9 +3,17 @@
 #define GRACEFULD_BASE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* The struct of the given type that holds ptr as its member. */
 #define container_of(ptr, type, member)                                        \
-  ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
+  ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
+
+/* The n bytes at v (no terminator needed) as a decimal number: digits only,
+ * no sign, no spaces. Returns 0 with *out set; UV_EINVAL when v is empty or
+ * holds anything but digits; UV_ERANGE when the number exceeds max. Bytes
+ * are read in order and the first wrong one decides: "99…9x" past max is
+ * UV_ERANGE. *out is left alone on error. */
+int base_parse_u64(const char *v, size_t n, uint64_t max, uint64_t *out);
 
 #endif

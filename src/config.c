@@ -8,6 +8,8 @@
 
 #include <uv.h>
 
+#include "base.h"
+
 enum kind {
   K_ADDR_LISTEN,
   K_ADDR_REDIS,
@@ -154,22 +156,6 @@ static void fail(char *err, size_t err_len, const struct setting *s,
            why);
 }
 
-static int parse_uint(const char *v, uint64_t *out) {
-  uint64_t n = 0;
-  if (*v == '\0')
-    return -1;
-  for (const char *p = v; *p; p++) {
-    if (*p < '0' || *p > '9')
-      return -1;
-    unsigned d = (unsigned)(*p - '0');
-    if (n > (UINT64_MAX - d) / 10)
-      return -2;
-    n = n * 10 + d;
-  }
-  *out = n;
-  return 0;
-}
-
 /* Splits "host:port" or "[v6]:port" into host (without brackets) and port. */
 static const char *split_host_port(const char *v, char *host, size_t host_len,
                                    uint64_t *port) {
@@ -308,10 +294,10 @@ static int apply(struct config *cfg, const struct setting *s, const char *v,
     return 0;
   }
   case K_UINT: {
-    int rc = parse_uint(v, &n);
-    if (rc == -1)
+    int rc = base_parse_u64(v, strlen(v), UINT64_MAX, &n);
+    if (rc == UV_EINVAL)
       return fail(err, err_len, s, v, "not a number"), -1;
-    if (rc == -2 || n < s->min || n > s->max) {
+    if (rc == UV_ERANGE || n < s->min || n > s->max) {
       char why_buf[96];
       snprintf(why_buf, sizeof why_buf, "out of range %llu..%llu",
                (unsigned long long)s->min, (unsigned long long)s->max);

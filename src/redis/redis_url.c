@@ -5,6 +5,8 @@
 
 #include <uv.h>
 
+#include "base.h"
+
 #define PASSWORD_MASK "***"
 
 bool redis_host_valid(const char *h) {
@@ -23,22 +25,6 @@ bool redis_host_valid(const char *h) {
       return false;
   }
   return true;
-}
-
-/* The n bytes at v as a decimal number no greater than max. */
-static int parse_decimal(const char *v, size_t n, uint64_t max, uint64_t *out) {
-  uint64_t x = 0;
-  if (n == 0)
-    return -1;
-  for (size_t i = 0; i < n; i++) {
-    if (v[i] < '0' || v[i] > '9')
-      return -1;
-    x = x * 10 + (uint64_t)(v[i] - '0');
-    if (x > max)
-      return -1;
-  }
-  *out = x;
-  return 0;
 }
 
 const char *redis_split_host_port(const char *v, size_t n, char *host,
@@ -77,7 +63,7 @@ const char *redis_split_host_port(const char *v, size_t n, char *host,
     return NULL;
   }
   uint64_t p;
-  if (parse_decimal(colon + 1, (size_t)(end - colon - 1), 65535, &p) != 0)
+  if (base_parse_u64(colon + 1, (size_t)(end - colon - 1), 65535, &p) != 0)
     return "port must be a number from 0 to 65535";
   *port = (uint16_t)p;
   return NULL;
@@ -142,7 +128,7 @@ static const char *parse_query(const char *q, struct redis_target *t) {
   uint64_t db;
   if (strncmp(q, "db=", 3) != 0 || strchr(q, '&'))
     return "the only query parameter is db=N";
-  if (parse_decimal(q + 3, strlen(q + 3), REDIS_DB_MAX, &db) != 0)
+  if (base_parse_u64(q + 3, strlen(q + 3), REDIS_DB_MAX, &db) != 0)
     return "db must be a number from 0 to 2147483647";
   t->db = (uint32_t)db;
   return NULL;
@@ -177,7 +163,7 @@ static const char *parse_tcp(const char *rest, struct redis_target *t) {
     p++;
     size_t dn = strcspn(p, "?#");
     uint64_t db = 0;
-    if (dn > 0 && parse_decimal(p, dn, REDIS_DB_MAX, &db) != 0)
+    if (dn > 0 && base_parse_u64(p, dn, REDIS_DB_MAX, &db) != 0)
       return "the path must be a database number from 0 to 2147483647";
     t->db = (uint32_t)db;
     p += dn;

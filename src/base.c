@@ -1,0 +1,20 @@
+#include "base.h"
+
+#include <uv.h>
+
+int base_parse_u64(const char *v, size_t n, uint64_t max, uint64_t *out) {
+  uint64_t x = 0;
+  if (n == 0)
+    return UV_EINVAL;
+  for (size_t i = 0; i < n; i++) {
+    if (v[i] < '0' || v[i] > '9')
+      return UV_EINVAL;
+    unsigned d = (unsigned)(v[i] - '0');
+    /* x * 10 + d > max, asked without overflowing. */
+    if (d > max || x > (max - d) / 10)
+      return UV_ERANGE;
+    x = x * 10 + d;
+  }
+  *out = x;
+  return 0;
+}
