@@ -208,10 +208,25 @@ static const char *read_secret(const char *path, char *out, size_t cap) {
   return NULL;
 }
 
+/* The values of a setting that names one of a few, each at its enum's. */
+static const char *const log_formats[] = {
+    [LOG_FORMAT_JSON] = "json", [LOG_FORMAT_TEXT] = "text", NULL};
+static const char *const durabilities[] = {
+    [DURABILITY_MEMORY] = "memory", [DURABILITY_REDIS] = "redis", NULL};
+
+/* The index of v in names (NULL-terminated), or -1. */
+static int name_index(const char *v, const char *const *names) {
+  for (int i = 0; names[i]; i++)
+    if (strcmp(v, names[i]) == 0)
+      return i;
+  return -1;
+}
+
 static int apply(struct config *cfg, const struct setting *s, const char *v,
                  char *err, size_t err_len) {
   char host[CONFIG_HOST_MAX];
   uint64_t n;
+  int i;
   const char *why;
 
   switch (s->kind) {
@@ -318,31 +333,21 @@ static int apply(struct config *cfg, const struct setting *s, const char *v,
     return 0;
   }
   case K_LOG_FORMAT:
-    if (strcmp(v, "json") == 0)
-      cfg->log_format = LOG_FORMAT_JSON;
-    else if (strcmp(v, "text") == 0)
-      cfg->log_format = LOG_FORMAT_TEXT;
-    else
+    i = name_index(v, log_formats);
+    if (i < 0)
       return fail(err, err_len, s, v, "must be json or text"), -1;
+    cfg->log_format = (enum log_format)i;
     return 0;
   case K_DURABILITY:
-    if (strcmp(v, "memory") == 0)
-      cfg->durability = DURABILITY_MEMORY;
-    else if (strcmp(v, "redis") == 0)
-      cfg->durability = DURABILITY_REDIS;
-    else
+    i = name_index(v, durabilities);
+    if (i < 0)
       return fail(err, err_len, s, v, "must be memory or redis"), -1;
+    cfg->durability = (enum durability)i;
     return 0;
-  case K_LOG_LEVEL: {
-    static const char *const names[] = {"debug", "info", "warn", "error"};
-    for (int i = 0; i < 4; i++) {
-      if (strcmp(v, names[i]) == 0) {
-        cfg->log_level = (enum log_level)i;
-        return 0;
-      }
-    }
-    return fail(err, err_len, s, v, "must be debug, info, warn or error"), -1;
-  }
+  case K_LOG_LEVEL:
+    if (log_level_parse(v, &cfg->log_level) != 0)
+      return fail(err, err_len, s, v, "must be debug, info, warn or error"), -1;
+    return 0;
   }
   return -1;
 }

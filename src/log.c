@@ -5,6 +5,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <uv.h>
+
 static enum log_format log_fmt = LOG_FORMAT_JSON;
 static enum log_level log_min = LOG_INFO;
 
@@ -17,6 +19,18 @@ void log_setup(enum log_format format, enum log_level level) {
 }
 
 bool log_enabled(enum log_level level) { return level >= log_min; }
+
+const char *log_level_name(enum log_level level) { return level_names[level]; }
+
+int log_level_parse(const char *name, enum log_level *level) {
+  for (int i = LOG_DEBUG; i <= LOG_ERROR; i++) {
+    if (strcmp(name, level_names[i]) == 0) {
+      *level = (enum log_level)i;
+      return 0;
+    }
+  }
+  return UV_EINVAL;
+}
 
 struct log_field log_str_field(const char *key, const char *s) {
   struct log_field f = {.key = key, .type = LOG_TYPE_STR};
@@ -46,6 +60,28 @@ static bool put(struct out *o, const char *s, size_t n) {
 }
 
 static bool puts_(struct out *o, const char *s) { return put(o, s, strlen(s)); }
+
+/* Opens a quoted string and keeps room for its closing quote, so that a
+ * value cut short still closes. False when not even both quotes fit: then
+ * nothing more is written. */
+static bool open_quote(struct out *o) {
+  if (!put(o, "\"", 1))
+    return false;
+  if (o->len == o->cap) {
+    o->full = true; /* no room to close it */
+    return false;
+  }
+  o->cap--;
+  return true;
+}
+
+/* Closes what open_quote opened, in the room it kept, even when the value
+ * was cut short. */
+static void close_quote(struct out *o) {
+  o->cap++;
+  o->full = false;
+  put(o, "\"", 1);
+}
 
 /* Length of the well-formed UTF-8 sequence at s[0..n), or 0 if it is not
  * one (RFC 3629: no overlongs, no surrogates, nothing above U+10FFFF). */
@@ -79,17 +115,11 @@ static size_t utf8_len(const unsigned char *s, size_t n) {
   return len;
 }
 
-/* A JSON string. Room for the closing quote is kept while the content is
- * written, so a value cut short still closes. Bytes that are not UTF-8
+/* A JSON string, closed even when cut short. Bytes that are not UTF-8
  * become U+FFFD, so every line is valid for strict JSON readers. */
 static void put_json_string(struct out *o, const char *s, size_t n) {
-  if (!put(o, "\"", 1))
+  if (!open_quote(o))
     return;
-  if (o->len == o->cap) {
-    o->full = true; /* no room to close it */
-    return;
-  }
-  o->cap--;
   const unsigned char *u = (const unsigned char *)s;
   for (size_t i = 0; i < n && !o->full;) {
     unsigned char ch = u[i];
@@ -115,9 +145,7 @@ static void put_json_string(struct out *o, const char *s, size_t n) {
       }
     }
   }
-  o->cap++;
-  o->full = false;
-  put(o, "\"", 1);
+  close_quote(o);
 }
 
 static void put_number(struct out *o, const struct log_field *f) {
@@ -132,17 +160,22 @@ static void put_number(struct out *o, const struct log_field *f) {
   put(o, num, (size_t)n);
 }
 
-static void put_json_field(struct out *o, const struct log_field *f) {
+/* One field in either form: sep, the key, eq, the value, each string
+ * written by put_string. A field whose key or number does not fit is
+ * dropped whole. */
+static void put_field(struct out *o, const struct log_field *f, const char *sep,
+                      const char *eq,
+                      void (*put_string)(struct out *, const char *, size_t)) {
   int mark = o->len;
-  put(o, ",", 1);
-  put_json_string(o, f->key, strlen(f->key));
-  put(o, ":", 1);
+  puts_(o, sep);
+  put_string(o, f->key, strlen(f->key));
+  puts_(o, eq);
   if (f->type == LOG_TYPE_STR)
-    put_json_string(o, f->v.str, f->len);
+    put_string(o, f->v.str, f->len);
   else
     put_number(o, f);
   if (o->full)
-    o->len = mark; /* a field whose key or number did not fit: drop it */
+    o->len = mark;
 }
 
 /* Text: a string is written bare when it is one unambiguous word. */
@@ -159,15 +192,8 @@ static bool text_needs_quotes(const char *s, size_t n) {
 
 static void put_text_string(struct out *o, const char *s, size_t n) {
   bool quoted = text_needs_quotes(s, n);
-  if (quoted) {
-    if (!put(o, "\"", 1))
-      return;
-    if (o->len == o->cap) {
-      o->full = true;
-      return;
-    }
-    o->cap--;
-  }
+  if (quoted && !open_quote(o))
+    return;
   for (size_t i = 0; i < n && !o->full; i++) {
     unsigned char ch = (unsigned char)s[i];
     if (ch == '"' || ch == '\\') {
@@ -180,29 +206,14 @@ static void put_text_string(struct out *o, const char *s, size_t n) {
       put(o, s + i, 1);
     }
   }
-  if (quoted) {
-    o->cap++;
-    o->full = false;
-    put(o, "\"", 1);
-  }
+  if (quoted)
+    close_quote(o);
 }
 
 static void put_text_fields(struct out *o, const struct log_field *fields,
                             size_t n) {
-  for (size_t i = 0; i < n && !o->full; i++) {
-    const struct log_field *f = &fields[i];
-    int mark = o->len;
-    if (o->len > 0)
-      put(o, " ", 1);
-    put_text_string(o, f->key, strlen(f->key));
-    put(o, "=", 1);
-    if (f->type == LOG_TYPE_STR)
-      put_text_string(o, f->v.str, f->len);
-    else
-      put_number(o, f);
-    if (o->full)
-      o->len = mark;
-  }
+  for (size_t i = 0; i < n && !o->full; i++)
+    put_field(o, &fields[i], o->len > 0 ? " " : "", "=", put_text_string);
 }
 
 int log_format_fields(char *buf, int cap, const struct log_field *fields,
@@ -232,16 +243,16 @@ int log_format_line(char *buf, int cap, enum log_format format,
     puts_(&o, "{\"ts\":\"");
     puts_(&o, stamp);
     puts_(&o, "\",\"level\":\"");
-    puts_(&o, level_names[level]);
+    puts_(&o, log_level_name(level));
     puts_(&o, "\",\"event\":");
     put_json_string(&o, event, strlen(event));
     for (size_t i = 0; i < n && !o.full; i++)
-      put_json_field(&o, &fields[i]);
+      put_field(&o, &fields[i], ",", ":", put_json_string);
     buf[o.len++] = '}';
   } else {
     puts_(&o, stamp);
     puts_(&o, " ");
-    puts_(&o, level_names[level]);
+    puts_(&o, log_level_name(level));
     puts_(&o, " ");
     put_text_string(&o, event, strlen(event));
     if (n > 0 && put(&o, " ", 1)) {

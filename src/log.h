@@ -56,6 +56,14 @@ struct log_field {
 
 struct log_field log_str_field(const char *key, const char *s);
 
+/* The level's name as lines and LOG_LEVEL write it: "debug", "info", "warn"
+ * or "error". */
+const char *log_level_name(enum log_level level);
+
+/* Sets *level to the level named name (exactly, lower case). Returns 0, or
+ * UV_EINVAL for any other name (*level untouched). */
+int log_level_parse(const char *name, enum log_level *level);
+
 void log_setup(enum log_format format, enum log_level level);
 bool log_enabled(enum log_level level);
 void log_write(enum log_level level, const char *event,

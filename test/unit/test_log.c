@@ -15,6 +15,8 @@
 #include <limits.h>
 #include <unistd.h>
 
+#include <uv.h>
+
 #include "log.h"
 
 /* ---- A JSON reader for one flat object ---------------------------------- */
@@ -332,6 +334,22 @@ static void test_log_json_names_each_level(void **state) {
   }
 }
 
+static void test_log_level_names_parse_back_and_nothing_else(void **state) {
+  (void)state;
+  static const char *const names[] = {"debug", "info", "warn", "error"};
+  for (int l = LOG_DEBUG; l <= LOG_ERROR; l++) {
+    enum log_level got = LOG_ERROR;
+    assert_string_equal(log_level_name((enum log_level)l), names[l]);
+    assert_int_equal(log_level_parse(names[l], &got), 0);
+    assert_int_equal(got, l);
+  }
+  enum log_level kept = LOG_WARN;
+  assert_int_equal(log_level_parse("INFO", &kept), UV_EINVAL);
+  assert_int_equal(log_level_parse("warning", &kept), UV_EINVAL);
+  assert_int_equal(log_level_parse("", &kept), UV_EINVAL);
+  assert_int_equal(kept, LOG_WARN);
+}
+
 static void test_log_json_writes_each_type_as_its_json_type(void **state) {
   (void)state;
   const struct log_field f[] = {
@@ -601,6 +619,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_log_json_line_has_ts_level_event_then_fields),
       cmocka_unit_test(test_log_json_names_each_level),
+      cmocka_unit_test(test_log_level_names_parse_back_and_nothing_else),
       cmocka_unit_test(test_log_json_writes_each_type_as_its_json_type),
       cmocka_unit_test(
           test_log_json_string_that_looks_like_a_number_stays_a_string),
