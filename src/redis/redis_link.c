@@ -6,115 +6,10 @@
 
 #include "log.h"
 #include "redis/redis_error.h"
+#include "redis/redis_uv.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
-
-/* ---- The adapter: hiredis's ev hooks on a uv_poll_t ------------------------
- *
- * hiredis's bundled libuv adapter drops poll errors, so a refused connect is
- * never reported. This one passes an error on to hiredis as the event it
- * waits for, letting it find the error on the socket itself. The poll handle
- * lives as long as the hiredis context: it is created on connect, closed in
- * the cleanup hook, and freed in its close callback. */
-
-struct redis_poll {
-  uv_poll_t handle;
-  redisAsyncContext *ac;
-  int events;
-  bool closed; /* cleanup ran: the context is gone */
-};
-
-static void on_poll(uv_poll_t *handle, int status, int events);
-
-static void poll_update(struct redis_poll *p, int events) {
-  if (p->closed || events == p->events)
-    return;
-  p->events = events;
-  if (events)
-    uv_poll_start(&p->handle, events, on_poll);
-  else
-    uv_poll_stop(&p->handle);
-}
-
-static void ev_add_read(void *data) {
-  struct redis_poll *p = data;
-  poll_update(p, p->events | UV_READABLE);
-}
-
-static void ev_del_read(void *data) {
-  struct redis_poll *p = data;
-  poll_update(p, p->events & ~UV_READABLE);
-}
-
-static void ev_add_write(void *data) {
-  struct redis_poll *p = data;
-  poll_update(p, p->events | UV_WRITABLE);
-}
-
-static void ev_del_write(void *data) {
-  struct redis_poll *p = data;
-  poll_update(p, p->events & ~UV_WRITABLE);
-}
-
-static void on_poll_close(uv_handle_t *handle) { free(handle->data); }
-
-static void ev_cleanup(void *data) {
-  struct redis_poll *p = data;
-  if (p->closed)
-    return;
-  p->closed = true;
-  p->ac->ev.data = NULL;
-  uv_close((uv_handle_t *)&p->handle, on_poll_close);
-}
-
-static void on_poll(uv_poll_t *handle, int status, int events) {
-  struct redis_poll *p = handle->data;
-  redisAsyncContext *ac = p->ac;
-
-  if (status < 0) {
-    /* libuv has stopped watching. The error is on the socket: let hiredis
-     * read it, through the event it is waiting for. */
-    p->events = 0;
-    if (!(ac->c.flags & REDIS_CONNECTED))
-      redisAsyncHandleWrite(ac);
-    else
-      redisAsyncHandleRead(ac);
-    if (!p->closed) {
-      /* hiredis found nothing wrong; never leave a context unwatched. */
-      log_debug("redis_poll", LOG_STR("status", uv_err_name(status)));
-      redisAsyncFree(ac);
-    }
-    return;
-  }
-  if (events & UV_READABLE)
-    redisAsyncHandleRead(ac);
-  if (!p->closed && (events & UV_WRITABLE))
-    redisAsyncHandleWrite(ac);
-}
-
-static int attach(redisAsyncContext *ac, uv_loop_t *loop) {
-  struct redis_poll *p = calloc(1, sizeof *p);
-  if (!p)
-    return UV_ENOMEM;
-  int rc = uv_poll_init_socket(loop, &p->handle, ac->c.fd);
-  if (rc) {
-    free(p);
-    return rc;
-  }
-  p->handle.data = p;
-  p->ac = ac;
-  ac->ev.data = p;
-  ac->ev.addRead = ev_add_read;
-  ac->ev.delRead = ev_del_read;
-  ac->ev.addWrite = ev_add_write;
-  ac->ev.delWrite = ev_del_write;
-  ac->ev.cleanup = ev_cleanup;
-  return 0;
-}
-
-/* ---- The link ---------------------------------------------------------------
- */
 
 static void connect_now(struct redis_link *link);
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata);
@@ -546,7 +441,7 @@ static void watch(struct redis_link *link, redisAsyncContext *ac) {
     retry_later(link, why);
     return;
   }
-  int rc = attach(ac, link->loop);
+  int rc = redis_uv_attach(ac, link->loop);
   if (rc) {
     redisAsyncFree(ac);
     retry_later(link, uv_strerror(rc));

@@ -1,6 +1,7 @@
 /* The connection to Redis: hiredis async on the loop through a small
- * adapter of our own, reconnecting with capped exponential backoff and
- * jitter, asking the Sentinels where the master is when there are any.
+ * adapter of our own (redis_uv.h), reconnecting with capped exponential
+ * backoff and jitter, asking the Sentinels where the master is when there
+ * are any.
  *
  * Every connection is made fit before anything is sent on it: the
  * handshake (AUTH, SELECT, ROLE behind Sentinel) is this module's concern;
