@@ -210,16 +210,12 @@ static void on_link_down(struct redis_link *link) {
   delivery_on_down(&app_of_link(link)->delivery);
 }
 
-static uint64_t link_pending(const struct redis_link *link) {
-  return pending(app_of_link(link));
-}
-
 static const struct delivery_transport transport = {
     transport_send, transport_retire, error_is_permanent};
 static const struct delivery_events delivery_events = {
     on_written, on_delivery_idle, on_left};
 static const struct redis_link_client link_client = {
-    on_link_ready, on_link_reply, on_link_down, link_pending};
+    on_link_ready, on_link_reply, on_link_down};
 
 static void on_signal(uv_signal_t *handle, int signum) {
   struct app *app = handle->data;
@@ -440,7 +436,17 @@ int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg,
                              .max_body_bytes = cfg->max_body_bytes},
               },
               respond, on_drained);
-  redis_link_init(&app->link, loop, cfg, &link_client);
+  redis_link_init(&app->link, loop,
+                  &(struct redis_link_options){
+                      .target = cfg->redis,
+                      .sentinels = cfg->sentinels,
+                      .n_sentinels = cfg->n_sentinels,
+                      .master_name = cfg->master_name,
+                      .sentinel_password = cfg->has_sentinel_password
+                                               ? cfg->sentinel_password
+                                               : NULL,
+                      .timeout_ms = cfg->redis_timeout_ms},
+                  &link_client);
   uint64_t id;
   if (uv_random(NULL, NULL, &id, sizeof id, 0, NULL) != 0)
     id = uv_hrtime() ^ (uint64_t)getpid() << 32;

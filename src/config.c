@@ -290,11 +290,11 @@ static int apply(struct config *cfg, const struct setting *s, const char *v,
     cfg->n_sentinels = 0;
     for (const char *p = v;;) {
       size_t len = strcspn(p, ",");
-      struct config_sentinel *sn = &cfg->sentinels[cfg->n_sentinels];
-      if (cfg->n_sentinels == CONFIG_SENTINELS_MAX)
+      struct redis_sentinel *sn = &cfg->sentinels[cfg->n_sentinels];
+      if (cfg->n_sentinels == REDIS_SENTINELS_MAX)
         return fail(err, err_len, s, v, "at most 8 sentinels"), -1;
-      why = redis_split_host_port(p, len, sn->host, sizeof sn->host, 26379,
-                                  &sn->port);
+      why = redis_split_host_port(p, len, sn->host, sizeof sn->host,
+                                  REDIS_SENTINEL_PORT, &sn->port);
       if (!why && sn->port == 0)
         why = "port must be from 1 to 65535";
       if (!why && !redis_host_valid(sn->host))

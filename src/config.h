@@ -17,17 +17,11 @@
 #define CONFIG_HOST_MAX 256
 #define CONFIG_KEY_MAX 512
 #define CONFIG_PATH_MAX 1024
-#define CONFIG_SENTINELS_MAX 8
 
 /* Where an accepted increment lives until Redis has counted it. */
 enum durability {
   DURABILITY_MEMORY, /* in the process: the 200 goes at once */
   DURABILITY_REDIS,  /* in this replica's journal in Redis, before the 200 */
-};
-
-struct config_sentinel {
-  char host[REDIS_HOST_MAX];
-  uint16_t port;
 };
 
 struct config {
@@ -39,7 +33,7 @@ struct config {
   struct redis_target redis;
   /* REDIS_SENTINELS: when n_sentinels > 0, the master's address comes from
    * them (redis.host and redis.port are then only its first guess). */
-  struct config_sentinel sentinels[CONFIG_SENTINELS_MAX];
+  struct redis_sentinel sentinels[REDIS_SENTINELS_MAX];
   size_t n_sentinels;
   char master_name[CONFIG_KEY_MAX];
   char sentinel_password[REDIS_PASSWORD_MAX];

@@ -1,9 +1,9 @@
 #include "redis/redis_link.h"
 
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
+#include "base.h"
 #include "log.h"
 #include "redis/redis_error.h"
 #include "redis/redis_uv.h"
@@ -24,20 +24,20 @@ static uint32_t next_random(struct redis_link *link) {
 }
 
 void redis_link_init(struct redis_link *link, uv_loop_t *loop,
-                     const struct config *cfg,
+                     const struct redis_link_options *opts,
                      const struct redis_link_client *client) {
   memset(link, 0, sizeof *link);
   link->loop = loop;
-  link->cfg = cfg;
+  link->opts = *opts;
   link->client = client;
   link->state = LINK_IDLE;
   link->rng = (uint32_t)uv_hrtime() | 1;
   uv_timer_init(loop, &link->timer);
   link->timer.data = link;
   link->resolver.data = link;
-  link->target = cfg->redis;
-  if (cfg->n_sentinels)
-    snprintf(link->addr, sizeof link->addr, "sentinel:%s", cfg->master_name);
+  link->target = opts->target;
+  if (opts->n_sentinels)
+    snprintf(link->addr, sizeof link->addr, "sentinel:%s", opts->master_name);
   else
     redis_target_format(&link->target, link->addr, sizeof link->addr);
 }
@@ -64,14 +64,14 @@ static void retry_later(struct redis_link *link, const char *why) {
   if (link->state == LINK_CLOSED)
     return;
   char sentinel_why[sizeof link->why + REDIS_HOST_MAX + 32];
-  if (link->cfg->n_sentinels) {
+  if (link->opts.n_sentinels) {
     if (link->asking) {
       /* This Sentinel failed us: the next attempt asks the next one. */
-      const struct config_sentinel *sn = &link->cfg->sentinels[link->sentinel];
+      const struct redis_sentinel *sn = &link->opts.sentinels[link->sentinel];
       snprintf(sentinel_why, sizeof sentinel_why, "sentinel %s:%u: %s",
                sn->host, sn->port, why);
       why = sentinel_why;
-      link->sentinel = (link->sentinel + 1) % link->cfg->n_sentinels;
+      link->sentinel = (link->sentinel + 1) % link->opts.n_sentinels;
     } else {
       /* The master may have moved: ask again. */
       link->master_known = false;
@@ -81,7 +81,6 @@ static void retry_later(struct redis_link *link, const char *why) {
     link->down_logged = true;
     link->down_since = now;
     log_warn("redis_down", LOG_STR("addr", link->addr), LOG_STR("reason", why),
-             LOG_UINT("pending", link->client->pending(link)),
              LOG_STR("retrying", "backoff"));
   } else {
     log_debug("redis_retry", LOG_STR("reason", why),
@@ -118,7 +117,7 @@ static void on_watchdog(uv_timer_t *timer);
 
 static void arm_watchdog(struct redis_link *link) {
   uint64_t now = uv_now(link->loop);
-  uint64_t due = link->last_progress + link->cfg->redis_timeout_ms;
+  uint64_t due = link->last_progress + link->opts.timeout_ms;
   uv_timer_start(&link->timer, on_watchdog, due > now ? due - now : 0, 0);
 }
 
@@ -128,7 +127,7 @@ static void on_watchdog(uv_timer_t *timer) {
       link->in_flight == 0)
     return;
   uint64_t now = uv_now(link->loop);
-  if (now - link->last_progress < link->cfg->redis_timeout_ms) {
+  if (now - link->last_progress < link->opts.timeout_ms) {
     arm_watchdog(link);
     return;
   }
@@ -211,8 +210,7 @@ static void handshake_done(struct redis_link *link) {
     log_info(
         "redis_up", LOG_STR("addr", link->addr),
         LOG_UINT("attempts", link->failures + 1),
-        LOG_UINT("down_ms", link->down_logged ? now - link->down_since : 0),
-        LOG_UINT("pending", link->client->pending(link)));
+        LOG_UINT("down_ms", link->down_logged ? now - link->down_since : 0));
   link->ever_ready = true;
   link->down_logged = false;
   link->auth_failed_logged = false;
@@ -235,8 +233,9 @@ static const char *take_master(struct redis_link *link,
     return "unexpected reply to SENTINEL get-master-addr-by-name";
   const redisReply *h = reply->element[0], *p = reply->element[1];
   char host[REDIS_HOST_MAX];
-  long port = strtol(p->str, NULL, 10);
-  if (h->len == 0 || h->len >= sizeof host || port < 1 || port > 65535)
+  uint64_t port = 0;
+  if (h->len == 0 || h->len >= sizeof host ||
+      base_parse_u64(p->str, p->len, 65535, &port) != 0 || port == 0)
     return "unusable master address from the sentinel";
   memcpy(host, h->str, h->len);
   host[h->len] = '\0';
@@ -249,11 +248,11 @@ static const char *take_master(struct redis_link *link,
     t->port = (uint16_t)port;
     redis_target_format(t, link->addr, sizeof link->addr);
     if (strcmp(was, link->addr) != 0) {
-      const struct config_sentinel *sn = &link->cfg->sentinels[link->sentinel];
+      const struct redis_sentinel *sn = &link->opts.sentinels[link->sentinel];
       char from[REDIS_HOST_MAX + 8];
       snprintf(from, sizeof from, "%s:%u", sn->host, sn->port);
       log_info("redis_master", LOG_STR("from", was), LOG_STR("to", link->addr),
-               LOG_STR("master_name", link->cfg->master_name),
+               LOG_STR("master_name", link->opts.master_name),
                LOG_STR("sentinel", from));
     }
   }
@@ -351,7 +350,7 @@ static int send_handshake(struct redis_link *link) {
                                (size_t[]){6, (size_t)n});
     link->handshake_left += rc == REDIS_OK;
   }
-  if (rc == REDIS_OK && link->cfg->n_sentinels) {
+  if (rc == REDIS_OK && link->opts.n_sentinels) {
     rc = redisAsyncCommand(ac, on_handshake_reply, (void *)&tag_role, "ROLE");
     link->handshake_left += rc == REDIS_OK;
   }
@@ -364,18 +363,18 @@ static int send_handshake(struct redis_link *link) {
 
 /* Asks a Sentinel where the master is (after its AUTH, if it has one). */
 static int send_sentinel_query(struct redis_link *link) {
-  const struct config *cfg = link->cfg;
+  const struct redis_link_options *opts = &link->opts;
   int rc = REDIS_OK;
   link->handshake_left = 0;
   link->why[0] = '\0';
-  if (cfg->has_sentinel_password)
-    rc = send_auth(link, "", cfg->sentinel_password);
+  if (opts->sentinel_password)
+    rc = send_auth(link, "", opts->sentinel_password);
   if (rc == REDIS_OK) {
-    size_t n = strlen(cfg->master_name);
+    size_t n = strlen(opts->master_name);
     rc = redisAsyncCommandArgv(
         link->ac, on_handshake_reply, (void *)&tag_master, 3,
         (const char *[]){"SENTINEL", "get-master-addr-by-name",
-                         cfg->master_name},
+                         opts->master_name},
         (size_t[]){8, 23, n});
     link->handshake_left += rc == REDIS_OK;
   }
@@ -454,8 +453,7 @@ static void watch(struct redis_link *link, redisAsyncContext *ac) {
   /* Registering the connect callback asks for the first write event, which
    * is how a non-blocking connect reports its outcome. */
   redisAsyncSetConnectCallback(ac, on_connect);
-  uv_timer_start(&link->timer, on_connect_timeout, link->cfg->redis_timeout_ms,
-                 0);
+  uv_timer_start(&link->timer, on_connect_timeout, link->opts.timeout_ms, 0);
 }
 
 static void on_resolved(uv_getaddrinfo_t *req, int status,
@@ -490,12 +488,12 @@ static void on_resolved(uv_getaddrinfo_t *req, int status,
 }
 
 static void connect_now(struct redis_link *link) {
-  const struct config *cfg = link->cfg;
+  const struct redis_link_options *opts = &link->opts;
   const struct redis_target *t = &link->target;
-  link->asking = cfg->n_sentinels && !link->master_known;
+  link->asking = opts->n_sentinels && !link->master_known;
   if (link->asking) {
-    link->host = cfg->sentinels[link->sentinel].host;
-    link->port = cfg->sentinels[link->sentinel].port;
+    link->host = opts->sentinels[link->sentinel].host;
+    link->port = opts->sentinels[link->sentinel].port;
   } else if (t->transport == REDIS_UNIX) {
     watch(link, redisAsyncConnectUnix(t->path));
     return;

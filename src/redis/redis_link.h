@@ -19,7 +19,7 @@
 #include <hiredis/async.h>
 #include <uv.h>
 
-#include "config.h"
+#include "redis/redis_url.h"
 
 enum redis_link_state {
   LINK_IDLE,       /* not started, or waiting out a backoff */
@@ -42,6 +42,23 @@ struct redis_link_stats {
   uint64_t reconnects; /* connections made after the first */
 };
 
+/* Where the link connects and how; its owner builds them from its
+ * settings. The strings and the Sentinel list are borrowed: they must
+ * outlive the link. */
+struct redis_link_options {
+  /* Where to connect and how to log in. Behind Sentinel, the master's
+   * credentials and database, and the first guess of its address. */
+  struct redis_target target;
+  /* n_sentinels > 0: the master's address is asked of these, in turn. */
+  const struct redis_sentinel *sentinels;
+  size_t n_sentinels;
+  const char *master_name;       /* the master's name in Sentinel */
+  const char *sentinel_password; /* NULL: the Sentinels want none */
+  /* Bounds a connect with its handshake, and how long a command may go
+   * unanswered. */
+  uint64_t timeout_ms;
+};
+
 /* What the link tells its client. */
 struct redis_link_client {
   /* A connection is ready: authenticated, database selected. */
@@ -52,13 +69,11 @@ struct redis_link_client {
                    const redisReply *reply);
   /* The ready connection is gone; every reply it owed has come as NULL. */
   void (*on_down)(struct redis_link *link);
-  /* Increments pending, for the link's log lines. */
-  uint64_t (*pending)(const struct redis_link *link);
 };
 
 struct redis_link {
   uv_loop_t *loop;
-  const struct config *cfg;
+  struct redis_link_options opts; /* as given to redis_link_init */
   struct redis_link_stats stats;
   redisAsyncContext *ac;
   enum redis_link_state state;
@@ -80,7 +95,7 @@ struct redis_link {
   bool asking; /* the connection being made is to a Sentinel */
   size_t sentinel;
   struct redis_target target; /* where the next connection goes, and how it
-                                 logs in: cfg->redis, or the master */
+                                 logs in: opts.target, or the master */
   const char *host;           /* of the connection being made: target's or a
                                  Sentinel's */
   uint16_t port;
@@ -90,9 +105,10 @@ struct redis_link {
   char why[256]; /* why the current connection is being dropped */
 };
 
-/* Prepares the link (no connection yet). cfg and client must outlive it. */
+/* Prepares the link (no connection yet). *opts is copied; what it points
+ * to, and client, must outlive the link. */
 void redis_link_init(struct redis_link *link, uv_loop_t *loop,
-                     const struct config *cfg,
+                     const struct redis_link_options *opts,
                      const struct redis_link_client *client);
 
 /* Starts connecting; the link keeps itself connected from then on. */

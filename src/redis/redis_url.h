@@ -20,6 +20,8 @@
 #define REDIS_PASSWORD_MAX 512
 #define REDIS_DB_MAX 2147483647u
 #define REDIS_DEFAULT_PORT 6379
+#define REDIS_SENTINEL_PORT 26379
+#define REDIS_SENTINELS_MAX 8
 
 enum redis_transport { REDIS_TCP, REDIS_UNIX };
 
@@ -32,6 +34,12 @@ struct redis_target {
   char password[REDIS_PASSWORD_MAX];
   bool has_password; /* an empty password is still sent */
   uint32_t db;
+};
+
+/* A Sentinel to ask where the master is. */
+struct redis_sentinel {
+  char host[REDIS_HOST_MAX]; /* an IP literal or a host name */
+  uint16_t port;
 };
 
 /* Parses url into *t (user, password and db included; fields the URL does
