@@ -33,8 +33,6 @@ void redis_link_init(struct redis_link *link, uv_loop_t *loop,
   link->state = LINK_IDLE;
   link->rng = (uint32_t)uv_hrtime() | 1;
   uv_timer_init(loop, &link->timer);
-  link->timer.data = link;
-  link->resolver.data = link;
   link->target = opts->target;
   if (opts->n_sentinels)
     snprintf(link->addr, sizeof link->addr, "sentinel:%s", opts->master_name);
@@ -46,7 +44,9 @@ bool redis_link_connected(const struct redis_link *link) {
   return link->state == LINK_READY;
 }
 
-static void on_backoff(uv_timer_t *timer) { connect_now(timer->data); }
+static void on_backoff(uv_timer_t *timer) {
+  connect_now(container_of(timer, struct redis_link, timer));
+}
 
 /* Keeps the reason for the retry that follows, as Redis or hiredis gave it. */
 static void set_why(struct redis_link *link, const char *why, size_t len) {
@@ -99,7 +99,7 @@ static void retry_later(struct redis_link *link, const char *why) {
 }
 
 static void on_connect_timeout(uv_timer_t *timer) {
-  struct redis_link *link = timer->data;
+  struct redis_link *link = container_of(timer, struct redis_link, timer);
   redisAsyncContext *ac = link->ac;
   if (link->state == LINK_HANDSHAKE || link->state == LINK_ASKING) {
     /* Connected: freeing calls on_disconnect, which retries. */
@@ -122,7 +122,7 @@ static void arm_watchdog(struct redis_link *link) {
 }
 
 static void on_watchdog(uv_timer_t *timer) {
-  struct redis_link *link = timer->data;
+  struct redis_link *link = container_of(timer, struct redis_link, timer);
   if ((link->state != LINK_READY && link->state != LINK_RETIRING) ||
       link->in_flight == 0)
     return;
@@ -311,22 +311,24 @@ static void on_handshake_reply(redisAsyncContext *ac, void *r, void *privdata) {
   }
 }
 
-/* Queues AUTH (user and password, or the password alone) when there is a
- * password; returns hiredis's status. */
-static int send_auth(struct redis_link *link, const char *user,
-                     const char *password) {
-  const char *argv[3] = {"AUTH", user, password};
-  size_t lens[3] = {4, strlen(user), strlen(password)};
-  int rc;
-  if (user[0])
-    rc = redisAsyncCommandArgv(link->ac, on_handshake_reply, (void *)&tag_auth,
-                               3, argv, lens);
-  else
-    rc = redisAsyncCommandArgv(link->ac, on_handshake_reply, (void *)&tag_auth,
-                               2, (const char *[]){"AUTH", password},
-                               (size_t[]){4, lens[2]});
+/* Queues one command of the handshake (argc strings, none holding a NUL),
+ * its reply to come to on_handshake_reply with tag; returns hiredis's
+ * status. */
+static int send_step(struct redis_link *link, const char *tag, int argc,
+                     const char **argv) {
+  int rc = redisAsyncCommandArgv(link->ac, on_handshake_reply, (void *)tag,
+                                 argc, argv, NULL);
   link->handshake_left += rc == REDIS_OK;
   return rc;
+}
+
+/* Queues AUTH: user and password, or the password alone. */
+static int send_auth(struct redis_link *link, const char *user,
+                     const char *password) {
+  if (user[0])
+    return send_step(link, &tag_auth, 3,
+                     (const char *[]){"AUTH", user, password});
+  return send_step(link, &tag_auth, 2, (const char *[]){"AUTH", password});
 }
 
 /* Queues the commands that make a fresh connection fit to count on: AUTH
@@ -336,7 +338,6 @@ static int send_auth(struct redis_link *link, const char *user,
  * work. */
 static int send_handshake(struct redis_link *link) {
   const struct redis_target *t = &link->target;
-  redisAsyncContext *ac = link->ac;
   int rc = REDIS_OK;
   link->handshake_left = 0;
   link->why[0] = '\0';
@@ -344,20 +345,13 @@ static int send_handshake(struct redis_link *link) {
     rc = send_auth(link, t->user, t->password);
   if (rc == REDIS_OK && t->db) {
     char db[16];
-    int n = snprintf(db, sizeof db, "%u", t->db);
-    rc = redisAsyncCommandArgv(ac, on_handshake_reply, NULL, 2,
-                               (const char *[]){"SELECT", db},
-                               (size_t[]){6, (size_t)n});
-    link->handshake_left += rc == REDIS_OK;
+    snprintf(db, sizeof db, "%u", t->db);
+    rc = send_step(link, NULL, 2, (const char *[]){"SELECT", db});
   }
-  if (rc == REDIS_OK && link->opts.n_sentinels) {
-    rc = redisAsyncCommand(ac, on_handshake_reply, (void *)&tag_role, "ROLE");
-    link->handshake_left += rc == REDIS_OK;
-  }
-  if (rc == REDIS_OK && link->handshake_left == 0) {
-    rc = redisAsyncCommand(ac, on_handshake_reply, NULL, "PING");
-    link->handshake_left += rc == REDIS_OK;
-  }
+  if (rc == REDIS_OK && link->opts.n_sentinels)
+    rc = send_step(link, &tag_role, 1, (const char *[]){"ROLE"});
+  if (rc == REDIS_OK && link->handshake_left == 0)
+    rc = send_step(link, NULL, 1, (const char *[]){"PING"});
   return rc == REDIS_OK ? 0 : UV_ENOMEM;
 }
 
@@ -369,15 +363,10 @@ static int send_sentinel_query(struct redis_link *link) {
   link->why[0] = '\0';
   if (opts->sentinel_password)
     rc = send_auth(link, "", opts->sentinel_password);
-  if (rc == REDIS_OK) {
-    size_t n = strlen(opts->master_name);
-    rc = redisAsyncCommandArgv(
-        link->ac, on_handshake_reply, (void *)&tag_master, 3,
-        (const char *[]){"SENTINEL", "get-master-addr-by-name",
-                         opts->master_name},
-        (size_t[]){8, 23, n});
-    link->handshake_left += rc == REDIS_OK;
-  }
+  if (rc == REDIS_OK)
+    rc = send_step(link, &tag_master, 3,
+                   (const char *[]){"SENTINEL", "get-master-addr-by-name",
+                                    opts->master_name});
   return rc == REDIS_OK ? 0 : UV_ENOMEM;
 }
 
@@ -428,23 +417,22 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
     link->client->on_down(link);
 }
 
+/* Takes over ac, a connect hiredis has begun (NULL: it could not allocate
+ * one): watches its socket and waits for its outcome, or retries later. */
 static void watch(struct redis_link *link, redisAsyncContext *ac) {
+  char why[128];
   if (!ac) {
     retry_later(link, "out of memory");
     return;
   }
   if (ac->err) {
-    char why[128];
-    snprintf(why, sizeof why, "%s", ac->errstr);
-    redisAsyncFree(ac);
-    retry_later(link, why);
-    return;
+    snprintf(why, sizeof why, "%s", ac->errstr); /* freed below */
+    goto fail;
   }
   int rc = redis_uv_attach(ac, link->loop);
   if (rc) {
-    redisAsyncFree(ac);
-    retry_later(link, uv_strerror(rc));
-    return;
+    snprintf(why, sizeof why, "watching the socket: %s", uv_strerror(rc));
+    goto fail;
   }
   ac->data = link;
   link->ac = ac;
@@ -454,11 +442,16 @@ static void watch(struct redis_link *link, redisAsyncContext *ac) {
    * is how a non-blocking connect reports its outcome. */
   redisAsyncSetConnectCallback(ac, on_connect);
   uv_timer_start(&link->timer, on_connect_timeout, link->opts.timeout_ms, 0);
+  return;
+
+fail:
+  redisAsyncFree(ac); /* not connected: no callback of ours runs */
+  retry_later(link, why);
 }
 
 static void on_resolved(uv_getaddrinfo_t *req, int status,
                         struct addrinfo *res) {
-  struct redis_link *link = req->data;
+  struct redis_link *link = container_of(req, struct redis_link, resolver);
   char ip[64] = "";
   if (status == 0) {
     /* A name with several addresses (localhost: ::1 and 127.0.0.1): each
