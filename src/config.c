@@ -168,11 +168,12 @@ static const char *split_host_port(const char *v, char *host, size_t host_len,
 /* Reads a secret from path into out (cap bytes, terminated), dropping one
  * trailing newline. Returns NULL or a reason that never quotes the file. */
 static const char *read_secret(const char *path, char *out, size_t cap) {
-  static char why[128];
+  static char buf[128];
+  const char *why;
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
-    snprintf(why, sizeof why, "cannot open: %s", strerror(errno));
-    return why;
+    snprintf(buf, sizeof buf, "cannot open: %s", strerror(errno));
+    return buf;
   }
   size_t len = 0;
   for (;;) {
@@ -180,17 +181,16 @@ static const char *read_secret(const char *path, char *out, size_t cap) {
     if (n < 0 && errno == EINTR)
       continue;
     if (n < 0) {
-      snprintf(why, sizeof why, "cannot read: %s", strerror(errno));
-      close(fd);
-      return why;
+      snprintf(buf, sizeof buf, "cannot read: %s", strerror(errno));
+      why = buf;
+      goto fail;
     }
     if (n == 0)
       break;
     len += (size_t)n;
     if (len == cap) {
-      close(fd);
-      memset(out, 0, cap);
-      return "longer than 511 bytes";
+      why = "longer than 511 bytes";
+      goto fail;
     }
   }
   close(fd);
@@ -206,6 +206,11 @@ static const char *read_secret(const char *path, char *out, size_t cap) {
     return "the password holds a NUL byte or a newline";
   }
   return NULL;
+
+fail:
+  close(fd);
+  memset(out, 0, cap); /* no part of a secret left behind */
+  return why;
 }
 
 /* The values of a setting that names one of a few, each at its enum's. */
