@@ -70,7 +70,7 @@ static const struct setting settings[] = {
      "an increment is done only once N replicas have it (WAIT, batched)",
      K_UINT, FIELD(min_replicas), 0, 16},
     {"INCR_DELAY_MS", "incr-delay-ms", "MS", "5000",
-     "delay between answering /incr and sending its INCR", K_UINT,
+     "delay between answering /incr and sending its increment to Redis", K_UINT,
      FIELD(incr_delay_ms), 0, DAY_MS},
     {"COUNTER_KEY", "counter-key", "KEY", "counter",
      "Redis key that /incr increments", K_STRING, FIELD(counter_key), 0, 0},
@@ -101,7 +101,7 @@ static const struct setting settings[] = {
     {"LOG_LEVEL", "log-level", "LEVEL", "info", "debug, info, warn or error",
      K_LOG_LEVEL, 0, 0, 0},
     {"REDIS_TIMEOUT_MS", "redis-timeout-ms", "MS", "5000",
-     "Redis connect timeout, and how long INCRs may go unanswered", K_UINT,
+     "Redis connect timeout, and how long a command may go unanswered", K_UINT,
      FIELD(redis_timeout_ms), 10, DAY_MS},
     {"HEADER_MAX_BYTES", "header-max-bytes", "N", "8192",
      "request line and headers larger than this: 431", K_UINT,
@@ -479,8 +479,8 @@ enum config_result config_parse(struct config *cfg, int argc, char *const *argv,
 }
 
 const char *config_warning(const struct config *cfg) {
-  /* An /incr answered at the end of the delay has its INCR due INCR_DELAY_MS
-   * later: past the shutdown timeout it is abandoned. */
+  /* An /incr answered at the end of the delay has its increment due
+   * INCR_DELAY_MS later: past the shutdown timeout it is abandoned. */
   if (cfg->shutdown_delay_ms + cfg->incr_delay_ms > cfg->shutdown_timeout_ms)
     return "SHUTDOWN_DELAY_MS + INCR_DELAY_MS exceeds SHUTDOWN_TIMEOUT_MS: "
            "increments answered late in the delay will be abandoned";

@@ -1,6 +1,6 @@
 /* What an error reply from Redis means for the command that got it: one
- * pure function, so that every command the link sends (INCR today, a batch
- * script tomorrow) is judged the same way. */
+ * pure function, so that every command the link sends (a batch script,
+ * a journal write, a WAIT) is judged the same way. */
 #ifndef GRACEFULD_REDIS_ERROR_H
 #define GRACEFULD_REDIS_ERROR_H
 

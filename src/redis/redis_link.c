@@ -135,8 +135,8 @@ static void on_watchdog(uv_timer_t *timer) {
            LOG_UINT("waited_ms", now - link->last_progress));
   snprintf(link->why, sizeof link->why, "no reply for %llu ms",
            (unsigned long long)(now - link->last_progress));
-  /* Outside any hiredis callback: this frees at once, hands the in-flight
-   * INCRs back through on_reply(NULL) and calls on_disconnect. */
+  /* Outside any hiredis callback: this frees at once, hands the replies
+   * still owed back through on_reply(NULL) and calls on_disconnect. */
   redisAsyncFree(link->ac);
 }
 
