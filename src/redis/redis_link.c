@@ -322,9 +322,12 @@ static int send_step(struct redis_link *link, const char *tag, int argc,
   return rc;
 }
 
-/* Queues AUTH: user and password, or the password alone. */
+/* Queues AUTH when there is a password (NULL: none): user and password,
+ * or the password alone. */
 static int send_auth(struct redis_link *link, const char *user,
                      const char *password) {
+  if (!password)
+    return REDIS_OK;
   if (user[0])
     return send_step(link, &tag_auth, 3,
                      (const char *[]){"AUTH", user, password});
@@ -338,11 +341,7 @@ static int send_auth(struct redis_link *link, const char *user,
  * work. */
 static int send_handshake(struct redis_link *link) {
   const struct redis_target *t = &link->target;
-  int rc = REDIS_OK;
-  link->handshake_left = 0;
-  link->why[0] = '\0';
-  if (t->has_password)
-    rc = send_auth(link, t->user, t->password);
+  int rc = send_auth(link, t->user, t->has_password ? t->password : NULL);
   if (rc == REDIS_OK && t->db) {
     char db[16];
     snprintf(db, sizeof db, "%u", t->db);
@@ -358,11 +357,7 @@ static int send_handshake(struct redis_link *link) {
 /* Asks a Sentinel where the master is (after its AUTH, if it has one). */
 static int send_sentinel_query(struct redis_link *link) {
   const struct redis_link_options *opts = &link->opts;
-  int rc = REDIS_OK;
-  link->handshake_left = 0;
-  link->why[0] = '\0';
-  if (opts->sentinel_password)
-    rc = send_auth(link, "", opts->sentinel_password);
+  int rc = send_auth(link, "", opts->sentinel_password);
   if (rc == REDIS_OK)
     rc = send_step(link, &tag_master, 3,
                    (const char *[]){"SENTINEL", "get-master-addr-by-name",
@@ -382,6 +377,8 @@ static void on_connect(const redisAsyncContext *ac, int status) {
   }
   /* The connect timeout keeps running: it bounds the handshake too. */
   link->state = link->asking ? LINK_ASKING : LINK_HANDSHAKE;
+  link->handshake_left = 0;
+  link->why[0] = '\0';
   int rc = link->asking ? send_sentinel_query(link) : send_handshake(link);
   if (rc != 0) {
     snprintf(link->why, sizeof link->why, "out of memory");

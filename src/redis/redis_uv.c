@@ -17,7 +17,10 @@ struct redis_poll {
 
 static void on_poll(uv_poll_t *handle, int status, int events);
 
-static void poll_update(struct redis_poll *p, int events) {
+/* Watches for (what it watched | add) & ~del; hiredis asks for each event
+ * in turn, through the four hooks below. */
+static void poll_update(struct redis_poll *p, int add, int del) {
+  int events = (p->events | add) & ~del;
   if (p->closed || events == p->events)
     return;
   p->events = events;
@@ -27,25 +30,10 @@ static void poll_update(struct redis_poll *p, int events) {
     uv_poll_stop(&p->handle);
 }
 
-static void ev_add_read(void *data) {
-  struct redis_poll *p = data;
-  poll_update(p, p->events | UV_READABLE);
-}
-
-static void ev_del_read(void *data) {
-  struct redis_poll *p = data;
-  poll_update(p, p->events & ~UV_READABLE);
-}
-
-static void ev_add_write(void *data) {
-  struct redis_poll *p = data;
-  poll_update(p, p->events | UV_WRITABLE);
-}
-
-static void ev_del_write(void *data) {
-  struct redis_poll *p = data;
-  poll_update(p, p->events & ~UV_WRITABLE);
-}
+static void ev_add_read(void *data) { poll_update(data, UV_READABLE, 0); }
+static void ev_del_read(void *data) { poll_update(data, 0, UV_READABLE); }
+static void ev_add_write(void *data) { poll_update(data, UV_WRITABLE, 0); }
+static void ev_del_write(void *data) { poll_update(data, 0, UV_WRITABLE); }
 
 static void on_poll_close(uv_handle_t *handle) {
   free(container_of(handle, struct redis_poll, handle));
