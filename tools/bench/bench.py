@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """gracefuld's benchmark, side by side with nginx answering `return 200`.
 
-    python3 test/bench/bench.py --build build-release         # about 10 minutes
-    python3 test/bench/bench.py --build build-release --quick # about 3 minutes
-    python3 test/bench/bench.py --build build-release --only drain,allocs
-    python3 test/bench/bench.py --build build-release --only profile
+    python3 tools/bench/bench.py --build build-release         # about 10 minutes
+    python3 tools/bench/bench.py --build build-release --quick # about 3 minutes
+    python3 tools/bench/bench.py --build build-release --only drain,allocs
+    python3 tools/bench/bench.py --build build-release --only profile
 
 Not part of the pass/fail suite: it measures, prints a table and writes a
-JSON file (test/bench/results/bench-<time>.json, with a .md table and an
+JSON file (tools/bench/results/bench-<time>.json, with a .md table and an
 .html page charting each round beside it).
 It starts its own redis-server, nginx (one worker) and gracefuld, in memory
 mode (the default durability) and in journal mode (DURABILITY=redis), pins the
@@ -1077,7 +1077,7 @@ def lua_scripts():
     """{script name: (the start of its text, its SHA-1)}, to tell gracefuld's
     EVALs (each script starts with a comment of its own) and EVALSHAs apart
     in MONITOR's lines."""
-    d = os.path.join(ROOT, "src", "lua")
+    d = os.path.join(ROOT, "src", "redis", "lua")
     out = {}
     for f in sorted(os.listdir(d)):
         if f.endswith(".lua"):
@@ -1485,7 +1485,7 @@ def main():
                     "beside the servers its CPU counts against the one "
                     "it works for")
     ap.add_argument("--out", help="JSON file to write (default: "
-                    "test/bench/results/bench-<time>.json)")
+                    "tools/bench/results/bench-<time>.json)")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.duration, args.lat_warmup = 2, 3, 2

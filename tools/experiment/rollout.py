@@ -26,9 +26,9 @@ After the load, the surviving replicas are stopped gracefully (with no
 deadline but their own SHUTDOWN_TIMEOUT_MS) so that everything they accepted
 reaches Redis, and the counter is read.
 
-    test/e2e/rollout.py --bin build/gracefuld            # the classic run
-    test/e2e/rollout.py --containers --image gracefuld:dev
-    test/e2e/rollout.py --help
+    tools/experiment/rollout.py --bin build/gracefuld            # the classic run
+    tools/experiment/rollout.py --containers --image gracefuld:dev
+    tools/experiment/rollout.py --help
 
 Prints a table for people and, last, one JSON line. Exit status: 0 when
 nothing was lost and nothing failed, 1 when something was, 2 when the
@@ -1759,7 +1759,7 @@ def main(argv=None):
         out = results[0]
         ok = out["verdict"] == "pass"
     if args.report:
-        import report  # test/e2e/report.py, beside this file
+        import report  # tools/experiment/report.py, beside this file
         with open(args.report, "w") as f:
             f.write(report.render(results))
         print(f"rollout: report in {args.report}", file=sys.stderr)
