@@ -39,7 +39,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "test", "lib"))
 
-from gracefuld_testlib import LineReader, Redis, free_port  # noqa: E402
+from gracefuld_testlib import (LineReader, Redis, free_port,  # noqa: E402
+                               scrape_metrics, wait_event)
 
 PHASES = ["throughput", "latency", "memory", "drain", "startup", "redis",
           "allocs", "syscalls", "profile"]
@@ -171,20 +172,8 @@ def http_status(port, path, timeout=2.0):
 
 
 def metric(port, name):
-    try:
-        with socket.create_connection(("127.0.0.1", port), 5) as s:
-            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: b\r\n"
-                      b"Connection: close\r\n\r\n")
-            data = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-    except OSError:
-        return None
-    m = re.search(rb"^" + re.escape(name.encode()) + rb" (\S+)$", data, re.M)
-    return float(m.group(1)) if m else None
+    samples = scrape_metrics(port)
+    return samples.get(name) if samples else None
 
 
 # ---- the servers -------------------------------------------------------------
@@ -276,12 +265,7 @@ class Gracefuld:
         return self
 
     def wait_event(self, event, timeout=10.0):
-        def match(line):
-            try:
-                return json.loads(line).get("event") == event
-            except ValueError:
-                return False
-        return json.loads(self.log.wait_for(match, timeout))
+        return wait_event(self.log, event, timeout)
 
     def pids(self):
         return [self.proc.pid]

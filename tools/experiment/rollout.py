@@ -62,7 +62,8 @@ SOURCE_DIR = (os.environ.get("GRACEFULD_SOURCE_DIR")
 sys.path.insert(0, os.path.join(SOURCE_DIR, "test", "lib"))
 sys.path.insert(0, HERE)
 
-from gracefuld_testlib import LineReader, Redis, stop_process  # noqa: E402
+from gracefuld_testlib import (LineReader, Redis, events, parse_event,  # noqa: E402
+                               scrape_metrics, stop_process, wait_event)
 
 CONTAINERS_CONF = os.path.join(SOURCE_DIR, "test", "container",
                                "containers.conf")
@@ -283,18 +284,6 @@ def redis_get(sock, key):
             return int(rest[:int(head[1:])] or 0)
 
 
-def json_events(lines):
-    out = []
-    for line in lines:
-        if not line.startswith("{"):
-            continue
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
-
-
 def fmt_t(t):
     return "-" if t is None else f"{t:6.2f}"
 
@@ -324,19 +313,13 @@ def log_events(timed_lines):
     """(t, event) for each JSON object line, event the parsed object."""
     out = []
     for t, line in timed_lines:
-        if not line.startswith("{"):
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
+        obj = parse_event(line)
+        if obj is not None:
             out.append((t, obj))
     return out
 
 
-METRIC_PENDING = re.compile(r"^gracefuld_increments_pending(?:\{[^}]*\})?\s+"
-                            r"(\d+)", re.M)
+METRIC_PENDING = "gracefuld_increments_pending"
 
 
 # -- the Service -------------------------------------------------------------
@@ -580,20 +563,11 @@ class Replica:
     def sample(self):
         """Increments pending now, from /metrics; None when it does not
         answer (its listener is closed while it drains)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port,
-                                          timeout=0.5)
-        try:
-            conn.request("GET", "/metrics", headers={"Connection": "close"})
-            resp = conn.getresponse()
-            body = resp.read().decode("utf-8", "replace")
-        except (OSError, http.client.HTTPException):
+        samples = scrape_metrics(self.port, timeout=0.5)
+        pending = samples.get(METRIC_PENDING) if samples else None
+        if pending is None:
             return None
-        finally:
-            conn.close()
-        m = METRIC_PENDING.search(body)
-        if resp.status != 200 or not m:
-            return None
-        self.pending.append((round(self.exp.now(), 3), int(m.group(1))))
+        self.pending.append((round(self.exp.now(), 3), int(pending)))
         return self.pending[-1][1]
 
     def lifecycle_from_log(self):
@@ -613,12 +587,7 @@ class Replica:
         return out
 
     def wait_event(self, event, timeout):
-        def match(line):
-            try:
-                return json.loads(line).get("event") == event
-            except ValueError:
-                return False
-        return json.loads(self.log.wait_for(match, timeout))
+        return wait_event(self.log, event, timeout)
 
     def wait_ready(self, timeout):
         """Ready as the kubelet sees it: /readyz answers 200. gracefuld
@@ -726,7 +695,7 @@ class Replica:
     # -- what the run saw --------------------------------------------------
 
     def summary(self):
-        for ev in reversed(json_events(self.log.lines if self.log else [])):
+        for ev in reversed(events(self.log.lines if self.log else [])):
             if ev.get("event") == "exit":
                 return ev
         return None
@@ -763,7 +732,7 @@ class Replica:
             "accepted": s.get("accepted"), "done": s.get("done"),
             "abandoned": s.get("abandoned"), "reason": s.get("reason"),
             "handed_over": s.get("handed_over"),
-            "adopted": sum(ev.get("increments", 0) for ev in json_events(
+            "adopted": sum(ev.get("increments", 0) for ev in events(
                 self.log.lines if self.log else [])
                 if ev.get("event") == "journal_adopted"
                 and isinstance(ev.get("increments"), int)),
@@ -1105,7 +1074,7 @@ class Experiment:
                  "killed replicas' journals")
         while True:
             seen = {json.dumps(ev.get("from")) for r in self.replicas
-                    for ev in json_events(r.log.lines if r.log else [])
+                    for ev in events(r.log.lines if r.log else [])
                     if ev.get("event") == "journal_adopted"}
             if len(seen) >= len(killed):
                 self.say(f"journals: {len(seen)} adopted")
