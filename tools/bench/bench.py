@@ -8,13 +8,14 @@
 
 Not part of the pass/fail suite: it measures, prints a table and writes a
 JSON file (tools/bench/results/bench-<time>.json, with a .md table and an
-.html page charting each round beside it).
+.html page charting each round beside it); after a full run, the table also
+goes to docs/bench/latest.md, the one the documentation links to.
 It starts its own redis-server, nginx (one worker) and gracefuld, in memory
 mode (the default durability) and in journal mode (DURABILITY=redis), pins the
 servers (and Redis, which works for them) to one CPU and the load
 generators to the other, and runs the reference and gracefuld alternately,
-several rounds, reporting medians and the per-round ratios. The README's
-Performance section says what each figure means and how it is measured.
+several rounds, reporting medians and the per-round ratios.
+docs/performance.md says what each figure means and how it is measured.
 """
 
 import argparse
@@ -1375,6 +1376,30 @@ def table(res):
     return "\n".join(lines)
 
 
+# The table of the latest full run, committed: docs/performance.md and the
+# README link to it, and nobody edits it by hand.
+LATEST = os.path.join(ROOT, "docs", "bench", "latest.md")
+
+
+def latest_md(results, text):
+    """The text of docs/bench/latest.md: where the table was measured (the
+    commit, the CPUs, nginx's version), then the table itself."""
+    m = results["meta"]
+    nginx = (m.get("nginx") or "nginx ?").rpartition("/")[2]
+    where = (f"`scripts/bench` at {m['commit']}"
+             f"{' (src modified)' if m['src_modified'] else ''}; "
+             f"{m['cpus']} cores, {m['cpu_model']}, nginx {nginx}")
+    return ("<!-- Written by scripts/bench (tools/bench/bench.py) after a "
+            "full run; not edited by hand. -->\n\n" + where + ".\n\n" +
+            text + "\n")
+
+
+def write_latest(path, results, text):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(latest_md(results, text))
+
+
 def profile_text(p):
     lines = []
     cg = p.get("callgrind")
@@ -1470,6 +1495,9 @@ def main():
                     "it works for")
     ap.add_argument("--out", help="JSON file to write (default: "
                     "tools/bench/results/bench-<time>.json)")
+    ap.add_argument("--latest", help="Markdown file for the table "
+                    "(default: docs/bench/latest.md after a full run of "
+                    "the default phases, none after --quick or --only)")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.duration, args.lat_warmup = 2, 3, 2
@@ -1510,6 +1538,11 @@ def main():
     with open(out, "w") as f:
         json.dump(results, f, indent=2)
     text = table(results)
+    latest = args.latest
+    if latest is None and not args.quick and phases == DEFAULT_PHASES:
+        latest = LATEST
+    if latest:
+        write_latest(latest, results, text)
     if "profile" in results:
         text += "\n\n```\n" + profile_text(results["profile"]) + "\n```"
     m = results["meta"]
@@ -1524,6 +1557,8 @@ def main():
     print(head + "\n")
     print(text)
     print(f"\nwritten: {out}")
+    if latest:
+        print(f"written: {latest}")
 
 
 if __name__ == "__main__":
