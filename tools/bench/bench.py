@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """gracefuld's benchmark, side by side with nginx answering `return 200`.
 
-    python3 tools/bench/bench.py --build build-release         # about 10 minutes
-    python3 tools/bench/bench.py --build build-release --quick # about 3 minutes
+    python3 tools/bench/bench.py --build build-release          # about 10 min
+    python3 tools/bench/bench.py --build build-release --quick  # about 3 min
     python3 tools/bench/bench.py --build build-release --only drain,allocs
     python3 tools/bench/bench.py --build build-release --only profile
 

@@ -26,7 +26,7 @@ After the load, the surviving replicas are stopped gracefully (with no
 deadline but their own SHUTDOWN_TIMEOUT_MS) so that everything they accepted
 reaches Redis, and the counter is read.
 
-    tools/experiment/rollout.py --bin build/gracefuld            # the classic run
+    tools/experiment/rollout.py --bin build/gracefuld   # the classic run
     tools/experiment/rollout.py --containers --image gracefuld:dev
     tools/experiment/rollout.py --help
 
@@ -66,8 +66,9 @@ from harness import (BUCKET_S, CONTAINERS_CONF, DEFAULT_LEASE_MS,  # noqa: E402
 from gracefuld_testlib import Redis, events  # noqa: E402
 from replicas import ContainerReplica, ProcessReplica  # noqa: E402
 from service import OUTCOMES, HAProxy  # noqa: E402
-from verdict import (KILLED_RULE, STRICT_RULE, count_unknown,  # noqa: E402,F401
-                     error_kind, parse_hey, unknown_outcome, verdict)
+from verdict import (KILLED_RULE, STRICT_RULE,  # noqa: E402,F401
+                     count_unknown, error_kind, parse_hey, unknown_outcome,
+                     verdict)
 
 
 # -- parameters --------------------------------------------------------------
@@ -694,8 +695,8 @@ class Experiment:
 
 
 def run(params, workdir=None, out=None):
-    """Runs one experiment; returns its result (a dict, see docs/experiment.md), or
-    raises HarnessError when it could not be run."""
+    """Runs one experiment; returns its result (a dict, see
+    docs/experiment.md), or raises HarnessError when it could not be run."""
     exp = Experiment(params, workdir, out)
     try:
         return exp.run()
