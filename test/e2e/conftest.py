@@ -1,8 +1,8 @@
 """Fixtures of the rolling-update tests.
 
-- `experiment(*args)`: runs test/e2e/rollout.py as the command people run,
-  with the built binary (GRACEFULD_BIN), and returns its exit status and
-  JSON result. The table it prints is shown when a test fails, and its logs
+- `experiment(*args)`: runs tools/experiment/rollout.py as the command
+  people run, with the built binary (GRACEFULD_BIN), and returns its exit
+  status and JSON result. The table it prints is shown when a test fails, and its logs
   are kept in the test's tmp_path.
 - `e2e_image`: the project's image built from the Dockerfile with podman,
   as localhost/gracefuld:e2e (the base image first, via
@@ -19,11 +19,15 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE_DIR = os.environ.get("GRACEFULD_SOURCE_DIR") or os.path.abspath(
     os.path.join(HERE, "..", ".."))
-ROLLOUT = os.path.join(HERE, "rollout.py")
+# The experiment is a tool (tools/experiment/); these tests import its
+# modules (rollout, report, browser) from there.
+TOOLS = os.path.join(SOURCE_DIR, "tools", "experiment")
+ROLLOUT = os.path.join(TOOLS, "rollout.py")
 IMAGE = "localhost/gracefuld:e2e"
 CONTAINERS_CONF = os.path.join(SOURCE_DIR, "test", "container",
                                "containers.conf")
 sys.path.insert(0, os.path.join(SOURCE_DIR, "test", "container"))
+sys.path.insert(0, TOOLS)
 
 # Skips (fails under CI=true) when podman is missing or cannot run a
 # container on this machine.

@@ -1,4 +1,4 @@
-"""The HTML report (rollout.py --report, test/e2e/report.py), opened in a
+"""The HTML report (rollout.py --report, tools/experiment/report.py), opened in a
 real headless Chromium: it loads with no console errors, shows one lane per
 replica and one bar per 100 ms bucket, and the counts it shows are the JSON
 result's. The run is a short --compare: the negative control (no delay, no

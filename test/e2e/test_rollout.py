@@ -3,7 +3,7 @@ constant rate through HAProxy (the Service) while three replicas roll with
 maxSurge 1 / maxUnavailable 0; afterwards the Redis counter equals the
 number of 200s and no request failed.
 
-Each test runs test/e2e/rollout.py, the command people run; see
+Each test runs tools/experiment/rollout.py, the command people run; see
 test_controls.py for the runs that must fail."""
 
 import pytest

@@ -8,7 +8,6 @@ at once whatever Redis does, and the process ends the way the README says,
 with the exit status it says."""
 
 import datetime
-import json
 import os
 import re
 import signal
@@ -31,16 +30,6 @@ def timed_incrs(g, n):
         assert resp.status == 200
     conn.close()
     return worst
-
-
-def events_since(g, mark):
-    out = []
-    for line in g.log.lines[mark:]:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
 
 
 def log_time(event):
@@ -207,7 +196,7 @@ def test_long_outage_backoff_quiet_logs_and_max_pending_503():
         g.wait_event("redis_retry", start=mark, timeout=30, failures=7)
         r.start()
         up = g.wait_event("redis_up", start=mark, timeout=10)
-        events = [e for e in events_since(g, mark)
+        events = [e for e in g.events(mark)
                   if e["event"].startswith("redis")]
         attempts = [e for e in events if e["event"] == "redis_retry"]
         assert all(e["level"] == "debug" for e in attempts)

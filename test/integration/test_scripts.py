@@ -1,5 +1,5 @@
 """The shell scripts people run (scripts/, .ci/run, the test helpers and
-test/e2e/k8s-experiment.sh, which no cluster here can run) are
+tools/experiment/k8s-experiment.sh, which no cluster here can run) are
 shellcheck-clean."""
 
 import pathlib
@@ -13,7 +13,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 def shell_scripts():
     candidates = [*ROOT.joinpath("scripts").iterdir(), ROOT / ".ci" / "run",
-                  *ROOT.joinpath("test").rglob("*.sh")]
+                  *ROOT.joinpath("test").rglob("*.sh"),
+                  *ROOT.joinpath("tools").rglob("*.sh")]
     return sorted(p for p in candidates
                   if p.is_file() and p.read_bytes().startswith(b"#!")
                   and b"sh\n" in p.read_bytes().split(b"\n", 1)[0] + b"\n")
@@ -22,7 +23,7 @@ def shell_scripts():
 def test_every_script_is_found():
     names = {str(p.relative_to(ROOT)) for p in shell_scripts()}
     for expected in ("scripts/run", "scripts/test", "scripts/bootstrap",
-                     ".ci/run", "test/e2e/k8s-experiment.sh"):
+                     ".ci/run", "tools/experiment/k8s-experiment.sh"):
         assert expected in names
 
 

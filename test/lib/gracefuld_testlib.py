@@ -1,5 +1,6 @@
-"""Shared pieces of the Python test suites: free ports, a private
-redis-server, and the gracefuld binary run as a child process.
+"""Shared pieces of the Python test suites and of the tools (the experiment,
+the benchmark): free ports, a private redis-server, gracefuld's JSON log
+lines and /metrics parsed, and the gracefuld binary run as a child process.
 
 Nothing here sleeps to wait for something: processes are awaited through
 what they print (redis-server's "Ready to accept connections", gracefuld's
@@ -47,6 +48,65 @@ def require_binary():
             "GRACEFULD_BIN must name the built gracefuld binary "
             f"(got {BIN!r}); run the tests through ctest")
     return BIN
+
+
+# -- the JSON log and /metrics, for the tests and the tools alike ------------
+
+def parse_event(line):
+    """One of gracefuld's JSON log lines, parsed; None for any other line
+    (text, a sanitizer's report, a broken line)."""
+    if not line.startswith("{"):
+        return None
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def events(lines):
+    """Every JSON log line among lines, parsed, in order."""
+    return [e for e in map(parse_event, lines) if e is not None]
+
+
+def is_event(line, event, **fields):
+    """Whether line is a JSON log line with this event and field values."""
+    obj = parse_event(line)
+    return obj is not None and obj.get("event") == event and all(
+        obj.get(k) == v for k, v in fields.items())
+
+
+def wait_event(reader, event, timeout=10.0, start=0, **fields):
+    """Waits for a log line of reader (a LineReader) with this event (and
+    these field values), from index start on; returns it parsed."""
+    return parse_event(reader.wait_for(
+        lambda line: is_event(line, event, **fields), timeout, start))
+
+
+def parse_metrics(text):
+    """Prometheus text as {sample name with its labels: value}."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def scrape_metrics(port, host="127.0.0.1", timeout=5.0):
+    """GET /metrics on a connection of its own; its samples, or None when
+    the server does not answer 200 (its listener closed while it drains,
+    say)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", "/metrics", headers={"Connection": "close"})
+        resp = conn.getresponse()
+        body = resp.read().decode("utf-8", "replace")
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+    return parse_metrics(body) if resp.status == 200 else None
 
 
 class LineReader:
@@ -201,27 +261,14 @@ class Gracefuld:
 
     # -- logs ---------------------------------------------------------------
 
-    def events(self):
-        """Every JSON log line so far, parsed."""
-        out = []
-        for line in self.log.lines:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-        return out
+    def events(self, start=0):
+        """Every JSON log line so far (from index start on), parsed."""
+        return events(self.log.lines[start:])
 
     def wait_event(self, event, timeout=10.0, start=0, **fields):
         """Waits for a log line with this event (and these field values);
         returns it parsed."""
-        def match(line):
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                return False
-            return obj.get("event") == event and all(
-                obj.get(k) == v for k, v in fields.items())
-        return json.loads(self.log.wait_for(match, timeout, start))
+        return wait_event(self.log, event, timeout, start, **fields)
 
     def mark(self):
         """A position in the log: wait_event(start=mark) looks after it."""
@@ -272,12 +319,7 @@ class Gracefuld:
     def metrics(self):
         """/metrics as {sample name with its labels: value}."""
         _, _, body = self.request("/metrics")
-        out = {}
-        for line in body.decode().splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
+        return parse_metrics(body.decode())
 
     def metric(self, name):
         """One sample of /metrics; KeyError when it is not there."""

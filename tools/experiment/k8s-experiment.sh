@@ -5,7 +5,7 @@
 # no request may have failed. Exit 0 when that holds, 1 when it does not, 2
 # when the experiment could not run.
 #
-#   test/e2e/k8s-experiment.sh [options]
+#   tools/experiment/k8s-experiment.sh [options]
 #
 #   -n, --namespace NS   the namespace [kubectl's current one]
 #   --via MODE           how hey reaches the Service [nodeport]:

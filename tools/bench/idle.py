@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Idle connections timing out: the cost of gracefuld's connection timers.
 
-    python3 test/bench/idle.py --build build-release            # about 50 s
-    python3 test/bench/idle.py --build build-release --conns 2000 --spread 3
+    python3 tools/bench/idle.py --build build-release            # about 50 s
+    python3 tools/bench/idle.py --build build-release --conns 2000 --spread 3
 
 Opens --conns connections that never send a request, one every
 spread/conns seconds, so that their first-request timeouts

@@ -1,20 +1,21 @@
 #!/usr/bin/env python3
 """gracefuld's benchmark, side by side with nginx answering `return 200`.
 
-    python3 test/bench/bench.py --build build-release         # about 10 minutes
-    python3 test/bench/bench.py --build build-release --quick # about 3 minutes
-    python3 test/bench/bench.py --build build-release --only drain,allocs
-    python3 test/bench/bench.py --build build-release --only profile
+    python3 tools/bench/bench.py --build build-release          # about 10 min
+    python3 tools/bench/bench.py --build build-release --quick  # about 3 min
+    python3 tools/bench/bench.py --build build-release --only drain,allocs
+    python3 tools/bench/bench.py --build build-release --only profile
 
 Not part of the pass/fail suite: it measures, prints a table and writes a
-JSON file (test/bench/results/bench-<time>.json, with a .md table and an
-.html page charting each round beside it).
+JSON file (tools/bench/results/bench-<time>.json, with a .md table and an
+.html page charting each round beside it); after a full run, the table also
+goes to docs/bench/latest.md, the one the documentation links to.
 It starts its own redis-server, nginx (one worker) and gracefuld, in memory
 mode (the default durability) and in journal mode (DURABILITY=redis), pins the
 servers (and Redis, which works for them) to one CPU and the load
 generators to the other, and runs the reference and gracefuld alternately,
-several rounds, reporting medians and the per-round ratios. The README's
-Performance section says what each figure means and how it is measured.
+several rounds, reporting medians and the per-round ratios.
+docs/performance.md says what each figure means and how it is measured.
 """
 
 import argparse
@@ -39,7 +40,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "test", "lib"))
 
-from gracefuld_testlib import LineReader, Redis, free_port  # noqa: E402
+from gracefuld_testlib import (LineReader, Redis, free_port,  # noqa: E402
+                               scrape_metrics, wait_event)
+from bench_table import (LATEST, profile_text, table,  # noqa: E402
+                         write_latest)
 
 PHASES = ["throughput", "latency", "memory", "drain", "startup", "redis",
           "allocs", "syscalls", "profile"]
@@ -171,20 +175,8 @@ def http_status(port, path, timeout=2.0):
 
 
 def metric(port, name):
-    try:
-        with socket.create_connection(("127.0.0.1", port), 5) as s:
-            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: b\r\n"
-                      b"Connection: close\r\n\r\n")
-            data = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-    except OSError:
-        return None
-    m = re.search(rb"^" + re.escape(name.encode()) + rb" (\S+)$", data, re.M)
-    return float(m.group(1)) if m else None
+    samples = scrape_metrics(port)
+    return samples.get(name) if samples else None
 
 
 # ---- the servers -------------------------------------------------------------
@@ -276,12 +268,7 @@ class Gracefuld:
         return self
 
     def wait_event(self, event, timeout=10.0):
-        def match(line):
-            try:
-                return json.loads(line).get("event") == event
-            except ValueError:
-                return False
-        return json.loads(self.log.wait_for(match, timeout))
+        return wait_event(self.log, event, timeout)
 
     def pids(self):
         return [self.proc.pid]
@@ -1077,7 +1064,7 @@ def lua_scripts():
     """{script name: (the start of its text, its SHA-1)}, to tell gracefuld's
     EVALs (each script starts with a comment of its own) and EVALSHAs apart
     in MONITOR's lines."""
-    d = os.path.join(ROOT, "src", "lua")
+    d = os.path.join(ROOT, "src", "redis", "lua")
     out = {}
     for f in sorted(os.listdir(d)):
         if f.endswith(".lua"):
@@ -1220,199 +1207,6 @@ def perf_report(perf, data, sort):
     return rows
 
 
-# ---- the report --------------------------------------------------------------
-
-def fmt(v, digits=0):
-    if v is None:
-        return "–"
-    if isinstance(v, (int, float)):
-        return f"{v:,.{digits}f}"
-    return str(v)
-
-
-def table(res):
-    rows = []
-
-    def add(what, g, n="", ratio="", target=""):
-        rows.append((what, g, n, ratio, target))
-
-    def rounds(median, ratios):
-        return (f"**{median:.2f}×** (rounds: " +
-                ", ".join(f"{v:.2f}" for v in ratios) + ")")
-
-    t = res.get("throughput")
-    if t:
-        for (w, label), (k, mode) in ((wl, km) for wl in (
-                ("steady", "steady state, INCRs falling due"),
-                ("http_only", "before the first INCR falls due"))
-                for km in (("gracefuld", ""), ("journal", "journal mode, "))):
-            x = t[w]
-            m = x["median"]
-            if k not in m:
-                continue  # a result from before journal mode was measured
-            pre = "journal_" if k == "journal" else ""
-            add(f"throughput, req/s ({mode}{label}; wrk -t1 -c{t['conns']}, "
-                f"{x['seconds']:g} s, median of {len(t['rounds'])})",
-                fmt(m[k]["rps"]), fmt(m["nginx"]["rps"]),
-                rounds(x[pre + "ratio_median"], x[pre + "ratios"]),
-                "≥ 0.8×" if k == "journal" else "≥ 1.0×")
-            add(f"  CPU % server / wrk / redis-server ({mode}{w})",
-                " / ".join(fmt(m[k][c]) for c in
-                           ("server_cpu_pct", "client_cpu_pct",
-                            "redis_cpu_pct")),
-                " / ".join(fmt(m["nginx"][c]) for c in
-                           ("server_cpu_pct", "client_cpu_pct",
-                            "redis_cpu_pct")))
-            g, n = (m[k]["server_cpu_us_per_req"],
-                    m["nginx"]["server_cpu_us_per_req"])
-            add(f"  server CPU per request ({mode}{w}), µs", fmt(g, 2),
-                fmt(n, 2), f"{g / n:.2f}×" if n else "")
-            add(f"  latency at saturation ({mode}{w}, wrk) p50 / p99, µs",
-                f"{fmt(m[k]['p50_us'])} / {fmt(m[k]['p99_us'])}",
-                f"{fmt(m['nginx']['p50_us'])} / {fmt(m['nginx']['p99_us'])}")
-    lt = res.get("latency")
-    if lt:
-        m = lt["median"]
-        for q, label in (("p50", "p50"), ("p90", "p90"), ("p99", "p99"),
-                         ("p99_9", "p99.9")):
-            ratio = (f"{m['gracefuld'][q] / m['nginx'][q]:.2f}×"
-                     if m["nginx"][q] else "")
-            if q == "p99":
-                ratio = rounds(lt["p99_ratio_median"], lt["p99_ratios"])
-            add(f"latency at {fmt(lt['rate'])} req/s constant, {label}, µs",
-                fmt(m["gracefuld"][q]), fmt(m["nginx"][q]), ratio,
-                "≤ 1.0×" if q == "p99" else "")
-        for q, label in (("p50", "p50"), ("p90", "p90"), ("p99", "p99"),
-                         ("p99_9", "p99.9")):
-            if "journal" not in m:
-                break
-            ratio = (f"{m['journal'][q] / m['gracefuld'][q]:.2f}× memory "
-                     "mode's" if m["gracefuld"][q] else "")
-            if q == "p99":
-                ratio = rounds(lt["journal_p99_ratio_median"],
-                               lt["journal_p99_ratios"]) + " memory mode's"
-            add(f"latency at {fmt(lt['rate'])} req/s constant, journal mode, "
-                f"{label}, µs", fmt(m["journal"][q]), fmt(m["nginx"][q]),
-                ratio, "≤ 2.0× memory mode's" if q == "p99" else "")
-    for phase in ("throughput", "latency"):
-        x = res.get(phase)
-        if x and all("steal_pct" in r for r in x["rounds"]):
-            steals = [r["steal_pct"] for r in x["rounds"]]
-            add(f"host CPU steal during the {phase} rounds, % of one CPU "
-                "(hypervisor; high means noisy rounds)",
-                f"{statistics.median(steals):.1f} (rounds: " +
-                ", ".join(f"{v:.1f}" for v in steals) + ")")
-    mem = res.get("memory")
-    if mem:
-        for name, label in (("full_speed", "full speed"),
-                            ("constant_rate", "constant rate")):
-            x = mem.get(name)
-            if x:
-                add(f"bytes per pending increment ({fmt(x['accepted'])} "
-                    f"pending, {label}, {fmt(x['rate'])}/s)",
-                    fmt(x["bytes_per_pending"], 2), "", "", "≤ 16")
-        x = mem.get("full_speed")
-        if x:
-            add(f"RSS with {fmt(x['accepted'])} pending, kB",
-                fmt(x["rss_after_kb"]), "", "",
-                f"idle {fmt(x['rss_idle_kb'])} kB")
-        for name, label in (("journal_full_speed", "full speed"),
-                            ("journal_constant_rate", "constant rate")):
-            x = mem.get(name)
-            if x:
-                add(f"journal mode: Redis used_memory per pending increment "
-                    f"({fmt(x['journal_held'])} in the journal, {label}, "
-                    f"{fmt(x['rate'])}/s), bytes",
-                    fmt(x["bytes_per_pending"], 2), "",
-                    f"journal hash alone: {fmt(x['journal_bytes_per_pending'], 2)}"
-                    f" B per increment, {fmt(x['journal_entries'])} entries of "
-                    f"{fmt(x['journal_bytes_per_entry'])} B "
-                    f"({', '.join(x['journal_encoding'])})")
-    d = res.get("drain")
-    if d:
-        m = d["median"]
-        add("drain overhead: last INCR at Redis → process gone (external), µs",
-            fmt(m["overhead_external_us"]), "", "", "< 10,000")
-        add("drain overhead: last reply read → exit_group (perf trace), µs",
-            fmt(m["overhead_trace_us"]), "", "", "< 10,000")
-        add("exit after the last deadline, ms",
-            fmt(m["exit_after_last_deadline_ms"], 2), "", "", "< 10")
-        ok = all(r["rc"] == 0 and r["counted"] == r["accepted"]
-                 for r in d["rounds"])
-        add("drained rounds with counter = accepted, exit 0",
-            f"{sum(1 for r in d['rounds'] if r['rc'] == 0 and r['counted'] == r['accepted'])}"
-            f"/{len(d['rounds'])}", "", "", "all" if ok else "**FAIL**")
-    s = res.get("startup")
-    if s:
-        add("start-up: exec → first 200 (/readyz; nginx /incr), ms",
-            fmt(s["gracefuld"]["median_ms"], 2), fmt(s["nginx"]["median_ms"],
-                                                    2))
-    r = res.get("redis")
-    for k, mode in (("gracefuld", "memory mode"), ("journal", "journal mode")):
-        x = (r or {}).get(k)
-        if not x:
-            continue
-        add(f"Redis commands per request, {mode} (INFO commandstats, those "
-            f"scripts run included; {fmt(x['accepted'])} at {fmt(x['rate'])}"
-            "/s)", fmt(x["commands_per_request"], 4), "", "", "≤ 0.05")
-        add(f"  … of which sent by gracefuld ({mode}, MONITOR)",
-            fmt(x["sent_per_request"], 4), "",
-            f"{fmt(x['increments_per_batch'], 1)} increments per "
-            + ("batch" if k == "gracefuld" else "journal write"))
-        add(f"  Redis other commands during the run ({mode})",
-            fmt(x["other_commands"]), "",
-            ", ".join(f"{c} {v}" for c, v in sorted(x["other"].items())),
-            "the handshake" + (", lease renewals (SET) and adoption scans"
-                               if k == "journal" else ""))
-        add(f"  increments per Redis read ({mode})",
-            fmt(x["increments_per_redis_read"], 1), "", "", "many")
-    al = res.get("allocs")
-    if al:
-        p = al["per_request"]
-        add("allocations per request: gracefuld's own code",
-            fmt(p["gracefuld"]["allocations"], 4), "", "", "0")
-        add("allocations per request: hiredis (per INCR)",
-            fmt(p["hiredis"]["allocations"], 4))
-        add("allocations per request: libuv + libc",
-            fmt(p["libuv"]["allocations"] + p["libc"]["allocations"], 4))
-    sc = res.get("syscalls")
-    if sc and "gracefuld" in sc:
-        g, n = sc["gracefuld"]["per_request"], sc["nginx"]["per_request"]
-        add("syscalls per request at saturation (perf tracepoints)",
-            fmt(g.get("all"), 2), fmt(n.get("all"), 2))
-        for k in ("read", "write", "writev", "epoll_wait", "epoll_ctl",
-                  "ioctl", "context-switches"):
-            if g.get(k) or n.get(k):
-                add(f"  … of which {k}", fmt(g.get(k, 0), 3),
-                    fmt(n.get(k, 0), 3))
-    lines = ["| measure | gracefuld | nginx `return 200` | ratio | target |",
-             "|---|---:|---:|---|---|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def profile_text(p):
-    lines = []
-    cg = p.get("callgrind")
-    if cg:
-        lines.append(f"callgrind: {cg['instructions_per_request']:,} "
-                     "instructions per request (user space only)")
-        for obj, ir in cg["by_object"].items():
-            lines.append(f"  {ir:8,}  {obj}")
-        lines.append("  top functions (self):")
-        for f in cg["top_functions"][:20]:
-            lines.append(f"  {f['ir']:8,}  {f['function']} [{f['object']}]")
-    pf = p.get("perf")
-    if pf:
-        lines.append("perf record at saturation (cpu-clock), by object:")
-        for x in pf["by_dso"][:10]:
-            lines.append(f"  {x['pct']:6.2f}%  {x['name']}")
-        lines.append("  top symbols:")
-        for x in pf["top_symbols"][:25]:
-            lines.append(f"  {x['pct']:6.2f}%  {x['name']}")
-    return "\n".join(lines)
-
-
 def meta(args):
     def cmd(*c):
         try:
@@ -1485,7 +1279,10 @@ def main():
                     "beside the servers its CPU counts against the one "
                     "it works for")
     ap.add_argument("--out", help="JSON file to write (default: "
-                    "test/bench/results/bench-<time>.json)")
+                    "tools/bench/results/bench-<time>.json)")
+    ap.add_argument("--latest", help="Markdown file for the table "
+                    "(default: docs/bench/latest.md after a full run of "
+                    "the default phases, none after --quick or --only)")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.duration, args.lat_warmup = 2, 3, 2
@@ -1526,6 +1323,11 @@ def main():
     with open(out, "w") as f:
         json.dump(results, f, indent=2)
     text = table(results)
+    latest = args.latest
+    if latest is None and not args.quick and phases == DEFAULT_PHASES:
+        latest = LATEST
+    if latest:
+        write_latest(latest, results, text)
     if "profile" in results:
         text += "\n\n```\n" + profile_text(results["profile"]) + "\n```"
     m = results["meta"]
@@ -1540,6 +1342,8 @@ def main():
     print(head + "\n")
     print(text)
     print(f"\nwritten: {out}")
+    if latest:
+        print(f"written: {latest}")
 
 
 if __name__ == "__main__":

@@ -26,9 +26,14 @@ After the load, the surviving replicas are stopped gracefully (with no
 deadline but their own SHUTDOWN_TIMEOUT_MS) so that everything they accepted
 reaches Redis, and the counter is read.
 
-    test/e2e/rollout.py --bin build/gracefuld            # the classic run
-    test/e2e/rollout.py --containers --image gracefuld:dev
-    test/e2e/rollout.py --help
+    tools/experiment/rollout.py --bin build/gracefuld   # the classic run
+    tools/experiment/rollout.py --containers --image gracefuld:dev
+    tools/experiment/rollout.py --help
+
+The parts live beside this file: harness.py (paths, errors, ports, held
+signals), service.py (HAProxy), replicas.py (process and container
+replicas), verdict.py (hey's output and the verdict) and report.py (the
+HTML report).
 
 Prints a table for people and, last, one JSON line. Exit status: 0 when
 nothing was lost and nothing failed, 1 when something was, 2 when the
@@ -39,14 +44,10 @@ stopped on the way out, also on SIGINT, SIGTERM or SIGHUP.
 import argparse
 import contextlib
 import dataclasses
-import http.client
 import json
 import math
 import os
 import random
-import re
-import resource
-import select
 import shutil
 import signal
 import socket
@@ -56,57 +57,18 @@ import tempfile
 import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCE_DIR = (os.environ.get("GRACEFULD_SOURCE_DIR")
-              or os.path.dirname(os.path.dirname(HERE)))
-sys.path.insert(0, os.path.join(SOURCE_DIR, "test", "lib"))
-sys.path.insert(0, HERE)
-
-from gracefuld_testlib import LineReader, Redis, stop_process  # noqa: E402
-
-CONTAINERS_CONF = os.path.join(SOURCE_DIR, "test", "container",
-                               "containers.conf")
-SANITIZER_MARKS = ("Sanitizer", "runtime error:", "LeakSanitizer")
-# The readiness probe's periodSeconds in k8s/deployment.yaml (a test keeps
-# the two in step).
-MANIFEST_PROBE_PERIOD = 1.0
-# The report's time buckets and the sampling of /metrics and the counter.
-BUCKET_S = 0.1
-SAMPLE_S = 0.25
-DURABILITIES = ("memory", "redis")
-# gracefuld's LEASE_MS default: a killed replica's journal is adopted once
-# its lease lapsed.
-DEFAULT_LEASE_MS = 3000
-
-
-# A stop signal raises KeyboardInterrupt in the main thread, which then
-# stops everything it started. Between starting a process and recording it
-# where the cleanup looks, the signal is held, or the process would be
-# missed; _held counts the main thread's open held_signals() blocks.
-_held = {"depth": 0, "pending": None}
-
-
-@contextlib.contextmanager
-def held_signals():
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    _held["depth"] += 1
-    try:
-        yield
-    finally:
-        _held["depth"] -= 1
-        if _held["depth"] == 0 and _held["pending"]:
-            name, _held["pending"] = _held["pending"], None
-            raise KeyboardInterrupt(name)
-
-
-class HarnessError(Exception):
-    """The experiment could not be run (as opposed to: it ran and failed)."""
-
-
-class Aborted(Exception):
-    """A signal asked the experiment to stop."""
+# The parts, each in a module beside this one. The tests read the harness
+# through this module (rollout.verdict, rollout.parse_hey, ...).
+from harness import (BUCKET_S, CONTAINERS_CONF, DEFAULT_LEASE_MS,  # noqa: E402
+                     DURABILITIES, MANIFEST_PROBE_PERIOD, SAMPLE_S, Aborted,
+                     HarnessError, defer_signal, fmt_t, held_signals,
+                     redis_get, release_ports)
+from gracefuld_testlib import Redis, events  # noqa: E402
+from replicas import ContainerReplica, ProcessReplica  # noqa: E402
+from service import OUTCOMES, HAProxy  # noqa: E402
+from verdict import (KILLED_RULE, STRICT_RULE,  # noqa: E402,F401
+                     count_unknown, error_kind, parse_hey, unknown_outcome,
+                     verdict)
 
 
 # -- parameters --------------------------------------------------------------
@@ -228,726 +190,6 @@ class Params:
         over the load (a crash due during a rollout waits for its end)."""
         return [self.duration * (i + 1) / (self.crash + 1)
                 for i in range(self.crash)]
-
-
-# -- small helpers -----------------------------------------------------------
-
-_ports_taken = set()
-_ports_lock = threading.Lock()
-
-
-def pick_port():
-    """A free port below the ephemeral range. A port from bind(0) comes from
-    that range, where the load's own client connections (hey to HAProxy,
-    HAProxy to the replicas) take their source ports: one of them could
-    take it between our check and the replica's bind."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            low = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    low = max(2048, min(low, 32768))
-    rng = random.Random()
-    for _ in range(1000):
-        port = rng.randrange(1024 + (low - 1024) // 4, low)
-        with _ports_lock:
-            if port in _ports_taken:
-                continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        with _ports_lock:
-            _ports_taken.add(port)
-        return port
-    raise HarnessError("no free port below the ephemeral range")
-
-
-def redis_get(sock, key):
-    """GET key over an open RESP connection: an int (0 when unset)."""
-    k = key.encode()
-    sock.sendall(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(k), k))
-    data = b""
-    while True:
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise OSError("redis closed the connection")
-        data += chunk
-        if data.startswith(b"$-1\r\n"):
-            return 0
-        head, sep, rest = data.partition(b"\r\n")
-        if not head.startswith(b"$"):
-            raise ValueError(f"redis: {data[:80]!r}")
-        if sep and len(rest) >= int(head[1:]) + 2:
-            return int(rest[:int(head[1:])] or 0)
-
-
-def json_events(lines):
-    out = []
-    for line in lines:
-        if not line.startswith("{"):
-            continue
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
-
-
-def fmt_t(t):
-    return "-" if t is None else f"{t:6.2f}"
-
-
-class TimedSink:
-    """A replica's log file that also keeps each line with the harness time
-    it arrived at, for the report's phases (the log's own stamps are wall
-    clock, and their format is the service's business)."""
-
-    def __init__(self, path, clock):
-        self._f = open(path, "a")
-        self._clock = clock
-        self.lines = []  # (t, line)
-
-    def write(self, text):
-        self.lines.append((round(self._clock(), 3), text.rstrip("\n")))
-        self._f.write(text)
-
-    def flush(self):
-        self._f.flush()
-
-    def close(self):
-        self._f.close()
-
-
-def log_events(timed_lines):
-    """(t, event) for each JSON object line, event the parsed object."""
-    out = []
-    for t, line in timed_lines:
-        if not line.startswith("{"):
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
-            out.append((t, obj))
-    return out
-
-
-METRIC_PENDING = re.compile(r"^gracefuld_increments_pending(?:\{[^}]*\})?\s+"
-                            r"(\d+)", re.M)
-
-
-# -- the Service -------------------------------------------------------------
-
-class HAProxy:
-    """HAProxy in TCP mode with one empty backend; the harness adds and
-    removes servers through the runtime API."""
-
-    CONFIG = """\
-global
-    stats socket {sock} mode 600 level admin
-    nbthread 1
-    maxconn {maxconn}
-    # One line per connection, for the report: when it was accepted, the
-    # server, the timers, the bytes, how it ended and the status line's code.
-    log stdout format raw local0 info
-
-defaults
-    mode tcp
-    log global
-    log-format "conn %Ts.%ms %s %Tw/%Tc/%Tt %B %U %ts %[var(txn.status)]"
-    # As kube-proxy's DNAT: one backend per connection, no second try, a
-    # refused connection is the client's problem.
-    retries 0
-    no option redispatch
-    timeout connect 5s
-    timeout client 10m
-    timeout server 10m
-
-frontend service
-    bind 127.0.0.1:{port}
-    default_backend endpoints
-
-backend endpoints
-    balance roundrobin
-    # Reads the status code of the first response on each connection; the
-    # response waits for nothing but its own first 12 bytes.
-    tcp-response inspect-delay 10s
-    tcp-response content set-var(txn.status) res.payload(9,3) if {{ res.len ge 12 }}
-    tcp-response content accept if {{ res.len ge 12 }}
-"""
-    # What HAProxy needs besides two descriptors per connection.
-    FD_OVERHEAD = 64
-    MAXCONN_CAP = 4000
-
-    def __init__(self, workdir, connections_needed=0):
-        self.dir = workdir
-        self.maxconn, self.nofile = self.size(connections_needed)
-        self.port = pick_port()
-        self.sock = os.path.join(workdir, "haproxy.sock")
-        self.cfg = os.path.join(workdir, "haproxy.cfg")
-        self.log = os.path.join(workdir, "haproxy.log")
-        self.proc = None
-        self._lock = threading.Lock()
-
-    @classmethod
-    def size(cls, needed):
-        """maxconn from the hard limit on open files that HAProxy will
-        inherit (it raises its soft limit to 2 x maxconn + a few itself, and
-        refuses to start when the hard one is lower); HarnessError when that
-        leaves fewer connections than the load needs."""
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        if hard == resource.RLIM_INFINITY:
-            return cls.MAXCONN_CAP, hard
-        maxconn = min(cls.MAXCONN_CAP, (hard - cls.FD_OVERHEAD) // 2)
-        if maxconn < needed:
-            raise HarnessError(
-                f"the hard limit on open files is {hard}, which lets HAProxy "
-                f"hold {max(maxconn, 0)} connections; the load asks for "
-                f"{needed}: raise it (ulimit -Hn) or use fewer --workers")
-        return maxconn, hard
-
-    def start(self, timeout=30):
-        with open(self.cfg, "w") as f:
-            f.write(self.CONFIG.format(sock=self.sock, port=self.port,
-                                       maxconn=self.maxconn))
-        # Master-worker mode with systemd's readiness protocol: the master,
-        # our child, sends READY=1 once the listener and the admin socket
-        # are bound, which is the event we wait for.
-        notify_path = os.path.join(self.dir, "haproxy.notify")
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            notify.bind(notify_path)
-            env = dict(os.environ, NOTIFY_SOCKET=notify_path)
-            with open(self.log, "ab") as log, held_signals():
-                self.proc = subprocess.Popen(
-                    ["haproxy", "-Ws", "-f", self.cfg], env=env,
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                    start_new_session=True)
-            exited = os.pidfd_open(self.proc.pid)
-            try:
-                deadline = time.monotonic() + timeout
-                while True:
-                    left = deadline - time.monotonic()
-                    r, _, _ = select.select([notify, exited], [], [],
-                                            max(0, left))
-                    if notify in r and b"READY=1" in notify.recv(4096):
-                        return self
-                    if exited in r or left <= 0:
-                        break
-            finally:
-                os.close(exited)
-        finally:
-            notify.close()
-        self.stop()
-        with open(self.log) as f:
-            raise HarnessError(f"haproxy did not start:\n{f.read()}")
-
-    def command(self, line):
-        with self._lock:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(10)
-                s.connect(self.sock)
-                s.sendall(line.encode() + b"\n")
-                out = b""
-                while True:
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    out += chunk
-        return out.decode("utf-8", "replace").strip()
-
-    def add(self, name, port):
-        out = self.command(f"add server endpoints/{name} 127.0.0.1:{port}")
-        if "New server registered" not in out:
-            raise HarnessError(f"haproxy add server {name}: {out}")
-        # Dynamic servers start in maintenance.
-        out = self.command(f"enable server endpoints/{name}")
-        if out:
-            raise HarnessError(f"haproxy enable server {name}: {out}")
-
-    def maint(self, name):
-        """Out of the rotation; established sessions go on."""
-        out = self.command(f"set server endpoints/{name} state maint")
-        if out:
-            raise HarnessError(f"haproxy maint {name}: {out}")
-
-    def delete(self, name):
-        """Drops a server in maintenance once it has no sessions left;
-        returns whether it did."""
-        return "Server deleted" in self.command(
-            f"del server endpoints/{name}")
-
-    def stop(self):
-        stop_process(self.proc)  # the master stops its worker, then exits
-
-    def connections(self, wall_t0):
-        """The connections HAProxy logged: (t, server, outcome), t in s
-        after wall_t0 (the load's start, time.time()), by acceptance."""
-        out = []
-        try:
-            with open(self.log, errors="replace") as f:
-                lines = f.read().splitlines()
-        except OSError:
-            return out
-        for line in lines:
-            m = CONN_LINE.match(line)
-            if m:
-                out.append((float(m.group("ts")) - wall_t0, m.group("srv"),
-                            connection_outcome(m.group("status"),
-                                               m.group("term"))))
-        return out
-
-
-CONN_LINE = re.compile(
-    r"conn (?P<ts>\d+\.\d+) (?P<srv>\S+) (?P<timers>\S+) (?P<bytes>-?\d+) "
-    r"(?P<up>-?\d+) (?P<term>\S+) (?P<status>\S+)\s*$")
-# The outcomes the report stacks, in order.
-OUTCOMES = ("200", "refused", "reset", "timeout", "5xx", "other")
-
-
-def connection_outcome(status, term):
-    """A connection as the Service saw it: the status code of its first
-    response, or, without one, how it ended (HAProxy's termination state:
-    S? the server refused or aborted it, C/c/s? a side gave up waiting)."""
-    if status.isdigit():
-        code = int(status)
-        if code == 200:
-            return "200"
-        return "5xx" if 500 <= code < 600 else "other"
-    if term.startswith("SC"):
-        return "refused"
-    if term[:1] == "S":
-        return "reset"
-    if term[:1] in ("C", "c", "s"):
-        return "timeout"
-    return "other"
-
-
-# -- replicas ----------------------------------------------------------------
-
-class Replica:
-    """One pod's container: a gracefuld, its log, and its timeline (seconds
-    after the load started)."""
-
-    def __init__(self, exp, name, role):
-        self.exp = exp
-        self.name = name
-        self.role = role
-        self.port = pick_port()
-        self.proc = None
-        self.log = None
-        self.log_path = os.path.join(exp.workdir, f"{name}.log")
-        self.started_at = self.ready_at = None
-        self.deleted_at = self.unrouted_at = None
-        self.sigterm_at = self.exited_at = None
-        self.returncode = None
-        self.pending = []            # (t, increments pending) from /metrics
-        self.killed = False          # SIGKILL at the end of the grace period
-        self.crashed_at = None       # SIGKILL outside any rollout
-        self.stopped_at_end = False  # survivor, stopped after the load
-        self.early_exit = False      # exited before anyone asked it to
-
-    # subclasses: _popen(), _sigterm(), _sigkill(), _stop_with_grace(secs)
-
-    def env(self):
-        env = self.exp.p.gracefuld_env()
-        env["LISTEN_ADDR"] = f"127.0.0.1:{self.port}"
-        env["REDIS_ADDR"] = self.exp.redis.addr
-        return env
-
-    def mark(self, kind, detail="", t=None):
-        """One lifecycle event of this replica, for the report."""
-        self.exp.lifecycle.append(
-            (round(self.exp.now() if t is None else t, 3), self.name, kind,
-             detail))
-
-    def start(self):
-        self.started_at = self.exp.now()
-        with held_signals():
-            self.proc = self._popen()
-        self._sink = TimedSink(self.log_path, self.exp.now)
-        self.log = LineReader(self.proc.stderr, self._sink)
-        self.mark("started", t=self.started_at)
-        return self
-
-    def running(self):
-        return (self.proc is not None and self.exited_at is None
-                and self.proc.poll() is None)
-
-    def sample(self):
-        """Increments pending now, from /metrics; None when it does not
-        answer (its listener is closed while it drains)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port,
-                                          timeout=0.5)
-        try:
-            conn.request("GET", "/metrics", headers={"Connection": "close"})
-            resp = conn.getresponse()
-            body = resp.read().decode("utf-8", "replace")
-        except (OSError, http.client.HTTPException):
-            return None
-        finally:
-            conn.close()
-        m = METRIC_PENDING.search(body)
-        if resp.status != 200 or not m:
-            return None
-        self.pending.append((round(self.exp.now(), 3), int(m.group(1))))
-        return self.pending[-1][1]
-
-    def lifecycle_from_log(self):
-        """The shutdown phases and signals it logged, as lifecycle events;
-        read by event name and field, whatever else the line holds."""
-        out = []
-        for t, ev in log_events(self._sink.lines if self.log else []):
-            name = ev.get("event")
-            if name == "phase":
-                phase = ev.get("phase") or ev.get("to") or ev.get("name")
-                if phase:
-                    out.append((t, self.name, "phase", str(phase)))
-                if isinstance(ev.get("pending"), int):
-                    self.pending.append((t, ev["pending"]))
-            elif name == "signal" and isinstance(ev.get("pending"), int):
-                self.pending.append((t, ev["pending"]))
-        return out
-
-    def wait_event(self, event, timeout):
-        def match(line):
-            try:
-                return json.loads(line).get("event") == event
-            except ValueError:
-                return False
-        return json.loads(self.log.wait_for(match, timeout))
-
-    def wait_ready(self, timeout):
-        """Ready as the kubelet sees it: /readyz answers 200. gracefuld
-        logs redis_up at the moment that starts to be true, so we await the
-        line, then probe to confirm (and probe on, kubelet-like, if not)."""
-        deadline = time.monotonic() + timeout
-        period = self.exp.p.probe_period
-        if period <= 0:
-            try:
-                self.wait_event("redis_up", timeout)
-            except TimeoutError as e:
-                raise HarnessError(f"{self.name} did not reach Redis:\n{e}")
-        probes = 0
-        while True:
-            if period > 0:
-                # The kubelet's probe worker starts with the pod, before its
-                # container runs, and ticks every period: the first probe of
-                # a running container comes within a period of its start
-                # (taken here as the whole period), whatever its log says.
-                probes += 1
-                self.exp.pause_until(self.started_at + probes * period)
-            status = self.probe("/readyz")
-            if status == 200:
-                self.ready_at = self.exp.now()
-                self.mark("ready", f"/readyz 200 at probe {probes}"
-                          if period > 0 else "/readyz 200")
-                return
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise HarnessError(
-                    f"{self.name} not ready (/readyz {status}); log:\n"
-                    + "\n".join(self.log.lines[-20:]))
-            if period <= 0:
-                self.exp.pause(0.1)
-
-    def probe(self, path):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-        try:
-            conn.request("GET", path, headers={"Connection": "close"})
-            resp = conn.getresponse()
-            resp.read()
-            return resp.status
-        except OSError as e:
-            return f"{type(e).__name__}"
-        finally:
-            conn.close()
-
-    def _reap(self):
-        self.returncode = self.proc.wait()
-        self.exited_at = self.exp.now()
-        self.log.join()
-        self._sink.close()
-        s = self.summary() or {}
-        report = " ".join(f"{k}={s[k]}" for k in
-                          ("reason", "accepted", "done", "abandoned",
-                           "handed_over")
-                          if k in s)
-        if not self.killed and isinstance(s.get("abandoned"), int):
-            # What it left pending when it exited: what it abandoned.
-            self.pending.append((round(self.exited_at, 3), s["abandoned"]))
-        if self.crashed_at is not None:
-            self.mark("sigkill", "crash", t=self.exited_at)
-        elif self.killed:
-            self.mark("sigkill", "grace period over" if self.sigterm_at
-                      is not None else "no grace period", t=self.exited_at)
-        self.mark("exit", f"{self.status_text()} {report}".strip(),
-                  t=self.exited_at)
-
-    def terminate_pod(self, deleted_at):
-        """The kubelet's part after the deletion: preStop, SIGTERM, SIGKILL
-        when the grace period (counted from the deletion) is over."""
-        p = self.exp.p
-        if self.proc.poll() is not None:
-            self.early_exit = True
-            self._reap()
-            return
-        self.exp.pause_until(deleted_at + p.prestop)
-        remaining = p.grace - (self.exp.now() - deleted_at)
-        self._stop_with_grace(remaining)
-
-    def stop_gracefully(self, timeout):
-        """After the experiment: SIGTERM and wait for the drain."""
-        if self.proc.poll() is not None:
-            self.early_exit = True
-            self._reap()
-            return
-        self.stopped_at_end = True
-        self._stop_with_grace(timeout)
-
-    def crash(self):
-        """SIGKILL now, as an OOM kill or a node loss would."""
-        self.crashed_at = self.exp.now()
-        self.killed = True
-        self._sigkill()
-        self._reap()
-
-    def force_stop(self):
-        """Cleanup on the way out: nothing graceful."""
-        if self.proc is not None and self.proc.poll() is None:
-            self._sigkill()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-
-    # -- what the run saw --------------------------------------------------
-
-    def summary(self):
-        for ev in reversed(json_events(self.log.lines if self.log else [])):
-            if ev.get("event") == "exit":
-                return ev
-        return None
-
-    def status_text(self):
-        rc = self.returncode
-        if rc is None:
-            return "running"
-        if self.killed or rc in (-signal.SIGKILL, 128 + signal.SIGKILL):
-            return "SIGKILL"
-        if rc < 0:
-            return signal.Signals(-rc).name
-        return f"exit {rc}"
-
-    def sanitizer_reports(self):
-        return [line for line in (self.log.lines if self.log else [])
-                if any(m in line for m in SANITIZER_MARKS)]
-
-    def report(self):
-        s = self.summary() or {}
-        drain = (None if self.sigterm_at is None or self.exited_at is None
-                 else round(self.exited_at - self.sigterm_at, 3))
-        r3 = (lambda t: None if t is None else round(t, 3))
-        return {
-            "name": self.name, "role": self.role, "port": self.port,
-            "started": r3(self.started_at), "ready": r3(self.ready_at),
-            "deleted": r3(self.deleted_at),
-            "unrouted": r3(self.unrouted_at),
-            "crashed": r3(self.crashed_at),
-            "sigterm": r3(self.sigterm_at), "exited": r3(self.exited_at),
-            "status": self.status_text(), "exit_code": self.returncode,
-            "killed": self.killed, "stopped_after_load": self.stopped_at_end,
-            "early_exit": self.early_exit, "drain_s": drain,
-            "accepted": s.get("accepted"), "done": s.get("done"),
-            "abandoned": s.get("abandoned"), "reason": s.get("reason"),
-            "handed_over": s.get("handed_over"),
-            "adopted": sum(ev.get("increments", 0) for ev in json_events(
-                self.log.lines if self.log else [])
-                if ev.get("event") == "journal_adopted"
-                and isinstance(ev.get("increments"), int)),
-        }
-
-
-class ProcessReplica(Replica):
-    kind = "process"
-
-    def _popen(self):
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-        for k in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"):
-            if k in os.environ:
-                env[k] = os.environ[k]
-        env.update(self.env())
-        # A session of its own: a Ctrl+C at the terminal reaches the harness,
-        # which stops everything in order, and not every replica at once.
-        return subprocess.Popen([self.exp.p.binary], env=env,
-                                stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE,
-                                start_new_session=True)
-
-    def _sigkill(self):
-        try:
-            self.proc.kill()
-        except ProcessLookupError:
-            pass
-
-    def _stop_with_grace(self, remaining):
-        if remaining > 0:
-            self.sigterm_at = self.exp.now()
-            self.proc.send_signal(signal.SIGTERM)
-            self.mark("sigterm", t=self.sigterm_at)
-            try:
-                self.proc.wait(remaining)
-            except subprocess.TimeoutExpired:
-                self.killed = True
-                self._sigkill()
-        else:
-            self.killed = True  # no grace left: SIGKILL at once
-            self._sigkill()
-        self._reap()
-
-
-class ContainerReplica(Replica):
-    """`podman run` attached: the container's stderr is our log and the
-    client's exit status is the container's."""
-
-    kind = "container"
-
-    def __init__(self, exp, name, role):
-        super().__init__(exp, name, role)
-        self.cname = f"{exp.container_prefix}{name}"
-
-    def _popen(self):
-        args = ["podman", "run", "--rm", "--name", self.cname,
-                "--network", "host", "--read-only", "--cap-drop", "ALL",
-                "--stop-signal", "SIGTERM", "--log-driver", "none"]
-        for k, v in self.env().items():
-            args += ["-e", f"{k}={v}"]
-        args.append(self.exp.p.image)
-        return subprocess.Popen(args, env=self.exp.podman_env(),
-                                stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE,
-                                start_new_session=True)
-
-    def _podman(self, *args, timeout=120):
-        return subprocess.run(["podman", *args], env=self.exp.podman_env(),
-                              stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=timeout)
-
-    def _sigkill(self):
-        self._podman("rm", "-f", "-t", "0", self.cname)
-
-    def _stop_with_grace(self, remaining):
-        # podman stop -t N: the image's STOPSIGNAL (SIGTERM), then SIGKILL
-        # after N whole seconds; it returns once the container is gone.
-        secs = max(0, math.ceil(remaining))
-        self.sigterm_at = self.exp.now()
-        self.mark("sigterm", f"podman stop -t {secs}", t=self.sigterm_at)
-        out = self._podman("stop", "-t", str(secs), self.cname,
-                           timeout=secs + 60)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            raise HarnessError(f"{self.cname}: podman run did not return "
-                               f"after podman stop: {out.stderr}")
-        self.killed = self.proc.returncode == 128 + signal.SIGKILL
-        self._reap()
-
-
-# -- the load ----------------------------------------------------------------
-
-ERROR_KINDS = (
-    ("refused", re.compile(r"connection refused")),
-    ("reset", re.compile(r"connection reset")),
-    ("timeout", re.compile(r"Timeout|timeout|deadline exceeded")),
-    # The connection closed before a response: what a client of HAProxy
-    # (or of kube-proxy) sees when the backend refused or vanished.
-    ("closed", re.compile(r"EOF|server closed|broken pipe")),
-)
-
-
-def error_kind(message):
-    for kind, rx in ERROR_KINDS:
-        if rx.search(message):
-            return kind
-    return "other"
-
-
-# hey's errors that happened before the request was sent: the connection
-# to the Service was never made. Every other error (EOF, a reset, a timeout
-# awaiting the response, a closed idle connection) came after the request
-# may have been written, with no response read: Redis may hold it.
-UNSENT = re.compile(r"\bdial tcp\b|connect: ")
-
-
-def unknown_outcome(message):
-    return not UNSENT.search(message)
-
-
-def count_unknown(errors):
-    """Requests whose outcome the client cannot know, from hey's errors."""
-    return sum(n for msg, n in errors.items() if unknown_outcome(msg))
-
-
-# The verdict's rules, as the JSON result and the report state them.
-STRICT_RULE = "lost == 0 and extra == 0 and failed == 0"
-KILLED_RULE = "lost == 0 and extra <= unknown"
-
-
-def verdict(ok, failed, counter, unknown, killed):
-    """(rule, lost, extra, problems) of the counts. Where a replica was
-    SIGKILLed, requests it held broke with no response (unknown, which
-    Redis may hold): nothing may be lost, and at most those may count
-    more. Elsewhere the counter equals the 200s and nothing failed."""
-    lost, extra = max(0, ok - counter), max(0, counter - ok)
-    rule = KILLED_RULE if killed else STRICT_RULE
-    problems = []
-    if failed and not killed:
-        problems.append(f"{failed} requests failed")
-    if lost:
-        problems.append(f"{lost} increments lost")
-    if extra and not killed:
-        problems.append(f"{extra} increments counted twice")
-    elif extra > unknown:
-        problems.append(f"{extra} increments counted more than the "
-                        f"{unknown} requests of unknown outcome")
-    return rule, lost, extra, problems
-
-
-def parse_hey(text):
-    """Status codes and errors from hey's summary (its CSV output lists
-    successful requests only)."""
-    statuses, errors = {}, {}
-    section = None
-    for line in text.splitlines():
-        if line.startswith("Status code distribution:"):
-            section = "status"
-            continue
-        if line.startswith("Error distribution:"):
-            section = "error"
-            continue
-        if not line.startswith(" "):
-            section = None if line.strip() else section
-            continue
-        m = re.match(r"\s*\[(\d+)\]\s+(.*)$", line)
-        if not m:
-            continue
-        if section == "status":
-            n = re.match(r"(\d+) responses", m.group(2))
-            if n:
-                statuses[int(m.group(1))] = int(n.group(1))
-        elif section == "error":
-            errors[m.group(2).strip()] = int(m.group(1))
-    rps = re.search(r"Requests/sec:\s*([\d.]+)", text)
-    total = re.search(r"Total:\s*([\d.]+) secs", text)
-    return {
-        "statuses": statuses, "errors": errors,
-        "rps": float(rps.group(1)) if rps else None,
-        "total_s": float(total.group(1)) if total else None,
-    }
 
 
 # -- the experiment ----------------------------------------------------------
@@ -1105,7 +347,7 @@ class Experiment:
                  "killed replicas' journals")
         while True:
             seen = {json.dumps(ev.get("from")) for r in self.replicas
-                    for ev in json_events(r.log.lines if r.log else [])
+                    for ev in events(r.log.lines if r.log else [])
                     if ev.get("event") == "journal_adopted"}
             if len(seen) >= len(killed):
                 self.say(f"journals: {len(seen)} adopted")
@@ -1428,11 +670,8 @@ class Experiment:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.redis.proc.pid, signal.SIGCONT)
             self.redis.cleanup()
-        with _ports_lock:
-            for r in self.replicas:
-                _ports_taken.discard(r.port)
-            if self.lb is not None:
-                _ports_taken.discard(self.lb.port)
+        release_ports([r.port for r in self.replicas]
+                      + ([self.lb.port] if self.lb is not None else []))
 
     def _remove_containers(self):
         """Whatever still carries our prefix, even a container whose podman
@@ -1456,8 +695,8 @@ class Experiment:
 
 
 def run(params, workdir=None, out=None):
-    """Runs one experiment; returns its result (a dict, see README), or
-    raises HarnessError when it could not be run."""
+    """Runs one experiment; returns its result (a dict, see
+    docs/experiment.md), or raises HarnessError when it could not be run."""
     exp = Experiment(params, workdir, out)
     try:
         return exp.run()
@@ -1704,8 +943,7 @@ def main(argv=None):
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(s, signal.SIG_IGN)
         name = signal.Signals(signum).name
-        if _held["depth"]:
-            _held["pending"] = name
+        if defer_signal(name):
             return
         raise KeyboardInterrupt(name)
     # Installed explicitly: a shell starts a background job with SIGINT
@@ -1759,7 +997,7 @@ def main(argv=None):
         out = results[0]
         ok = out["verdict"] == "pass"
     if args.report:
-        import report  # test/e2e/report.py, beside this file
+        import report  # tools/experiment/report.py, beside this file
         with open(args.report, "w") as f:
             f.write(report.render(results))
         print(f"rollout: report in {args.report}", file=sys.stderr)

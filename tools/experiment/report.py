@@ -442,8 +442,11 @@ def main(argv=None):
     with open(a.html, "w") as f:
         f.write(render(results))
     if a.png:
+        # browser.py is beside this file; it uses the test library.
         here = os.path.dirname(os.path.abspath(__file__))
-        sys.path.insert(0, os.path.join(os.path.dirname(here), "lib"))
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(here)),
+                                        "test", "lib"))
+        sys.path.insert(0, here)
         import browser
         why = browser.missing()
         if why:
