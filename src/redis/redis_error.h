@@ -11,15 +11,18 @@ enum redis_error_class {
    * or the server behind it, cannot take it now (NOAUTH: Redis restarted
    * with a password; LOADING; READONLY: a demoted master; MASTERDOWN). */
   REDIS_ERROR_RECONNECT,
-  /* Send it again after a backoff; the server is busy or full for now
-   * (TRYAGAIN, BUSY: a script runs; OOM: maxmemory). */
+  /* Send it again after a backoff; the server refuses for now (TRYAGAIN,
+   * BUSY: a script runs; OOM: maxmemory; MISCONF: a snapshot failed;
+   * NOREPLICAS: min-replicas-to-write; CLUSTERDOWN). */
   REDIS_ERROR_RETRY,
   /* No retry can fix it (WRONGTYPE, ERR, NOPERM, ...): count it failed. */
   REDIS_ERROR_PERMANENT,
 };
 
 /* Classifies an error reply by its first word (len bytes at msg, as hiredis
- * gives them, without the leading '-'). */
+ * gives them, without the leading '-'); an error raised inside a script,
+ * which Redis 6 wraps in "ERR Error running script ...", by the script's
+ * own error. */
 enum redis_error_class redis_error_classify(const char *msg, size_t len);
 
 /* Whether the error is one of wrong or missing credentials (WRONGPASS,

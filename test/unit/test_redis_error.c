@@ -65,6 +65,66 @@ static void test_only_the_whole_first_word_counts(void **state) {
   assert_int_equal(redis_error_classify("NOAUTHX", 6), REDIS_ERROR_RECONNECT);
 }
 
+static void test_refused_writes_are_retried_not_failed(void **state) {
+  (void)state;
+  assert_int_equal(classify("NOREPLICAS Not enough good replicas to write."),
+                   REDIS_ERROR_RETRY);
+  assert_int_equal(classify("MISCONF Redis is configured to save RDB "
+                            "snapshots, but it's currently unable to persist "
+                            "to disk."),
+                   REDIS_ERROR_RETRY);
+  assert_int_equal(classify("CLUSTERDOWN The cluster is down"),
+                   REDIS_ERROR_RETRY);
+}
+
+/* What a script's redis.call raised, as Redis 7 and Redis 6 word it. */
+static void
+test_errors_raised_in_scripts_are_judged_by_their_own_code(void **state) {
+  (void)state;
+  /* Redis 7: the code first, the script named at the end. */
+  assert_int_equal(classify("NOREPLICAS Not enough good replicas to write. "
+                            "script: 2dc6a2806cfbef84960e763005eb136b02ebea15,"
+                            " on @user_script:1."),
+                   REDIS_ERROR_RETRY);
+  assert_int_equal(classify("READONLY You can't write against a read only "
+                            "replica. script: 2dc6a2806cfbef84960e763005eb136b"
+                            "02ebea15, on @user_script:23."),
+                   REDIS_ERROR_RECONNECT);
+  /* Redis 6.2: wrapped in an ERR. */
+  assert_int_equal(
+      classify("ERR Error running script (call to f_2dc6a2806cfbef84960e763005"
+               "eb136b02ebea15): @user_script:23: -NOREPLICAS Not enough good "
+               "replicas to write."),
+      REDIS_ERROR_RETRY);
+  assert_int_equal(
+      classify("ERR Error running script (call to f_2dc6a2806cfbef84960e763005"
+               "eb136b02ebea15): @user_script:5: READONLY You can't write "
+               "against a read only replica."),
+      REDIS_ERROR_RECONNECT);
+  /* Redis 6.0: the place twice. */
+  assert_int_equal(
+      classify("ERR Error running script (call to f_2dc6a2806cfbef84960e763005"
+               "eb136b02ebea15): @user_script:1: @user_script: 1: -MISCONF "
+               "Redis is configured to save RDB snapshots"),
+      REDIS_ERROR_RETRY);
+  assert_int_equal(
+      classify("ERR Error running script (call to f_2dc6a2806cfbef84960e763005"
+               "eb136b02ebea15): @user_script:1: -OOM command not allowed"),
+      REDIS_ERROR_RETRY);
+  /* What no retry fixes stays permanent, wrapped or not. */
+  assert_int_equal(
+      classify("ERR Error running script (call to f_2dc6a2806cfbef84960e763005"
+               "eb136b02ebea15): @user_script:1: WRONGTYPE Operation against "
+               "a key holding the wrong kind of value"),
+      REDIS_ERROR_PERMANENT);
+  assert_int_equal(classify("ERR Error running script (call to f_x): "
+                            "@user_script:1: user_script:1: Script attempted "
+                            "to access nonexistent global variable 'x'"),
+                   REDIS_ERROR_PERMANENT);
+  assert_int_equal(classify("ERR Error running script BUSY"),
+                   REDIS_ERROR_PERMANENT);
+}
+
 static void test_auth_errors_are_recognised(void **state) {
   (void)state;
   const char *wrongpass =
@@ -82,6 +142,9 @@ int main(void) {
       cmocka_unit_test(test_errors_that_pass_with_time_retry),
       cmocka_unit_test(test_errors_no_retry_can_fix_are_permanent),
       cmocka_unit_test(test_only_the_whole_first_word_counts),
+      cmocka_unit_test(test_refused_writes_are_retried_not_failed),
+      cmocka_unit_test(
+          test_errors_raised_in_scripts_are_judged_by_their_own_code),
       cmocka_unit_test(test_auth_errors_are_recognised),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
