@@ -112,13 +112,13 @@ int delivery_init(struct delivery *d, uv_loop_t *loop,
   d->events = opts->events;
   d->loop = loop;
   d->first_seq = 1;
-  int rc = journal_init(&d->journal, opts->prefix, opts->counter_key,
+  int rc = scripts_init(&d->scripts, opts->prefix, opts->counter_key,
                         opts->replica_id);
   if (rc)
     return rc;
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
-  journal_clock_set(&d->journal,
+  scripts_clock_set(&d->scripts,
                     (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000,
                     uv_now(loop));
   rc = delivery_ring_init(&d->entries, d->mode->entry_size);
@@ -141,7 +141,7 @@ void delivery_close(struct delivery *d) {
   enter(d, EV_CLOSE);
   d->mode->close(d);
   delivery_ring_free(&d->entries);
-  journal_cmd_free(&d->cmd);
+  scripts_cmd_free(&d->cmd);
 }
 
 /* ---- Sending ------------------------------------------------------------ */
@@ -235,10 +235,10 @@ void delivery_settle_head(struct delivery *d) {
 }
 
 bool delivery_on_error(struct delivery *d, const redisReply *reply) {
-  if (journal_noscript(reply)) {
+  if (scripts_noscript(reply)) {
     /* Redis has lost its script cache (SCRIPT FLUSH): not run, sent again
      * whole on this connection. */
-    journal_scripts_forgotten(&d->journal);
+    scripts_scripts_forgotten(&d->scripts);
     d->resend_from = 0;
     return false;
   }
@@ -263,7 +263,7 @@ void delivery_failed(struct delivery *d, uint64_t n, const redisReply *reply) {
 
 static void send_wait(struct delivery *d) {
   uint64_t k = d->waits_sent + 1;
-  if (journal_cmd_wait(&d->cmd, d->min_replicas, d->wait_timeout_ms) == 0 &&
+  if (scripts_cmd_wait(&d->cmd, d->min_replicas, d->wait_timeout_ms) == 0 &&
       delivery_send(d, TAG_WAIT, k)) {
     d->waits_sent = k;
     d->sends_waited = d->sends;
@@ -337,7 +337,7 @@ static void on_wait_reply(struct delivery *d, uint64_t k,
 
 void delivery_on_ready(struct delivery *d) {
   enter(d, EV_READY);
-  journal_scripts_forgotten(&d->journal); /* perhaps another Redis */
+  scripts_scripts_forgotten(&d->scripts); /* perhaps another Redis */
   d->resend_from = 0;
   if (d->state == DELIVERY_READY)
     d->mode->ready(d);
@@ -358,8 +358,8 @@ void delivery_on_reply(struct delivery *d, uint64_t tag,
                        const redisReply *reply) {
   if (d->state == DELIVERY_CLOSED)
     return;
-  if (reply && journal_noscript(reply))
-    journal_scripts_forgotten(&d->journal); /* whole scripts from now on */
+  if (reply && scripts_noscript(reply))
+    scripts_scripts_forgotten(&d->scripts); /* whole scripts from now on */
   if (d->in_flight > 0)
     d->in_flight--;
   unsigned kind = (unsigned)(tag & ((1u << TAG_BITS) - 1));

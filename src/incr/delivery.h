@@ -41,7 +41,7 @@
 #include "config.h"
 #include "incr/counter.h"
 #include "incr/incr_queue.h"
-#include "redis/journal.h"
+#include "redis/scripts.h"
 
 struct delivery;
 
@@ -127,8 +127,8 @@ struct delivery_journal {
 struct delivery {
   const struct delivery_mode *mode; /* the seam: memory or journal */
   enum delivery_state state;
-  struct journal journal; /* the keys and scripts */
-  struct journal_cmd cmd; /* the command being built */
+  struct scripts scripts; /* the keys and scripts */
+  struct scripts_cmd cmd; /* the command being built */
   struct incr_queue *queue;
   struct counter_stats stats;
   const struct delivery_transport *transport;

@@ -99,15 +99,15 @@ uint64_t delivery_unresolved(const struct delivery *d) {
 }
 
 /* The wall-clock deadlines of the moves not yet sent, up to
- * JOURNAL_MOVE_MAX of them, in out; returns how many, and where they end. */
+ * SCRIPTS_MOVE_MAX of them, in out; returns how many, and where they end. */
 static size_t unsent_moves(struct delivery *d, uint64_t *out, uint64_t *end) {
   struct delivery_journal *j = jm(d);
   uint64_t last = j->moving_head + j->moving.len;
   uint64_t i = j->moving_sent;
   size_t k = 0;
-  for (; i < last && k < JOURNAL_MOVE_MAX; i++, k++) {
+  for (; i < last && k < SCRIPTS_MOVE_MAX; i++, k++) {
     const struct run *r = delivery_ring_at(&j->moving, i - j->moving_head);
-    out[k] = journal_wall(&d->journal, r->deadline);
+    out[k] = scripts_wall(&d->scripts, r->deadline);
   }
   *end = i;
   return k;
@@ -119,12 +119,12 @@ uint64_t delivery_write(struct delivery *d, uint64_t deadline, uint64_t n) {
     return 0;
   uint64_t seq = d->first_seq + d->entries.len;
   /* What fell due rides with the write (delivery_turn_end otherwise). */
-  uint64_t due[JOURNAL_MOVE_MAX], moves_end;
+  uint64_t due[SCRIPTS_MOVE_MAX], moves_end;
   size_t k = unsent_moves(d, due, &moves_end);
   /* Writes below first_seq all have a known outcome: the fenced-off ones
    * among them need not be remembered any more. */
-  if (journal_cmd_write(&d->cmd, &d->journal, seq,
-                        journal_wall(&d->journal, deadline), n,
+  if (scripts_cmd_write(&d->cmd, &d->scripts, seq,
+                        scripts_wall(&d->scripts, deadline), n,
                         d->first_seq - 1, j->lease_ms, due, k))
     return 0;
   struct write *w = delivery_ring_push(&d->entries);
@@ -151,7 +151,7 @@ uint64_t delivery_write(struct delivery *d, uint64_t deadline, uint64_t n) {
 
 /* A lost write: what settles it is asked for. */
 static bool journal_resend(struct delivery *d, uint64_t seq, struct entry *e) {
-  if (journal_cmd_resolve(&d->cmd, &d->journal, seq) ||
+  if (scripts_cmd_resolve(&d->cmd, &d->scripts, seq) ||
       !delivery_send(d, TAG_RESOLVE, seq))
     return false;
   struct write *w = (struct write *)e;
@@ -193,13 +193,13 @@ static void on_write_reply(struct delivery *d, bool resolution, uint64_t seq,
   struct write *w = (struct write *)delivery_entry(d, seq);
   if (!w || w->e.state != ENTRY_SENT || w->resolving != resolution)
     return;
-  enum journal_outcome outcome =
-      reply ? journal_write_outcome(reply) : JOURNAL_BAD_REPLY;
+  enum scripts_outcome outcome =
+      reply ? scripts_write_outcome(reply) : SCRIPTS_BAD_REPLY;
   if (!resolution && w->moves_end) {
     /* The moves it carried: done, refused, or (the script did not run, or
      * the reply is lost) sent again. */
-    bool ran = outcome == JOURNAL_APPLIED || outcome == JOURNAL_NOT_APPLIED;
-    on_move_reply(d, w->moves_end, ran ? journal_write_moves(reply) : NULL);
+    bool ran = outcome == SCRIPTS_APPLIED || outcome == SCRIPTS_NOT_APPLIED;
+    on_move_reply(d, w->moves_end, ran ? scripts_write_moves(reply) : NULL);
     w->moves_end = 0;
   }
   w->resolving = false;
@@ -208,16 +208,16 @@ static void on_write_reply(struct delivery *d, bool resolution, uint64_t seq,
     return;
   }
   switch (outcome) {
-  case JOURNAL_APPLIED:
+  case SCRIPTS_APPLIED:
     /* A WAIT sent after the write (or its resolution) confirms it. */
     w->held = true;
     delivery_applied(d, &w->e, w->e.wait);
     break;
-  case JOURNAL_NOT_APPLIED:
+  case SCRIPTS_NOT_APPLIED:
     w->held = false;
     w->e.state = ENTRY_SETTLED;
     break;
-  case JOURNAL_ERROR:
+  case SCRIPTS_ERROR:
     if (!resolution) {
       /* The script did not run, or stopped before its first write; its
        * number is passed over by the next write applied. */
@@ -260,12 +260,12 @@ static void journal_due(struct delivery *d, uint64_t now) {
 /* Moves alone, when no write carried them. */
 static void send_moves(struct delivery *d) {
   struct delivery_journal *j = jm(d);
-  uint64_t deadlines[JOURNAL_MOVE_MAX];
+  uint64_t deadlines[SCRIPTS_MOVE_MAX];
   while (j->moving_sent < j->moving_head + j->moving.len &&
          d->in_flight < DELIVERY_WINDOW) {
     uint64_t end;
     size_t k = unsent_moves(d, deadlines, &end);
-    if (journal_cmd_move(&d->cmd, &d->journal, deadlines, k) ||
+    if (scripts_cmd_move(&d->cmd, &d->scripts, deadlines, k) ||
         !delivery_send(d, TAG_MOVE, end))
       return;
     j->moving_sent = end;
@@ -311,7 +311,7 @@ static void on_move_reply(struct delivery *d, uint64_t end,
     return;
   }
   uint64_t moved;
-  if (!journal_count_of(reply, &moved)) {
+  if (!scripts_count_of(reply, &moved)) {
     if (reply->type == REDIS_REPLY_ERROR && !delivery_on_error(d, reply)) {
       j->moving_sent = j->moving_replied;
       return;
@@ -373,10 +373,10 @@ static void journal_unconfirmed(struct delivery *d, uint64_t n) {
 static void renew(struct delivery *d) {
   if (d->state != DELIVERY_READY)
     return;
-  if (journal_cmd_renew(&d->cmd, &d->journal, jm(d)->lease_ms) == 0)
+  if (scripts_cmd_renew(&d->cmd, &d->scripts, jm(d)->lease_ms) == 0)
     delivery_send(d, TAG_RENEW, 0);
-  uint64_t now = journal_wall(&d->journal, uv_now(d->loop));
-  if (journal_cmd_adopt(&d->cmd, &d->journal, now) == 0)
+  uint64_t now = scripts_wall(&d->scripts, uv_now(d->loop));
+  if (scripts_cmd_adopt(&d->cmd, &d->scripts, now) == 0)
     delivery_send(d, TAG_ADOPT, 0);
 }
 
@@ -388,17 +388,17 @@ static void journal_ready(struct delivery *d) {
   struct delivery_journal *j = jm(d);
   j->moving_sent = j->moving_replied;
   renew(d);
-  uint64_t period = journal_renew_period_ms(j->lease_ms);
+  uint64_t period = scripts_renew_period_ms(j->lease_ms);
   uv_timer_start(&j->lease_timer, on_lease_timer, period, period);
 }
 
 static void journal_down(struct delivery *d) { jm(d)->writes_in_flight = 0; }
 
 static void on_adopt_reply(struct delivery *d, const redisReply *reply) {
-  struct journal_adoption a;
+  struct scripts_adoption a;
   if (!reply)
     return;
-  if (!journal_adoption_of(reply, &a)) {
+  if (!scripts_adoption_of(reply, &a)) {
     log_warn("journal_adopt_failed",
              LOG_STRN("reply",
                       reply->type == REDIS_REPLY_ERROR ? reply->str : "",
@@ -406,15 +406,15 @@ static void on_adopt_reply(struct delivery *d, const redisReply *reply) {
     return;
   }
   uint64_t deadline_wall, n;
-  for (size_t i = 0; journal_adoption_entry(&a, i, &deadline_wall, &n); i++) {
-    uint64_t deadline = deadline_wall - (uint64_t)d->journal.clock_offset;
+  for (size_t i = 0; scripts_adoption_entry(&a, i, &deadline_wall, &n); i++) {
+    uint64_t deadline = deadline_wall - (uint64_t)d->scripts.clock_offset;
     if (incr_queue_add(d->queue, deadline, n) != 0)
       /* In this journal now, moved by whoever adopts it next. */
       log_error("queue_full", LOG_UINT("increments", n));
   }
   const char *id;
   size_t id_len;
-  for (size_t i = 0; journal_adoption_replica(&a, i, &id, &id_len, &n); i++) {
+  for (size_t i = 0; scripts_adoption_replica(&a, i, &id, &id_len, &n); i++) {
     d->stats.journal_adoptions++;
     d->stats.journal_adopted += n;
     log_info("journal_adopted", LOG_STRN("from", id, id_len),
@@ -427,14 +427,14 @@ static void on_leave_reply(struct delivery *d, const redisReply *reply) {
   if (!reply)
     return;
   uint64_t n = 0;
-  if (journal_count_of(reply, &n) && n > 0)
+  if (scripts_count_of(reply, &n) && n > 0)
     log_info("journal_handed_over", LOG_UINT("increments", n));
   delivery_left(d);
 }
 
 static bool journal_leave(struct delivery *d) {
   uv_timer_stop(&jm(d)->lease_timer);
-  return journal_cmd_leave(&d->cmd, &d->journal) == 0 &&
+  return scripts_cmd_leave(&d->cmd, &d->scripts) == 0 &&
          delivery_send(d, TAG_LEAVE, 0);
 }
 
@@ -448,7 +448,7 @@ static void journal_reply(struct delivery *d, unsigned kind, uint64_t n,
   case TAG_MOVE: /* a write numbered 0: only its moves' part counts */
     on_move_reply(d, n,
                   reply && reply->type != REDIS_REPLY_ERROR
-                      ? journal_write_moves(reply)
+                      ? scripts_write_moves(reply)
                       : reply);
     break;
   case TAG_ADOPT:

@@ -27,7 +27,7 @@ static void memory_due(struct delivery *d, uint64_t now) {
 }
 
 static bool send_batch(struct delivery *d, uint64_t seq, uint64_t n) {
-  return journal_cmd_batch(&d->cmd, &d->journal, seq, n, d->first_seq) == 0 &&
+  return scripts_cmd_batch(&d->cmd, &d->scripts, seq, n, d->first_seq) == 0 &&
          delivery_send(d, TAG_BATCH, seq);
 }
 
@@ -84,20 +84,20 @@ static void memory_reply(struct delivery *d, unsigned kind, uint64_t seq,
     sent_again(d, e);
     return;
   }
-  switch (journal_batch_outcome(reply)) {
-  case JOURNAL_APPLIED:
-  case JOURNAL_DUPLICATE:
+  switch (scripts_batch_outcome(reply)) {
+  case SCRIPTS_APPLIED:
+  case SCRIPTS_DUPLICATE:
     if (delivery_applied(d, e, d->waits_sent)) {
       d->stats.done += e->n;
       finish(d, e);
     }
     break;
-  case JOURNAL_OUT_OF_ORDER:
+  case SCRIPTS_OUT_OF_ORDER:
     /* An earlier batch was not applied: both go again, in order. */
     e->state = ENTRY_WAITING;
     d->transport->retire(d, "batch out of order", 18);
     break;
-  case JOURNAL_ERROR:
+  case SCRIPTS_ERROR:
     if (!delivery_on_error(d, reply)) {
       sent_again(d, e);
       break;

@@ -127,7 +127,7 @@ static int teardown(void **state) {
 
 /* Whether a sent EVAL or EVALSHA runs script js. */
 static bool runs(const struct fixture *f, const struct sent *s,
-                 enum journal_script js) {
+                 enum scripts_script js) {
   const redisReply *a = s->args;
   if (a->elements < 2)
     return false;
@@ -138,7 +138,7 @@ static bool runs(const struct fixture *f, const struct sent *s,
     sha1_hex(a->element[1]->str, a->element[1]->len, sha);
   else
     return false;
-  return strcmp(sha, f->c.journal.sha[js]) == 0;
+  return strcmp(sha, f->c.scripts.sha[js]) == 0;
 }
 
 /* The i-th argument after the keys of a sent EVAL, as a number. */
@@ -182,7 +182,7 @@ static void fall_due(struct fixture *f, uint64_t n) {
 
 /* A move alone: a journal write numbered 0, which records nothing. */
 static bool moves_alone(const struct fixture *f, const struct sent *s) {
-  return runs(f, s, JOURNAL_WRITE) && argv_u64(s, 0) == 0;
+  return runs(f, s, SCRIPTS_WRITE) && argv_u64(s, 0) == 0;
 }
 
 /* The connection breaks: every reply in flight is lost, in order. */
@@ -199,7 +199,7 @@ static void test_delivery_sends_what_fell_due_as_one_batch(void **state) {
   delivery_on_ready(&f->c);
   fall_due(f, 5);
   assert_int_equal(f->nsent, 1);
-  assert_true(runs(f, &f->sent[0], JOURNAL_BATCH));
+  assert_true(runs(f, &f->sent[0], SCRIPTS_BATCH));
   assert_int_equal(argv_u64(&f->sent[0], 0), 1); /* batch number */
   assert_int_equal(argv_u64(&f->sent[0], 1), 5); /* increments */
   assert_int_equal(delivery_pending(&f->c), 5);
@@ -299,7 +299,7 @@ static void test_delivery_renews_its_lease_when_ready(void **state) {
   assert_string_equal(f->sent[0].args->element[0]->str, "SET");
   assert_string_equal(f->sent[0].args->element[1]->str,
                       "gd:lease:0000000000001234");
-  assert_true(runs(f, &f->sent[1], JOURNAL_ADOPT));
+  assert_true(runs(f, &f->sent[1], SCRIPTS_ADOPT));
 }
 
 static void test_delivery_holds_a_write_until_redis_has_it(void **state) {
@@ -307,7 +307,7 @@ static void test_delivery_holds_a_write_until_redis_has_it(void **state) {
   ready_with_lease(f);
   uint64_t seq = delivery_write(&f->c, 5000, 7);
   assert_int_equal(seq, 1);
-  assert_true(runs(f, &f->sent[2], JOURNAL_WRITE));
+  assert_true(runs(f, &f->sent[2], SCRIPTS_WRITE));
   assert_int_equal(argv_u64(&f->sent[2], 0), 1);
   assert_int_equal(argv_u64(&f->sent[2], 2), 7);
   assert_int_equal(f->nwritten, 0);
@@ -338,7 +338,7 @@ test_delivery_resolves_lost_writes_and_reports_in_order(void **state) {
   assert_int_equal(delivery_unresolved(&f->c), 3);
   ready_with_lease(f); /* lease + adopt went first: resolutions follow */
   assert_int_equal(f->nsent, 4 + 2 + 2);
-  assert_true(runs(f, &f->sent[6], JOURNAL_RESOLVE));
+  assert_true(runs(f, &f->sent[6], SCRIPTS_RESOLVE));
   assert_int_equal(argv_u64(&f->sent[6], 0), 1);
   assert_int_equal(argv_u64(&f->sent[7], 0), 2);
   reply_int(f, 1); /* write 1 had been applied */
@@ -415,7 +415,7 @@ static void test_delivery_moves_ride_with_the_next_write(void **state) {
   delivery_turn_end(&f->c);
   assert_int_equal(f->nsent, 5);
   const struct sent *w = &f->sent[4];
-  assert_true(runs(f, w, JOURNAL_WRITE));
+  assert_true(runs(f, w, SCRIPTS_WRITE));
   assert_int_equal(argv_u64(w, 0), seq);
   assert_int_equal(argv_u64(w, 7), argv_u64(&f->sent[2], 1)); /* 5000 */
   assert_int_equal(f->c.stats.journal_moves, 1);
@@ -437,7 +437,7 @@ static void test_delivery_moves_of_a_lost_write_go_again_alone(void **state) {
   connection_breaks(f);
   ready_with_lease(f);
   delivery_turn_end(&f->c); /* the write is resolved, the move sent again */
-  assert_true(runs(f, &f->sent[6], JOURNAL_RESOLVE));
+  assert_true(runs(f, &f->sent[6], SCRIPTS_RESOLVE));
   assert_true(moves_alone(f, &f->sent[7]));
   reply_int(f, 1);
   reply_write_and_moves(f, 0, 2);
@@ -507,7 +507,7 @@ static void test_delivery_leaves_once_even_if_the_reply_is_lost(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
   delivery_leave(&f->c);
-  assert_true(runs(f, &f->sent[2], JOURNAL_LEAVE));
+  assert_true(runs(f, &f->sent[2], SCRIPTS_LEAVE));
   assert_int_equal(f->left, 0);
   connection_breaks(f);
   assert_int_equal(f->left, 1);

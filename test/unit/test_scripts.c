@@ -13,20 +13,20 @@
 
 #include <uv.h>
 
-#include "redis/journal.h"
+#include "redis/scripts.h"
 #include "redis/sha1.h"
 
-static struct journal j;
-static struct journal_cmd cmd;
+static struct scripts j;
+static struct scripts_cmd cmd;
 
 static int setup(void **state) {
   (void)state;
-  return journal_init(&j, "gd:", "counter", 0xabcdef0123456789ull);
+  return scripts_init(&j, "gd:", "counter", 0xabcdef0123456789ull);
 }
 
 static int teardown(void **state) {
   (void)state;
-  journal_cmd_free(&cmd);
+  scripts_cmd_free(&cmd);
   return 0;
 }
 
@@ -83,38 +83,38 @@ static void test_journal_names_every_key_under_the_prefix(void **state) {
 
 static void test_journal_refuses_a_prefix_too_long_for_its_keys(void **state) {
   (void)state;
-  struct journal k;
-  char prefix[JOURNAL_KEY_MAX];
+  struct scripts k;
+  char prefix[SCRIPTS_KEY_MAX];
   memset(prefix, 'p', sizeof prefix - 1);
   prefix[sizeof prefix - 1] = '\0';
-  assert_int_equal(journal_init(&k, prefix, "c", 1), UV_EINVAL);
-  prefix[JOURNAL_KEY_MAX - 30] = '\0';
-  assert_int_equal(journal_init(&k, prefix, "c", 1), 0);
+  assert_int_equal(scripts_init(&k, prefix, "c", 1), UV_EINVAL);
+  prefix[SCRIPTS_KEY_MAX - 30] = '\0';
+  assert_int_equal(scripts_init(&k, prefix, "c", 1), 0);
 }
 
 static void
 test_journal_clock_is_wall_time_that_follows_the_monotonic(void **state) {
   (void)state;
-  struct journal k = j;
-  journal_clock_set(&k, 1700000000000ull, 5000);
-  assert_int_equal(journal_wall(&k, 5000), 1700000000000ull);
-  assert_int_equal(journal_wall(&k, 8000), 1700000003000ull);
+  struct scripts k = j;
+  scripts_clock_set(&k, 1700000000000ull, 5000);
+  assert_int_equal(scripts_wall(&k, 5000), 1700000000000ull);
+  assert_int_equal(scripts_wall(&k, 8000), 1700000003000ull);
   /* The wall clock stepping back later changes nothing: only the monotonic
    * clock moves deadlines. */
-  uint64_t before = journal_wall(&k, 9000);
-  assert_true(journal_wall(&k, 9001) > before);
+  uint64_t before = scripts_wall(&k, 9000);
+  assert_true(scripts_wall(&k, 9001) > before);
 }
 
 static void test_journal_lease_is_renewed_three_times_per_length(void **state) {
   (void)state;
-  assert_int_equal(journal_renew_period_ms(3000), 1000);
-  assert_int_equal(journal_adoption_bound_ms(3000), 4000);
-  assert_int_equal(journal_renew_period_ms(1), 1);
+  assert_int_equal(scripts_renew_period_ms(3000), 1000);
+  assert_int_equal(scripts_adoption_bound_ms(3000), 4000);
+  assert_int_equal(scripts_renew_period_ms(1), 1);
 }
 
 static void test_journal_batch_is_one_fenced_eval(void **state) {
   (void)state;
-  assert_int_equal(journal_cmd_batch(&cmd, &j, 42, 1000, 40), 0);
+  assert_int_equal(scripts_cmd_batch(&cmd, &j, 42, 1000, 40), 0);
   redisReply *a = parsed();
   const char *keys[] = {"counter", "gd:fence:abcdef0123456789"};
   size_t i = assert_eval(a, "-- Memory mode", keys, 2);
@@ -129,7 +129,7 @@ static void test_journal_batch_is_one_fenced_eval(void **state) {
 static void test_journal_write_names_lease_and_replica(void **state) {
   (void)state;
   assert_int_equal(
-      journal_cmd_write(&cmd, &j, 7, 1700000005000ull, 33, 6, 3000, NULL, 0),
+      scripts_cmd_write(&cmd, &j, 7, 1700000005000ull, 33, 6, 3000, NULL, 0),
       0);
   redisReply *a = parsed();
   const char *keys[] = {j.journal, j.fence,    j.skip,
@@ -149,7 +149,7 @@ static void test_journal_write_carries_the_deadlines_due(void **state) {
   (void)state;
   uint64_t due[] = {1700000000001ull, 1700000000003ull};
   assert_int_equal(
-      journal_cmd_write(&cmd, &j, 8, 1700000005000ull, 2, 7, 3000, due, 2), 0);
+      scripts_cmd_write(&cmd, &j, 8, 1700000005000ull, 2, 7, 3000, due, 2), 0);
   redisReply *a = parsed();
   const char *keys[] = {j.journal, j.fence,    j.skip,
                         j.lease,   j.replicas, j.counter};
@@ -158,19 +158,19 @@ static void test_journal_write_carries_the_deadlines_due(void **state) {
   assert_arg(a, i + 7, "1700000000001");
   assert_arg(a, i + 8, "1700000000003");
   freeReplyObject(a);
-  uint64_t many[JOURNAL_MOVE_MAX + 1] = {0};
+  uint64_t many[SCRIPTS_MOVE_MAX + 1] = {0};
   assert_int_equal(
-      journal_cmd_write(&cmd, &j, 9, 1, 1, 8, 3000, many, JOURNAL_MOVE_MAX + 1),
+      scripts_cmd_write(&cmd, &j, 9, 1, 1, 8, 3000, many, SCRIPTS_MOVE_MAX + 1),
       UV_EINVAL);
 }
 
 static void test_journal_commands_reuse_one_buffer(void **state) {
   (void)state;
-  assert_int_equal(journal_cmd_resolve(&cmd, &j, 9), 0);
+  assert_int_equal(scripts_cmd_resolve(&cmd, &j, 9), 0);
   char *buf = cmd.buf;
   size_t len = cmd.len;
-  journal_scripts_forgotten(&j); /* whole again: the same length */
-  assert_int_equal(journal_cmd_resolve(&cmd, &j, 8), 0);
+  scripts_scripts_forgotten(&j); /* whole again: the same length */
+  assert_int_equal(scripts_cmd_resolve(&cmd, &j, 8), 0);
   assert_ptr_equal(cmd.buf, buf);
   assert_int_equal(cmd.len, len);
   redisReply *a = parsed();
@@ -183,7 +183,7 @@ static void test_journal_commands_reuse_one_buffer(void **state) {
 static void test_journal_move_alone_is_a_write_numbered_0(void **state) {
   (void)state;
   uint64_t due[] = {1700000000001ull, 1700000000007ull};
-  assert_int_equal(journal_cmd_move(&cmd, &j, due, 2), 0);
+  assert_int_equal(scripts_cmd_move(&cmd, &j, due, 2), 0);
   redisReply *a = parsed();
   const char *keys[] = {j.journal, j.fence,    j.skip,
                         j.lease,   j.replicas, j.counter};
@@ -193,13 +193,13 @@ static void test_journal_move_alone_is_a_write_numbered_0(void **state) {
   assert_arg(a, i + 7, "1700000000001");
   assert_arg(a, i + 8, "1700000000007");
   freeReplyObject(a);
-  assert_int_equal(journal_cmd_move(&cmd, &j, due, JOURNAL_MOVE_MAX + 1),
+  assert_int_equal(scripts_cmd_move(&cmd, &j, due, SCRIPTS_MOVE_MAX + 1),
                    UV_EINVAL);
 }
 
 static void test_journal_renew_is_a_set_with_expiry(void **state) {
   (void)state;
-  assert_int_equal(journal_cmd_renew(&cmd, &j, 3000), 0);
+  assert_int_equal(scripts_cmd_renew(&cmd, &j, 3000), 0);
   redisReply *a = parsed();
   assert_int_equal(a->elements, 5);
   assert_arg(a, 0, "SET");
@@ -212,7 +212,7 @@ static void test_journal_renew_is_a_set_with_expiry(void **state) {
 
 static void test_journal_adopt_and_leave_pass_prefix_and_id(void **state) {
   (void)state;
-  assert_int_equal(journal_cmd_adopt(&cmd, &j, 1700000000000ull), 0);
+  assert_int_equal(scripts_cmd_adopt(&cmd, &j, 1700000000000ull), 0);
   redisReply *a = parsed();
   const char *keys[] = {j.journal, j.replicas};
   size_t i = assert_eval(a, "-- Journal mode: take over", keys, 2);
@@ -220,7 +220,7 @@ static void test_journal_adopt_and_leave_pass_prefix_and_id(void **state) {
   assert_arg(a, i + 1, j.id);
   assert_arg(a, i + 2, "1700000000000");
   freeReplyObject(a);
-  assert_int_equal(journal_cmd_leave(&cmd, &j), 0);
+  assert_int_equal(scripts_cmd_leave(&cmd, &j), 0);
   a = parsed();
   const char *lkeys[] = {j.journal, j.lease, j.replicas};
   i = assert_eval(a, "-- Journal mode: a replica stops", lkeys, 3);
@@ -231,7 +231,7 @@ static void test_journal_adopt_and_leave_pass_prefix_and_id(void **state) {
 /* The very bytes WAIT was written as by hand before the builder made it. */
 static void test_journal_wait_is_a_plain_command(void **state) {
   (void)state;
-  assert_int_equal(journal_cmd_wait(&cmd, 2, 500), 0);
+  assert_int_equal(scripts_cmd_wait(&cmd, 2, 500), 0);
   const char want[] = "*3\r\n$4\r\nWAIT\r\n$1\r\n2\r\n$3\r\n500\r\n";
   assert_int_equal(cmd.len, sizeof want - 1);
   assert_memory_equal(cmd.buf, want, cmd.len);
@@ -244,44 +244,44 @@ static redisReply integer(long long v) {
 static void test_journal_batch_replies_decode(void **state) {
   (void)state;
   redisReply r = integer(1);
-  assert_int_equal(journal_batch_outcome(&r), JOURNAL_APPLIED);
+  assert_int_equal(scripts_batch_outcome(&r), SCRIPTS_APPLIED);
   r = integer(0);
-  assert_int_equal(journal_batch_outcome(&r), JOURNAL_DUPLICATE);
+  assert_int_equal(scripts_batch_outcome(&r), SCRIPTS_DUPLICATE);
   r = integer(-1);
-  assert_int_equal(journal_batch_outcome(&r), JOURNAL_OUT_OF_ORDER);
+  assert_int_equal(scripts_batch_outcome(&r), SCRIPTS_OUT_OF_ORDER);
   r = integer(2);
-  assert_int_equal(journal_batch_outcome(&r), JOURNAL_BAD_REPLY);
+  assert_int_equal(scripts_batch_outcome(&r), SCRIPTS_BAD_REPLY);
   r = (redisReply){.type = REDIS_REPLY_ERROR, .str = "OOM", .len = 3};
-  assert_int_equal(journal_batch_outcome(&r), JOURNAL_ERROR);
+  assert_int_equal(scripts_batch_outcome(&r), SCRIPTS_ERROR);
   r = (redisReply){.type = REDIS_REPLY_NIL};
-  assert_int_equal(journal_batch_outcome(&r), JOURNAL_BAD_REPLY);
+  assert_int_equal(scripts_batch_outcome(&r), SCRIPTS_BAD_REPLY);
 }
 
 static void test_journal_write_replies_decode(void **state) {
   (void)state;
   redisReply r = integer(1);
-  assert_int_equal(journal_write_outcome(&r), JOURNAL_APPLIED);
+  assert_int_equal(scripts_write_outcome(&r), SCRIPTS_APPLIED);
   r = integer(0);
-  assert_int_equal(journal_write_outcome(&r), JOURNAL_NOT_APPLIED);
+  assert_int_equal(scripts_write_outcome(&r), SCRIPTS_NOT_APPLIED);
   r = integer(-1);
-  assert_int_equal(journal_write_outcome(&r), JOURNAL_BAD_REPLY);
+  assert_int_equal(scripts_write_outcome(&r), SCRIPTS_BAD_REPLY);
   uint64_t n = 0;
   r = integer(12);
-  assert_true(journal_count_of(&r, &n));
+  assert_true(scripts_count_of(&r, &n));
   assert_int_equal(n, 12);
   r = integer(-3);
-  assert_false(journal_count_of(&r, &n));
-  assert_null(journal_write_moves(&r)); /* a write that carried none */
+  assert_false(scripts_count_of(&r, &n));
+  assert_null(scripts_write_moves(&r)); /* a write that carried none */
   /* A write that carried moves: its outcome, and what they moved. */
   redisReply applied = integer(1), moved = integer(40);
   redisReply *both[] = {&applied, &moved};
   r = (redisReply){.type = REDIS_REPLY_ARRAY, .elements = 2, .element = both};
-  assert_int_equal(journal_write_outcome(&r), JOURNAL_APPLIED);
-  assert_ptr_equal(journal_write_moves(&r), &moved);
+  assert_int_equal(scripts_write_outcome(&r), SCRIPTS_APPLIED);
+  assert_ptr_equal(scripts_write_moves(&r), &moved);
   applied = integer(0);
-  assert_int_equal(journal_write_outcome(&r), JOURNAL_NOT_APPLIED);
+  assert_int_equal(scripts_write_outcome(&r), SCRIPTS_NOT_APPLIED);
   applied = integer(5);
-  assert_int_equal(journal_write_outcome(&r), JOURNAL_BAD_REPLY);
+  assert_int_equal(scripts_write_outcome(&r), SCRIPTS_BAD_REPLY);
 }
 
 static void
@@ -301,34 +301,34 @@ test_journal_adoption_reply_walks_replicas_and_entries(void **state) {
   redisReply *top_e[] = {&who, &added};
   redisReply top = {.type = REDIS_REPLY_ARRAY, .elements = 2, .element = top_e};
 
-  struct journal_adoption a;
-  assert_true(journal_adoption_of(&top, &a));
+  struct scripts_adoption a;
+  assert_true(scripts_adoption_of(&top, &a));
   const char *s;
   size_t len;
   uint64_t n, d;
-  assert_true(journal_adoption_replica(&a, 0, &s, &len, &n));
+  assert_true(scripts_adoption_replica(&a, 0, &s, &len, &n));
   assert_int_equal(len, 4);
   assert_memory_equal(s, "0123", 4);
   assert_int_equal(n, 5);
-  assert_false(journal_adoption_replica(&a, 1, &s, &len, &n));
-  assert_true(journal_adoption_entry(&a, 1, &d, &n));
+  assert_false(scripts_adoption_replica(&a, 1, &s, &len, &n));
+  assert_true(scripts_adoption_entry(&a, 1, &d, &n));
   assert_int_equal(d, 1700000000900ull);
   assert_int_equal(n, 2);
-  assert_false(journal_adoption_entry(&a, 2, &d, &n));
+  assert_false(scripts_adoption_entry(&a, 2, &d, &n));
 
   /* Not an adoption: odd pairs, a count that is not an integer. */
   added.elements = 3;
-  assert_false(journal_adoption_of(&top, &a));
+  assert_false(scripts_adoption_of(&top, &a));
   added.elements = 4;
   added_e[1] = &d2;
-  assert_false(journal_adoption_of(&top, &a));
+  assert_false(scripts_adoption_of(&top, &a));
   top.elements = 1;
-  assert_false(journal_adoption_of(&top, &a));
+  assert_false(scripts_adoption_of(&top, &a));
 }
 
 static int forget(void **state) {
   (void)state;
-  journal_scripts_forgotten(&j);
+  scripts_scripts_forgotten(&j);
   return 0;
 }
 
@@ -351,36 +351,36 @@ static void test_sha1_of_known_texts(void **state) {
 static void
 test_journal_sends_a_script_whole_once_then_by_its_sha(void **state) {
   (void)state;
-  assert_int_equal(journal_cmd_resolve(&cmd, &j, 1), 0);
+  assert_int_equal(scripts_cmd_resolve(&cmd, &j, 1), 0);
   redisReply *a = parsed();
   assert_arg(a, 0, "EVAL");
   char sha[SHA1_HEX_LEN + 1];
   sha1_hex(a->element[1]->str, a->element[1]->len, sha);
-  assert_string_equal(sha, j.sha[JOURNAL_RESOLVE]);
+  assert_string_equal(sha, j.sha[SCRIPTS_RESOLVE]);
   freeReplyObject(a);
-  assert_int_equal(journal_cmd_resolve(&cmd, &j, 2), 0);
+  assert_int_equal(scripts_cmd_resolve(&cmd, &j, 2), 0);
   a = parsed();
   assert_arg(a, 0, "EVALSHA");
-  assert_arg(a, 1, j.sha[JOURNAL_RESOLVE]);
+  assert_arg(a, 1, j.sha[SCRIPTS_RESOLVE]);
   assert_arg(a, 2, "2");
   freeReplyObject(a);
   /* Another script is still sent whole the first time. */
-  assert_int_equal(journal_cmd_leave(&cmd, &j), 0);
+  assert_int_equal(scripts_cmd_leave(&cmd, &j), 0);
   a = parsed();
   assert_arg(a, 0, "EVAL");
   freeReplyObject(a);
-  journal_scripts_forgotten(&j); /* a new connection, or NOSCRIPT */
-  assert_int_equal(journal_cmd_resolve(&cmd, &j, 3), 0);
+  scripts_scripts_forgotten(&j); /* a new connection, or NOSCRIPT */
+  assert_int_equal(scripts_cmd_resolve(&cmd, &j, 3), 0);
   a = parsed();
   assert_arg(a, 0, "EVAL");
   freeReplyObject(a);
   redisReply noscript = {.type = REDIS_REPLY_ERROR,
                          .str = "NOSCRIPT No matching script.",
                          .len = 28};
-  assert_true(journal_noscript(&noscript));
+  assert_true(scripts_noscript(&noscript));
   noscript.str = "ERR other";
   noscript.len = 9;
-  assert_false(journal_noscript(&noscript));
+  assert_false(scripts_noscript(&noscript));
 }
 
 int main(void) {

@@ -1,4 +1,4 @@
-#include "redis/journal.h"
+#include "redis/scripts.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -7,33 +7,33 @@
 
 #include <uv.h>
 
-#include "journal_lua.h" /* generated from src/redis/lua by CMakeLists.txt */
+#include "scripts_lua.h" /* generated from src/redis/lua by CMakeLists.txt */
 #include "redis/sha1.h"
 
 static const struct {
   const char *text;
   size_t len;
-} scripts[JOURNAL_SCRIPTS] = {
-    [JOURNAL_BATCH] = {lua_batch, sizeof lua_batch - 1},
-    [JOURNAL_WRITE] = {lua_journal_write, sizeof lua_journal_write - 1},
-    [JOURNAL_RESOLVE] = {lua_journal_resolve, sizeof lua_journal_resolve - 1},
-    [JOURNAL_ADOPT] = {lua_journal_adopt, sizeof lua_journal_adopt - 1},
-    [JOURNAL_LEAVE] = {lua_journal_leave, sizeof lua_journal_leave - 1},
+} scripts[SCRIPTS_SCRIPTS] = {
+    [SCRIPTS_BATCH] = {lua_batch, sizeof lua_batch - 1},
+    [SCRIPTS_WRITE] = {lua_journal_write, sizeof lua_journal_write - 1},
+    [SCRIPTS_RESOLVE] = {lua_journal_resolve, sizeof lua_journal_resolve - 1},
+    [SCRIPTS_ADOPT] = {lua_journal_adopt, sizeof lua_journal_adopt - 1},
+    [SCRIPTS_LEAVE] = {lua_journal_leave, sizeof lua_journal_leave - 1},
 };
 
-void journal_cmd_free(struct journal_cmd *cmd) {
+void scripts_cmd_free(struct scripts_cmd *cmd) {
   free(cmd->buf);
   memset(cmd, 0, sizeof *cmd);
 }
 
 static int key(char *dst, const char *prefix, const char *what,
                const char *id) {
-  int n = snprintf(dst, JOURNAL_KEY_MAX, "%s%s%s%s", prefix, what,
+  int n = snprintf(dst, SCRIPTS_KEY_MAX, "%s%s%s%s", prefix, what,
                    id ? ":" : "", id ? id : "");
-  return n < 0 || n >= JOURNAL_KEY_MAX ? UV_EINVAL : 0;
+  return n < 0 || n >= SCRIPTS_KEY_MAX ? UV_EINVAL : 0;
 }
 
-int journal_init(struct journal *j, const char *prefix, const char *counter,
+int scripts_init(struct scripts *j, const char *prefix, const char *counter,
                  uint64_t random) {
   memset(j, 0, sizeof *j);
   snprintf(j->id, sizeof j->id, "%016" PRIx64, random);
@@ -42,7 +42,7 @@ int journal_init(struct journal *j, const char *prefix, const char *counter,
     return UV_EINVAL;
   strcpy(j->counter, counter);
   strcpy(j->prefix, prefix);
-  for (int i = 0; i < JOURNAL_SCRIPTS; i++)
+  for (int i = 0; i < SCRIPTS_SCRIPTS; i++)
     sha1_hex(scripts[i].text, scripts[i].len, j->sha[i]);
   if (key(j->fence, prefix, "fence", j->id) ||
       key(j->skip, prefix, "skip", j->id) ||
@@ -53,33 +53,33 @@ int journal_init(struct journal *j, const char *prefix, const char *counter,
   return 0;
 }
 
-void journal_scripts_forgotten(struct journal *j) { j->cached = 0; }
+void scripts_scripts_forgotten(struct scripts *j) { j->cached = 0; }
 
-bool journal_noscript(const redisReply *reply) {
+bool scripts_noscript(const redisReply *reply) {
   return reply->type == REDIS_REPLY_ERROR && reply->len >= 8 &&
          memcmp(reply->str, "NOSCRIPT", 8) == 0;
 }
 
-void journal_clock_set(struct journal *j, uint64_t wall_ms, uint64_t mono_ms) {
+void scripts_clock_set(struct scripts *j, uint64_t wall_ms, uint64_t mono_ms) {
   j->clock_offset = (int64_t)wall_ms - (int64_t)mono_ms;
 }
 
-uint64_t journal_wall(const struct journal *j, uint64_t mono_ms) {
+uint64_t scripts_wall(const struct scripts *j, uint64_t mono_ms) {
   return (uint64_t)((int64_t)mono_ms + j->clock_offset);
 }
 
-uint64_t journal_renew_period_ms(uint64_t lease_ms) {
+uint64_t scripts_renew_period_ms(uint64_t lease_ms) {
   uint64_t p = lease_ms / 3;
   return p > 0 ? p : 1;
 }
 
-uint64_t journal_adoption_bound_ms(uint64_t lease_ms) {
-  return lease_ms + journal_renew_period_ms(lease_ms);
+uint64_t scripts_adoption_bound_ms(uint64_t lease_ms) {
+  return lease_ms + scripts_renew_period_ms(lease_ms);
 }
 
 /* ---- Redis protocol, into a reused buffer ------------------------------- */
 
-static int reserve(struct journal_cmd *cmd, size_t more) {
+static int reserve(struct scripts_cmd *cmd, size_t more) {
   if (cmd->len + more <= cmd->cap)
     return 0;
   size_t cap = cmd->cap ? cmd->cap : 1024;
@@ -93,7 +93,7 @@ static int reserve(struct journal_cmd *cmd, size_t more) {
   return 0;
 }
 
-static int put(struct journal_cmd *cmd, const char *s, size_t n) {
+static int put(struct scripts_cmd *cmd, const char *s, size_t n) {
   if (reserve(cmd, n))
     return UV_ENOMEM;
   memcpy(cmd->buf + cmd->len, s, n);
@@ -101,23 +101,23 @@ static int put(struct journal_cmd *cmd, const char *s, size_t n) {
   return 0;
 }
 
-static int head(struct journal_cmd *cmd, char type, uint64_t n) {
+static int head(struct scripts_cmd *cmd, char type, uint64_t n) {
   char h[32];
   int len = snprintf(h, sizeof h, "%c%" PRIu64 "\r\n", type, n);
   return put(cmd, h, (size_t)len);
 }
 
-static int arg(struct journal_cmd *cmd, const char *s, size_t n) {
+static int arg(struct scripts_cmd *cmd, const char *s, size_t n) {
   if (head(cmd, '$', n) || put(cmd, s, n) || put(cmd, "\r\n", 2))
     return UV_ENOMEM;
   return 0;
 }
 
-static int arg_str(struct journal_cmd *cmd, const char *s) {
+static int arg_str(struct scripts_cmd *cmd, const char *s) {
   return arg(cmd, s, strlen(s));
 }
 
-static int arg_u64(struct journal_cmd *cmd, uint64_t v) {
+static int arg_u64(struct scripts_cmd *cmd, uint64_t v) {
   char d[24];
   int len = snprintf(d, sizeof d, "%" PRIu64, v);
   return arg(cmd, d, (size_t)len);
@@ -125,8 +125,8 @@ static int arg_u64(struct journal_cmd *cmd, uint64_t v) {
 
 /* EVAL <script> or EVALSHA <sha1>, <nkeys> <keys...>, leaving the
  * arguments to the caller; nargs counts them. */
-static int eval(struct journal_cmd *cmd, struct journal *j,
-                enum journal_script script, const char *const *keys,
+static int eval(struct scripts_cmd *cmd, struct scripts *j,
+                enum scripts_script script, const char *const *keys,
                 unsigned nkeys, size_t nargs) {
   cmd->len = 0;
   bool cached = j->cached & 1u << script;
@@ -147,52 +147,52 @@ static int eval(struct journal_cmd *cmd, struct journal *j,
 #define EVAL(cmd, j, script, keys, nargs)                                      \
   eval(cmd, j, script, keys, sizeof keys / sizeof *keys, nargs)
 
-int journal_cmd_batch(struct journal_cmd *cmd, struct journal *j, uint64_t seq,
+int scripts_cmd_batch(struct scripts_cmd *cmd, struct scripts *j, uint64_t seq,
                       uint64_t n, uint64_t floor) {
   const char *keys[] = {j->counter, j->fence};
-  int rc = EVAL(cmd, j, JOURNAL_BATCH, keys, 4);
+  int rc = EVAL(cmd, j, SCRIPTS_BATCH, keys, 4);
   rc = rc ? rc : arg_u64(cmd, seq);
   rc = rc ? rc : arg_u64(cmd, n);
-  rc = rc ? rc : arg_u64(cmd, JOURNAL_FENCE_TTL_MS);
+  rc = rc ? rc : arg_u64(cmd, SCRIPTS_FENCE_TTL_MS);
   return rc ? rc : arg_u64(cmd, floor);
 }
 
-int journal_cmd_write(struct journal_cmd *cmd, struct journal *j, uint64_t seq,
+int scripts_cmd_write(struct scripts_cmd *cmd, struct scripts *j, uint64_t seq,
                       uint64_t deadline_wall, uint64_t n, uint64_t known,
                       uint64_t lease_ms, const uint64_t *due_wall,
                       size_t n_due) {
-  if (n_due > JOURNAL_MOVE_MAX)
+  if (n_due > SCRIPTS_MOVE_MAX)
     return UV_EINVAL;
   const char *keys[] = {j->journal, j->fence,    j->skip,
                         j->lease,   j->replicas, j->counter};
-  int rc = EVAL(cmd, j, JOURNAL_WRITE, keys, 7 + n_due);
+  int rc = EVAL(cmd, j, SCRIPTS_WRITE, keys, 7 + n_due);
   rc = rc ? rc : arg_u64(cmd, seq);
   rc = rc ? rc : arg_u64(cmd, deadline_wall);
   rc = rc ? rc : arg_u64(cmd, n);
   rc = rc ? rc : arg_u64(cmd, known);
   rc = rc ? rc : arg_u64(cmd, lease_ms);
-  rc = rc ? rc : arg_u64(cmd, JOURNAL_FENCE_TTL_MS);
+  rc = rc ? rc : arg_u64(cmd, SCRIPTS_FENCE_TTL_MS);
   rc = rc ? rc : arg_str(cmd, j->id);
   for (size_t i = 0; i < n_due && !rc; i++)
     rc = arg_u64(cmd, due_wall[i]);
   return rc;
 }
 
-int journal_cmd_resolve(struct journal_cmd *cmd, struct journal *j,
+int scripts_cmd_resolve(struct scripts_cmd *cmd, struct scripts *j,
                         uint64_t seq) {
   const char *keys[] = {j->fence, j->skip};
-  int rc = EVAL(cmd, j, JOURNAL_RESOLVE, keys, 2);
+  int rc = EVAL(cmd, j, SCRIPTS_RESOLVE, keys, 2);
   rc = rc ? rc : arg_u64(cmd, seq);
-  return rc ? rc : arg_u64(cmd, JOURNAL_FENCE_TTL_MS);
+  return rc ? rc : arg_u64(cmd, SCRIPTS_FENCE_TTL_MS);
 }
 
-int journal_cmd_move(struct journal_cmd *cmd, struct journal *j,
+int scripts_cmd_move(struct scripts_cmd *cmd, struct scripts *j,
                      const uint64_t *deadlines_wall, size_t n) {
   /* Number 0: no fence lets it record anything, only its moves run. */
-  return journal_cmd_write(cmd, j, 0, 0, 0, 0, 0, deadlines_wall, n);
+  return scripts_cmd_write(cmd, j, 0, 0, 0, 0, 0, deadlines_wall, n);
 }
 
-int journal_cmd_renew(struct journal_cmd *cmd, struct journal *j,
+int scripts_cmd_renew(struct scripts_cmd *cmd, struct scripts *j,
                       uint64_t lease_ms) {
   cmd->len = 0;
   int rc = head(cmd, '*', 5);
@@ -203,22 +203,22 @@ int journal_cmd_renew(struct journal_cmd *cmd, struct journal *j,
   return rc ? rc : arg_u64(cmd, lease_ms);
 }
 
-int journal_cmd_adopt(struct journal_cmd *cmd, struct journal *j,
+int scripts_cmd_adopt(struct scripts_cmd *cmd, struct scripts *j,
                       uint64_t wall_now) {
   const char *keys[] = {j->journal, j->replicas};
-  int rc = EVAL(cmd, j, JOURNAL_ADOPT, keys, 3);
+  int rc = EVAL(cmd, j, SCRIPTS_ADOPT, keys, 3);
   rc = rc ? rc : arg_str(cmd, j->prefix);
   rc = rc ? rc : arg_str(cmd, j->id);
   return rc ? rc : arg_u64(cmd, wall_now);
 }
 
-int journal_cmd_leave(struct journal_cmd *cmd, struct journal *j) {
+int scripts_cmd_leave(struct scripts_cmd *cmd, struct scripts *j) {
   const char *keys[] = {j->journal, j->lease, j->replicas};
-  int rc = EVAL(cmd, j, JOURNAL_LEAVE, keys, 1);
+  int rc = EVAL(cmd, j, SCRIPTS_LEAVE, keys, 1);
   return rc ? rc : arg_str(cmd, j->id);
 }
 
-int journal_cmd_wait(struct journal_cmd *cmd, uint64_t min_replicas,
+int scripts_cmd_wait(struct scripts_cmd *cmd, uint64_t min_replicas,
                      uint64_t timeout_ms) {
   cmd->len = 0;
   int rc = head(cmd, '*', 3);
@@ -229,41 +229,41 @@ int journal_cmd_wait(struct journal_cmd *cmd, uint64_t min_replicas,
 
 /* ---- Replies ------------------------------------------------------------ */
 
-enum journal_outcome journal_batch_outcome(const redisReply *reply) {
+enum scripts_outcome scripts_batch_outcome(const redisReply *reply) {
   if (reply->type == REDIS_REPLY_ERROR)
-    return JOURNAL_ERROR;
+    return SCRIPTS_ERROR;
   if (reply->type != REDIS_REPLY_INTEGER)
-    return JOURNAL_BAD_REPLY;
+    return SCRIPTS_BAD_REPLY;
   switch (reply->integer) {
   case 1:
-    return JOURNAL_APPLIED;
+    return SCRIPTS_APPLIED;
   case 0:
-    return JOURNAL_DUPLICATE;
+    return SCRIPTS_DUPLICATE;
   case -1:
-    return JOURNAL_OUT_OF_ORDER;
+    return SCRIPTS_OUT_OF_ORDER;
   default:
-    return JOURNAL_BAD_REPLY;
+    return SCRIPTS_BAD_REPLY;
   }
 }
 
-enum journal_outcome journal_write_outcome(const redisReply *reply) {
+enum scripts_outcome scripts_write_outcome(const redisReply *reply) {
   if (reply->type == REDIS_REPLY_ERROR)
-    return JOURNAL_ERROR;
+    return SCRIPTS_ERROR;
   if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2)
     reply = reply->element[0]; /* the write, with moves beside it */
   if (reply->type != REDIS_REPLY_INTEGER ||
       (reply->integer != 0 && reply->integer != 1))
-    return JOURNAL_BAD_REPLY;
-  return reply->integer ? JOURNAL_APPLIED : JOURNAL_NOT_APPLIED;
+    return SCRIPTS_BAD_REPLY;
+  return reply->integer ? SCRIPTS_APPLIED : SCRIPTS_NOT_APPLIED;
 }
 
-const redisReply *journal_write_moves(const redisReply *reply) {
+const redisReply *scripts_write_moves(const redisReply *reply) {
   if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2)
     return NULL;
   return reply->element[1];
 }
 
-bool journal_count_of(const redisReply *reply, uint64_t *count) {
+bool scripts_count_of(const redisReply *reply, uint64_t *count) {
   if (reply->type != REDIS_REPLY_INTEGER || reply->integer < 0)
     return false;
   *count = (uint64_t)reply->integer;
@@ -282,7 +282,7 @@ static bool pairs_ok(const redisReply *r) {
   return true;
 }
 
-bool journal_adoption_of(const redisReply *reply, struct journal_adoption *a) {
+bool scripts_adoption_of(const redisReply *reply, struct scripts_adoption *a) {
   if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
       !pairs_ok(reply->element[0]) || !pairs_ok(reply->element[1]))
     return false;
@@ -291,7 +291,7 @@ bool journal_adoption_of(const redisReply *reply, struct journal_adoption *a) {
   return true;
 }
 
-bool journal_adoption_replica(const struct journal_adoption *a, size_t i,
+bool scripts_adoption_replica(const struct scripts_adoption *a, size_t i,
                               const char **id, size_t *id_len, uint64_t *n) {
   if (2 * i >= a->who->elements)
     return false;
@@ -301,7 +301,7 @@ bool journal_adoption_replica(const struct journal_adoption *a, size_t i,
   return true;
 }
 
-bool journal_adoption_entry(const struct journal_adoption *a, size_t i,
+bool scripts_adoption_entry(const struct scripts_adoption *a, size_t i,
                             uint64_t *deadline_wall, uint64_t *n) {
   if (2 * i >= a->added->elements)
     return false;

@@ -17,8 +17,8 @@
  *   <prefix>journal:<id>  deadline (wall-clock ms) -> increments
  *   <prefix>lease:<id>    present while the replica lives
  *   <prefix>replicas      the ids of replicas that may hold a journal */
-#ifndef GRACEFULD_JOURNAL_H
-#define GRACEFULD_JOURNAL_H
+#ifndef GRACEFULD_SCRIPTS_H
+#define GRACEFULD_SCRIPTS_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -26,47 +26,47 @@
 
 #include <hiredis/hiredis.h>
 
-#define JOURNAL_ID_LEN 16 /* hex digits of a 64-bit random id */
-#define JOURNAL_KEY_MAX 600
+#define SCRIPTS_ID_LEN 16 /* hex digits of a 64-bit random id */
+#define SCRIPTS_KEY_MAX 600
 /* How long a fence outlives the last batch or write it fenced: longer than
  * any pause after which a command from a broken connection could still be
  * executed. */
-#define JOURNAL_FENCE_TTL_MS (24ull * 3600 * 1000)
+#define SCRIPTS_FENCE_TTL_MS (24ull * 3600 * 1000)
 /* Deadlines moved by one command at most (Lua's unpack has a limit). */
-#define JOURNAL_MOVE_MAX 1000
+#define SCRIPTS_MOVE_MAX 1000
 
 /* A command in Redis protocol form, in a buffer that grows and is reused. */
-struct journal_cmd {
+struct scripts_cmd {
   char *buf;
   size_t len;
   size_t cap;
 };
 
-void journal_cmd_free(struct journal_cmd *cmd);
+void scripts_cmd_free(struct scripts_cmd *cmd);
 
 /* The scripts of src/redis/lua. */
-enum journal_script {
-  JOURNAL_BATCH,
-  JOURNAL_WRITE,
-  JOURNAL_RESOLVE,
-  JOURNAL_ADOPT,
-  JOURNAL_LEAVE,
-  JOURNAL_SCRIPTS
+enum scripts_script {
+  SCRIPTS_BATCH,
+  SCRIPTS_WRITE,
+  SCRIPTS_RESOLVE,
+  SCRIPTS_ADOPT,
+  SCRIPTS_LEAVE,
+  SCRIPTS_SCRIPTS
 };
 
-struct journal {
-  char id[JOURNAL_ID_LEN + 1];
+struct scripts {
+  char id[SCRIPTS_ID_LEN + 1];
   /* Each script is sent whole (EVAL) the first time on a connection, which
    * has Redis cache it, and by its SHA-1 (EVALSHA) after that. */
-  char sha[JOURNAL_SCRIPTS][41];
+  char sha[SCRIPTS_SCRIPTS][41];
   unsigned cached; /* bit per script: sent whole on this connection */
-  char counter[JOURNAL_KEY_MAX];
-  char fence[JOURNAL_KEY_MAX];
-  char skip[JOURNAL_KEY_MAX];
-  char journal[JOURNAL_KEY_MAX];
-  char lease[JOURNAL_KEY_MAX];
-  char replicas[JOURNAL_KEY_MAX];
-  char prefix[JOURNAL_KEY_MAX];
+  char counter[SCRIPTS_KEY_MAX];
+  char fence[SCRIPTS_KEY_MAX];
+  char skip[SCRIPTS_KEY_MAX];
+  char journal[SCRIPTS_KEY_MAX];
+  char lease[SCRIPTS_KEY_MAX];
+  char replicas[SCRIPTS_KEY_MAX];
+  char prefix[SCRIPTS_KEY_MAX];
   /* wall-clock ms at monotonic 0: deadlines are monotonic time plus this, a
    * wall clock that never runs backwards within the process */
   int64_t clock_offset;
@@ -74,97 +74,97 @@ struct journal {
 
 /* Names the keys of replica `random` (its id is the hex of it). Returns 0,
  * or UV_EINVAL when a key would not fit. */
-int journal_init(struct journal *j, const char *prefix, const char *counter,
+int scripts_init(struct scripts *j, const char *prefix, const char *counter,
                  uint64_t random);
 
 /* A new connection, or a NOSCRIPT reply (Redis restarted, SCRIPT FLUSH):
  * every script is sent whole again, once. */
-void journal_scripts_forgotten(struct journal *j);
+void scripts_scripts_forgotten(struct scripts *j);
 
 /* Whether an error reply is NOSCRIPT: not run, to be sent again. */
-bool journal_noscript(const redisReply *reply);
+bool scripts_noscript(const redisReply *reply);
 
 /* Fixes the clock: wall_ms is the wall clock when the monotonic clock read
  * mono_ms. */
-void journal_clock_set(struct journal *j, uint64_t wall_ms, uint64_t mono_ms);
+void scripts_clock_set(struct scripts *j, uint64_t wall_ms, uint64_t mono_ms);
 
 /* The wall-clock ms of monotonic time mono_ms. */
-uint64_t journal_wall(const struct journal *j, uint64_t mono_ms);
+uint64_t scripts_wall(const struct scripts *j, uint64_t mono_ms);
 
 /* ---- Leases -------------------------------------------------------------
  * A lease is renewed every third of its length, and each renewal also looks
  * for lapsed leases to adopt: a replica that dies is adopted at most
  * lease + renewal period after its last renewal. */
-uint64_t journal_renew_period_ms(uint64_t lease_ms);
-uint64_t journal_adoption_bound_ms(uint64_t lease_ms);
+uint64_t scripts_renew_period_ms(uint64_t lease_ms);
+uint64_t scripts_adoption_bound_ms(uint64_t lease_ms);
 
 /* ---- Commands: each fills cmd (reusing its buffer); 0 or UV_ENOMEM ------ */
 
 /* floor: the lowest batch not yet settled (applied or failed). */
-int journal_cmd_batch(struct journal_cmd *cmd, struct journal *j, uint64_t seq,
+int scripts_cmd_batch(struct scripts_cmd *cmd, struct scripts *j, uint64_t seq,
                       uint64_t n, uint64_t floor);
-/* With due_wall: the deadlines that fell due (at most JOURNAL_MOVE_MAX),
+/* With due_wall: the deadlines that fell due (at most SCRIPTS_MOVE_MAX),
  * moved in the same step whether the write is recorded or not. */
-int journal_cmd_write(struct journal_cmd *cmd, struct journal *j, uint64_t seq,
+int scripts_cmd_write(struct scripts_cmd *cmd, struct scripts *j, uint64_t seq,
                       uint64_t deadline_wall, uint64_t n, uint64_t known,
                       uint64_t lease_ms, const uint64_t *due_wall,
                       size_t n_due);
-int journal_cmd_resolve(struct journal_cmd *cmd, struct journal *j,
+int scripts_cmd_resolve(struct scripts_cmd *cmd, struct scripts *j,
                         uint64_t seq);
 /* Moves the entries at the given wall-clock deadlines (at most
- * JOURNAL_MOVE_MAX). */
-int journal_cmd_move(struct journal_cmd *cmd, struct journal *j,
+ * SCRIPTS_MOVE_MAX). */
+int scripts_cmd_move(struct scripts_cmd *cmd, struct scripts *j,
                      const uint64_t *deadlines_wall, size_t n);
-int journal_cmd_renew(struct journal_cmd *cmd, struct journal *j,
+int scripts_cmd_renew(struct scripts_cmd *cmd, struct scripts *j,
                       uint64_t lease_ms);
-int journal_cmd_adopt(struct journal_cmd *cmd, struct journal *j,
+int scripts_cmd_adopt(struct scripts_cmd *cmd, struct scripts *j,
                       uint64_t wall_now);
-int journal_cmd_leave(struct journal_cmd *cmd, struct journal *j);
+int scripts_cmd_leave(struct scripts_cmd *cmd, struct scripts *j);
 /* WAIT min_replicas timeout_ms: REDIS_MIN_REPLICAS's confirmation of what
  * was sent before it (no script). */
-int journal_cmd_wait(struct journal_cmd *cmd, uint64_t min_replicas,
+int scripts_cmd_wait(struct scripts_cmd *cmd, uint64_t min_replicas,
                      uint64_t timeout_ms);
 
 /* ---- Replies ------------------------------------------------------------ */
 
-enum journal_outcome {
-  JOURNAL_APPLIED,      /* counted, or recorded in the journal */
-  JOURNAL_DUPLICATE,    /* a batch applied before: done, not counted again */
-  JOURNAL_NOT_APPLIED,  /* a write fenced off, or resolved as not written */
-  JOURNAL_OUT_OF_ORDER, /* a batch whose predecessor is missing: send both */
-  JOURNAL_ERROR,        /* an error reply: the caller classifies it */
-  JOURNAL_BAD_REPLY,    /* a reply of a kind the script never sends */
+enum scripts_outcome {
+  SCRIPTS_APPLIED,      /* counted, or recorded in the journal */
+  SCRIPTS_DUPLICATE,    /* a batch applied before: done, not counted again */
+  SCRIPTS_NOT_APPLIED,  /* a write fenced off, or resolved as not written */
+  SCRIPTS_OUT_OF_ORDER, /* a batch whose predecessor is missing: send both */
+  SCRIPTS_ERROR,        /* an error reply: the caller classifies it */
+  SCRIPTS_BAD_REPLY,    /* a reply of a kind the script never sends */
 };
 
 /* Decodes the reply to a batch (lua/batch.lua). */
-enum journal_outcome journal_batch_outcome(const redisReply *reply);
+enum scripts_outcome scripts_batch_outcome(const redisReply *reply);
 
 /* Decodes the reply to a journal write or resolve: applied or not. */
-enum journal_outcome journal_write_outcome(const redisReply *reply);
+enum scripts_outcome scripts_write_outcome(const redisReply *reply);
 
 /* The part of a write's reply that answers the moves it carried, as a
- * move's reply would (journal_count_of, or an error); NULL when it carried
+ * move's reply would (scripts_count_of, or an error); NULL when it carried
  * none. */
-const redisReply *journal_write_moves(const redisReply *reply);
+const redisReply *scripts_write_moves(const redisReply *reply);
 
 /* The integer a move or leave answers; false for anything else. */
-bool journal_count_of(const redisReply *reply, uint64_t *count);
+bool scripts_count_of(const redisReply *reply, uint64_t *count);
 
 /* An adoption's reply, walked entry by entry. */
-struct journal_adoption {
+struct scripts_adoption {
   const redisReply *who;   /* id, increments, id, increments ... */
   const redisReply *added; /* deadline (wall ms, this clock), increments ... */
 };
 
 /* Checks the shape of an adoption reply; false if it is not one. */
-bool journal_adoption_of(const redisReply *reply, struct journal_adoption *a);
+bool scripts_adoption_of(const redisReply *reply, struct scripts_adoption *a);
 
 /* The i-th adopted replica and its increments; false past the end. */
-bool journal_adoption_replica(const struct journal_adoption *a, size_t i,
+bool scripts_adoption_replica(const struct scripts_adoption *a, size_t i,
                               const char **id, size_t *id_len, uint64_t *n);
 
 /* The i-th entry added to this journal; false past the end. */
-bool journal_adoption_entry(const struct journal_adoption *a, size_t i,
+bool scripts_adoption_entry(const struct scripts_adoption *a, size_t i,
                             uint64_t *deadline_wall, uint64_t *n);
 
 #endif
