@@ -323,8 +323,21 @@ static void arm_reading(struct conn *c, bool answered) {
       set_timer(c, opts->header_timeout_ms);
     }
   } else if (answered) {
+    c->unsent = 0; /* not asked yet: the timer asks (still_taking) */
     set_timer(c, opts->idle_timeout_ms);
   }
+}
+
+/* Reading, nothing begun, the idle timeout up: whether the client is still
+ * taking what was answered. A write is done once the kernel holds it; a
+ * slow reader may take it long after, and is idle only once it has taken
+ * it all and an idle timeout has passed since it was last seen taking any.
+ * One that takes nothing for an idle timeout has stalled. */
+static bool still_taking(struct conn *c) {
+  size_t left = unsent(c);
+  bool moving = left < c->unsent || (left > 0 && c->unsent == 0);
+  c->unsent = left;
+  return moving;
 }
 
 /* Answers every complete request in rbuf, in order, as long as responses
@@ -413,7 +426,9 @@ static void on_conn_timer(uv_timer_t *timer) {
   struct conn *c = container_of(timer, struct conn, timer);
   switch (c->life.state) {
   case CONN_READING:
-    if (http_parser_idle(&c->http))
+    if (http_parser_idle(&c->http) && still_taking(c))
+      set_timer(c, c->srv->opts.idle_timeout_ms);
+    else if (http_parser_idle(&c->http))
       step(c, CONN_LAST_QUEUED); /* idle: our FIN, no response */
     else
       answer(c, NULL, 408); /* always the last */

@@ -151,6 +151,31 @@ def test_steady_slow_reader_is_not_cut_off(netns, redis, server):
     s.close()
 
 
+def test_reader_still_taking_responses_is_not_idle(netns, redis, server):
+    """A write is done once the kernel holds it; a client that reads at
+    100 KB/s to the very last response takes the tail seconds later. It is
+    not idle meanwhile: the idle timeout counts from the last byte it took,
+    and the connection still answers once it has read everything."""
+    g = server(env={"IDLE_TIMEOUT_MS": "1000"})
+    s = slow_socket(g.port)
+    n = 100
+    s.sendall(METRICS * n)
+    data = bytearray()
+    began = time.monotonic()
+    s.settimeout(5)
+    while len(parse_prefix(bytes(data))) < n:
+        chunk = s.recv(2000)  # 100 KB/s
+        assert chunk, ("the connection ended after "
+                       f"{len(parse_prefix(bytes(data)))} responses")
+        data.extend(chunk)
+        time.sleep(0.02)
+    # Slow enough that the tail outlived an idle timeout in the kernel.
+    assert time.monotonic() - began > 3.0, "read too fast to show anything"
+    s.sendall(HEALTHZ)
+    assert read_http_responses(s, 1)[0][0] == 200
+    s.close()
+
+
 def parse_prefix(data):
     """The complete responses at the start of data."""
     out = []
