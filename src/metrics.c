@@ -141,6 +141,9 @@ char *metrics_render(const struct metrics *m, const struct metrics_view *v,
           "over.");
   counter(&b, "journal_adopted_increments_total", cs->journal_adopted,
           "durability redis: increments in the journals taken over.");
+  counter(&b, "journal_swept_increments_total", cs->journal_swept,
+          "durability redis: due increments a lease renewal moved, that no "
+          "move had (an adoption whose reply was lost, a stall).");
   counter(&b, "connections_accepted_total", v->server->accepted,
           "TCP connections accepted, those then rejected included.");
   counter(&b, "connections_rejected_total", v->server->rejected,

@@ -10,15 +10,19 @@
 #define COUNTER_WRITE_BUCKETS 7
 
 struct counter_stats {
-  uint64_t done;                /* counted by Redis (and confirmed) */
-  uint64_t retried;             /* memory: sent again after a lost reply */
-  uint64_t failed;              /* Redis refused them for good */
-  uint64_t batches;             /* memory: batches sent (first sends) */
-  uint64_t journal_writes;      /* journal writes sent */
-  uint64_t journal_resolutions; /* writes whose lost reply was asked for */
-  uint64_t journal_moves;       /* moves sent, alone or with a write */
-  uint64_t journal_adoptions;   /* journals of lapsed replicas taken over */
-  uint64_t journal_adopted;     /* increments in them */
+  uint64_t done;                  /* counted by Redis (and confirmed) */
+  uint64_t retried;               /* memory: sent again after a lost reply */
+  uint64_t failed;                /* Redis refused them for good */
+  uint64_t batches;               /* memory: batches sent (first sends) */
+  uint64_t journal_writes;        /* journal writes sent */
+  uint64_t journal_resolutions;   /* writes whose lost reply was asked for */
+  uint64_t journal_moves;         /* moves sent, alone or with a write */
+  uint64_t journal_adoptions;     /* journals of lapsed replicas taken over */
+  uint64_t journal_adopted;       /* increments in them */
+  uint64_t journal_errors;        /* in writes Redis answered with an error */
+  uint64_t journal_swept;         /* moved by a lease renewal, not a move */
+  uint64_t journal_moved_already; /* a move found them moved (a renewal, or
+                                     a replica that adopted them) */
   uint64_t write_sizes[COUNTER_WRITE_BUCKETS]; /* journal writes by size */
   uint64_t write_size_sum;
 };

@@ -120,7 +120,7 @@ struct delivery_journal {
   uint64_t in_moving;           /* increments in moving */
   uint64_t in_writes;           /* increments in unresolved writes */
   uint64_t writes_in_flight;    /* journal writes among the sends */
-  uv_timer_t lease_timer;       /* renew and adopt */
+  uv_timer_t lease_timer;       /* renew (and adopt what it names) */
   uint64_t lease_ms;
 };
 

@@ -35,10 +35,12 @@ struct run {
   uint64_t n;
 };
 
-/* Moves applied, up to end, waiting for a WAIT numbered `wait` or later. */
+/* Moves applied, up to end, that moved n increments (a renewal: no runs,
+ * end as it was), waiting for a WAIT numbered `wait` or later. */
 struct applied_move {
   uint64_t end;
   uint64_t wait;
+  uint64_t n;
 };
 
 static struct delivery_journal *jm(struct delivery *d) { return &d->m.journal; }
@@ -181,6 +183,17 @@ static void journal_settled(struct delivery *d, uint64_t seq,
 static void on_move_reply(struct delivery *d, uint64_t end,
                           const redisReply *reply);
 
+/* A write Redis refused: one line for the first, then one per power of
+ * two. */
+static void refused(struct delivery *d, uint64_t n, const redisReply *reply) {
+  uint64_t before = d->stats.journal_errors;
+  d->stats.journal_errors += n;
+  if ((before ^ d->stats.journal_errors) > before)
+    log_warn("journal_write_refused",
+             LOG_UINT("increments", d->stats.journal_errors),
+             LOG_STRN("reply", reply->str, reply->len));
+}
+
 /* The reply to a write or to its resolution. Outcomes may come out of
  * order (a resolution asked again behind later writes): the scripts answer
  * each one exactly whatever the order, and the ring reports them in order
@@ -219,8 +232,10 @@ static void on_write_reply(struct delivery *d, bool resolution, uint64_t seq,
     break;
   case SCRIPTS_ERROR:
     if (!resolution) {
-      /* The script did not run, or stopped before its first write; its
-       * number is passed over by the next write applied. */
+      /* The script did not run, or refused before its first write (a key
+       * of the wrong type, a counter that cannot count): its number is
+       * passed over by the next write applied, its /incr answered 503. */
+      refused(d, w->e.n, reply);
       delivery_on_error(d, reply);
       w->held = false;
       w->e.state = ENTRY_SETTLED;
@@ -283,9 +298,8 @@ void delivery_turn_end(struct delivery *d) {
   delivery_wait_if_due(d);
 }
 
-/* The moves up to end are over: done, or failed. */
-static void moves_finished(struct delivery *d, uint64_t end, bool failed,
-                           const redisReply *reply) {
+/* The runs up to end leave the ring; returns their increments. */
+static uint64_t runs_over(struct delivery *d, uint64_t end) {
   struct delivery_journal *j = jm(d);
   uint64_t n = 0;
   while (j->moving_head < end) {
@@ -295,10 +309,24 @@ static void moves_finished(struct delivery *d, uint64_t end, bool failed,
     j->moving_head++;
   }
   j->in_moving -= n;
-  if (failed)
-    delivery_failed(d, n, reply);
-  else
+  return n;
+}
+
+/* Redis moved n increments (a move of the runs up to end, or a renewal:
+ * end at the ring's head): done once REDIS_MIN_REPLICAS's WAIT confirms
+ * them, at once without it. Done counts what Redis says it moved. */
+static void moved(struct delivery *d, uint64_t end, uint64_t n) {
+  struct delivery_journal *j = jm(d);
+  if (!d->min_replicas) {
+    runs_over(d, end);
     d->stats.done += n;
+    return;
+  }
+  struct applied_move *a = delivery_ring_push(&j->applied);
+  if (a)
+    *a = (struct applied_move){end, d->waits_sent, n};
+  else
+    j->moving_sent = j->moving_replied = j->moving_head; /* moved again */
 }
 
 static void on_move_reply(struct delivery *d, uint64_t end,
@@ -310,15 +338,15 @@ static void on_move_reply(struct delivery *d, uint64_t end,
     j->moving_sent = j->moving_replied; /* idempotent: sent again */
     return;
   }
-  uint64_t moved;
-  if (!scripts_count_of(reply, &moved)) {
+  uint64_t n;
+  if (!scripts_count_of(reply, &n)) {
     if (reply->type == REDIS_REPLY_ERROR && !delivery_on_error(d, reply)) {
       j->moving_sent = j->moving_replied;
       return;
     }
     /* Failed: what came before it and waits for a WAIT stays counted. */
     j->moving_replied = end;
-    moves_finished(d, end, true, reply);
+    delivery_failed(d, runs_over(d, end), reply);
     return;
   }
   uint64_t expected = 0;
@@ -326,21 +354,15 @@ static void on_move_reply(struct delivery *d, uint64_t end,
     expected +=
         ((const struct run *)delivery_ring_at(&j->moving, i - j->moving_head))
             ->n;
-  if (moved != expected)
-    /* Fewer: another replica adopted part of this journal while this one
-     * could not renew its lease, and moves them itself. */
-    log_warn("journal_moved_elsewhere", LOG_UINT("expected", expected),
-             LOG_UINT("moved", moved));
-  j->moving_replied = end;
-  if (!d->min_replicas) {
-    moves_finished(d, end, false, NULL);
-    return;
+  if (n < expected) {
+    /* Moved before: by a renewal of this replica, or by a replica that
+     * adopted this journal while this one could not renew its lease. */
+    d->stats.journal_moved_already += expected - n;
+    log_debug("journal_moved_already", LOG_UINT("expected", expected),
+              LOG_UINT("moved", n));
   }
-  struct applied_move *a = delivery_ring_push(&j->applied);
-  if (a)
-    *a = (struct applied_move){end, d->waits_sent};
-  else
-    j->moving_sent = j->moving_replied = j->moving_head; /* moved again */
+  j->moving_replied = end;
+  moved(d, end, n);
 }
 
 /* ---- REDIS_MIN_REPLICAS ------------------------------------------------- */
@@ -355,7 +377,8 @@ static void journal_confirmed(struct delivery *d, uint64_t k, uint64_t n) {
     const struct applied_move *a = delivery_ring_at(&j->applied, 0);
     if (a->wait > k)
       break;
-    moves_finished(d, a->end, false, NULL);
+    runs_over(d, a->end);
+    d->stats.done += a->n;
     delivery_ring_pop(&j->applied);
   }
 }
@@ -371,13 +394,15 @@ static void journal_unconfirmed(struct delivery *d, uint64_t n) {
 /* ---- Lease, adoption, leaving ------------------------------------------- */
 
 static void renew(struct delivery *d) {
+  struct delivery_journal *j = jm(d);
   if (d->state != DELIVERY_READY)
     return;
-  if (scripts_cmd_renew(&d->cmd, &d->scripts, jm(d)->lease_ms) == 0)
-    delivery_send(d, TAG_RENEW, 0);
+  /* Entries due a renewal period ago or more: the queue moves its own at
+   * their deadline, the renewal whatever the queue missed. */
+  uint64_t period = scripts_renew_period_ms(j->lease_ms);
   uint64_t now = scripts_wall(&d->scripts, uv_now(d->loop));
-  if (scripts_cmd_adopt(&d->cmd, &d->scripts, now) == 0)
-    delivery_send(d, TAG_ADOPT, 0);
+  if (scripts_cmd_renew(&d->cmd, &d->scripts, j->lease_ms, now - period) == 0)
+    delivery_send(d, TAG_RENEW, 0);
 }
 
 static void on_lease_timer(uv_timer_t *timer) { renew(timer->data); }
@@ -394,32 +419,63 @@ static void journal_ready(struct delivery *d) {
 
 static void journal_down(struct delivery *d) { jm(d)->writes_in_flight = 0; }
 
+/* A renewal's reply: what it moved, and whom to adopt. Lost, the next
+ * renewal does it all again. */
+static void on_renew_reply(struct delivery *d, const redisReply *reply) {
+  struct scripts_renewal r;
+  if (!reply)
+    return;
+  if (!scripts_renewal_of(reply, &r)) {
+    bool error = reply->type == REDIS_REPLY_ERROR;
+    log_warn("journal_renew_failed", LOG_STRN("reply", error ? reply->str : "",
+                                              error ? reply->len : 0));
+    return;
+  }
+  uint64_t n = 0;
+  if (r.moved->type == REDIS_REPLY_ERROR) {
+    /* The journal keeps them: the next renewal, or a move, tries again. */
+    log_warn("journal_renew_move_failed",
+             LOG_STRN("reply", r.moved->str, r.moved->len));
+  } else if (scripts_count_of(r.moved, &n) && n > 0) {
+    d->stats.journal_swept += n;
+    log_info("journal_swept", LOG_UINT("increments", n));
+    moved(d, jm(d)->moving_head, n);
+  }
+  uint64_t now = scripts_wall(&d->scripts, uv_now(d->loop));
+  for (size_t i = 0; i < r.lapsed->elements; i++) {
+    const redisReply *id = r.lapsed->element[i];
+    if (scripts_cmd_adopt(&d->cmd, &d->scripts, id->str, id->len, now) == 0)
+      delivery_send(d, TAG_ADOPT, 0);
+    else
+      log_warn("journal_adopt_skipped", LOG_STRN("replica", id->str, id->len));
+  }
+}
+
+/* Lost, or failed: what the adoption added to this journal is moved by
+ * this replica's renewals all the same. */
 static void on_adopt_reply(struct delivery *d, const redisReply *reply) {
   struct scripts_adoption a;
   if (!reply)
     return;
   if (!scripts_adoption_of(reply, &a)) {
-    log_warn("journal_adopt_failed",
-             LOG_STRN("reply",
-                      reply->type == REDIS_REPLY_ERROR ? reply->str : "",
-                      reply->type == REDIS_REPLY_ERROR ? reply->len : 0));
+    bool error = reply->type == REDIS_REPLY_ERROR;
+    log_warn("journal_adopt_failed", LOG_STRN("reply", error ? reply->str : "",
+                                              error ? reply->len : 0));
     return;
   }
   uint64_t deadline_wall, n;
   for (size_t i = 0; scripts_adoption_entry(&a, i, &deadline_wall, &n); i++) {
     uint64_t deadline = deadline_wall - (uint64_t)d->scripts.clock_offset;
     if (incr_queue_add(d->queue, deadline, n) != 0)
-      /* In this journal now, moved by whoever adopts it next. */
+      /* In this journal: a renewal after it falls due moves it. */
       log_error("queue_full", LOG_UINT("increments", n));
   }
-  const char *id;
-  size_t id_len;
-  for (size_t i = 0; scripts_adoption_replica(&a, i, &id, &id_len, &n); i++) {
-    d->stats.journal_adoptions++;
-    d->stats.journal_adopted += n;
-    log_info("journal_adopted", LOG_STRN("from", id, id_len),
-             LOG_UINT("increments", n), LOG_UINT("lease_ms", jm(d)->lease_ms));
-  }
+  if (a.n == 0)
+    return; /* adopted by another, left empty, or renewed meanwhile */
+  d->stats.journal_adoptions++;
+  d->stats.journal_adopted += a.n;
+  log_info("journal_adopted", LOG_STRN("from", a.id, a.id_len),
+           LOG_UINT("increments", a.n), LOG_UINT("lease_ms", jm(d)->lease_ms));
 }
 
 /* A lost leave is reported by the connection's loss (delivery.c). */
@@ -458,9 +514,7 @@ static void journal_reply(struct delivery *d, unsigned kind, uint64_t n,
     on_leave_reply(d, reply);
     break;
   case TAG_RENEW:
-    if (reply && reply->type == REDIS_REPLY_ERROR)
-      log_warn("journal_renew_failed",
-               LOG_STRN("reply", reply->str, reply->len));
+    on_renew_reply(d, reply);
     break;
   }
 }

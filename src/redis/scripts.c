@@ -17,6 +17,7 @@ static const struct {
     [SCRIPTS_BATCH] = {lua_batch, sizeof lua_batch - 1},
     [SCRIPTS_WRITE] = {lua_journal_write, sizeof lua_journal_write - 1},
     [SCRIPTS_RESOLVE] = {lua_journal_resolve, sizeof lua_journal_resolve - 1},
+    [SCRIPTS_RENEW] = {lua_journal_renew, sizeof lua_journal_renew - 1},
     [SCRIPTS_ADOPT] = {lua_journal_adopt, sizeof lua_journal_adopt - 1},
     [SCRIPTS_LEAVE] = {lua_journal_leave, sizeof lua_journal_leave - 1},
 };
@@ -26,29 +27,46 @@ void scripts_cmd_free(struct scripts_cmd *cmd) {
   memset(cmd, 0, sizeof *cmd);
 }
 
-static int key(char *dst, const char *prefix, const char *what,
-               const char *id) {
-  int n = snprintf(dst, SCRIPTS_KEY_MAX, "%s%s%s%s", prefix, what,
-                   id ? ":" : "", id ? id : "");
+static int key(char *dst, const char *scope, const char *what, const char *id) {
+  int n = snprintf(dst, SCRIPTS_KEY_MAX, "%s%s%s%s", scope, what, id ? ":" : "",
+                   id ? id : "");
   return n < 0 || n >= SCRIPTS_KEY_MAX ? UV_EINVAL : 0;
+}
+
+/* The part of key name that Redis Cluster hashes: what the first '{' and
+ * the first '}' after it enclose, if that is not empty; else all of it. */
+static void hash_tag(const char *name, const char **tag, size_t *len) {
+  const char *open = strchr(name, '{');
+  const char *close = open ? strchr(open + 1, '}') : NULL;
+  if (close && close > open + 1) {
+    *tag = open + 1;
+    *len = (size_t)(close - open - 1);
+  } else {
+    *tag = name;
+    *len = strlen(name);
+  }
 }
 
 int scripts_init(struct scripts *j, const char *prefix, const char *counter,
                  uint64_t random) {
   memset(j, 0, sizeof *j);
   snprintf(j->id, sizeof j->id, "%016" PRIx64, random);
-  if (strlen(counter) >= sizeof j->counter ||
-      strlen(prefix) >= sizeof j->prefix)
+  if (strlen(counter) >= sizeof j->counter || strpbrk(prefix, "{}"))
     return UV_EINVAL;
   strcpy(j->counter, counter);
-  strcpy(j->prefix, prefix);
+  const char *tag;
+  size_t tag_len;
+  hash_tag(counter, &tag, &tag_len);
+  int n = snprintf(j->scope, sizeof j->scope, "%s{%.*s}:", prefix, (int)tag_len,
+                   tag);
+  if (n < 0 || (size_t)n >= sizeof j->scope)
+    return UV_EINVAL;
   for (int i = 0; i < SCRIPTS_SCRIPTS; i++)
     sha1_hex(scripts[i].text, scripts[i].len, j->sha[i]);
-  if (key(j->fence, prefix, "fence", j->id) ||
-      key(j->skip, prefix, "skip", j->id) ||
-      key(j->journal, prefix, "journal", j->id) ||
-      key(j->lease, prefix, "lease", j->id) ||
-      key(j->replicas, prefix, "replicas", NULL))
+  if (key(j->fence, j->scope, "fence", j->id) ||
+      key(j->skip, j->scope, "skip", j->id) ||
+      key(j->journal, j->scope, "journal", j->id) ||
+      key(j->replicas, j->scope, "replicas", NULL))
     return UV_EINVAL;
   return 0;
 }
@@ -163,8 +181,7 @@ int scripts_cmd_write(struct scripts_cmd *cmd, struct scripts *j, uint64_t seq,
                       size_t n_due) {
   if (n_due > SCRIPTS_MOVE_MAX)
     return UV_EINVAL;
-  const char *keys[] = {j->journal, j->fence,    j->skip,
-                        j->lease,   j->replicas, j->counter};
+  const char *keys[] = {j->journal, j->fence, j->skip, j->replicas, j->counter};
   int rc = EVAL(cmd, j, SCRIPTS_WRITE, keys, 7 + n_due);
   rc = rc ? rc : arg_u64(cmd, seq);
   rc = rc ? rc : arg_u64(cmd, deadline_wall);
@@ -193,27 +210,34 @@ int scripts_cmd_move(struct scripts_cmd *cmd, struct scripts *j,
 }
 
 int scripts_cmd_renew(struct scripts_cmd *cmd, struct scripts *j,
-                      uint64_t lease_ms) {
-  cmd->len = 0;
-  int rc = head(cmd, '*', 5);
-  rc = rc ? rc : arg_str(cmd, "SET");
-  rc = rc ? rc : arg_str(cmd, j->lease);
+                      uint64_t lease_ms, uint64_t due_wall) {
+  const char *keys[] = {j->journal, j->replicas, j->counter};
+  int rc = EVAL(cmd, j, SCRIPTS_RENEW, keys, 3);
   rc = rc ? rc : arg_str(cmd, j->id);
-  rc = rc ? rc : arg_str(cmd, "PX");
-  return rc ? rc : arg_u64(cmd, lease_ms);
+  rc = rc ? rc : arg_u64(cmd, lease_ms);
+  return rc ? rc : arg_u64(cmd, due_wall);
 }
 
 int scripts_cmd_adopt(struct scripts_cmd *cmd, struct scripts *j,
-                      uint64_t wall_now) {
-  const char *keys[] = {j->journal, j->replicas};
+                      const char *id, size_t id_len, uint64_t wall_now) {
+  /* Ids are this build's own: hex digits, and nothing a key could hide. */
+  char other[SCRIPTS_ID_LEN + 1];
+  if (id_len == 0 || id_len > SCRIPTS_ID_LEN)
+    return UV_EINVAL;
+  memcpy(other, id, id_len);
+  other[id_len] = '\0';
+  if (strspn(other, "0123456789abcdef") < id_len ||
+      key(j->other, j->scope, "journal", other))
+    return UV_EINVAL;
+  const char *keys[] = {j->journal, j->other, j->replicas};
   int rc = EVAL(cmd, j, SCRIPTS_ADOPT, keys, 3);
-  rc = rc ? rc : arg_str(cmd, j->prefix);
   rc = rc ? rc : arg_str(cmd, j->id);
+  rc = rc ? rc : arg_str(cmd, other);
   return rc ? rc : arg_u64(cmd, wall_now);
 }
 
 int scripts_cmd_leave(struct scripts_cmd *cmd, struct scripts *j) {
-  const char *keys[] = {j->journal, j->lease, j->replicas};
+  const char *keys[] = {j->journal, j->replicas};
   int rc = EVAL(cmd, j, SCRIPTS_LEAVE, keys, 1);
   return rc ? rc : arg_str(cmd, j->id);
 }
@@ -282,22 +306,33 @@ static bool pairs_ok(const redisReply *r) {
   return true;
 }
 
-bool scripts_adoption_of(const redisReply *reply, struct scripts_adoption *a) {
-  if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
-      !pairs_ok(reply->element[0]) || !pairs_ok(reply->element[1]))
+bool scripts_renewal_of(const redisReply *reply, struct scripts_renewal *r) {
+  if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2)
     return false;
-  a->who = reply->element[0];
-  a->added = reply->element[1];
+  const redisReply *moved = reply->element[0], *lapsed = reply->element[1];
+  if ((moved->type != REDIS_REPLY_INTEGER || moved->integer < 0) &&
+      moved->type != REDIS_REPLY_ERROR)
+    return false;
+  if (lapsed->type != REDIS_REPLY_ARRAY)
+    return false;
+  for (size_t i = 0; i < lapsed->elements; i++)
+    if (lapsed->element[i]->type != REDIS_REPLY_STRING)
+      return false;
+  r->moved = moved;
+  r->lapsed = lapsed;
   return true;
 }
 
-bool scripts_adoption_replica(const struct scripts_adoption *a, size_t i,
-                              const char **id, size_t *id_len, uint64_t *n) {
-  if (2 * i >= a->who->elements)
+bool scripts_adoption_of(const redisReply *reply, struct scripts_adoption *a) {
+  if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
+      reply->element[0]->type != REDIS_REPLY_STRING ||
+      reply->element[1]->type != REDIS_REPLY_INTEGER ||
+      reply->element[1]->integer < 0 || !pairs_ok(reply->element[2]))
     return false;
-  *id = a->who->element[2 * i]->str;
-  *id_len = a->who->element[2 * i]->len;
-  *n = (uint64_t)a->who->element[2 * i + 1]->integer;
+  a->id = reply->element[0]->str;
+  a->id_len = reply->element[0]->len;
+  a->n = (uint64_t)reply->element[1]->integer;
+  a->added = reply->element[2];
   return true;
 }
 

@@ -7,16 +7,23 @@
  * turn's increments in the replica's journal before their 200s
  * (journal_write.lua), settles a write whose reply was lost
  * (journal_resolve.lua), moves due entries to the counter (with a write, or
- * alone as a write that records nothing), adopts the journals of replicas
- * whose lease lapsed (journal_adopt.lua) and leaves (journal_leave.lua).
+ * alone as a write that records nothing), renews its lease and moves every
+ * due entry its journal holds (journal_renew.lua), adopts the journals of
+ * replicas whose lease ran out, one by one (journal_adopt.lua), and leaves
+ * (journal_leave.lua). Every key a script touches is one of its KEYS.
  *
- * Keys, all under KEY_PREFIX but the counter:
- *   <prefix>fence:<id>    the last batch or write number applied
- *   <prefix>skip:<id>     journal writes fenced off while their outcome was
- *                         being asked for (a sorted set, usually absent)
- *   <prefix>journal:<id>  deadline (wall-clock ms) -> increments
- *   <prefix>lease:<id>    present while the replica lives
- *   <prefix>replicas      the ids of replicas that may hold a journal */
+ * Keys, all under KEY_PREFIX but the counter, and all scoped to the counter
+ * through a hash tag: replicas counting into another counter never touch
+ * them, and on Redis Cluster they share the counter's slot. With the
+ * counter "c" (tag: the counter's own hash tag if it has one, else its
+ * name):
+ *   <prefix>{c}:fence:<id>    the last batch or write number applied
+ *   <prefix>{c}:skip:<id>     journal writes fenced off while their outcome
+ *                             was being asked for (a sorted set, usually
+ *                             absent)
+ *   <prefix>{c}:journal:<id>  deadline (wall-clock ms) -> increments
+ *   <prefix>{c}:replicas      id -> the end of its lease (Redis's clock, ms),
+ *                             for every replica that may hold a journal */
 #ifndef GRACEFULD_SCRIPTS_H
 #define GRACEFULD_SCRIPTS_H
 
@@ -49,6 +56,7 @@ enum scripts_script {
   SCRIPTS_BATCH,
   SCRIPTS_WRITE,
   SCRIPTS_RESOLVE,
+  SCRIPTS_RENEW,
   SCRIPTS_ADOPT,
   SCRIPTS_LEAVE,
   SCRIPTS_SCRIPTS
@@ -64,16 +72,17 @@ struct scripts {
   char fence[SCRIPTS_KEY_MAX];
   char skip[SCRIPTS_KEY_MAX];
   char journal[SCRIPTS_KEY_MAX];
-  char lease[SCRIPTS_KEY_MAX];
   char replicas[SCRIPTS_KEY_MAX];
-  char prefix[SCRIPTS_KEY_MAX];
+  char scope[SCRIPTS_KEY_MAX]; /* <prefix>{tag}: */
+  char other[SCRIPTS_KEY_MAX]; /* another replica's journal, to adopt */
   /* wall-clock ms at monotonic 0: deadlines are monotonic time plus this, a
    * wall clock that never runs backwards within the process */
   int64_t clock_offset;
 };
 
 /* Names the keys of replica `random` (its id is the hex of it). Returns 0,
- * or UV_EINVAL when a key would not fit. */
+ * or UV_EINVAL when a key would not fit or the prefix holds a brace (it
+ * would take the hash tag from the counter). */
 int scripts_init(struct scripts *j, const char *prefix, const char *counter,
                  uint64_t random);
 
@@ -92,9 +101,12 @@ void scripts_clock_set(struct scripts *j, uint64_t wall_ms, uint64_t mono_ms);
 uint64_t scripts_wall(const struct scripts *j, uint64_t mono_ms);
 
 /* ---- Leases -------------------------------------------------------------
- * A lease is renewed every third of its length, and each renewal also looks
- * for lapsed leases to adopt: a replica that dies is adopted at most
- * lease + renewal period after its last renewal. */
+ * A lease is renewed every third of its length, and each renewal also names
+ * the lapsed leases to adopt: a replica that dies is adopted at most
+ * lease + renewal period after its last renewal. Each renewal also moves
+ * every entry of the journal that fell due a renewal period ago or more:
+ * whatever the replica's queue missed (an adoption whose reply was lost)
+ * moves at most two renewal periods after it fell due. */
 uint64_t scripts_renew_period_ms(uint64_t lease_ms);
 uint64_t scripts_adoption_bound_ms(uint64_t lease_ms);
 
@@ -115,10 +127,12 @@ int scripts_cmd_resolve(struct scripts_cmd *cmd, struct scripts *j,
  * SCRIPTS_MOVE_MAX). */
 int scripts_cmd_move(struct scripts_cmd *cmd, struct scripts *j,
                      const uint64_t *deadlines_wall, size_t n);
+/* due_wall: entries due at or before it move. */
 int scripts_cmd_renew(struct scripts_cmd *cmd, struct scripts *j,
-                      uint64_t lease_ms);
+                      uint64_t lease_ms, uint64_t due_wall);
+/* Adopts the journal of the replica named id (UV_EINVAL: not an id). */
 int scripts_cmd_adopt(struct scripts_cmd *cmd, struct scripts *j,
-                      uint64_t wall_now);
+                      const char *id, size_t id_len, uint64_t wall_now);
 int scripts_cmd_leave(struct scripts_cmd *cmd, struct scripts *j);
 /* WAIT min_replicas timeout_ms: REDIS_MIN_REPLICAS's confirmation of what
  * was sent before it (no script). */
@@ -150,18 +164,26 @@ const redisReply *scripts_write_moves(const redisReply *reply);
 /* The integer a move or leave answers; false for anything else. */
 bool scripts_count_of(const redisReply *reply, uint64_t *count);
 
-/* An adoption's reply, walked entry by entry. */
+/* A renewal's reply: what it moved (an integer, or the counter's error)
+ * and the replicas whose lease ran out (strings). */
+struct scripts_renewal {
+  const redisReply *moved;
+  const redisReply *lapsed;
+};
+
+/* Checks the shape of a renewal reply; false if it is not one. */
+bool scripts_renewal_of(const redisReply *reply, struct scripts_renewal *r);
+
+/* An adoption's reply: who, how many, and the entries added. */
 struct scripts_adoption {
-  const redisReply *who;   /* id, increments, id, increments ... */
+  const char *id;
+  size_t id_len;
+  uint64_t n;
   const redisReply *added; /* deadline (wall ms, this clock), increments ... */
 };
 
 /* Checks the shape of an adoption reply; false if it is not one. */
 bool scripts_adoption_of(const redisReply *reply, struct scripts_adoption *a);
-
-/* The i-th adopted replica and its increments; false past the end. */
-bool scripts_adoption_replica(const struct scripts_adoption *a, size_t i,
-                              const char **id, size_t *id_len, uint64_t *n);
 
 /* The i-th entry added to this journal; false past the end. */
 bool scripts_adoption_entry(const struct scripts_adoption *a, size_t i,

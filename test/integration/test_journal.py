@@ -32,8 +32,9 @@ def journal_mode(redis, **env):
 def journal_total(redis):
     """Increments every journal in Redis holds."""
     total = 0
+    pattern = "gracefuld:{counter}:journal:*"
     for key in filter(None, redis.cli("--scan", "--pattern",
-                                      "gracefuld:journal:*").split("\n")):
+                                      pattern).split("\n")):
         values = redis.cli("HVALS", key).split("\n")
         total += sum(int(v) for v in values if v)
     return total
@@ -80,7 +81,8 @@ def test_due_increments_move_to_the_counter_and_the_journal_goes(redis):
     left = keys(redis)
     assert "counter" in left
     others = [k for k in left if k != "counter"]
-    assert len(others) == 1 and others[0].startswith("gracefuld:fence:")
+    assert len(others) == 1
+    assert others[0].startswith("gracefuld:{counter}:fence:")
     assert 0 < int(redis.cli("PTTL", others[0])) <= 86400000
 
 

@@ -16,8 +16,12 @@ TTL = 86400000
 
 
 def script(name):
-    with open(os.path.join(LUA, name + ".lua"), "rb") as f:
-        return f.read()
+    """The script as the binary sends it: the prelude, then the script."""
+    text = b""
+    for part in ("prelude", name):
+        with open(os.path.join(LUA, part + ".lua"), "rb") as f:
+            text += f.read()
+    return text
 
 
 def encode(*args):
@@ -103,7 +107,7 @@ def batch(conn, seq, n, counter="counter", fence="p:fence:a", floor=1):
 
 def write_keys(rid="a"):
     return [f"p:journal:{rid}", f"p:fence:{rid}", f"p:skip:{rid}",
-            f"p:lease:{rid}", "p:replicas", "counter"]
+            "p:replicas", "counter"]
 
 
 def write(conn, seq, deadline, n, known=0, lease=3000, rid="a", due=()):
@@ -114,7 +118,10 @@ def write(conn, seq, deadline, n, known=0, lease=3000, rid="a", due=()):
 def move(conn, *due, rid="a"):
     """A move alone: a write numbered 0, which records nothing; returns the
     increments moved (or the counter's error)."""
-    recorded, moved = write(conn, 0, 0, 0, rid=rid, due=due)
+    r = write(conn, 0, 0, 0, rid=rid, due=due)
+    if isinstance(r, RedisError):
+        return r
+    recorded, moved = r
     assert recorded == 0
     return moved
 
@@ -127,6 +134,22 @@ def resolve(conn, seq, rid="a"):
 def journal(conn, rid="a"):
     flat = conn.call("HGETALL", f"p:journal:{rid}")
     return {int(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+def renew(conn, due, rid="a", lease=3000):
+    return conn.eval("journal_renew", [f"p:journal:{rid}", "p:replicas",
+                                       "counter"], rid, lease, due)
+
+
+def adopt(conn, rid, other, mine):
+    return conn.eval("journal_adopt", [f"p:journal:{rid}",
+                                       f"p:journal:{other}", "p:replicas"],
+                     rid, other, mine)
+
+
+def lease_left(conn, rid="a"):
+    score = conn.call("ZSCORE", "p:replicas", rid)
+    return None if score is None else int(float(score)) - redis_ms(conn)
 
 
 def redis_ms(conn):
@@ -187,9 +210,13 @@ def test_write_records_once_and_takes_the_lease(conn):
     assert write(conn, 2, 1000, 2) == 0  # a late copy is never applied
     assert write(conn, 3, 1001, 4) == 1
     assert journal(conn) == {1000: 5, 1001: 4}
-    assert conn.call("GET", "p:lease:a") == "a"
-    assert 0 < conn.call("PTTL", "p:lease:a") <= 3000
-    assert conn.call("SMEMBERS", "p:replicas") == ["a"]
+    # The lease: the registry's score, the end of it by Redis's clock.
+    assert 2000 < lease_left(conn) <= 3000
+    assert conn.call("ZRANGE", "p:replicas", 0, -1) == ["a"]
+    # No key of a replica has a TTL that an eviction policy could act on
+    # early but the fence's.
+    for key in ("p:journal:a", "p:replicas"):
+        assert conn.call("PTTL", key) == -1
 
 
 def test_resolve_tells_applied_from_fenced_off_for_good(conn):
@@ -291,13 +318,17 @@ def test_a_write_moves_what_fell_due_whether_it_is_recorded_or_not(conn):
     assert journal(conn) == {2000: 1}
 
 
-def test_a_write_beside_moves_the_counter_refuses_is_recorded(conn):
+@pytest.mark.parametrize("bad", [("RPUSH", "counter", "x"),
+                                 ("SET", "counter", "x")])
+def test_a_write_the_counter_could_never_count_records_nothing(conn, bad):
+    """No 200 for an increment that cannot be counted, no journal growth:
+    the write is refused whole, before its first write."""
     write(conn, 1, 1000, 3)
-    conn.call("RPUSH", "counter", "x")
-    applied, moved = write(conn, 2, 2000, 5, due=(1000,))
-    assert applied == 1
-    assert isinstance(moved, RedisError) and moved.startswith("WRONGTYPE")
-    assert journal(conn) == {1000: 3, 2000: 5}  # nothing lost
+    conn.call(*bad)
+    r = write(conn, 2, 2000, 5, due=(1000,))
+    assert isinstance(r, RedisError) and r.startswith("WRONGTYPE counter")
+    assert journal(conn) == {1000: 3}  # nothing lost, nothing added
+    assert int(conn.call("GET", "p:fence:a")) == 1
 
 
 def test_move_refused_by_the_counter_keeps_the_journal(conn):
@@ -310,16 +341,17 @@ def test_move_refused_by_the_counter_keeps_the_journal(conn):
 def test_adopt_takes_lapsed_journals_by_redis_clock(conn):
     now = redis_ms(conn)
     # Replica a wrote an entry due 2 s from now by Redis's clock, one long
-    # past due; its lease is 100 ms. Replica b lives on.
-    write(conn, 1, now + 2000, 3, lease=100, rid="a")
-    write(conn, 2, now - 60000, 4, lease=100, rid="a")
+    # past due. Replica b lives on.
+    write(conn, 1, now + 2000, 3, lease=60000, rid="a")
+    write(conn, 2, now - 60000, 4, lease=60000, rid="a")
     write(conn, 1, now + 500, 1, lease=60000, rid="b")
-    conn.call("DEL", "p:lease:a")  # as if a had not renewed it in time
+    conn.call("ZADD", "p:replicas", 1, "a")  # as if a had not renewed in time
     # Replica c's clock is 1,000 s behind Redis's: deadlines follow Redis.
     mine = now - 1000000
-    who, added = conn.eval("journal_adopt", ["p:journal:c", "p:replicas"],
-                           "p:", "c", mine)
-    assert who == ["a", 7]
+    assert renew(conn, mine - 5000, rid="c", lease=60000) == [0, ["a"]]
+    assert adopt(conn, "c", "b", mine) == ["b", 0, []]  # b's lease runs
+    who, n, added = adopt(conn, "c", "a", mine)
+    assert (who, n) == ("a", 7)
     entries = {int(added[i]): added[i + 1] for i in range(0, len(added), 2)}
     assert sum(entries.values()) == 7
     past_due = [d for d, n in entries.items() if n == 4]
@@ -328,22 +360,86 @@ def test_adopt_takes_lapsed_journals_by_redis_clock(conn):
     assert len(future) == 1 and 1000 < future[0] - mine <= 2000
     assert journal(conn, "c") == entries
     assert conn.call("EXISTS", "p:journal:a") == 0
-    assert sorted(conn.call("SMEMBERS", "p:replicas")) == ["b", "c"]
-    # Nothing left to adopt: b holds its lease; a second call adopts nothing.
-    assert conn.eval("journal_adopt", ["p:journal:c", "p:replicas"], "p:",
-                     "c", mine) == [[], []]
+    assert sorted(conn.call("ZRANGE", "p:replicas", 0, -1)) == ["b", "c"]
+    # Adopted already: a second call (a copy run late) adopts nothing.
+    assert adopt(conn, "c", "a", mine) == ["a", 0, []]
     assert journal(conn, "b") == {now + 500: 1}
+    # A replica whose own lease ran out adopts nothing.
+    conn.call("ZADD", "p:replicas", 1, "b")
+    conn.call("ZADD", "p:replicas", 1, "c")
+    assert adopt(conn, "c", "b", mine) == ["b", 0, []]
+
+
+def test_renew_moves_every_due_entry_the_journal_holds(conn):
+    """Whatever the replica's queue knows: entries adopted by a reply that
+    was lost move all the same, once."""
+    write(conn, 1, 1000, 3)
+    write(conn, 2, 1500, 4)
+    write(conn, 3, 9000, 5)
+    conn.call("HINCRBY", "p:journal:a", 1200, 6)  # adopted, reply lost
+    assert renew(conn, 1499) == [9, []]
+    assert int(conn.call("GET", "counter")) == 9
+    assert journal(conn) == {1500: 4, 9000: 5}
+    assert renew(conn, 1499) == [0, []]  # a copy run late moves nothing
+    assert move(conn, 1000, 1200) == 0  # nor does the queue's own move
+    assert 2000 < lease_left(conn) <= 3000
+    # A counter that cannot count: the lease is renewed, the journal keeps
+    # what is due.
+    conn.call("SET", "counter", "x")
+    moved, lapsed = renew(conn, 1500, lease=5000)
+    assert isinstance(moved, RedisError)
+    assert moved.startswith("WRONGTYPE counter")
+    assert journal(conn) == {1500: 4, 9000: 5}
+    assert 4000 < lease_left(conn) <= 5000
+
+
+def test_renew_names_lapsed_replicas_not_itself(conn):
+    write(conn, 1, 1000, 1, rid="b", lease=60000)
+    conn.call("ZADD", "p:replicas", 0, "gone")
+    moved, lapsed = renew(conn, 0, lease=100)
+    assert (moved, lapsed) == (0, ["gone"])
+
+
+@pytest.mark.parametrize("key,kind", [
+    ("p:journal:a", "string"), ("p:replicas", "hash"),
+    ("p:fence:a", "hash"), ("p:skip:a", "string")])
+def test_scripts_check_every_key_before_they_write(conn, key, kind):
+    """A key of another kind (another program's, an operator's mistake): an
+    error that names it, and nothing written anywhere, by every script that
+    touches it."""
+    if kind == "string":
+        conn.call("SET", key, "x")
+    else:
+        conn.call("HSET", key, "f", "v")
+    before = sorted(conn.call("KEYS", "*"))
+    scripts = {
+        "p:journal:a": [lambda: renew(conn, 0), lambda: adopt(conn, "a", "b", 0),
+                        lambda: conn.eval("journal_leave",
+                                          ["p:journal:a", "p:replicas"], "a")],
+        "p:replicas": [lambda: renew(conn, 0), lambda: adopt(conn, "a", "b", 0),
+                       lambda: conn.eval("journal_leave",
+                                         ["p:journal:a", "p:replicas"], "a")],
+        "p:fence:a": [lambda: resolve(conn, 1), lambda: batch(conn, 1, 1)],
+        "p:skip:a": [lambda: resolve(conn, 1)],
+    }[key] + [lambda: write(conn, 1, 1000, 3)]
+    for run in scripts:
+        r = run()
+        assert isinstance(r, RedisError), r
+        assert r.startswith("WRONGTYPE " + key), r
+        assert sorted(conn.call("KEYS", "*")) == before
+    assert conn.call("EXISTS", "counter") == 0
 
 
 def test_leave_drops_the_lease_and_only_an_empty_journal(conn):
     write(conn, 1, 1000, 3)
-    keys = ["p:journal:a", "p:lease:a", "p:replicas"]
+    keys = ["p:journal:a", "p:replicas"]
     assert conn.eval("journal_leave", keys, "a") == 3
-    assert conn.call("EXISTS", "p:lease:a") == 0
-    assert conn.call("SMEMBERS", "p:replicas") == ["a"]  # left for adoption
+    # Left for adoption, at once: the lease ended with the leave.
+    assert conn.call("ZRANGE", "p:replicas", 0, -1) == ["a"]
+    assert lease_left(conn) < 0
     move(conn, 1000)
     write(conn, 2, 1001, 0)  # takes the lease again, records nothing
     conn.call("HDEL", "p:journal:a", 1001)
     assert conn.eval("journal_leave", keys, "a") == 0
-    assert conn.call("SMEMBERS", "p:replicas") == []
+    assert conn.call("ZRANGE", "p:replicas", 0, -1) == []
     assert conn.call("KEYS", "p:*") == ["p:fence:a"]

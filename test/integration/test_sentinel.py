@@ -274,7 +274,7 @@ def test_journal_mode_sends_a_200_only_once_a_replica_has_the_write():
         # The master holds it; no 200 yet.
         assert int(master.cli(
             "EVAL", "local n = 0 for _, k in ipairs(redis.call('KEYS', "
-            "'gracefuld:journal:*')) do for _, v in ipairs(redis.call("
+            "'gracefuld:{counter}:journal:*')) do for _, v in ipairs(redis.call("
             "'HVALS', k)) do n = n + v end end return n", "0")) == 1
         s.settimeout(0.5)
         with pytest.raises(socket.timeout):

@@ -56,7 +56,7 @@ static int fake_send(struct delivery *d, const char *cmd, size_t len,
   uint64_t n = 0;
   if (a->elements > 3 && strncmp(a->element[0]->str, "EVAL", 4) == 0) {
     size_t nkeys = strtoull(a->element[2]->str, NULL, 10);
-    if (nkeys == 6) /* the write script's keys */
+    if (nkeys == 5) /* the write script's keys */
       n = strtoull(a->element[3 + nkeys + 2]->str, NULL, 10);
   }
   freeReplyObject(parsed);
@@ -133,14 +133,23 @@ static void reply_int(struct fixture *f, long long v) {
   delivery_on_reply(&f->d, f->tags[f->next_reply++], &r);
 }
 
-/* A connection is ready; the lease's renewal and adoption are answered. */
+/* A connection is ready; the lease's renewal (naming one lapsed replica)
+ * and that replica's adoption (of nothing) are answered. */
 static void ready(struct fixture *f) {
   delivery_on_ready(&f->d);
-  redisReply ok = {.type = REDIS_REPLY_STATUS, .str = "OK", .len = 2};
-  delivery_on_reply(&f->d, f->tags[f->next_reply++], &ok);
+  redisReply zero = {.type = REDIS_REPLY_INTEGER, .integer = 0};
+  redisReply id = {.type = REDIS_REPLY_STRING, .str = "ab", .len = 2};
+  redisReply *ids[] = {&id};
+  redisReply lapsed = {
+      .type = REDIS_REPLY_ARRAY, .elements = 1, .element = ids};
+  redisReply *two[] = {&zero, &lapsed};
+  redisReply renewal = {
+      .type = REDIS_REPLY_ARRAY, .elements = 2, .element = two};
+  delivery_on_reply(&f->d, f->tags[f->next_reply++], &renewal);
   redisReply empty = {.type = REDIS_REPLY_ARRAY, .elements = 0};
-  redisReply *two[] = {&empty, &empty};
-  redisReply adopt = {.type = REDIS_REPLY_ARRAY, .elements = 2, .element = two};
+  redisReply *three[] = {&id, &zero, &empty};
+  redisReply adopt = {
+      .type = REDIS_REPLY_ARRAY, .elements = 3, .element = three};
   delivery_on_reply(&f->d, f->tags[f->next_reply++], &adopt);
 }
 

@@ -281,25 +281,66 @@ static void test_delivery_fails_a_batch_no_retry_can_fix(void **state) {
 
 /* ---- Journal mode ------------------------------------------------------- */
 
-/* Answers the lease renewal and adoption sent when a connection is ready. */
+/* A renewal's reply: n moved, and the lapsed replicas named. */
+static void reply_renewal(struct fixture *f, long long n, const char *lapsed) {
+  redisReply moved = {.type = REDIS_REPLY_INTEGER, .integer = n};
+  redisReply id = {.type = REDIS_REPLY_STRING,
+                   .str = (char *)lapsed,
+                   .len = lapsed ? strlen(lapsed) : 0};
+  redisReply *ids[] = {&id};
+  redisReply named = {
+      .type = REDIS_REPLY_ARRAY, .elements = lapsed ? 1 : 0, .element = ids};
+  redisReply *two[] = {&moved, &named};
+  redisReply r = {.type = REDIS_REPLY_ARRAY, .elements = 2, .element = two};
+  reply_with(f, &r);
+}
+
+/* Answers the lease renewal sent when a connection is ready: nothing due,
+ * no one to adopt. */
 static void ready_with_lease(struct fixture *f) {
   delivery_on_ready(&f->c);
-  redisReply ok = {.type = REDIS_REPLY_STATUS, .str = "OK", .len = 2};
-  reply_with(f, &ok);
-  redisReply empty = {.type = REDIS_REPLY_ARRAY, .elements = 0};
-  redisReply *two[] = {&empty, &empty};
-  redisReply adopt = {.type = REDIS_REPLY_ARRAY, .elements = 2, .element = two};
-  reply_with(f, &adopt);
+  reply_renewal(f, 0, NULL);
 }
 
 static void test_delivery_renews_its_lease_when_ready(void **state) {
   struct fixture *f = *state;
   delivery_on_ready(&f->c);
+  assert_int_equal(f->nsent, 1);
+  assert_true(runs(f, &f->sent[0], SCRIPTS_RENEW));
+  assert_string_equal(f->sent[0].args->element[3]->str,
+                      "gd:{counter}:journal:0000000000001234");
+  /* Entries due a renewal period (lease / 3) ago or more are its to move. */
+  uint64_t now = scripts_wall(&f->c.scripts, uv_now(&f->loop));
+  assert_int_equal(argv_u64(&f->sent[0], 2), now - 1000);
+  /* Each lapsed replica it names is adopted, one script each. */
+  reply_renewal(f, 0, "00000000000000ab");
   assert_int_equal(f->nsent, 2);
-  assert_string_equal(f->sent[0].args->element[0]->str, "SET");
-  assert_string_equal(f->sent[0].args->element[1]->str,
-                      "gd:lease:0000000000001234");
   assert_true(runs(f, &f->sent[1], SCRIPTS_ADOPT));
+  assert_string_equal(f->sent[1].args->element[4]->str,
+                      "gd:{counter}:journal:00000000000000ab");
+}
+
+/* What a renewal moved (entries the queue never knew of: an adoption whose
+ * reply was lost) is done; a move that then finds its entry gone counts
+ * nothing twice. */
+static void test_delivery_counts_what_redis_moved(void **state) {
+  struct fixture *f = *state;
+  ready_with_lease(f);
+  delivery_write(&f->c, 5000, 4);
+  reply_int(f, 1);
+  delivery_due(&f->c, 5000);
+  delivery_turn_end(&f->c);
+  assert_true(moves_alone(f, &f->sent[2]));
+  reply_write_and_moves(f, 0, 1); /* 3 moved before, by a renewal */
+  assert_int_equal(f->c.stats.done, 1);
+  assert_int_equal(f->c.stats.journal_moved_already, 3);
+  assert_int_equal(delivery_pending(&f->c), 0);
+  uv_timer_t *lease = &f->c.m.journal.lease_timer;
+  lease->timer_cb(lease); /* the next renewal */
+  assert_true(runs(f, &f->sent[3], SCRIPTS_RENEW));
+  reply_renewal(f, 6, NULL);
+  assert_int_equal(f->c.stats.done, 7);
+  assert_int_equal(f->c.stats.journal_swept, 6);
 }
 
 static void test_delivery_holds_a_write_until_redis_has_it(void **state) {
@@ -307,9 +348,9 @@ static void test_delivery_holds_a_write_until_redis_has_it(void **state) {
   ready_with_lease(f);
   uint64_t seq = delivery_write(&f->c, 5000, 7);
   assert_int_equal(seq, 1);
-  assert_true(runs(f, &f->sent[2], SCRIPTS_WRITE));
-  assert_int_equal(argv_u64(&f->sent[2], 0), 1);
-  assert_int_equal(argv_u64(&f->sent[2], 2), 7);
+  assert_true(runs(f, &f->sent[1], SCRIPTS_WRITE));
+  assert_int_equal(argv_u64(&f->sent[1], 0), 1);
+  assert_int_equal(argv_u64(&f->sent[1], 2), 7);
   assert_int_equal(f->nwritten, 0);
   assert_int_equal(f->q.pending, 0);
   reply_int(f, 1);
@@ -337,10 +378,10 @@ test_delivery_resolves_lost_writes_and_reports_in_order(void **state) {
   assert_int_equal(f->nwritten, 0); /* their 200s wait */
   assert_int_equal(delivery_unresolved(&f->c), 3);
   ready_with_lease(f); /* lease + adopt went first: resolutions follow */
-  assert_int_equal(f->nsent, 4 + 2 + 2);
-  assert_true(runs(f, &f->sent[6], SCRIPTS_RESOLVE));
-  assert_int_equal(argv_u64(&f->sent[6], 0), 1);
-  assert_int_equal(argv_u64(&f->sent[7], 0), 2);
+  assert_int_equal(f->nsent, 6);
+  assert_true(runs(f, &f->sent[4], SCRIPTS_RESOLVE));
+  assert_int_equal(argv_u64(&f->sent[4], 0), 1);
+  assert_int_equal(argv_u64(&f->sent[5], 0), 2);
   reply_int(f, 1); /* write 1 had been applied */
   reply_int(f, 0); /* write 2 had not: fenced off now */
   assert_int_equal(f->nwritten, 2);
@@ -382,19 +423,19 @@ static void test_delivery_moves_due_runs_and_again_if_lost(void **state) {
   reply_int(f, 1);
   delivery_due(&f->c, 4999);
   delivery_turn_end(&f->c);
-  assert_int_equal(f->nsent, 4); /* nothing due yet */
+  assert_int_equal(f->nsent, 3); /* nothing due yet */
   delivery_due(&f->c, 5003);
-  assert_int_equal(f->nsent, 4); /* at the turn's end, with no write */
+  assert_int_equal(f->nsent, 3); /* at the turn's end, with no write */
   delivery_turn_end(&f->c);
-  assert_int_equal(f->nsent, 5);
-  assert_true(moves_alone(f, &f->sent[4]));
-  uint64_t wall = argv_u64(&f->sent[4], 7);
-  assert_int_equal(argv_u64(&f->sent[4], 8), wall + 3); /* both deadlines */
+  assert_int_equal(f->nsent, 4);
+  assert_true(moves_alone(f, &f->sent[3]));
+  uint64_t wall = argv_u64(&f->sent[3], 7);
+  assert_int_equal(argv_u64(&f->sent[3], 8), wall + 3); /* both deadlines */
   assert_int_equal(delivery_pending(&f->c), 5);
   connection_breaks(f);
   ready_with_lease(f);
   delivery_turn_end(&f->c);
-  assert_true(moves_alone(f, &f->sent[7]));
+  assert_true(moves_alone(f, &f->sent[5]));
   reply_write_and_moves(f, 0, 5);
   assert_int_equal(f->c.stats.done, 5);
   assert_int_equal(delivery_pending(&f->c), 0);
@@ -409,15 +450,15 @@ static void test_delivery_moves_ride_with_the_next_write(void **state) {
   delivery_write(&f->c, 9000, 1); /* on its way */
   delivery_due(&f->c, 5000);
   delivery_turn_end(&f->c);
-  assert_int_equal(f->nsent, 4); /* the next write will carry them */
+  assert_int_equal(f->nsent, 3); /* the next write will carry them */
   reply_int(f, 1);
   uint64_t seq = delivery_write(&f->c, 9001, 4);
   delivery_turn_end(&f->c);
-  assert_int_equal(f->nsent, 5);
-  const struct sent *w = &f->sent[4];
+  assert_int_equal(f->nsent, 4);
+  const struct sent *w = &f->sent[3];
   assert_true(runs(f, w, SCRIPTS_WRITE));
   assert_int_equal(argv_u64(w, 0), seq);
-  assert_int_equal(argv_u64(w, 7), argv_u64(&f->sent[2], 1)); /* 5000 */
+  assert_int_equal(argv_u64(w, 7), argv_u64(&f->sent[1], 1)); /* 5000 */
   assert_int_equal(f->c.stats.journal_moves, 1);
   reply_write_and_moves(f, 1, 2);
   assert_int_equal(f->c.stats.done, 2);
@@ -437,8 +478,8 @@ static void test_delivery_moves_of_a_lost_write_go_again_alone(void **state) {
   connection_breaks(f);
   ready_with_lease(f);
   delivery_turn_end(&f->c); /* the write is resolved, the move sent again */
-  assert_true(runs(f, &f->sent[6], SCRIPTS_RESOLVE));
-  assert_true(moves_alone(f, &f->sent[7]));
+  assert_true(runs(f, &f->sent[4], SCRIPTS_RESOLVE));
+  assert_true(moves_alone(f, &f->sent[5]));
   reply_int(f, 1);
   reply_write_and_moves(f, 0, 2);
   assert_int_equal(f->c.stats.done, 2);
@@ -470,8 +511,7 @@ test_delivery_moves_refused_beside_a_recorded_write_fail_alone(void **state) {
 static void test_delivery_queues_adopted_entries_at_their_time(void **state) {
   struct fixture *f = *state;
   delivery_on_ready(&f->c);
-  redisReply ok = {.type = REDIS_REPLY_STATUS, .str = "OK", .len = 2};
-  reply_with(f, &ok);
+  reply_renewal(f, 0, "dead");
   uint64_t mine = argv_u64(&f->sent[1], 2); /* this clock, when asked */
   char d1[24], d2[24];
   snprintf(d1, sizeof d1, "%llu", (unsigned long long)mine);
@@ -482,13 +522,11 @@ static void test_delivery_queues_adopted_entries_at_their_time(void **state) {
   redisReply e2 = {.type = REDIS_REPLY_STRING, .str = d2, .len = strlen(d2)};
   redisReply n4 = {.type = REDIS_REPLY_INTEGER, .integer = 4};
   redisReply n5 = {.type = REDIS_REPLY_INTEGER, .integer = 5};
-  redisReply *who_e[] = {&id, &n9};
   redisReply *added_e[] = {&e2, &n5, &e1, &n4};
-  redisReply who = {.type = REDIS_REPLY_ARRAY, .elements = 2, .element = who_e};
   redisReply added = {
       .type = REDIS_REPLY_ARRAY, .elements = 4, .element = added_e};
-  redisReply *top_e[] = {&who, &added};
-  redisReply top = {.type = REDIS_REPLY_ARRAY, .elements = 2, .element = top_e};
+  redisReply *top_e[] = {&id, &n9, &added};
+  redisReply top = {.type = REDIS_REPLY_ARRAY, .elements = 3, .element = top_e};
   reply_with(f, &top);
   assert_int_equal(f->c.stats.journal_adoptions, 1);
   assert_int_equal(f->c.stats.journal_adopted, 9);
@@ -507,12 +545,12 @@ static void test_delivery_leaves_once_even_if_the_reply_is_lost(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
   delivery_leave(&f->c);
-  assert_true(runs(f, &f->sent[2], SCRIPTS_LEAVE));
+  assert_true(runs(f, &f->sent[1], SCRIPTS_LEAVE));
   assert_int_equal(f->left, 0);
   connection_breaks(f);
   assert_int_equal(f->left, 1);
   delivery_on_ready(&f->c);
-  assert_int_equal(f->nsent, 3); /* no lease taken again */
+  assert_int_equal(f->nsent, 2); /* no lease taken again */
   delivery_on_down(&f->c);
   assert_int_equal(f->left, 1);
   assert_int_equal(delivery_write(&f->c, 1, 1), 0);
@@ -529,6 +567,7 @@ int main(void) {
       MEMORY(test_delivery_resends_in_order_after_a_transient_error),
       MEMORY(test_delivery_fails_a_batch_no_retry_can_fix),
       JOURNAL(test_delivery_renews_its_lease_when_ready),
+      JOURNAL(test_delivery_counts_what_redis_moved),
       JOURNAL(test_delivery_holds_a_write_until_redis_has_it),
       JOURNAL(test_delivery_refuses_a_write_with_no_connection),
       JOURNAL(test_delivery_resolves_lost_writes_and_reports_in_order),

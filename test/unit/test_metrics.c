@@ -195,8 +195,8 @@ static struct metrics_view idle;
 /* A view of the rooms' counts with these gauges. */
 static struct metrics_view view(uint64_t pending, int redis_connected,
                                 enum shutdown_phase phase) {
-  return (struct metrics_view){&srv, &link, &cs, pending, redis_connected,
-                               phase};
+  return (struct metrics_view){&srv,    &link,           &cs,
+                               pending, redis_connected, phase};
 }
 
 static int setup(void **state) {
@@ -238,6 +238,7 @@ static void test_metrics_every_family_is_typed_and_named(void **state) {
       {"gracefuld_journal_moves_total", "counter"},
       {"gracefuld_journal_adoptions_total", "counter"},
       {"gracefuld_journal_adopted_increments_total", "counter"},
+      {"gracefuld_journal_swept_increments_total", "counter"},
       {"gracefuld_journal_write_size", "histogram"},
       {"gracefuld_connections_accepted_total", "counter"},
       {"gracefuld_connections_rejected_total", "counter"},
@@ -423,7 +424,7 @@ static void test_metrics_largest_values_fit_the_buffer(void **state) {
   struct metrics_view g = view(UINT64_MAX, 1, PHASE_FLUSHING);
   render(&m, &g);
   /* Nothing cut off: every series is there, through the last family. */
-  assert_int_equal(n_samples, ROUTE_COUNT * METRICS_STATUSES + 15 +
+  assert_int_equal(n_samples, ROUTE_COUNT * METRICS_STATUSES + 16 +
                                   COUNTER_WRITE_BUCKETS + 2 + 3 + PHASE_COUNT +
                                   1);
   expect_sample(request_series("other", "other"), "18446744073709551615");

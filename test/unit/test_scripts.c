@@ -60,8 +60,9 @@ static void assert_arg(const redisReply *a, size_t i, const char *want) {
 static size_t assert_eval(const redisReply *a, const char *script_start,
                           const char *const *keys, size_t nkeys) {
   assert_arg(a, 0, "EVAL");
-  assert_true(strncmp(a->element[1]->str, script_start, strlen(script_start)) ==
-              0);
+  /* The prelude (lua/prelude.lua) comes first, then the script. */
+  assert_true(strncmp(a->element[1]->str, "-- Prepended", 12) == 0);
+  assert_non_null(strstr(a->element[1]->str, script_start));
   char n[8];
   snprintf(n, sizeof n, "%zu", nkeys);
   assert_arg(a, 2, n);
@@ -74,11 +75,24 @@ static void test_journal_names_every_key_under_the_prefix(void **state) {
   (void)state;
   assert_string_equal(j.id, "abcdef0123456789");
   assert_string_equal(j.counter, "counter");
-  assert_string_equal(j.fence, "gd:fence:abcdef0123456789");
-  assert_string_equal(j.skip, "gd:skip:abcdef0123456789");
-  assert_string_equal(j.journal, "gd:journal:abcdef0123456789");
-  assert_string_equal(j.lease, "gd:lease:abcdef0123456789");
-  assert_string_equal(j.replicas, "gd:replicas");
+  assert_string_equal(j.fence, "gd:{counter}:fence:abcdef0123456789");
+  assert_string_equal(j.skip, "gd:{counter}:skip:abcdef0123456789");
+  assert_string_equal(j.journal, "gd:{counter}:journal:abcdef0123456789");
+  assert_string_equal(j.replicas, "gd:{counter}:replicas");
+}
+
+/* Scoped to the counter: another counter, other keys; a counter with a hash
+ * tag of its own lends it, so that every key shares the counter's slot. */
+static void test_journal_keys_share_the_counters_hash_tag(void **state) {
+  (void)state;
+  struct scripts k;
+  assert_int_equal(scripts_init(&k, "gd:", "app:{tenant7}:hits", 1), 0);
+  assert_string_equal(k.replicas, "gd:{tenant7}:replicas");
+  assert_int_equal(scripts_init(&k, "gd:", "odd{}name", 1), 0);
+  assert_string_equal(k.replicas, "gd:{odd{}name}:replicas");
+  /* A brace in the prefix would take the tag from the counter. */
+  assert_int_equal(scripts_init(&k, "gd{x}:", "c", 1), UV_EINVAL);
+  assert_int_equal(scripts_init(&k, "gd}", "c", 1), UV_EINVAL);
 }
 
 static void test_journal_refuses_a_prefix_too_long_for_its_keys(void **state) {
@@ -116,7 +130,7 @@ static void test_journal_batch_is_one_fenced_eval(void **state) {
   (void)state;
   assert_int_equal(scripts_cmd_batch(&cmd, &j, 42, 1000, 40), 0);
   redisReply *a = parsed();
-  const char *keys[] = {"counter", "gd:fence:abcdef0123456789"};
+  const char *keys[] = {"counter", "gd:{counter}:fence:abcdef0123456789"};
   size_t i = assert_eval(a, "-- Memory mode", keys, 2);
   assert_int_equal(a->elements, i + 4);
   assert_arg(a, i, "42");
@@ -126,15 +140,14 @@ static void test_journal_batch_is_one_fenced_eval(void **state) {
   freeReplyObject(a);
 }
 
-static void test_journal_write_names_lease_and_replica(void **state) {
+static void test_journal_write_names_replica_and_registry(void **state) {
   (void)state;
   assert_int_equal(
       scripts_cmd_write(&cmd, &j, 7, 1700000005000ull, 33, 6, 3000, NULL, 0),
       0);
   redisReply *a = parsed();
-  const char *keys[] = {j.journal, j.fence,    j.skip,
-                        j.lease,   j.replicas, j.counter};
-  size_t i = assert_eval(a, "-- Journal mode: record", keys, 6);
+  const char *keys[] = {j.journal, j.fence, j.skip, j.replicas, j.counter};
+  size_t i = assert_eval(a, "-- Journal mode: record", keys, 5);
   assert_int_equal(a->elements, i + 7);
   assert_arg(a, i, "7");
   assert_arg(a, i + 1, "1700000005000");
@@ -151,9 +164,8 @@ static void test_journal_write_carries_the_deadlines_due(void **state) {
   assert_int_equal(
       scripts_cmd_write(&cmd, &j, 8, 1700000005000ull, 2, 7, 3000, due, 2), 0);
   redisReply *a = parsed();
-  const char *keys[] = {j.journal, j.fence,    j.skip,
-                        j.lease,   j.replicas, j.counter};
-  size_t i = assert_eval(a, "-- Journal mode: record", keys, 6);
+  const char *keys[] = {j.journal, j.fence, j.skip, j.replicas, j.counter};
+  size_t i = assert_eval(a, "-- Journal mode: record", keys, 5);
   assert_int_equal(a->elements, i + 9);
   assert_arg(a, i + 7, "1700000000001");
   assert_arg(a, i + 8, "1700000000003");
@@ -185,9 +197,8 @@ static void test_journal_move_alone_is_a_write_numbered_0(void **state) {
   uint64_t due[] = {1700000000001ull, 1700000000007ull};
   assert_int_equal(scripts_cmd_move(&cmd, &j, due, 2), 0);
   redisReply *a = parsed();
-  const char *keys[] = {j.journal, j.fence,    j.skip,
-                        j.lease,   j.replicas, j.counter};
-  size_t i = assert_eval(a, "-- Journal mode: record", keys, 6);
+  const char *keys[] = {j.journal, j.fence, j.skip, j.replicas, j.counter};
+  size_t i = assert_eval(a, "-- Journal mode: record", keys, 5);
   assert_int_equal(a->elements, i + 9);
   assert_arg(a, i, "0");
   assert_arg(a, i + 7, "1700000000001");
@@ -197,33 +208,40 @@ static void test_journal_move_alone_is_a_write_numbered_0(void **state) {
                    UV_EINVAL);
 }
 
-static void test_journal_renew_is_a_set_with_expiry(void **state) {
+static void test_journal_renew_names_journal_registry_counter(void **state) {
   (void)state;
-  assert_int_equal(scripts_cmd_renew(&cmd, &j, 3000), 0);
+  assert_int_equal(scripts_cmd_renew(&cmd, &j, 3000, 1700000000000ull), 0);
   redisReply *a = parsed();
-  assert_int_equal(a->elements, 5);
-  assert_arg(a, 0, "SET");
-  assert_arg(a, 1, j.lease);
-  assert_arg(a, 2, j.id);
-  assert_arg(a, 3, "PX");
-  assert_arg(a, 4, "3000");
+  const char *keys[] = {j.journal, j.replicas, j.counter};
+  size_t i = assert_eval(a, "-- Journal mode: the lease", keys, 3);
+  assert_int_equal(a->elements, i + 3);
+  assert_arg(a, i, j.id);
+  assert_arg(a, i + 1, "3000");
+  assert_arg(a, i + 2, "1700000000000");
   freeReplyObject(a);
 }
 
-static void test_journal_adopt_and_leave_pass_prefix_and_id(void **state) {
+static void test_journal_adopt_and_leave_declare_every_key(void **state) {
   (void)state;
-  assert_int_equal(scripts_cmd_adopt(&cmd, &j, 1700000000000ull), 0);
+  assert_int_equal(
+      scripts_cmd_adopt(&cmd, &j, "0123456789abcdef", 16, 1700000000000ull), 0);
   redisReply *a = parsed();
-  const char *keys[] = {j.journal, j.replicas};
-  size_t i = assert_eval(a, "-- Journal mode: take over", keys, 2);
-  assert_arg(a, i, "gd:");
-  assert_arg(a, i + 1, j.id);
+  const char *keys[] = {j.journal, "gd:{counter}:journal:0123456789abcdef",
+                        j.replicas};
+  size_t i = assert_eval(a, "-- Journal mode: take over", keys, 3);
+  assert_arg(a, i, j.id);
+  assert_arg(a, i + 1, "0123456789abcdef");
   assert_arg(a, i + 2, "1700000000000");
   freeReplyObject(a);
+  /* An id is this build's own: nothing else names a key. */
+  assert_int_equal(scripts_cmd_adopt(&cmd, &j, "x:y", 3, 1), UV_EINVAL);
+  assert_int_equal(scripts_cmd_adopt(&cmd, &j, "", 0, 1), UV_EINVAL);
+  assert_int_equal(scripts_cmd_adopt(&cmd, &j, "0123456789abcdef0", 17, 1),
+                   UV_EINVAL);
   assert_int_equal(scripts_cmd_leave(&cmd, &j), 0);
   a = parsed();
-  const char *lkeys[] = {j.journal, j.lease, j.replicas};
-  i = assert_eval(a, "-- Journal mode: a replica stops", lkeys, 3);
+  const char *lkeys[] = {j.journal, j.replicas};
+  i = assert_eval(a, "-- Journal mode: a replica stops", lkeys, 2);
   assert_arg(a, i, j.id);
   freeReplyObject(a);
 }
@@ -284,8 +302,7 @@ static void test_journal_write_replies_decode(void **state) {
   assert_int_equal(scripts_write_outcome(&r), SCRIPTS_BAD_REPLY);
 }
 
-static void
-test_journal_adoption_reply_walks_replicas_and_entries(void **state) {
+static void test_journal_adoption_reply_names_who_and_entries(void **state) {
   (void)state;
   redisReply id = {.type = REDIS_REPLY_STRING, .str = "0123", .len = 4};
   redisReply n5 = integer(5), n3 = integer(3), n2 = integer(2);
@@ -293,24 +310,18 @@ test_journal_adoption_reply_walks_replicas_and_entries(void **state) {
       .type = REDIS_REPLY_STRING, .str = "1700000000100", .len = 13};
   redisReply d2 = {
       .type = REDIS_REPLY_STRING, .str = "1700000000900", .len = 13};
-  redisReply *who_e[] = {&id, &n5};
   redisReply *added_e[] = {&d1, &n3, &d2, &n2};
-  redisReply who = {.type = REDIS_REPLY_ARRAY, .elements = 2, .element = who_e};
   redisReply added = {
       .type = REDIS_REPLY_ARRAY, .elements = 4, .element = added_e};
-  redisReply *top_e[] = {&who, &added};
-  redisReply top = {.type = REDIS_REPLY_ARRAY, .elements = 2, .element = top_e};
+  redisReply *top_e[] = {&id, &n5, &added};
+  redisReply top = {.type = REDIS_REPLY_ARRAY, .elements = 3, .element = top_e};
 
   struct scripts_adoption a;
-  assert_true(scripts_adoption_of(&top, &a));
-  const char *s;
-  size_t len;
   uint64_t n, d;
-  assert_true(scripts_adoption_replica(&a, 0, &s, &len, &n));
-  assert_int_equal(len, 4);
-  assert_memory_equal(s, "0123", 4);
-  assert_int_equal(n, 5);
-  assert_false(scripts_adoption_replica(&a, 1, &s, &len, &n));
+  assert_true(scripts_adoption_of(&top, &a));
+  assert_int_equal(a.id_len, 4);
+  assert_memory_equal(a.id, "0123", 4);
+  assert_int_equal(a.n, 5);
   assert_true(scripts_adoption_entry(&a, 1, &d, &n));
   assert_int_equal(d, 1700000000900ull);
   assert_int_equal(n, 2);
@@ -322,8 +333,33 @@ test_journal_adoption_reply_walks_replicas_and_entries(void **state) {
   added.elements = 4;
   added_e[1] = &d2;
   assert_false(scripts_adoption_of(&top, &a));
-  top.elements = 1;
+  top.elements = 2;
   assert_false(scripts_adoption_of(&top, &a));
+}
+
+static void test_journal_renewal_reply_is_moved_and_lapsed(void **state) {
+  (void)state;
+  redisReply n7 = integer(7);
+  redisReply id = {.type = REDIS_REPLY_STRING, .str = "0123", .len = 4};
+  redisReply *lapsed_e[] = {&id};
+  redisReply lapsed = {
+      .type = REDIS_REPLY_ARRAY, .elements = 1, .element = lapsed_e};
+  redisReply *top_e[] = {&n7, &lapsed};
+  redisReply top = {.type = REDIS_REPLY_ARRAY, .elements = 2, .element = top_e};
+  struct scripts_renewal r;
+  assert_true(scripts_renewal_of(&top, &r));
+  assert_ptr_equal(r.moved, &n7);
+  assert_ptr_equal(r.lapsed, &lapsed);
+  /* The counter's error in place of the count is a renewal still. */
+  redisReply oom = {.type = REDIS_REPLY_ERROR, .str = "OOM x", .len = 5};
+  top_e[0] = &oom;
+  assert_true(scripts_renewal_of(&top, &r));
+  /* Not one: an id that is not a string, a missing part. */
+  top_e[0] = &n7;
+  lapsed_e[0] = &n7;
+  assert_false(scripts_renewal_of(&top, &r));
+  top.elements = 1;
+  assert_false(scripts_renewal_of(&top, &r));
 }
 
 static int forget(void **state) {
@@ -390,6 +426,7 @@ int main(void) {
           test_journal_sends_a_script_whole_once_then_by_its_sha, forget),
       cmocka_unit_test_setup(test_journal_names_every_key_under_the_prefix,
                              forget),
+      cmocka_unit_test(test_journal_keys_share_the_counters_hash_tag),
       cmocka_unit_test_setup(
           test_journal_refuses_a_prefix_too_long_for_its_keys, forget),
       cmocka_unit_test(
@@ -397,21 +434,23 @@ int main(void) {
       cmocka_unit_test_setup(
           test_journal_lease_is_renewed_three_times_per_length, forget),
       cmocka_unit_test_setup(test_journal_batch_is_one_fenced_eval, forget),
-      cmocka_unit_test_setup(test_journal_write_names_lease_and_replica,
+      cmocka_unit_test_setup(test_journal_write_names_replica_and_registry,
                              forget),
       cmocka_unit_test_setup(test_journal_write_carries_the_deadlines_due,
                              forget),
       cmocka_unit_test_setup(test_journal_commands_reuse_one_buffer, forget),
       cmocka_unit_test_setup(test_journal_move_alone_is_a_write_numbered_0,
                              forget),
-      cmocka_unit_test_setup(test_journal_renew_is_a_set_with_expiry, forget),
-      cmocka_unit_test_setup(test_journal_adopt_and_leave_pass_prefix_and_id,
+      cmocka_unit_test_setup(test_journal_renew_names_journal_registry_counter,
+                             forget),
+      cmocka_unit_test_setup(test_journal_adopt_and_leave_declare_every_key,
                              forget),
       cmocka_unit_test_setup(test_journal_wait_is_a_plain_command, forget),
       cmocka_unit_test_setup(test_journal_batch_replies_decode, forget),
       cmocka_unit_test_setup(test_journal_write_replies_decode, forget),
-      cmocka_unit_test_setup(
-          test_journal_adoption_reply_walks_replicas_and_entries, forget),
+      cmocka_unit_test_setup(test_journal_adoption_reply_names_who_and_entries,
+                             forget),
+      cmocka_unit_test(test_journal_renewal_reply_is_moved_and_lapsed),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -656,7 +656,7 @@ class Bench:
             after = self.used_memory()
             written = metric(g.port,
                              "gracefuld_journal_written_increments_total")
-            keys = self.redis.cli("KEYS", g.prefix + "journal:*").split()
+            keys = self.redis.cli("KEYS", g.prefix + "*:journal:*").split()
             entries = sum(int(self.redis.cli("HLEN", k)) for k in keys)
             usage = sum(int(self.redis.cli("MEMORY", "USAGE", k, "SAMPLES",
                                            "0") or 0) for k in keys)

@@ -12,6 +12,10 @@
 -- Returns 1 when applied; an error reply when the counter refused it (OOM
 -- leaves the fence as it was, so the batch is sent again; any other error
 -- consumes the batch number: no retry can fix it).
+local e = expect(KEYS[2], 'string')
+if e then
+  return e
+end
 local seq = tonumber(ARGV[1])
 local last = tonumber(redis.call('GET', KEYS[2]) or 0)
 if seq <= last then

@@ -1,45 +1,50 @@
--- Journal mode: take over the journals of replicas whose lease has lapsed.
---   KEYS[1] this replica's journal   KEYS[2] replicas (set)
---   ARGV[1] key prefix   ARGV[2] this replica's id
+-- Journal mode: take over the journal of one replica whose lease has run
+-- out (journal_renew.lua names them).
+--   KEYS[1] this replica's journal   KEYS[2] the other's journal
+--   KEYS[3] replicas (sorted set: id -> the end of its lease, Redis's clock)
+--   ARGV[1] this replica's id   ARGV[2] the other's id
 --   ARGV[3] this replica's clock now, wall-clock ms
--- Each adopted entry is due when Redis's clock (TIME) passes its deadline,
+-- Only while this replica's own lease runs and the other's has run out,
+-- both by Redis's clock: a replica that has lapsed itself adopts nothing,
+-- and a journal adopted already (or left empty) is not there any more.
+-- Each adopted entry is due when Redis's clock passes its deadline,
 -- whatever the clocks of the two replicas say: it is re-filed in this
--- replica's journal at ARGV[3] plus the time left, at least 0.
--- This replica registers itself here too, so that what it adopts is
--- adopted from it in turn should it die before it writes anything.
--- Returns { {id, increments, ...}, {deadline, increments, ...} }: who was
--- adopted, and the entries added to this journal (merged per deadline).
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local mine = tonumber(ARGV[3])
-local who = {}
-local added = {}
-redis.call('SADD', KEYS[2], ARGV[2])
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  if id ~= ARGV[2] and redis.call('EXISTS', ARGV[1] .. 'lease:' .. id) == 0 then
-    local key = ARGV[1] .. 'journal:' .. id
-    local e = redis.call('HGETALL', key)
-    local n = 0
-    for i = 1, #e, 2 do
-      local left = tonumber(e[i]) - now
-      if left < 0 then
-        left = 0
-      end
-      local at = string.format('%.0f', mine + left)
-      local c = tonumber(e[i + 1])
-      redis.call('HINCRBY', KEYS[1], at, c)
-      added[at] = (added[at] or 0) + c
-      n = n + c
-    end
-    redis.call('DEL', key)
-    redis.call('SREM', KEYS[2], id)
-    who[#who + 1] = id
-    who[#who + 1] = n
-  end
+-- journal at ARGV[3] plus the time left, at least 0. Should the reply be
+-- lost, this replica's renewals move them all the same.
+-- Returns {the other's id, increments adopted, {deadline, increments, ...}}
+-- (the entries added to this journal, merged per deadline).
+local e = expect(KEYS[1], 'hash') or expect(KEYS[2], 'hash') or
+          expect(KEYS[3], 'zset')
+if e then
+  return e
 end
+local now = redis_ms()
+local mine = redis.call('ZSCORE', KEYS[3], ARGV[1])
+local theirs = redis.call('ZSCORE', KEYS[3], ARGV[2])
+if not mine or tonumber(mine) <= now or not theirs or
+   tonumber(theirs) > now then
+  return {ARGV[2], 0, {}}
+end
+local at0 = tonumber(ARGV[3])
+local added = {}
+local n = 0
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  local left = tonumber(all[i]) - now
+  if left < 0 then
+    left = 0
+  end
+  local at = string.format('%.0f', at0 + left)
+  local c = tonumber(all[i + 1])
+  redis.call('HINCRBY', KEYS[1], at, c)
+  added[at] = (added[at] or 0) + c
+  n = n + c
+end
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
 local flat = {}
 for at, c in pairs(added) do
   flat[#flat + 1] = at
   flat[#flat + 1] = c
 end
-return {who, flat}
+return {ARGV[2], n, flat}

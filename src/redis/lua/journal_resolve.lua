@@ -8,6 +8,10 @@
 -- remember them in case this reply is lost too.
 -- Returns 1 when the write is in the journal, 0 when it is not and never
 -- will be.
+local e = expect(KEYS[1], 'string') or expect(KEYS[2], 'zset')
+if e then
+  return e
+end
 local seq = tonumber(ARGV[1])
 local last = tonumber(redis.call('GET', KEYS[1]) or 0)
 if seq > last then

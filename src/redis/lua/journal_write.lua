@@ -2,12 +2,15 @@
 -- 200s are sent. One write per loop turn, for every /incr of that turn;
 -- the moves that fell due meanwhile ride with it.
 --   KEYS[1] journal (hash: deadline ms -> increments)   KEYS[2] fence
---   KEYS[3] fenced-off writes   KEYS[4] lease   KEYS[5] replicas (set)
---   KEYS[6] the counter
+--   KEYS[3] fenced-off writes   KEYS[4] replicas (sorted set: id -> the end
+--   of its lease, Redis's clock, ms)   KEYS[5] the counter
 --   ARGV[1] write number   ARGV[2] deadline, wall-clock ms   ARGV[3] increments
 --   ARGV[4] writes up to this number have a known outcome (prune KEYS[3])
 --   ARGV[5] lease, ms   ARGV[6] fence lifetime, ms   ARGV[7] replica id
 --   ARGV[8...] deadlines (journal fields) that fell due, to move
+-- Nothing is written unless every key is of its kind and the counter can
+-- be incremented: an increment that could never be counted is never held
+-- (the error reply answers its /incr 503) and no journal grows for it.
 -- A write is sent once and never again: when its reply is lost, the replica
 -- resolves it with journal_resolve.lua instead. The fence holds the highest
 -- number applied or fenced off; a write at or below it is a late copy and
@@ -34,12 +37,17 @@ local function record()
     redis.call('PEXPIRE', KEYS[3], ARGV[6])
   end
   redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[6])
-  redis.call('SET', KEYS[4], ARGV[7], 'PX', ARGV[5])
-  redis.call('SADD', KEYS[5], ARGV[7])
+  redis.call('ZADD', KEYS[4], redis_ms() + tonumber(ARGV[5]), ARGV[7])
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[4])
   return 1
 end
 
+local e = expect(KEYS[1], 'hash') or expect(KEYS[2], 'string') or
+          expect(KEYS[3], 'zset') or expect(KEYS[4], 'zset') or
+          incrementable(KEYS[5])
+if e then
+  return e
+end
 local recorded = record()
 if #ARGV == 7 then
   return recorded
@@ -54,10 +62,10 @@ for i = 8, #ARGV do
   end
 end
 if total > 0 then
-  local r = redis.pcall('INCRBY', KEYS[6], total)
+  local r = redis.pcall('INCRBY', KEYS[5], total)
   if type(r) == 'table' and r.err then
     return {recorded, r}
   end
-  redis.call('HDEL', KEYS[1], unpack(found))
+  hdel_all(KEYS[1], found)
 end
 return {recorded, total}

@@ -1,0 +1,175 @@
+"""Journal mode against a Redis that is not private and well behaved, with
+a real redis-server: a stall longer than a lease under two live replicas,
+two deployments sharing a Redis and a KEY_PREFIX, and keys of the wrong
+type. In each, every 200 is counted once, by a replica of its own
+deployment, and no increment is held that could never be counted."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from gracefuld_testlib import Gracefuld, Redis
+
+SCOPE = "gracefuld:{counter}:"  # the default prefix, scoped to "counter"
+
+
+@pytest.fixture
+def redis():
+    with Redis() as r:
+        yield r
+
+
+def wait_for(cond, timeout, what):
+    """Polls cond (a state of Redis's: no event says it) until true."""
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def journal_mode(redis, **env):
+    settings = {"DURABILITY": "redis"}
+    settings.update(env)
+    g = Gracefuld(redis=redis, env=settings).start()
+    g.wait_event("redis_up")
+    return g
+
+
+def incr(g, n):
+    return sum(g.get("/incr") == 200 for _ in range(n))
+
+
+def journal_total(redis, scope=SCOPE):
+    total = 0
+    for key in redis.cli("KEYS", scope + "journal:*").split():
+        total += sum(int(v) for v in redis.cli("HVALS", key).split())
+    return total
+
+
+def test_a_stall_longer_than_a_lease_strands_nothing(redis):
+    """Two replicas with the k8s/ settings (REDIS_TIMEOUT_MS=2000, the
+    default lease of 3 s) hold increments in their journals; Redis stops
+    for 4.5 s, longer than a lease and the timeout, so that both replicas
+    drop their connections with commands buffered in Redis, and leases run
+    out; the increments fall due after it. While both still live, the
+    counter reaches the 200s within INCR_DELAY_MS plus a lease and two
+    renewals."""
+    env = {"INCR_DELAY_MS": "6000", "REDIS_TIMEOUT_MS": "2000"}
+    a = journal_mode(redis, **env)
+    b = journal_mode(redis, **env)
+    try:
+        began = time.monotonic()
+        ok = incr(a, 20) + incr(b, 20)
+        assert ok == 40
+        os.kill(redis.proc.pid, signal.SIGSTOP)
+        try:
+            a.wait_event("redis_down", timeout=10)
+            b.wait_event("redis_down", timeout=10)
+            time.sleep(4.5 - 2.0)  # the stall itself, past both timeouts
+        finally:
+            os.kill(redis.proc.pid, signal.SIGCONT)
+        assert redis.counter() == 0  # nothing fell due yet
+        bound = 6 + 3 + 2 + 1  # and a second for this machine
+        wait_for(lambda: redis.counter() >= ok,
+                 began + bound - time.monotonic(),
+                 f"the counter to reach {ok} (it is {redis.counter()})")
+        print(f"\ncounted {ok} {time.monotonic() - began:.1f} s after the "
+              "first request")
+        assert a.proc.poll() is None and b.proc.poll() is None
+        assert journal_total(redis) == 0
+        for g in (a, b):
+            g.signal()
+        assert a.wait(20) == 0 and b.wait(20) == 0
+        assert redis.counter() == ok
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_two_deployments_on_one_prefix_keep_to_their_own(redis):
+    """Deployments X and Y count into different counters on one Redis with
+    the default KEY_PREFIX. X's replica dies with 15 increments in its
+    journal while only Y runs: Y never adopts them, however many leases
+    pass; X's next replica does, into X's counter."""
+    x = journal_mode(redis, COUNTER_KEY="x", INCR_DELAY_MS="2000",
+                     LEASE_MS="300")
+    y = journal_mode(redis, COUNTER_KEY="y", INCR_DELAY_MS="100",
+                     LEASE_MS="300")
+    try:
+        def registered(scope):
+            wait_for(lambda: redis.cli("ZRANGE", scope + "replicas", "0", "-1"),
+                     5, f"a replica in {scope}replicas")
+            return redis.cli("ZRANGE", scope + "replicas", "0", "-1")
+        x_id, y_id = registered("gracefuld:{x}:"), registered("gracefuld:{y}:")
+        assert incr(x, 15) == 15
+        x.signal(signal.SIGKILL)
+        x.wait(10)
+        assert journal_total(redis, "gracefuld:{x}:") == 15
+
+        def lease_end(scope, rid):
+            score = redis.cli("ZSCORE", scope + "replicas", rid)
+            return float(score) if score else None
+
+        def redis_ms():
+            s, us = redis.cli("TIME").split()
+            return int(s) * 1000 + int(us) // 1000
+        # X's lease runs out (by Redis's clock), then Y renews its own
+        # twice more: each renewal would have adopted X's journal.
+        wait_for(lambda: lease_end("gracefuld:{x}:", x_id) < redis_ms(), 5,
+                 "X's lease to run out")
+        for _ in range(2):
+            before = lease_end("gracefuld:{y}:", y_id)
+            wait_for(lambda: lease_end("gracefuld:{y}:", y_id) != before, 5,
+                     "Y to renew its lease")
+        assert incr(y, 10) == 10
+        wait_for(lambda: redis.counter("y") == 10, 5, "Y's own 10")
+        assert journal_total(redis, "gracefuld:{x}:") == 15
+        assert redis.counter("x") == 0
+        assert not [e for e in y.events() if e["event"] == "journal_adopted"]
+        # X's next replica adopts them, and they count where they belong.
+        x2 = journal_mode(redis, COUNTER_KEY="x", INCR_DELAY_MS="2000",
+                          LEASE_MS="300")
+        try:
+            x2.wait_event("journal_adopted", increments=15)
+            wait_for(lambda: redis.counter("x") == 15, 10, "X's 15")
+            x2.signal()
+            assert x2.wait(20) == 0
+        finally:
+            x2.stop()
+        y.signal()
+        assert y.wait(20) == 0
+        assert redis.counter("x") == 15 and redis.counter("y") == 10
+    finally:
+        x.stop()
+        y.stop()
+
+
+@pytest.mark.parametrize("key,spoil", [
+    ("counter", ("RPUSH", "counter", "x")),
+    ("counter", ("SET", "counter", "not a number")),
+    (SCOPE + "replicas", ("SET", SCOPE + "replicas", "x")),
+])
+def test_a_key_of_the_wrong_type_holds_no_increment(redis, key, spoil):
+    """A counter that cannot be incremented, or a registry of another type:
+    /incr answers 503 and holds nothing (no 200 that is not counted, no 503
+    that is counted later, no journal growth); once the key is fixed, 200s
+    count again."""
+    g = journal_mode(redis, INCR_DELAY_MS="100", LEASE_MS="300")
+    try:
+        redis.cli(*spoil)
+        codes = [g.get("/incr") for _ in range(10)]
+        assert codes == [503] * 10
+        assert journal_total(redis) == 0
+        assert g.wait_event("journal_write_refused")["reply"].startswith(
+            "WRONGTYPE " + key)
+        redis.cli("DEL", key)
+        wait_for(lambda: g.get("/incr") == 200, 10, "a 200 once fixed")
+        assert incr(g, 4) == 4
+        g.signal()
+        assert g.wait(20) == 0
+        assert redis.counter() == 5
+    finally:
+        g.stop()
+
