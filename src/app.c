@@ -445,7 +445,8 @@ int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg,
                       .sentinel_password = cfg->has_sentinel_password
                                                ? cfg->sentinel_password
                                                : NULL,
-                      .timeout_ms = cfg->redis_timeout_ms},
+                      .timeout_ms = cfg->redis_timeout_ms,
+                      .refuse_allkeys_eviction = cfg->refuse_allkeys_eviction},
                   &link_client);
   uint64_t id;
   if (uv_random(NULL, NULL, &id, sizeof id, 0, NULL) != 0)

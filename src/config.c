@@ -22,7 +22,8 @@ enum kind {
   K_PATH,
   K_LOG_FORMAT,
   K_LOG_LEVEL,
-  K_DURABILITY
+  K_DURABILITY,
+  K_EVICTION
 };
 
 struct setting {
@@ -80,8 +81,13 @@ static const struct setting settings[] = {
      "replica's journal, which survives SIGKILL",
      K_DURABILITY, 0, 0, 0},
     {"KEY_PREFIX", "key-prefix", "PREFIX", "gracefuld:",
-     "prefix of every Redis key but the counter (fences, journals, leases)",
+     "prefix of every Redis key but the counter (fences, journals, leases); "
+     "no { or }",
      K_STRING, FIELD(key_prefix), 0, 0},
+    {"REDIS_ALLKEYS_EVICTION", "redis-allkeys-eviction", "warn|refuse", "warn",
+     "a Redis whose maxmemory-policy is allkeys-* may evict the counter and "
+     "journals: warn (one log line), or refuse (never ready on it)",
+     K_EVICTION, 0, 0, 0},
     {"LEASE_MS", "lease-ms", "MS", "3000",
      "durability redis: a replica whose lease has not been renewed for this "
      "long has its journal adopted by the others",
@@ -218,6 +224,7 @@ static const char *const log_formats[] = {
     [LOG_FORMAT_JSON] = "json", [LOG_FORMAT_TEXT] = "text", NULL};
 static const char *const durabilities[] = {
     [DURABILITY_MEMORY] = "memory", [DURABILITY_REDIS] = "redis", NULL};
+static const char *const evictions[] = {"warn", "refuse", NULL};
 
 /* The index of v in names (NULL-terminated), or -1. */
 static int name_index(const char *v, const char *const *names) {
@@ -334,6 +341,10 @@ static int apply(struct config *cfg, const struct setting *s, const char *v,
       return fail(err, err_len, s, v, "must not be empty"), -1;
     if (len >= cap)
       return fail(err, err_len, s, v, "too long"), -1;
+    /* Every key carries the counter's hash tag: a brace in the prefix
+     * would take its place. */
+    if (s->offset == offsetof(struct config, key_prefix) && strpbrk(v, "{}"))
+      return fail(err, err_len, s, v, "must not hold { or }"), -1;
     memcpy((char *)cfg + s->offset, v, len + 1);
     return 0;
   }
@@ -348,6 +359,12 @@ static int apply(struct config *cfg, const struct setting *s, const char *v,
     if (i < 0)
       return fail(err, err_len, s, v, "must be memory or redis"), -1;
     cfg->durability = (enum durability)i;
+    return 0;
+  case K_EVICTION:
+    i = name_index(v, evictions);
+    if (i < 0)
+      return fail(err, err_len, s, v, "must be warn or refuse"), -1;
+    cfg->refuse_allkeys_eviction = i == 1;
     return 0;
   case K_LOG_LEVEL:
     if (log_level_parse(v, &cfg->log_level) != 0)

@@ -6,6 +6,7 @@
 #include "base.h"
 #include "log.h"
 #include "redis/redis_error.h"
+#include "redis/redis_server.h"
 #include "redis/redis_uv.h"
 
 #define BACKOFF_MIN_MS 100
@@ -219,7 +220,70 @@ static void handshake_done(struct redis_link *link) {
 }
 
 /* Tags telling on_handshake_reply which command a reply answers. */
-static const char tag_auth = 'a', tag_role = 'r', tag_master = 'm';
+static const char tag_auth = 'a', tag_role = 'r', tag_master = 'm',
+                  tag_info = 'i', tag_policy = 'p';
+
+/* A check the server does not let us make (INFO or CONFIG renamed or
+ * denied, as managed offerings do): said once per change. */
+static void check_skipped(struct redis_link *link, char *last, size_t cap,
+                          const char *what, const redisReply *reply) {
+  if (strcmp(last, "?") == 0)
+    return;
+  snprintf(last, cap, "?");
+  log_info("redis_check_skipped", LOG_STR("addr", link->addr),
+           LOG_STR("check", what), LOG_STRN("reply", reply->str, reply->len));
+}
+
+/* INFO server's redis_version: too old to count on is unusable. */
+static const char *check_version(struct redis_link *link,
+                                 const redisReply *reply) {
+  if (reply->type != REDIS_REPLY_STRING)
+    return "unexpected reply to INFO server";
+  char version[sizeof link->checked_version];
+  unsigned major;
+  if (!redis_server_version(reply->str, reply->len, version, sizeof version,
+                            &major))
+    return NULL; /* not said: nothing to judge by */
+  bool old = major < REDIS_SERVER_MIN_MAJOR;
+  if (strcmp(link->checked_version, version) != 0) {
+    snprintf(link->checked_version, sizeof link->checked_version, "%s",
+             version);
+    if (old)
+      log_error("redis_version_unsupported", LOG_STR("addr", link->addr),
+                LOG_STR("version", version),
+                LOG_UINT("minimum_major", REDIS_SERVER_MIN_MAJOR));
+  }
+  return old ? "Redis older than 6.0" : NULL;
+}
+
+/* CONFIG GET maxmemory-policy: under allkeys-* Redis may evict any key,
+ * the counter and the journals included. */
+static const char *check_policy(struct redis_link *link,
+                                const redisReply *reply) {
+  if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 0)
+    return NULL; /* CONFIG GET of nothing: no such setting here */
+  if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+      reply->element[1]->type != REDIS_REPLY_STRING)
+    return "unexpected reply to CONFIG GET maxmemory-policy";
+  const redisReply *p = reply->element[1];
+  bool allkeys = redis_server_evicts_any_key(p->str, p->len);
+  char policy[sizeof link->checked_policy];
+  snprintf(policy, sizeof policy, "%.*s", (int)p->len, p->str);
+  if (strcmp(link->checked_policy, policy) != 0) {
+    snprintf(link->checked_policy, sizeof link->checked_policy, "%s", policy);
+    if (allkeys)
+      log_warn("redis_eviction_policy", LOG_STR("addr", link->addr),
+               LOG_STR("maxmemory_policy", policy),
+               LOG_STR("risk", "under memory pressure Redis may evict the "
+                               "counter, journals and fences: increments "
+                               "lost or counted twice"),
+               LOG_STR("refused",
+                       link->opts.refuse_allkeys_eviction ? "yes" : "no"));
+  }
+  return allkeys && link->opts.refuse_allkeys_eviction
+             ? "maxmemory-policy allkeys-* refused (REDIS_ALLKEYS_EVICTION)"
+             : NULL;
+}
 
 /* The Sentinel's answer to get-master-addr-by-name: [host, port], or nil
  * for a name it does not know. Returns NULL or why it is unusable. */
@@ -275,7 +339,16 @@ static void on_handshake_reply(redisAsyncContext *ac, void *r, void *privdata) {
   link->handshake_left--;
   if (!reply || (link->state != LINK_HANDSHAKE && link->state != LINK_ASKING))
     return; /* the connection is going; on_disconnect retries */
-  if (reply->type == REDIS_REPLY_ERROR && !link->why[0]) {
+  if (reply->type == REDIS_REPLY_ERROR && !link->why[0] &&
+      (privdata == &tag_info || privdata == &tag_policy) &&
+      !redis_error_is_auth(reply->str, reply->len)) {
+    if (privdata == &tag_info)
+      check_skipped(link, link->checked_version, sizeof link->checked_version,
+                    "version", reply);
+    else
+      check_skipped(link, link->checked_policy, sizeof link->checked_policy,
+                    "maxmemory-policy", reply);
+  } else if (reply->type == REDIS_REPLY_ERROR && !link->why[0]) {
     if (privdata == &tag_auth && auth_unneeded(reply)) {
       if (!link->auth_unneeded_logged)
         log_warn("redis_auth_unneeded", LOG_STR("addr", link->addr),
@@ -292,9 +365,11 @@ static void on_handshake_reply(redisAsyncContext *ac, void *r, void *privdata) {
       }
     }
   } else if (reply->type != REDIS_REPLY_ERROR && !link->why[0]) {
-    const char *why = privdata == &tag_master ? take_master(link, reply)
-                      : privdata == &tag_role ? check_role(reply)
-                                              : NULL;
+    const char *why = privdata == &tag_master   ? take_master(link, reply)
+                      : privdata == &tag_role   ? check_role(reply)
+                      : privdata == &tag_info   ? check_version(link, reply)
+                      : privdata == &tag_policy ? check_policy(link, reply)
+                                                : NULL;
     if (why)
       set_why(link, why, strlen(why));
   }
@@ -335,10 +410,11 @@ static int send_auth(struct redis_link *link, const char *user,
 }
 
 /* Queues the commands that make a fresh connection fit to count on: AUTH
- * and SELECT db; ROLE behind Sentinel, to be sure it is the master; at
- * least a PING, so that a Redis that wants a password says so (NOAUTH)
- * before the link is ready. Their replies arrive before any reply to due
- * work. */
+ * and SELECT db; ROLE behind Sentinel, to be sure it is the master; INFO
+ * server and CONFIG GET maxmemory-policy, to check the version and the
+ * eviction policy (where they are allowed); a Redis that wants a password
+ * says so (NOAUTH) before the link is ready. Their replies arrive before
+ * any reply to due work. */
 static int send_handshake(struct redis_link *link) {
   const struct redis_target *t = &link->target;
   int rc = send_auth(link, t->user, t->has_password ? t->password : NULL);
@@ -349,8 +425,11 @@ static int send_handshake(struct redis_link *link) {
   }
   if (rc == REDIS_OK && link->opts.n_sentinels)
     rc = send_step(link, &tag_role, 1, (const char *[]){"ROLE"});
-  if (rc == REDIS_OK && link->handshake_left == 0)
-    rc = send_step(link, NULL, 1, (const char *[]){"PING"});
+  if (rc == REDIS_OK)
+    rc = send_step(link, &tag_info, 2, (const char *[]){"INFO", "server"});
+  if (rc == REDIS_OK)
+    rc = send_step(link, &tag_policy, 3,
+                   (const char *[]){"CONFIG", "GET", "maxmemory-policy"});
   return rc == REDIS_OK ? 0 : UV_ENOMEM;
 }
 

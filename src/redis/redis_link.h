@@ -4,7 +4,8 @@
  * are any.
  *
  * Every connection is made fit before anything is sent on it: the
- * handshake (AUTH, SELECT, ROLE behind Sentinel) is this module's concern;
+ * handshake (AUTH, SELECT, ROLE behind Sentinel, and the checks of the
+ * server: its version, its eviction policy) is this module's concern;
  * what is sent once it is done, and what its replies mean, is the client's
  * (counter.h). The client sends preformatted commands with a tag, and gets
  * each reply with its tag, in order; when a connection breaks, every reply
@@ -28,7 +29,8 @@ enum redis_link_state {
   LINK_ASKING,     /* connected to a Sentinel, the master's address asked */
   LINK_ASKED,      /* the address is known; the Sentinel connection closes
                       and the master is connected to next */
-  LINK_HANDSHAKE,  /* AUTH / SELECT / ROLE (or PING) sent, replies awaited */
+  LINK_HANDSHAKE,  /* AUTH / SELECT / ROLE / INFO / CONFIG GET sent, replies
+                      awaited */
   LINK_READY,      /* authenticated, database selected: due work goes out */
   LINK_RETIRING,   /* a transient error reply: no more sends; closed and
                       reconnected once the last reply is in */
@@ -57,6 +59,8 @@ struct redis_link_options {
   /* Bounds a connect with its handshake, and how long a command may go
    * unanswered. */
   uint64_t timeout_ms;
+  /* A maxmemory-policy of allkeys-*: never ready (else one warning). */
+  bool refuse_allkeys_eviction;
 };
 
 /* What the link tells its client. */
@@ -88,6 +92,10 @@ struct redis_link {
   bool down_logged;
   bool auth_failed_logged; /* since the last successful handshake */
   bool auth_unneeded_logged;
+  /* What the handshake's checks last logged, so that each says it once
+   * per change, not at every reconnect. */
+  char checked_version[32];
+  char checked_policy[32];
   bool retiring_logged; /* since the last reply to due work that counted */
   /* Sentinel: the master's address, when known, is in target; the
    * Sentinel asked next is sentinels[sentinel]. */

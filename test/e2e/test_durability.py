@@ -116,6 +116,23 @@ def test_journal_redis_paused_two_seconds(experiment):
     assert kinds == ["sigstop", "sigcont"]
 
 
+def test_journal_redis_stall_longer_than_a_lease_under_three_replicas(
+        experiment):
+    """Three replicas with the k8s/ timeouts (REDIS_TIMEOUT_MS 2000, the
+    default 3 s lease), increments held 6 s, so that those answered before
+    the stall are still in the journals after it; Redis stopped for 4.5 s a
+    third into the load: every connection drops with commands buffered in
+    Redis, and every lease runs out. The journal in Redis is the truth: the
+    counter is the 200s, exactly."""
+    run = experiment(*FAST, *JOURNAL, "--requests", 900, "--rate", 100,
+                     "--workers", 20, "--keep-alive", "on", "--rollouts", 0,
+                     "--replicas", 3, "--redis-timeout-ms", 2000,
+                     "--incr-delay-ms", 6000, "--redis-stall", 4.5)
+    assert_exact(run)
+    kinds = [e[1] for e in run.result["redis_events"]]
+    assert kinds == ["sigstop", "sigcont"]
+
+
 def test_journal_redis_killed_and_restarted_appendfsync_always(experiment):
     """Redis with appendfsync always, SIGKILLed at 2 s of 6 and started
     again on its port and directory: what it acknowledged was on disk."""

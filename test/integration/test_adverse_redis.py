@@ -173,3 +173,59 @@ def test_a_key_of_the_wrong_type_holds_no_increment(redis, key, spoil):
     finally:
         g.stop()
 
+
+def test_an_allkeys_eviction_policy_is_named_and_refused_on_request(redis):
+    """Under allkeys-* Redis may evict the counter and the journals: one
+    log line names the policy and the risk; REDIS_ALLKEYS_EVICTION=refuse
+    keeps the replica unready on such a Redis until the policy changes."""
+    quiet = Gracefuld(redis=redis).start()
+    try:
+        quiet.wait_event("redis_up")
+        assert quiet.get("/readyz") == 200
+        assert not [e for e in quiet.events()
+                    if e["event"] == "redis_eviction_policy"]
+    finally:
+        quiet.stop()
+    redis.cli("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+    warned = Gracefuld(redis=redis).start()
+    refusing = Gracefuld(redis=redis, env={
+        "REDIS_ALLKEYS_EVICTION": "refuse"}).start()
+    try:
+        e = warned.wait_event("redis_eviction_policy")
+        assert e["maxmemory_policy"] == "allkeys-lru" and e["refused"] == "no"
+        assert "evict the counter" in e["risk"] and e["level"] == "warn"
+        warned.wait_event("redis_up")
+        assert warned.get("/readyz") == 200
+        e = refusing.wait_event("redis_eviction_policy")
+        assert e["refused"] == "yes"
+        down = refusing.wait_event("redis_down")
+        assert "allkeys" in down["reason"]
+        assert refusing.get("/readyz") == 503
+        redis.cli("CONFIG", "SET", "maxmemory-policy", "volatile-lru")
+        refusing.wait_event("redis_up", timeout=10)
+        assert refusing.get("/readyz") == 200
+        # Said once, not at every reconnect in between.
+        assert len([e for e in refusing.events()
+                    if e["event"] == "redis_eviction_policy"]) == 1
+    finally:
+        warned.stop()
+        refusing.stop()
+
+
+def test_checks_a_managed_redis_does_not_allow_are_said_skipped():
+    """INFO and CONFIG renamed away, as managed offerings do: one line says
+    each check was skipped, and the replica counts as before."""
+    with Redis(args=["--rename-command", "CONFIG", "",
+                     "--rename-command", "INFO", ""]) as redis:
+        g = Gracefuld(redis=redis, env={"INCR_DELAY_MS": "0"}).start()
+        try:
+            g.wait_event("redis_up")
+            skipped = {e["check"] for e in g.events()
+                       if e["event"] == "redis_check_skipped"}
+            assert skipped == {"version", "maxmemory-policy"}
+            assert g.get("/incr") == 200
+            g.signal()
+            assert g.wait(20) == 0
+            assert redis.counter() == 1
+        finally:
+            g.stop()

@@ -774,6 +774,9 @@ static void test_config_durability_prefix_and_lease(void **state) {
   expect_rejected("durability", "DURABILITY", "disk");
   expect_rejected("lease-ms", "LEASE_MS", "299");
   expect_rejected("lease-ms", "LEASE_MS", "soon");
+  /* Keys carry the counter's hash tag: the prefix may not bring its own. */
+  expect_rejected("key-prefix", "KEY_PREFIX", "app{1}:");
+  expect_rejected("key-prefix", "KEY_PREFIX", "app}");
 }
 
 int main(void) {

@@ -858,6 +858,11 @@ def parse_args(argv):
     ap.add_argument("--redis-pause", type=pause_arg, default=None,
                     metavar="S@T", help="SIGSTOP the redis-server T seconds "
                     "into the load, and SIGCONT it S seconds later")
+    ap.add_argument("--redis-stall", type=float, default=None,
+                    metavar="SECONDS", help="a stall longer than a lease: "
+                    "SIGSTOP the redis-server a third into the load for "
+                    "SECONDS, which must exceed both --lease-ms and "
+                    "--redis-timeout-ms (not with --redis-pause)")
     ap.add_argument("--redis-restart-at", type=float, default=None,
                     metavar="SECONDS", help="SIGKILL the redis-server this "
                     "long into the load and start it again on the same port "
@@ -893,6 +898,17 @@ def parse_args(argv):
     ap.add_argument("--quiet", action="store_true",
                     help="no timeline on stderr while it runs")
     a = ap.parse_args(argv)
+    if a.redis_stall is not None:
+        if a.redis_pause:
+            ap.error("--redis-stall and --redis-pause are one fault each")
+        # gracefuld's own defaults where not given: LEASE_MS 3000,
+        # REDIS_TIMEOUT_MS 5000.
+        longest = max(a.lease_ms or DEFAULT_LEASE_MS,
+                      a.redis_timeout_ms or 5000) / 1000
+        if a.redis_stall <= longest:
+            ap.error(f"--redis-stall {a.redis_stall:g} must exceed the lease "
+                     f"and the Redis timeout ({longest:g} s)")
+        a.redis_pause = (a.redis_stall, a.requests / a.rate / 3)
     return a, Params(
         requests=a.requests, rate=a.rate, workers=a.workers,
         keep_alive=a.keep_alive == "on", replicas=a.replicas,
