@@ -63,8 +63,9 @@ int scripts_init(struct scripts *j, const char *prefix, const char *counter,
     return UV_EINVAL;
   for (int i = 0; i < SCRIPTS_SCRIPTS; i++)
     sha1_hex(scripts[i].text, scripts[i].len, j->sha[i]);
-  if (key(j->fence, j->scope, "fence", j->id) ||
-      key(j->skip, j->scope, "skip", j->id) ||
+  if (key(j->fences, j->scope, "fences", NULL) ||
+      key(j->fence_uses, j->scope, "fence_uses", NULL) ||
+      key(j->skips, j->scope, "skips", NULL) ||
       key(j->journal, j->scope, "journal", j->id) ||
       key(j->replicas, j->scope, "replicas", NULL))
     return UV_EINVAL;
@@ -167,12 +168,13 @@ static int eval(struct scripts_cmd *cmd, struct scripts *j,
 
 int scripts_cmd_batch(struct scripts_cmd *cmd, struct scripts *j, uint64_t seq,
                       uint64_t n, uint64_t floor) {
-  const char *keys[] = {j->counter, j->fence};
-  int rc = EVAL(cmd, j, SCRIPTS_BATCH, keys, 4);
+  const char *keys[] = {j->counter, j->fences, j->fence_uses, j->skips};
+  int rc = EVAL(cmd, j, SCRIPTS_BATCH, keys, 5);
   rc = rc ? rc : arg_u64(cmd, seq);
   rc = rc ? rc : arg_u64(cmd, n);
-  rc = rc ? rc : arg_u64(cmd, SCRIPTS_FENCE_TTL_MS);
-  return rc ? rc : arg_u64(cmd, floor);
+  rc = rc ? rc : arg_u64(cmd, SCRIPTS_FENCE_AGE_MS);
+  rc = rc ? rc : arg_u64(cmd, floor);
+  return rc ? rc : arg_str(cmd, j->id);
 }
 
 int scripts_cmd_write(struct scripts_cmd *cmd, struct scripts *j, uint64_t seq,
@@ -181,14 +183,15 @@ int scripts_cmd_write(struct scripts_cmd *cmd, struct scripts *j, uint64_t seq,
                       size_t n_due) {
   if (n_due > SCRIPTS_MOVE_MAX)
     return UV_EINVAL;
-  const char *keys[] = {j->journal, j->fence, j->skip, j->replicas, j->counter};
+  const char *keys[] = {j->journal, j->fences,   j->fence_uses,
+                        j->skips,   j->replicas, j->counter};
   int rc = EVAL(cmd, j, SCRIPTS_WRITE, keys, 7 + n_due);
   rc = rc ? rc : arg_u64(cmd, seq);
   rc = rc ? rc : arg_u64(cmd, deadline_wall);
   rc = rc ? rc : arg_u64(cmd, n);
   rc = rc ? rc : arg_u64(cmd, known);
   rc = rc ? rc : arg_u64(cmd, lease_ms);
-  rc = rc ? rc : arg_u64(cmd, SCRIPTS_FENCE_TTL_MS);
+  rc = rc ? rc : arg_u64(cmd, SCRIPTS_FENCE_AGE_MS);
   rc = rc ? rc : arg_str(cmd, j->id);
   for (size_t i = 0; i < n_due && !rc; i++)
     rc = arg_u64(cmd, due_wall[i]);
@@ -197,10 +200,11 @@ int scripts_cmd_write(struct scripts_cmd *cmd, struct scripts *j, uint64_t seq,
 
 int scripts_cmd_resolve(struct scripts_cmd *cmd, struct scripts *j,
                         uint64_t seq) {
-  const char *keys[] = {j->fence, j->skip};
-  int rc = EVAL(cmd, j, SCRIPTS_RESOLVE, keys, 2);
+  const char *keys[] = {j->fences, j->fence_uses, j->skips};
+  int rc = EVAL(cmd, j, SCRIPTS_RESOLVE, keys, 3);
   rc = rc ? rc : arg_u64(cmd, seq);
-  return rc ? rc : arg_u64(cmd, SCRIPTS_FENCE_TTL_MS);
+  rc = rc ? rc : arg_u64(cmd, SCRIPTS_FENCE_AGE_MS);
+  return rc ? rc : arg_str(cmd, j->id);
 }
 
 int scripts_cmd_move(struct scripts_cmd *cmd, struct scripts *j,

@@ -17,13 +17,17 @@
  * them, and on Redis Cluster they share the counter's slot. With the
  * counter "c" (tag: the counter's own hash tag if it has one, else its
  * name):
- *   <prefix>{c}:fence:<id>    the last batch or write number applied
- *   <prefix>{c}:skip:<id>     journal writes fenced off while their outcome
- *                             was being asked for (a sorted set, usually
- *                             absent)
+ *   <prefix>{c}:fences        id -> the last batch or write number applied
+ *   <prefix>{c}:fence_uses    id -> when its fence last moved (Redis's
+ *                             clock, ms): unused for SCRIPTS_FENCE_AGE_MS,
+ *                             it is forgotten
+ *   <prefix>{c}:skips         journal writes fenced off while their outcome
+ *                             was being asked for, "id:first-last" (a sorted
+ *                             set, usually empty)
  *   <prefix>{c}:journal:<id>  deadline (wall-clock ms) -> increments
  *   <prefix>{c}:replicas      id -> the end of its lease (Redis's clock, ms),
- *                             for every replica that may hold a journal */
+ *                             for every replica that may hold a journal
+ * None has a TTL: no eviction policy but allkeys-* can take one. */
 #ifndef GRACEFULD_SCRIPTS_H
 #define GRACEFULD_SCRIPTS_H
 
@@ -37,8 +41,9 @@
 #define SCRIPTS_KEY_MAX 600
 /* How long a fence outlives the last batch or write it fenced: longer than
  * any pause after which a command from a broken connection could still be
- * executed. */
-#define SCRIPTS_FENCE_TTL_MS (24ull * 3600 * 1000)
+ * executed. Not a TTL, which an eviction policy could cut short: a fence
+ * unused this long is forgotten by the next script that moves one. */
+#define SCRIPTS_FENCE_AGE_MS (24ull * 3600 * 1000)
 /* Deadlines moved by one command at most (Lua's unpack has a limit). */
 #define SCRIPTS_MOVE_MAX 1000
 
@@ -69,8 +74,9 @@ struct scripts {
   char sha[SCRIPTS_SCRIPTS][41];
   unsigned cached; /* bit per script: sent whole on this connection */
   char counter[SCRIPTS_KEY_MAX];
-  char fence[SCRIPTS_KEY_MAX];
-  char skip[SCRIPTS_KEY_MAX];
+  char fences[SCRIPTS_KEY_MAX];
+  char fence_uses[SCRIPTS_KEY_MAX];
+  char skips[SCRIPTS_KEY_MAX];
   char journal[SCRIPTS_KEY_MAX];
   char replicas[SCRIPTS_KEY_MAX];
   char scope[SCRIPTS_KEY_MAX]; /* <prefix>{tag}: */

@@ -6,6 +6,7 @@ deployment, and no increment is held that could never be counted."""
 
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -170,6 +171,61 @@ def test_a_key_of_the_wrong_type_holds_no_increment(redis, key, spoil):
         g.signal()
         assert g.wait(20) == 0
         assert redis.counter() == 5
+    finally:
+        g.stop()
+
+
+FILL = ("for i = 1, 200 do redis.call('SET', ARGV[1] .. i, "
+        "string.rep('x', 1000), 'EX', 3600) end")
+
+
+@pytest.mark.parametrize("durability", ["memory", "redis"])
+@pytest.mark.parametrize("policy", ["volatile-lru", "volatile-random"])
+def test_volatile_eviction_takes_no_gracefuld_key(redis, durability, policy):
+    """Another tenant's keys with a TTL press on maxmemory under a volatile-*
+    policy while gracefuld's connections are killed every 0.3 s (so that
+    batches and writes are sent again, which only the fences keep from
+    counting twice): Redis evicts, but none of gracefuld's keys, which carry
+    no TTL; the counter equals the 200s."""
+    used = int(redis.cli("INFO", "memory").split("used_memory:")[1]
+               .split()[0])
+    redis.cli("CONFIG", "SET", "maxmemory", str(used + 2_000_000))
+    redis.cli("CONFIG", "SET", "maxmemory-policy", policy)
+    g = Gracefuld(redis=redis, env={
+        "DURABILITY": durability, "INCR_DELAY_MS": "100", "LEASE_MS": "600",
+        "REDIS_TIMEOUT_MS": "500"}).start()
+    g.wait_event("redis_up")
+    stop = threading.Event()
+
+    def press():
+        n = 0
+        while not stop.is_set():
+            redis.cli("EVAL", FILL, "0", f"tenant:{n}:")
+            redis.cli("CLIENT", "KILL", "TYPE", "normal")
+            n += 1
+            stop.wait(0.3)
+    presser = threading.Thread(target=press)
+    presser.start()
+    try:
+        ok = 0
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            ok += g.get("/incr") == 200
+    finally:
+        stop.set()
+        presser.join()
+    try:
+        evicted = int(redis.cli("INFO", "stats").split("evicted_keys:")[1]
+                      .split()[0])
+        assert evicted > 0, "nothing pressed on maxmemory"
+        ours = redis.cli("KEYS", "gracefuld:*").split()
+        assert SCOPE + "fences" in ours
+        for key in ours:  # no TTL (-1), or gone since (-2: an empty journal)
+            assert int(redis.cli("PTTL", key)) < 0, key
+        g.signal()
+        assert g.wait(30) == 0
+        assert ok > 0 and redis.counter() == ok
+        print(f"\n{policy}, {durability}: {ok} x 200, {evicted} evicted")
     finally:
         g.stop()
 

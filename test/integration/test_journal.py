@@ -77,13 +77,10 @@ def test_due_increments_move_to_the_counter_and_the_journal_goes(redis):
         g.stop()
     assert redis.counter() == 7
     # The journal, the lease and the registry went with the replica; its
-    # fence stays until it expires by itself.
-    left = keys(redis)
-    assert "counter" in left
-    others = [k for k in left if k != "counter"]
-    assert len(others) == 1
-    assert others[0].startswith("gracefuld:{counter}:fence:")
-    assert 0 < int(redis.cli("PTTL", others[0])) <= 86400000
+    # fence stays (no TTL) until unused for a day.
+    assert keys(redis) == ["counter", "gracefuld:{counter}:fence_uses",
+                           "gracefuld:{counter}:fences"]
+    assert redis.cli("PTTL", "gracefuld:{counter}:fences") == "-1"
 
 
 def test_pipelined_requests_are_answered_in_order(redis):

@@ -12,7 +12,8 @@ import pytest
 from gracefuld_testlib import Redis
 
 LUA = os.path.join(os.environ.get("GRACEFULD_SOURCE_DIR", "."), "src", "redis", "lua")
-TTL = 86400000
+AGE = 86400000  # a fence unused this long is forgotten
+FENCES = ["p:fences", "p:fence_uses", "p:skips"]
 
 
 def script(name):
@@ -101,18 +102,27 @@ def conn(redis):
     c.close()
 
 
-def batch(conn, seq, n, counter="counter", fence="p:fence:a", floor=1):
-    return conn.eval("batch", [counter, fence], seq, n, TTL, floor)
+def batch(conn, seq, n, counter="counter", rid="a", floor=1, age=AGE):
+    return conn.eval("batch", [counter, *FENCES], seq, n, age, floor, rid)
+
+
+def fence(conn, rid="a"):
+    v = conn.call("HGET", "p:fences", rid)
+    return None if v is None else int(v)
+
+
+def skips(conn):
+    return conn.call("ZRANGE", "p:skips", 0, -1)
 
 
 def write_keys(rid="a"):
-    return [f"p:journal:{rid}", f"p:fence:{rid}", f"p:skip:{rid}",
+    return [f"p:journal:{rid}", *FENCES,
             "p:replicas", "counter"]
 
 
 def write(conn, seq, deadline, n, known=0, lease=3000, rid="a", due=()):
     return conn.eval("journal_write", write_keys(rid), seq, deadline, n,
-                     known, lease, TTL, rid, *due)
+                     known, lease, AGE, rid, *due)
 
 
 def move(conn, *due, rid="a"):
@@ -127,8 +137,7 @@ def move(conn, *due, rid="a"):
 
 
 def resolve(conn, seq, rid="a"):
-    return conn.eval("journal_resolve", [f"p:fence:{rid}", f"p:skip:{rid}"],
-                     seq, TTL)
+    return conn.eval("journal_resolve", FENCES, seq, AGE, rid)
 
 
 def journal(conn, rid="a"):
@@ -165,13 +174,16 @@ def test_batch_counts_once_however_often_it_is_sent(conn):
     assert batch(conn, 3, 7) == 1
     assert batch(conn, 2, 4) == 0  # a late copy
     assert int(conn.call("GET", "counter")) == 16
-    assert int(conn.call("GET", "p:fence:a")) == 3
-    assert 0 < conn.call("PTTL", "p:fence:a") <= TTL
+    assert fence(conn) == 3
+    # No TTL an eviction policy could cut short: its last use instead.
+    assert conn.call("PTTL", "p:fences") == -1
+    assert abs(int(conn.call("ZSCORE", "p:fence_uses", "a")) -
+               redis_ms(conn)) < 5000
 
 
 def test_batch_fences_of_two_replicas_are_independent(conn):
-    assert batch(conn, 1, 2, fence="p:fence:a") == 1
-    assert batch(conn, 1, 3, fence="p:fence:b") == 1
+    assert batch(conn, 1, 2, rid="a") == 1
+    assert batch(conn, 1, 3, rid="b") == 1
     assert int(conn.call("GET", "counter")) == 5
 
 
@@ -213,10 +225,28 @@ def test_write_records_once_and_takes_the_lease(conn):
     # The lease: the registry's score, the end of it by Redis's clock.
     assert 2000 < lease_left(conn) <= 3000
     assert conn.call("ZRANGE", "p:replicas", 0, -1) == ["a"]
-    # No key of a replica has a TTL that an eviction policy could act on
-    # early but the fence's.
-    for key in ("p:journal:a", "p:replicas"):
+    # No key has a TTL that an eviction policy could act on early.
+    for key in ("p:journal:a", "p:replicas", *FENCES[:2]):
         assert conn.call("PTTL", key) == -1
+
+
+def test_fences_unused_for_their_age_are_forgotten_with_their_ranges(conn):
+    """Fences have no TTL (an eviction policy could cut it short): a fence
+    unused for the age given is forgotten, with its fenced-off ranges, by
+    the next script that moves a fence, so nothing grows without bound."""
+    assert write(conn, 3, 1000, 1, rid="old") == 1  # 1-2 fenced off
+    assert resolve(conn, 5, rid="old") == 0         # 4-5 fenced off
+    assert len(skips(conn)) == 2
+    # Not yet stale: a batch of another replica forgets nothing.
+    assert batch(conn, 1, 1, rid="b", age=60000) == 1
+    assert fence(conn, "old") == 5
+    # Stale by the age the scripts are given: forgotten, ranges and all.
+    conn.call("ZADD", "p:fence_uses", 1, "old")
+    assert batch(conn, 2, 1, rid="b", age=60000) == 1
+    assert fence(conn, "old") is None
+    assert conn.call("ZSCORE", "p:fence_uses", "old") is None
+    assert skips(conn) == []
+    assert fence(conn, "b") == 2
 
 
 def test_resolve_tells_applied_from_fenced_off_for_good(conn):
@@ -229,7 +259,7 @@ def test_resolve_tells_applied_from_fenced_off_for_good(conn):
     assert resolve(conn, 1) == 1
     # Later writes prune what was fenced off once its outcome is known.
     assert write(conn, 3, 1002, 1, known=2) == 1
-    assert conn.call("EXISTS", "p:skip:a") == 0
+    assert skips(conn) == []
 
 
 def test_writes_passed_over_are_fenced_off_in_any_order(conn):
@@ -250,7 +280,7 @@ def test_writes_passed_over_are_fenced_off_in_any_order(conn):
     assert journal(conn) == {1000: 12}
     # Once the replica knows every outcome up to 6, the ranges go.
     assert write(conn, 8, 1000, 1, known=6) == 1
-    assert conn.call("EXISTS", "p:skip:a") == 0
+    assert skips(conn) == []
 
 
 def test_a_late_write_and_its_resolution_always_agree(redis):
@@ -261,9 +291,9 @@ def test_a_late_write_and_its_resolution_always_agree(redis):
     for seq in range(1, 21):
         write_cmd = ("EVAL", script("journal_write"), len(write_keys()),
                      *write_keys(), seq,
-                     5000 + seq, 1, 0, 3000, TTL, "a")
-        resolve_cmd = ("EVAL", script("journal_resolve"), 2, "p:fence:a",
-                       "p:skip:a", seq, TTL)
+                     5000 + seq, 1, 0, 3000, AGE, "a")
+        resolve_cmd = ("EVAL", script("journal_resolve"), len(FENCES),
+                       *FENCES, seq, AGE, "a")
         os.kill(redis.proc.pid, signal.SIGSTOP)
         try:
             # Redis accepts and reads them in the order they came: alternate
@@ -328,7 +358,7 @@ def test_a_write_the_counter_could_never_count_records_nothing(conn, bad):
     r = write(conn, 2, 2000, 5, due=(1000,))
     assert isinstance(r, RedisError) and r.startswith("WRONGTYPE counter")
     assert journal(conn) == {1000: 3}  # nothing lost, nothing added
-    assert int(conn.call("GET", "p:fence:a")) == 1
+    assert fence(conn) == 1
 
 
 def test_move_refused_by_the_counter_keeps_the_journal(conn):
@@ -402,7 +432,8 @@ def test_renew_names_lapsed_replicas_not_itself(conn):
 
 @pytest.mark.parametrize("key,kind", [
     ("p:journal:a", "string"), ("p:replicas", "hash"),
-    ("p:fence:a", "hash"), ("p:skip:a", "string")])
+    ("p:fences", "string"), ("p:fence_uses", "hash"),
+    ("p:skips", "string")])
 def test_scripts_check_every_key_before_they_write(conn, key, kind):
     """A key of another kind (another program's, an operator's mistake): an
     error that names it, and nothing written anywhere, by every script that
@@ -419,8 +450,9 @@ def test_scripts_check_every_key_before_they_write(conn, key, kind):
         "p:replicas": [lambda: renew(conn, 0), lambda: adopt(conn, "a", "b", 0),
                        lambda: conn.eval("journal_leave",
                                          ["p:journal:a", "p:replicas"], "a")],
-        "p:fence:a": [lambda: resolve(conn, 1), lambda: batch(conn, 1, 1)],
-        "p:skip:a": [lambda: resolve(conn, 1)],
+        "p:fences": [lambda: resolve(conn, 1), lambda: batch(conn, 1, 1)],
+        "p:fence_uses": [lambda: resolve(conn, 1), lambda: batch(conn, 1, 1)],
+        "p:skips": [lambda: resolve(conn, 1), lambda: batch(conn, 1, 1)],
     }[key] + [lambda: write(conn, 1, 1000, 3)]
     for run in scripts:
         r = run()
@@ -442,4 +474,4 @@ def test_leave_drops_the_lease_and_only_an_empty_journal(conn):
     conn.call("HDEL", "p:journal:a", 1001)
     assert conn.eval("journal_leave", keys, "a") == 0
     assert conn.call("ZRANGE", "p:replicas", 0, -1) == []
-    assert conn.call("KEYS", "p:*") == ["p:fence:a"]
+    assert sorted(conn.call("KEYS", "p:*")) == ["p:fence_uses", "p:fences"]

@@ -78,15 +78,16 @@ def test_requirepass_with_the_password_from_a_file(protected, tmp_path):
 # The commands gracefuld sends in the memory durability mode (EVAL and
 # EVALSHA, and those its batch script calls), and the only ones the ACL user gets: the
 # README's list. AUTH is always allowed.
-MEMORY_MODE_COMMANDS = ["+eval", "+evalsha", "+type", "+get", "+set",
-                        "+incrby"]
+MEMORY_MODE_COMMANDS = ["+eval", "+evalsha", "+type", "+incrby", "+hget",
+                        "+hset", "+hdel", "+zadd", "+zrem", "+zrangebyscore",
+                        "+time"]
 
 
 # The same for journal mode (DURABILITY=redis): its scripts' commands.
 JOURNAL_MODE_COMMANDS = [
-    "+eval", "+evalsha", "+type", "+get", "+set", "+incrby", "+hincrby",
-    "+hget", "+hdel", "+hgetall", "+hvals", "+zadd", "+zrem", "+zscore",
-    "+zrangebyscore", "+zremrangebyscore", "+pexpire", "+del", "+time"]
+    "+eval", "+evalsha", "+type", "+get", "+incrby", "+hincrby", "+hget",
+    "+hset", "+hdel", "+hgetall", "+hvals", "+zadd", "+zrem", "+zscore",
+    "+zrangebyscore", "+del", "+time"]
 
 
 def acl_user(redis, name, keys, commands=MEMORY_MODE_COMMANDS):

@@ -56,7 +56,7 @@ static int fake_send(struct delivery *d, const char *cmd, size_t len,
   uint64_t n = 0;
   if (a->elements > 3 && strncmp(a->element[0]->str, "EVAL", 4) == 0) {
     size_t nkeys = strtoull(a->element[2]->str, NULL, 10);
-    if (nkeys == 5) /* the write script's keys */
+    if (nkeys == 6) /* the write script's keys */
       n = strtoull(a->element[3 + nkeys + 2]->str, NULL, 10);
   }
   freeReplyObject(parsed);

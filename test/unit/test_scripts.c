@@ -75,8 +75,9 @@ static void test_journal_names_every_key_under_the_prefix(void **state) {
   (void)state;
   assert_string_equal(j.id, "abcdef0123456789");
   assert_string_equal(j.counter, "counter");
-  assert_string_equal(j.fence, "gd:{counter}:fence:abcdef0123456789");
-  assert_string_equal(j.skip, "gd:{counter}:skip:abcdef0123456789");
+  assert_string_equal(j.fences, "gd:{counter}:fences");
+  assert_string_equal(j.fence_uses, "gd:{counter}:fence_uses");
+  assert_string_equal(j.skips, "gd:{counter}:skips");
   assert_string_equal(j.journal, "gd:{counter}:journal:abcdef0123456789");
   assert_string_equal(j.replicas, "gd:{counter}:replicas");
 }
@@ -130,13 +131,15 @@ static void test_journal_batch_is_one_fenced_eval(void **state) {
   (void)state;
   assert_int_equal(scripts_cmd_batch(&cmd, &j, 42, 1000, 40), 0);
   redisReply *a = parsed();
-  const char *keys[] = {"counter", "gd:{counter}:fence:abcdef0123456789"};
-  size_t i = assert_eval(a, "-- Memory mode", keys, 2);
-  assert_int_equal(a->elements, i + 4);
+  const char *keys[] = {"counter", "gd:{counter}:fences",
+                        "gd:{counter}:fence_uses", "gd:{counter}:skips"};
+  size_t i = assert_eval(a, "-- Memory mode", keys, 4);
+  assert_int_equal(a->elements, i + 5);
   assert_arg(a, i, "42");
   assert_arg(a, i + 1, "1000");
   assert_arg(a, i + 2, "86400000");
   assert_arg(a, i + 3, "40");
+  assert_arg(a, i + 4, "abcdef0123456789");
   freeReplyObject(a);
 }
 
@@ -146,8 +149,9 @@ static void test_journal_write_names_replica_and_registry(void **state) {
       scripts_cmd_write(&cmd, &j, 7, 1700000005000ull, 33, 6, 3000, NULL, 0),
       0);
   redisReply *a = parsed();
-  const char *keys[] = {j.journal, j.fence, j.skip, j.replicas, j.counter};
-  size_t i = assert_eval(a, "-- Journal mode: record", keys, 5);
+  const char *keys[] = {j.journal, j.fences,   j.fence_uses,
+                        j.skips,   j.replicas, j.counter};
+  size_t i = assert_eval(a, "-- Journal mode: record", keys, 6);
   assert_int_equal(a->elements, i + 7);
   assert_arg(a, i, "7");
   assert_arg(a, i + 1, "1700000005000");
@@ -164,8 +168,9 @@ static void test_journal_write_carries_the_deadlines_due(void **state) {
   assert_int_equal(
       scripts_cmd_write(&cmd, &j, 8, 1700000005000ull, 2, 7, 3000, due, 2), 0);
   redisReply *a = parsed();
-  const char *keys[] = {j.journal, j.fence, j.skip, j.replicas, j.counter};
-  size_t i = assert_eval(a, "-- Journal mode: record", keys, 5);
+  const char *keys[] = {j.journal, j.fences,   j.fence_uses,
+                        j.skips,   j.replicas, j.counter};
+  size_t i = assert_eval(a, "-- Journal mode: record", keys, 6);
   assert_int_equal(a->elements, i + 9);
   assert_arg(a, i + 7, "1700000000001");
   assert_arg(a, i + 8, "1700000000003");
@@ -186,9 +191,11 @@ static void test_journal_commands_reuse_one_buffer(void **state) {
   assert_ptr_equal(cmd.buf, buf);
   assert_int_equal(cmd.len, len);
   redisReply *a = parsed();
-  const char *keys[] = {j.fence, j.skip};
-  size_t i = assert_eval(a, "-- Journal mode: settle", keys, 2);
+  const char *keys[] = {j.fences, j.fence_uses, j.skips};
+  size_t i = assert_eval(a, "-- Journal mode: settle", keys, 3);
   assert_arg(a, i, "8");
+  assert_arg(a, i + 1, "86400000");
+  assert_arg(a, i + 2, "abcdef0123456789");
   freeReplyObject(a);
 }
 
@@ -197,8 +204,9 @@ static void test_journal_move_alone_is_a_write_numbered_0(void **state) {
   uint64_t due[] = {1700000000001ull, 1700000000007ull};
   assert_int_equal(scripts_cmd_move(&cmd, &j, due, 2), 0);
   redisReply *a = parsed();
-  const char *keys[] = {j.journal, j.fence, j.skip, j.replicas, j.counter};
-  size_t i = assert_eval(a, "-- Journal mode: record", keys, 5);
+  const char *keys[] = {j.journal, j.fences,   j.fence_uses,
+                        j.skips,   j.replicas, j.counter};
+  size_t i = assert_eval(a, "-- Journal mode: record", keys, 6);
   assert_int_equal(a->elements, i + 9);
   assert_arg(a, i, "0");
   assert_arg(a, i + 7, "1700000000001");
@@ -398,7 +406,7 @@ test_journal_sends_a_script_whole_once_then_by_its_sha(void **state) {
   a = parsed();
   assert_arg(a, 0, "EVALSHA");
   assert_arg(a, 1, j.sha[SCRIPTS_RESOLVE]);
-  assert_arg(a, 2, "2");
+  assert_arg(a, 2, "3"); /* its keys */
   freeReplyObject(a);
   /* Another script is still sent whole the first time. */
   assert_int_equal(scripts_cmd_leave(&cmd, &j), 0);

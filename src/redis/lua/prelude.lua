@@ -38,3 +38,62 @@ local function hdel_all(key, fields)
   end
 end
 
+-- Fences, shared by a deployment's replicas in three keys that carry no
+-- TTL (an eviction policy can take none of them):
+--   f.fences  hash: replica id -> the highest number applied or fenced off
+--   f.used    sorted set: replica id -> when its fence last moved (Redis ms)
+--   f.skips   sorted set of fenced-off ranges "id:first-last", scored by
+--             last (journal mode; usually empty)
+-- A fence unused for `age` ms is forgotten with its ranges, two at a time
+-- by whichever script moves a fence next: nothing grows without bound.
+
+-- Forgets the ranges of replica id that end at or below upto.
+local function skips_forget(f, id, upto)
+  local p = id .. ':'
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', f.skips, '-inf', upto)) do
+    if string.sub(m, 1, #p) == p then
+      redis.call('ZREM', f.skips, m)
+    end
+  end
+end
+
+-- Fences off numbers first..last of replica id.
+local function skips_add(f, id, first, last)
+  redis.call('ZADD', f.skips, last,
+             string.format('%s:%.0f-%.0f', id, first, last))
+end
+
+-- Whether number seq of replica id lies in a fenced-off range.
+local function skipped(f, id, seq)
+  local p = id .. ':'
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', f.skips, seq, '+inf')) do
+    if string.sub(m, 1, #p) == p and
+       tonumber(string.match(m, ':(%d+)-')) <= seq then
+      return true
+    end
+  end
+  return false
+end
+
+local function fence_get(f, id)
+  return tonumber(redis.call('HGET', f.fences, id) or 0)
+end
+
+local function fence_set(f, id, n, age)
+  local now = redis_ms()
+  redis.call('HSET', f.fences, id, n)
+  redis.call('ZADD', f.used, now, id)
+  local stale = redis.call('ZRANGEBYSCORE', f.used, '-inf', now - age,
+                           'LIMIT', 0, 2)
+  for _, old in ipairs(stale) do
+    redis.call('HDEL', f.fences, old)
+    redis.call('ZREM', f.used, old)
+    skips_forget(f, old, '+inf')
+  end
+end
+
+-- An error unless the fences' keys are of their kinds; nil when they are.
+local function fences_ok(f)
+  return expect(f.fences, 'hash') or expect(f.used, 'zset') or
+         expect(f.skips, 'zset')
+end
