@@ -471,6 +471,19 @@ int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg,
                             : "delivery engine";
     goto fail_delivery;
   }
+  /* Every connection checks the keys before it is used: no increment is
+   * accepted on a Redis whose counter could never count it. */
+  *part = "the check of the Redis keys";
+  const struct scripts *keys = &app->delivery.scripts;
+  const struct redis_key_check checks[] = {
+      {keys->counter, REDIS_KEY_INTEGER}, {keys->fences, REDIS_KEY_HASH},
+      {keys->fence_uses, REDIS_KEY_ZSET}, {keys->skips, REDIS_KEY_ZSET},
+      {keys->journal, REDIS_KEY_HASH},    {keys->replicas, REDIS_KEY_ZSET},
+  };
+  rc = redis_link_set_checks(&app->link, checks,
+                             sizeof checks / sizeof checks[0]);
+  if (rc)
+    goto fail_check;
   shutdown_init(&app->shutdown, cfg->shutdown_delay_ms,
                 cfg->shutdown_timeout_ms, uv_now(loop));
   *part = "shutdown timers";
@@ -505,6 +518,7 @@ fail_commit:
 fail_deadline_timer:
   close_handle((uv_handle_t *)&app->delay_timer);
 fail_delay_timer:
+fail_check:
   delivery_close(&app->delivery);
 fail_delivery:
   redis_link_close(&app->link);

@@ -64,6 +64,11 @@ enum redis_error_class redis_error_classify(const char *msg, size_t len) {
   return REDIS_ERROR_PERMANENT;
 }
 
+int redis_error_refuses_keys(const char *msg, size_t len) {
+  return first_word_is(msg, len, "WRONGTYPE") ||
+         first_word_is(msg, len, "NOPERM");
+}
+
 int redis_error_is_auth(const char *msg, size_t len) {
   static const char old_auth[] = "ERR invalid password";
   return first_word_is(msg, len, "WRONGPASS") ||

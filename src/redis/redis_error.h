@@ -29,4 +29,8 @@ enum redis_error_class redis_error_classify(const char *msg, size_t len);
  * NOAUTH, and the ERR Redis before 6 answers to a bad AUTH). */
 int redis_error_is_auth(const char *msg, size_t len);
 
+/* Whether the error says a key cannot be used as it is, whatever the
+ * retries (WRONGTYPE; NOPERM: the ACL user may not touch it). */
+int redis_error_refuses_keys(const char *msg, size_t len);
+
 #endif

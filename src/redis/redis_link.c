@@ -1,6 +1,7 @@
 #include "redis/redis_link.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "base.h"
@@ -39,6 +40,31 @@ void redis_link_init(struct redis_link *link, uv_loop_t *loop,
     snprintf(link->addr, sizeof link->addr, "sentinel:%s", opts->master_name);
   else
     redis_target_format(&link->target, link->addr, sizeof link->addr);
+}
+
+static void free_checks(struct redis_link *link) {
+  for (size_t i = 0; i < link->n_checks; i++)
+    free((char *)link->checks[i].key);
+  link->n_checks = 0;
+}
+
+int redis_link_set_checks(struct redis_link *link,
+                          const struct redis_key_check *checks, size_t n) {
+  if (n > REDIS_LINK_CHECKS_MAX)
+    return UV_EINVAL;
+  free_checks(link);
+  for (size_t i = 0; i < n; i++) {
+    size_t len = strlen(checks[i].key);
+    char *key = malloc(len + 1);
+    if (!key) {
+      free_checks(link);
+      return UV_ENOMEM;
+    }
+    memcpy(key, checks[i].key, len + 1);
+    link->checks[link->n_checks++] =
+        (struct redis_key_check){key, checks[i].kind};
+  }
+  return 0;
 }
 
 bool redis_link_connected(const struct redis_link *link) {
@@ -212,6 +238,9 @@ static void handshake_done(struct redis_link *link) {
         "redis_up", LOG_STR("addr", link->addr),
         LOG_UINT("attempts", link->failures + 1),
         LOG_UINT("down_ms", link->down_logged ? now - link->down_since : 0));
+  if (link->checked_keys[0])
+    log_info("redis_keys_usable", LOG_STR("addr", link->addr));
+  link->checked_keys[0] = '\0';
   link->ever_ready = true;
   link->down_logged = false;
   link->auth_failed_logged = false;
@@ -254,6 +283,58 @@ static const char *check_version(struct redis_link *link,
                 LOG_UINT("minimum_major", REDIS_SERVER_MIN_MAJOR));
   }
   return old ? "Redis older than 6.0" : NULL;
+}
+
+/* A key the client cannot count on (WRONGTYPE, or NOPERM: the ACL user
+ * may not touch it): said once, until a handshake passes again; anything
+ * else (BUSY, LOADING) is the reason of the retry, as any handshake
+ * error. */
+static void keys_unusable(struct redis_link *link, const char *msg,
+                          size_t len) {
+  if (!redis_error_refuses_keys(msg, len))
+    return;
+  char said[sizeof link->checked_keys];
+  snprintf(said, sizeof said, "%.*s", (int)len, msg);
+  if (strcmp(said, link->checked_keys) == 0)
+    return;
+  memcpy(link->checked_keys, said, sizeof said);
+  log_error("redis_keys_unusable", LOG_STR("addr", link->addr),
+            LOG_STRN("reply", msg, len),
+            LOG_STR("until", "the key is fixed or deleted; retried"));
+}
+
+static const char *const kind_names[] = {
+    [REDIS_KEY_INTEGER] = "string",
+    [REDIS_KEY_HASH] = "hash",
+    [REDIS_KEY_ZSET] = "zset",
+};
+
+/* TYPE of check i: absent, or of its kind. */
+static const char *check_type(struct redis_link *link, size_t i,
+                              const redisReply *reply) {
+  const struct redis_key_check *c = &link->checks[i];
+  if (reply->type != REDIS_REPLY_STATUS)
+    return "unexpected reply to TYPE";
+  if (strcmp(reply->str, "none") == 0 ||
+      strcmp(reply->str, kind_names[c->kind]) == 0)
+    return NULL;
+  snprintf(link->why, sizeof link->why, "WRONGTYPE %s holds a %s, not a %s",
+           c->key, reply->str, kind_names[c->kind]);
+  keys_unusable(link, link->why, strlen(link->why));
+  return link->why;
+}
+
+/* GET of an integer check i: absent, or a number INCRBY takes. */
+static const char *check_value(struct redis_link *link, size_t i,
+                               const redisReply *reply) {
+  if (reply->type == REDIS_REPLY_NIL ||
+      (reply->type == REDIS_REPLY_STRING &&
+       redis_server_is_integer(reply->str, reply->len)))
+    return NULL;
+  snprintf(link->why, sizeof link->why, "WRONGTYPE %s holds no integer",
+           link->checks[i].key);
+  keys_unusable(link, link->why, strlen(link->why));
+  return link->why;
 }
 
 /* CONFIG GET maxmemory-policy: under allkeys-* Redis may evict any key,
@@ -333,6 +414,18 @@ static const char *check_role(const redisReply *reply) {
   return NULL;
 }
 
+static bool is_type_tag(const struct redis_link *link, const char *tag) {
+  return tag >= link->type_tags && tag < link->type_tags + link->n_checks;
+}
+
+static bool is_get_tag(const struct redis_link *link, const char *tag) {
+  return tag >= link->get_tags && tag < link->get_tags + link->n_checks;
+}
+
+static bool is_check(const struct redis_link *link, const void *privdata) {
+  return is_type_tag(link, privdata) || is_get_tag(link, privdata);
+}
+
 static void on_handshake_reply(redisAsyncContext *ac, void *r, void *privdata) {
   struct redis_link *link = ac->data;
   redisReply *reply = r;
@@ -348,6 +441,10 @@ static void on_handshake_reply(redisAsyncContext *ac, void *r, void *privdata) {
     else
       check_skipped(link, link->checked_policy, sizeof link->checked_policy,
                     "maxmemory-policy", reply);
+  } else if (reply->type == REDIS_REPLY_ERROR && !link->why[0] &&
+             is_check(link, privdata)) {
+    keys_unusable(link, reply->str, reply->len);
+    set_why(link, reply->str, reply->len);
   } else if (reply->type == REDIS_REPLY_ERROR && !link->why[0]) {
     if (privdata == &tag_auth && auth_unneeded(reply)) {
       if (!link->auth_unneeded_logged)
@@ -365,12 +462,18 @@ static void on_handshake_reply(redisAsyncContext *ac, void *r, void *privdata) {
       }
     }
   } else if (reply->type != REDIS_REPLY_ERROR && !link->why[0]) {
-    const char *why = privdata == &tag_master   ? take_master(link, reply)
-                      : privdata == &tag_role   ? check_role(reply)
-                      : privdata == &tag_info   ? check_version(link, reply)
-                      : privdata == &tag_policy ? check_policy(link, reply)
-                                                : NULL;
-    if (why)
+    const char *tag = privdata;
+    const char *why =
+        tag == &tag_master   ? take_master(link, reply)
+        : tag == &tag_role   ? check_role(reply)
+        : tag == &tag_info   ? check_version(link, reply)
+        : tag == &tag_policy ? check_policy(link, reply)
+        : is_type_tag(link, tag)
+            ? check_type(link, (size_t)(tag - link->type_tags), reply)
+        : is_get_tag(link, tag)
+            ? check_value(link, (size_t)(tag - link->get_tags), reply)
+            : NULL;
+    if (why && why != link->why)
       set_why(link, why, strlen(why));
   }
   if (link->handshake_left > 0)
@@ -430,6 +533,14 @@ static int send_handshake(struct redis_link *link) {
   if (rc == REDIS_OK)
     rc = send_step(link, &tag_policy, 3,
                    (const char *[]){"CONFIG", "GET", "maxmemory-policy"});
+  for (size_t i = 0; rc == REDIS_OK && i < link->n_checks; i++) {
+    const struct redis_key_check *c = &link->checks[i];
+    rc = send_step(link, &link->type_tags[i], 2,
+                   (const char *[]){"TYPE", c->key});
+    if (rc == REDIS_OK && c->kind == REDIS_KEY_INTEGER)
+      rc = send_step(link, &link->get_tags[i], 2,
+                     (const char *[]){"GET", c->key});
+  }
   return rc == REDIS_OK ? 0 : UV_ENOMEM;
 }
 
@@ -611,4 +722,5 @@ void redis_link_close(struct redis_link *link) {
     }
   }
   uv_close((uv_handle_t *)&link->timer, NULL);
+  free_checks(link);
 }

@@ -39,6 +39,20 @@ enum redis_link_state {
 
 struct redis_link;
 
+/* What a key must hold, or be absent, for the client to count on it. */
+enum redis_key_kind {
+  REDIS_KEY_INTEGER, /* a string INCRBY can count on */
+  REDIS_KEY_HASH,
+  REDIS_KEY_ZSET,
+};
+
+struct redis_key_check {
+  const char *key;
+  enum redis_key_kind kind;
+};
+
+#define REDIS_LINK_CHECKS_MAX 8
+
 /* The link's own counts, which /metrics reads. */
 struct redis_link_stats {
   uint64_t reconnects; /* connections made after the first */
@@ -96,6 +110,13 @@ struct redis_link {
    * per change, not at every reconnect. */
   char checked_version[32];
   char checked_policy[32];
+  char checked_keys[128];
+  /* The client's keys (redis_link_set_checks), checked at every handshake;
+   * the tags tell a TYPE's reply from a GET's. */
+  struct redis_key_check checks[REDIS_LINK_CHECKS_MAX];
+  size_t n_checks;
+  char type_tags[REDIS_LINK_CHECKS_MAX];
+  char get_tags[REDIS_LINK_CHECKS_MAX];
   bool retiring_logged; /* since the last reply to due work that counted */
   /* Sentinel: the master's address, when known, is in target; the
    * Sentinel asked next is sentinels[sentinel]. */
@@ -121,6 +142,15 @@ void redis_link_init(struct redis_link *link, uv_loop_t *loop,
 
 /* Starts connecting; the link keeps itself connected from then on. */
 void redis_link_start(struct redis_link *link);
+
+/* The keys the client counts on, checked at every handshake with plain
+ * reads (TYPE, and GET of the counter; nothing a CLIENT PAUSE WRITE holds
+ * back): a connection that finds one of the wrong kind is not used (said
+ * once, naming the key, as redis_keys_unusable) and is tried again after a
+ * backoff. The names are copied. Returns 0, UV_EINVAL (too many) or
+ * UV_ENOMEM. */
+int redis_link_set_checks(struct redis_link *link,
+                          const struct redis_key_check *checks, size_t n);
 
 /* Queues cmd (len bytes, Redis protocol; copied) on the ready connection;
  * its reply comes to the client's on_reply with tag. Returns 0, or

@@ -30,6 +30,16 @@ bool redis_server_version(const char *info, size_t len, char *version,
   return false;
 }
 
+bool redis_server_is_integer(const char *s, size_t len) {
+  size_t i = len > 0 && s[0] == '-';
+  if (i == len)
+    return false;
+  for (; i < len; i++)
+    if (s[i] < '0' || s[i] > '9')
+      return false;
+  return true;
+}
+
 bool redis_server_evicts_any_key(const char *policy, size_t len) {
   return len >= 8 && memcmp(policy, "allkeys-", 8) == 0;
 }

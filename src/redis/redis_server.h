@@ -22,4 +22,8 @@ bool redis_server_version(const char *info, size_t len, char *version,
 /* Whether a maxmemory-policy may evict keys without a TTL: allkeys-*. */
 bool redis_server_evicts_any_key(const char *policy, size_t len);
 
+/* Whether a string value is one INCRBY counts on: an optional '-' and
+ * digits (what the scripts' incrementable() accepts). */
+bool redis_server_is_integer(const char *s, size_t len);
+
 #endif

@@ -175,6 +175,38 @@ def test_a_key_of_the_wrong_type_holds_no_increment(redis, key, spoil):
         g.stop()
 
 
+@pytest.mark.parametrize("durability", ["memory", "redis"])
+def test_a_counter_that_cannot_count_keeps_the_replica_unready(redis,
+                                                               durability):
+    """A counter of the wrong type before gracefuld starts: every
+    connection's check finds it, /readyz stays 503 and one log line names
+    the key; journal mode answers /incr 503 (memory mode holds them, as for
+    a Redis that is down). Once the key is fixed, the replica becomes ready
+    and counts every 200, once."""
+    redis.cli("RPUSH", "counter", "not a counter")
+    g = Gracefuld(redis=redis, env={"DURABILITY": durability,
+                                    "INCR_DELAY_MS": "0"}).start()
+    try:
+        e = g.wait_event("redis_keys_unusable")
+        assert e["reply"].startswith("WRONGTYPE counter") and \
+            e["level"] == "error"
+        assert g.get("/readyz") == 503
+        codes = [g.get("/incr") for _ in range(5)]
+        assert codes == [503 if durability == "redis" else 200] * 5
+        redis.cli("DEL", "counter")
+        g.wait_event("redis_up", timeout=10)
+        g.wait_event("redis_keys_usable")
+        assert g.get("/readyz") == 200
+        ok = codes.count(200) + incr(g, 5)
+        assert [e["event"] for e in g.events()].count(
+            "redis_keys_unusable") == 1
+        g.signal()
+        assert g.wait(20) == 0
+        assert redis.counter() == ok
+    finally:
+        g.stop()
+
+
 FILL = ("for i = 1, 200 do redis.call('SET', ARGV[1] .. i, "
         "string.rep('x', 1000), 'EX', 3600) end")
 

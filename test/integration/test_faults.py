@@ -227,9 +227,10 @@ def test_long_outage_backoff_quiet_logs_and_max_pending_503():
 # ---- error replies ---------------------------------------------------------------
 
 def test_wrongtype_reply_is_failed_logged_and_never_retried(redis, server):
-    redis.cli("LPUSH", "counter", "not a counter")
+    # Spoiled once running (before, the handshake's check finds it).
     g = server(env={"INCR_DELAY_MS": "0"})
     g.wait_event("redis_up")
+    redis.cli("LPUSH", "counter", "not a counter")
     assert timed_incrs(g, 4) < 0.25
     first = g.wait_event("incr_failed", failed=1)
     assert first["level"] == "error" and "WRONGTYPE" in first["reply"]

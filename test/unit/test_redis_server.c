@@ -58,11 +58,22 @@ static void test_redis_server_allkeys_policies_evict_any_key(void **state) {
     assert_false(redis_server_evicts_any_key(ttl_only[i], strlen(ttl_only[i])));
 }
 
+static void test_redis_server_integers_incrby_counts_on(void **state) {
+  (void)state;
+  const char *yes[] = {"0", "42", "-7", "9223372036854775807"};
+  const char *no[] = {"", "-", "4.2", "x", " 1", "1 ", "--1", "0x10"};
+  for (size_t i = 0; i < sizeof yes / sizeof *yes; i++)
+    assert_true(redis_server_is_integer(yes[i], strlen(yes[i])));
+  for (size_t i = 0; i < sizeof no / sizeof *no; i++)
+    assert_false(redis_server_is_integer(no[i], strlen(no[i])));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_redis_server_reads_the_version_line),
       cmocka_unit_test(test_redis_server_finds_no_version_where_none_is),
       cmocka_unit_test(test_redis_server_allkeys_policies_evict_any_key),
+      cmocka_unit_test(test_redis_server_integers_incrby_counts_on),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
