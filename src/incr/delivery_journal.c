@@ -419,6 +419,13 @@ static void journal_ready(struct delivery *d) {
 
 static void journal_down(struct delivery *d) { jm(d)->writes_in_flight = 0; }
 
+/* A reply that is not what the script answers: its error, if it is one. */
+static void failed_reply(const char *event, const redisReply *reply) {
+  bool error = reply->type == REDIS_REPLY_ERROR;
+  log_warn(event,
+           LOG_STRN("reply", error ? reply->str : "", error ? reply->len : 0));
+}
+
 /* A renewal's reply: what it moved, and whom to adopt. Lost, the next
  * renewal does it all again. */
 static void on_renew_reply(struct delivery *d, const redisReply *reply) {
@@ -426,9 +433,7 @@ static void on_renew_reply(struct delivery *d, const redisReply *reply) {
   if (!reply)
     return;
   if (!scripts_renewal_of(reply, &r)) {
-    bool error = reply->type == REDIS_REPLY_ERROR;
-    log_warn("journal_renew_failed", LOG_STRN("reply", error ? reply->str : "",
-                                              error ? reply->len : 0));
+    failed_reply("journal_renew_failed", reply);
     return;
   }
   uint64_t n = 0;
@@ -458,9 +463,7 @@ static void on_adopt_reply(struct delivery *d, const redisReply *reply) {
   if (!reply)
     return;
   if (!scripts_adoption_of(reply, &a)) {
-    bool error = reply->type == REDIS_REPLY_ERROR;
-    log_warn("journal_adopt_failed", LOG_STRN("reply", error ? reply->str : "",
-                                              error ? reply->len : 0));
+    failed_reply("journal_adopt_failed", reply);
     return;
   }
   uint64_t deadline_wall, n;

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from gracefuld_testlib import Gracefuld, Redis
+from gracefuld_testlib import Gracefuld, Redis, poll_until
 
 SCOPE = "gracefuld:{counter}:"  # the default prefix, scoped to "counter"
 
@@ -20,14 +20,6 @@ SCOPE = "gracefuld:{counter}:"  # the default prefix, scoped to "counter"
 def redis():
     with Redis() as r:
         yield r
-
-
-def wait_for(cond, timeout, what):
-    """Polls cond (a state of Redis's: no event says it) until true."""
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def journal_mode(redis, **env):
@@ -73,7 +65,7 @@ def test_a_stall_longer_than_a_lease_strands_nothing(redis):
             os.kill(redis.proc.pid, signal.SIGCONT)
         assert redis.counter() == 0  # nothing fell due yet
         bound = 6 + 3 + 2 + 1  # and a second for this machine
-        wait_for(lambda: redis.counter() >= ok,
+        poll_until(lambda: redis.counter() >= ok,
                  began + bound - time.monotonic(),
                  f"the counter to reach {ok} (it is {redis.counter()})")
         print(f"\ncounted {ok} {time.monotonic() - began:.1f} s after the "
@@ -100,7 +92,7 @@ def test_two_deployments_on_one_prefix_keep_to_their_own(redis):
                      LEASE_MS="300")
     try:
         def registered(scope):
-            wait_for(lambda: redis.cli("ZRANGE", scope + "replicas", "0", "-1"),
+            poll_until(lambda: redis.cli("ZRANGE", scope + "replicas", "0", "-1"),
                      5, f"a replica in {scope}replicas")
             return redis.cli("ZRANGE", scope + "replicas", "0", "-1")
         x_id, y_id = registered("gracefuld:{x}:"), registered("gracefuld:{y}:")
@@ -118,14 +110,14 @@ def test_two_deployments_on_one_prefix_keep_to_their_own(redis):
             return int(s) * 1000 + int(us) // 1000
         # X's lease runs out (by Redis's clock), then Y renews its own
         # twice more: each renewal would have adopted X's journal.
-        wait_for(lambda: lease_end("gracefuld:{x}:", x_id) < redis_ms(), 5,
+        poll_until(lambda: lease_end("gracefuld:{x}:", x_id) < redis_ms(), 5,
                  "X's lease to run out")
         for _ in range(2):
             before = lease_end("gracefuld:{y}:", y_id)
-            wait_for(lambda: lease_end("gracefuld:{y}:", y_id) != before, 5,
+            poll_until(lambda: lease_end("gracefuld:{y}:", y_id) != before, 5,
                      "Y to renew its lease")
         assert incr(y, 10) == 10
-        wait_for(lambda: redis.counter("y") == 10, 5, "Y's own 10")
+        poll_until(lambda: redis.counter("y") == 10, 5, "Y's own 10")
         assert journal_total(redis, "gracefuld:{x}:") == 15
         assert redis.counter("x") == 0
         assert not [e for e in y.events() if e["event"] == "journal_adopted"]
@@ -134,7 +126,7 @@ def test_two_deployments_on_one_prefix_keep_to_their_own(redis):
                           LEASE_MS="300")
         try:
             x2.wait_event("journal_adopted", increments=15)
-            wait_for(lambda: redis.counter("x") == 15, 10, "X's 15")
+            poll_until(lambda: redis.counter("x") == 15, 10, "X's 15")
             x2.signal()
             assert x2.wait(20) == 0
         finally:
@@ -166,7 +158,7 @@ def test_a_key_of_the_wrong_type_holds_no_increment(redis, key, spoil):
         assert g.wait_event("journal_write_refused")["reply"].startswith(
             "WRONGTYPE " + key)
         redis.cli("DEL", key)
-        wait_for(lambda: g.get("/incr") == 200, 10, "a 200 once fixed")
+        poll_until(lambda: g.get("/incr") == 200, 10, "a 200 once fixed")
         assert incr(g, 4) == 4
         g.signal()
         assert g.wait(20) == 0

@@ -9,21 +9,13 @@ import time
 
 import pytest
 
-from gracefuld_testlib import Gracefuld, Redis
+from gracefuld_testlib import Gracefuld, Redis, poll_until
 
 
 @pytest.fixture
 def redis():
     with Redis() as r:
         yield r
-
-
-def wait_for(cond, timeout, what):
-    """Polls cond (a state of Redis's: no event says it) until true."""
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def incr(g, n):
@@ -42,7 +34,7 @@ def refuse_writes(redis, how):
     redis.cli("CONFIG", "SET", "stop-writes-on-bgsave-error", "yes")
     shutil.rmtree(redis.dir)
     redis.cli("BGSAVE")
-    wait_for(lambda: "rdb_last_bgsave_status:err" in redis.cli(
+    poll_until(lambda: "rdb_last_bgsave_status:err" in redis.cli(
         "INFO", "persistence"), 10, "the snapshot to fail")
     return lambda: redis.cli("CONFIG", "SET", "stop-writes-on-bgsave-error",
                              "no")
@@ -59,7 +51,7 @@ def test_writes_refused_for_a_while_are_retried_not_failed(redis, durability,
         g.wait_event("redis_up")
         ok = incr(g, 10)
         assert ok == 10
-        wait_for(lambda: redis.counter() == ok, 10, "the first increments")
+        poll_until(lambda: redis.counter() == ok, 10, "the first increments")
         lift = refuse_writes(redis, how)
         mark = g.mark()
         during = incr(g, 10)
@@ -73,7 +65,7 @@ def test_writes_refused_for_a_while_are_retried_not_failed(redis, durability,
         time.sleep(2.0)  # refused for 2 s: the scenario, not a wait
         lift()
         ok += incr(g, 10)
-        wait_for(lambda: redis.counter() == ok, 15, "every 200 counted")
+        poll_until(lambda: redis.counter() == ok, 15, "every 200 counted")
         g.signal()
         assert g.wait(30) == 0
         summary = g.wait_event("exit")

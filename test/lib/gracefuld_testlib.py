@@ -109,6 +109,14 @@ def scrape_metrics(port, host="127.0.0.1", timeout=5.0):
     return parse_metrics(body) if resp.status == 200 else None
 
 
+def poll_until(cond, timeout, what):
+    """Polls cond (a state of Redis's, which no event says) until true."""
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 class LineReader:
     """Drains a pipe in a thread, keeping every line and letting a test wait
     for the first line that satisfies a predicate."""
