@@ -89,6 +89,20 @@ def test_journal_two_crashes_mid_load_lose_nothing(experiment):
         assert 0.4 <= rep["unrouted"] - rep["crashed"] <= 0.8, rep
 
 
+def test_journal_shared_prefix_adopts_only_its_own(experiment):
+    """Another deployment (COUNTER_KEY neighbour) on the same Redis and
+    KEY_PREFIX left 25 increments in a journal, its replica SIGKILLed, while
+    this one runs two replicas with a crash: the survivors adopt the crashed
+    replica's journal and never the neighbour's (no extra here), and the
+    neighbour's next replica counts its own 25."""
+    run = experiment(*FAST, *JOURNAL, "--requests", 600, "--rate", 100,
+                     "--workers", 10, "--keep-alive", "on", "--rollouts", 0,
+                     "--crash", 1, "--lease-ms", 600, "--shared-prefix")
+    assert_nothing_lost(run)
+    n = run.result["neighbour"]
+    assert n["ok"] == 25 and n["counter"] == 25 and n["exit"] == 0, n
+
+
 def test_journal_redis_connections_killed_every_half_second(experiment):
     """400 requests per second on keep-alive connections for 8 s, three
     rollouts, and every replica's Redis connection killed every 0.5 s:

@@ -64,6 +64,7 @@ from harness import (BUCKET_S, CONTAINERS_CONF, DEFAULT_LEASE_MS,  # noqa: E402
                      HarnessError, defer_signal, fmt_t, held_signals,
                      redis_get, release_ports)
 from gracefuld_testlib import Redis, events  # noqa: E402
+from neighbour import Neighbour  # noqa: E402
 from replicas import ContainerReplica, ProcessReplica  # noqa: E402
 from service import OUTCOMES, HAProxy  # noqa: E402
 from verdict import (KILLED_RULE, STRICT_RULE,  # noqa: E402,F401
@@ -113,6 +114,8 @@ class Params:
     redis_pause_at: float = None    # from this many s into the load
     redis_restart_at: float = None  # SIGKILL and restart it then
     redis_appendfsync: str = None   # appendonly yes with this fsync policy
+    # A second deployment on the same Redis and KEY_PREFIX (neighbour.py).
+    shared_prefix: bool = False
 
     @property
     def duration(self):
@@ -141,6 +144,11 @@ class Params:
             raise HarnessError(f"durability is one of {DURABILITIES}")
         if self.crash < 0:
             raise HarnessError("crash must not be negative")
+        if self.shared_prefix and (self.durability != "redis" or
+                                   self.containers):
+            raise HarnessError(
+                "--shared-prefix needs --durability redis (the neighbour's "
+                "journal is what must not be taken) and processes")
         if self.redis_restart_at is not None and not self.redis_appendfsync:
             raise HarnessError(
                 "--redis-restart-at needs --redis-appendfsync: without "
@@ -477,6 +485,10 @@ class Experiment:
         for r in self.serving:
             r.wait_ready(p.ready_timeout)
             self.lb.add(r.name, r.port)
+        neighbour = None
+        if p.shared_prefix:
+            neighbour = Neighbour(self.redis, p.binary, p.lease_ms, self.say)
+            neighbour.leave_a_journal()
         self.t0 = time.monotonic()  # t = 0: the load starts
         self.wall_t0 = time.time()
         self.lifecycle.clear()
@@ -547,7 +559,13 @@ class Experiment:
         if self.hey.returncode != 0:
             raise HarnessError(f"hey failed ({self.hey.returncode}):\n"
                                f"{hey_text}")
-        return self.result(parse_hey(hey_text), counter, load_end)
+        res = self.result(parse_hey(hey_text), counter, load_end)
+        if neighbour:
+            res["neighbour"], problems = neighbour.adopt(
+                timeout=2 * p.lease_s() + 10)
+            res["problems"] += problems
+            res["verdict"] = "fail" if res["problems"] else "pass"
+        return res
 
     def _sample(self, stop):
         """A few times a second: each running replica's pending increments
@@ -863,6 +881,12 @@ def parse_args(argv):
                     "SIGSTOP the redis-server a third into the load for "
                     "SECONDS, which must exceed both --lease-ms and "
                     "--redis-timeout-ms (not with --redis-pause)")
+    ap.add_argument("--shared-prefix", action="store_true",
+                    help="a second deployment (COUNTER_KEY neighbour) on the "
+                    "same Redis and KEY_PREFIX leaves a journal before the "
+                    "load (its replica SIGKILLed); the experiment's replicas "
+                    "must not adopt it, and a new neighbour replica counts it "
+                    "after (journal mode, processes)")
     ap.add_argument("--redis-restart-at", type=float, default=None,
                     metavar="SECONDS", help="SIGKILL the redis-server this "
                     "long into the load and start it again on the same port "
@@ -924,6 +948,7 @@ def parse_args(argv):
         redis_pause_s=a.redis_pause[0] if a.redis_pause else 0.0,
         redis_pause_at=a.redis_pause[1] if a.redis_pause else None,
         redis_restart_at=a.redis_restart_at,
+        shared_prefix=a.shared_prefix,
         redis_appendfsync=a.redis_appendfsync)
 
 
