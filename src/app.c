@@ -436,18 +436,23 @@ int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg,
                              .max_body_bytes = cfg->max_body_bytes},
               },
               respond, on_drained);
-  redis_link_init(&app->link, loop,
-                  &(struct redis_link_options){
-                      .target = cfg->redis,
-                      .sentinels = cfg->sentinels,
-                      .n_sentinels = cfg->n_sentinels,
-                      .master_name = cfg->master_name,
-                      .sentinel_password = cfg->has_sentinel_password
-                                               ? cfg->sentinel_password
-                                               : NULL,
-                      .timeout_ms = cfg->redis_timeout_ms,
-                      .refuse_allkeys_eviction = cfg->refuse_allkeys_eviction},
-                  &link_client);
+  redis_link_init(
+      &app->link, loop,
+      &(struct redis_link_options){
+          .target = cfg->redis,
+          .sentinels = cfg->sentinels,
+          .n_sentinels = cfg->n_sentinels,
+          .master_name = cfg->master_name,
+          .sentinel_password =
+              cfg->has_sentinel_password ? cfg->sentinel_password : NULL,
+          .password_file =
+              cfg->redis_password_file[0] ? cfg->redis_password_file : NULL,
+          .sentinel_password_file = cfg->sentinel_password_file[0]
+                                        ? cfg->sentinel_password_file
+                                        : NULL,
+          .timeout_ms = cfg->redis_timeout_ms,
+          .refuse_allkeys_eviction = cfg->refuse_allkeys_eviction},
+      &link_client);
   uint64_t id;
   if (uv_random(NULL, NULL, &id, sizeof id, 0, NULL) != 0)
     id = uv_hrtime() ^ (uint64_t)getpid() << 32;

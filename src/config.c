@@ -9,6 +9,7 @@
 #include <uv.h>
 
 #include "base.h"
+#include "redis/redis_secret.h"
 
 enum kind {
   K_ADDR_LISTEN,
@@ -54,8 +55,9 @@ static const struct setting settings[] = {
     {"REDIS_USERNAME", "redis-username", "USER", "(none)",
      "ACL user to AUTH as (with the password)", K_REDIS_USER, 0, 0, 0},
     {"REDIS_PASSWORD_FILE", "redis-password-file", "PATH", "(none)",
-     "file holding the Redis password, read once at start (a trailing "
-     "newline is dropped)",
+     "file holding the Redis password, read at start and again at every "
+     "connection, so that a rotated Secret is used (a trailing newline is "
+     "dropped)",
      K_SECRET_FILE, FIELD(redis.password), 0, 0},
     {"REDIS_SENTINELS", "redis-sentinels", "HOST:PORT,...", "(none)",
      "ask these Sentinels for the master (with REDIS_MASTER_NAME); the "
@@ -65,7 +67,9 @@ static const struct setting settings[] = {
      "the master's name in Sentinel (with REDIS_SENTINELS)", K_STRING,
      FIELD(master_name), 0, 0},
     {"REDIS_SENTINEL_PASSWORD_FILE", "redis-sentinel-password-file", "PATH",
-     "(none)", "file holding the Sentinels' password (requirepass)",
+     "(none)",
+     "file holding the Sentinels' password (requirepass), read again at "
+     "every connection",
      K_SECRET_FILE, FIELD(sentinel_password), 0, 0},
     {"REDIS_MIN_REPLICAS", "redis-min-replicas", "N", "0",
      "an increment is done only once N replicas have it (WAIT, batched)",
@@ -171,54 +175,6 @@ static const char *split_host_port(const char *v, char *host, size_t host_len,
   return why;
 }
 
-/* Reads a secret from path into out (cap bytes, terminated), dropping one
- * trailing newline. Returns NULL or a reason that never quotes the file. */
-static const char *read_secret(const char *path, char *out, size_t cap) {
-  static char buf[128];
-  const char *why;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    snprintf(buf, sizeof buf, "cannot open: %s", strerror(errno));
-    return buf;
-  }
-  size_t len = 0;
-  for (;;) {
-    ssize_t n = read(fd, out + len, cap - len);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0) {
-      snprintf(buf, sizeof buf, "cannot read: %s", strerror(errno));
-      why = buf;
-      goto fail;
-    }
-    if (n == 0)
-      break;
-    len += (size_t)n;
-    if (len == cap) {
-      why = "longer than 511 bytes";
-      goto fail;
-    }
-  }
-  close(fd);
-  if (len > 0 && out[len - 1] == '\n')
-    len--;
-  if (len > 0 && out[len - 1] == '\r')
-    len--;
-  out[len] = '\0';
-  if (len == 0)
-    return "the file is empty";
-  if (memchr(out, '\0', len) || memchr(out, '\n', len)) {
-    memset(out, 0, cap);
-    return "the password holds a NUL byte or a newline";
-  }
-  return NULL;
-
-fail:
-  close(fd);
-  memset(out, 0, cap); /* no part of a secret left behind */
-  return why;
-}
-
 /* The values of a setting that names one of a few, each at its enum's. */
 static const char *const log_formats[] = {
     [LOG_FORMAT_JSON] = "json", [LOG_FORMAT_TEXT] = "text", NULL};
@@ -292,10 +248,14 @@ static int apply(struct config *cfg, const struct setting *s, const char *v,
       return fail(err, err_len, s, v,
                   "REDIS_URL holds a password already; set it in one place"),
              -1;
-    why = read_secret(v, (char *)cfg + s->offset, REDIS_PASSWORD_MAX);
+    why = redis_secret_read(v, (char *)cfg + s->offset, REDIS_PASSWORD_MAX);
+    if (!why && strlen(v) >= CONFIG_PATH_MAX)
+      why = "path too long";
     if (why)
       return fail(err, err_len, s, v, why), -1;
     *has = true;
+    strcpy(sentinel ? cfg->sentinel_password_file : cfg->redis_password_file,
+           v);
     return 0;
   }
   case K_SENTINELS: {

@@ -38,6 +38,10 @@ struct config {
   char master_name[CONFIG_KEY_MAX];
   char sentinel_password[REDIS_PASSWORD_MAX];
   bool has_sentinel_password;
+  /* The files the passwords came from (empty: none), read again by the
+   * link at every connection. */
+  char redis_password_file[CONFIG_PATH_MAX];
+  char sentinel_password_file[CONFIG_PATH_MAX];
   uint64_t min_replicas; /* REDIS_MIN_REPLICAS: WAIT for this many */
   uint64_t incr_delay_ms;
   char counter_key[CONFIG_KEY_MAX];

@@ -7,6 +7,7 @@
 #include "base.h"
 #include "log.h"
 #include "redis/redis_error.h"
+#include "redis/redis_secret.h"
 #include "redis/redis_server.h"
 #include "redis/redis_uv.h"
 
@@ -36,6 +37,11 @@ void redis_link_init(struct redis_link *link, uv_loop_t *loop,
   link->rng = (uint32_t)uv_hrtime() | 1;
   uv_timer_init(loop, &link->timer);
   link->target = opts->target;
+  if (opts->sentinel_password) {
+    snprintf(link->sentinel_password, sizeof link->sentinel_password, "%s",
+             opts->sentinel_password);
+    link->has_sentinel_password = true;
+  }
   if (opts->n_sentinels)
     snprintf(link->addr, sizeof link->addr, "sentinel:%s", opts->master_name);
   else
@@ -512,6 +518,33 @@ static int send_auth(struct redis_link *link, const char *user,
   return send_step(link, &tag_auth, 2, (const char *[]){"AUTH", password});
 }
 
+/* A password file is read again at every connection: a Secret rotated in
+ * place is used from the next one on (said once per change, never the
+ * password). Unreadable for a moment (a Secret volume swaps it), the last
+ * password is kept, said once. */
+static void reread_password(const char *path, const char *which, char *password,
+                            bool *has, bool *unreadable) {
+  if (!path)
+    return;
+  char now[REDIS_PASSWORD_MAX];
+  const char *why = redis_secret_read(path, now, sizeof now);
+  if (why) {
+    if (!*unreadable)
+      log_warn("redis_password_unreadable", LOG_STR("password", which),
+               LOG_STR("file", path), LOG_STR("error", why),
+               LOG_STR("using", "the last one read"));
+    *unreadable = true;
+    return;
+  }
+  *unreadable = false;
+  if (*has && strcmp(now, password) != 0)
+    log_info("redis_password_changed", LOG_STR("password", which),
+             LOG_STR("file", path));
+  memcpy(password, now, sizeof now);
+  *has = true;
+  memset(now, 0, sizeof now);
+}
+
 /* Queues the commands that make a fresh connection fit to count on: AUTH
  * and SELECT db; ROLE behind Sentinel, to be sure it is the master; INFO
  * server and CONFIG GET maxmemory-policy, to check the version and the
@@ -519,7 +552,9 @@ static int send_auth(struct redis_link *link, const char *user,
  * says so (NOAUTH) before the link is ready. Their replies arrive before
  * any reply to due work. */
 static int send_handshake(struct redis_link *link) {
-  const struct redis_target *t = &link->target;
+  struct redis_target *t = &link->target;
+  reread_password(link->opts.password_file, "redis", t->password,
+                  &t->has_password, &link->password_unreadable_logged);
   int rc = send_auth(link, t->user, t->has_password ? t->password : NULL);
   if (rc == REDIS_OK && t->db) {
     char db[16];
@@ -547,7 +582,11 @@ static int send_handshake(struct redis_link *link) {
 /* Asks a Sentinel where the master is (after its AUTH, if it has one). */
 static int send_sentinel_query(struct redis_link *link) {
   const struct redis_link_options *opts = &link->opts;
-  int rc = send_auth(link, "", opts->sentinel_password);
+  reread_password(opts->sentinel_password_file, "sentinel",
+                  link->sentinel_password, &link->has_sentinel_password,
+                  &link->sentinel_password_unreadable_logged);
+  int rc = send_auth(
+      link, "", link->has_sentinel_password ? link->sentinel_password : NULL);
   if (rc == REDIS_OK)
     rc = send_step(link, &tag_master, 3,
                    (const char *[]){"SENTINEL", "get-master-addr-by-name",

@@ -70,6 +70,11 @@ struct redis_link_options {
   size_t n_sentinels;
   const char *master_name;       /* the master's name in Sentinel */
   const char *sentinel_password; /* NULL: the Sentinels want none */
+  /* Where the passwords came from (NULL: nowhere), read again at every
+   * connection: a password rotated in place (a Secret volume) is used from
+   * the next connection on. */
+  const char *password_file;
+  const char *sentinel_password_file;
   /* Bounds a connect with its handshake, and how long a command may go
    * unanswered. */
   uint64_t timeout_ms;
@@ -111,6 +116,12 @@ struct redis_link {
   char checked_version[32];
   char checked_policy[32];
   char checked_keys[128];
+  /* The Sentinels' password as last read (options.sentinel_password, then
+   * its file); the master's is in target. */
+  char sentinel_password[REDIS_PASSWORD_MAX];
+  bool has_sentinel_password;
+  bool password_unreadable_logged;
+  bool sentinel_password_unreadable_logged;
   /* The client's keys (redis_link_set_checks), checked at every handshake;
    * the tags tell a TYPE's reply from a GET's. */
   struct redis_key_check checks[REDIS_LINK_CHECKS_MAX];

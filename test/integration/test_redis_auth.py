@@ -260,6 +260,73 @@ def drained_with_retries(g, redis, n):
     assert redis.counter() == n
 
 
+class SecretVolume:
+    """A password file as a Kubernetes Secret volume holds it: the file is a
+    symlink through ..data to a dated folder, and an update swaps ..data
+    atomically (a rename), so that a reader sees the old or the new file,
+    never half of one."""
+
+    def __init__(self, root, value):
+        self.root = root
+        self.n = 0
+        self.set(value)
+        os.symlink("..data/password", root / "password")
+        self.path = str(root / "password")
+
+    def set(self, value):
+        self.n += 1
+        folder = self.root / f"..v{self.n}"
+        folder.mkdir()
+        (folder / "password").write_text(value + "\n")
+        os.symlink(folder.name, self.root / "..data_tmp")
+        os.replace(self.root / "..data_tmp", self.root / "..data")
+
+
+NEW_PASSWORD = "rotated-" + PASSWORD[::-1]
+
+
+@pytest.mark.parametrize("order", ["file first", "redis first"])
+def test_a_rotated_password_is_used_from_the_next_connection(protected,
+                                                             tmp_path,
+                                                             order):
+    """The Secret rotates while gracefuld runs: the file is swapped, Redis
+    asks for the new password (CONFIG SET requirepass) and the connections
+    are cut. gracefuld reads the file again at every connection: with the
+    file first it logs in at once; with Redis first it is refused
+    (WRONGPASS, said once, retried with a backoff) until the file follows.
+    Every 200 is counted once, exit 0, and neither password is written
+    anywhere."""
+    volume = SecretVolume(tmp_path, PASSWORD)
+    g = Gracefuld(env={
+        "REDIS_ADDR": protected.addr, "REDIS_PASSWORD_FILE": volume.path,
+        "INCR_DELAY_MS": "0"}).start()
+    try:
+        g.wait_event("redis_up")
+        ok = sum(g.get("/incr") == 200 for _ in range(5))
+        mark = g.mark()
+        if order == "file first":
+            volume.set(NEW_PASSWORD)
+        protected.cli("CONFIG", "SET", "requirepass", NEW_PASSWORD)
+        protected.password = NEW_PASSWORD
+        protected.cli("CLIENT", "KILL", "TYPE", "normal")
+        if order == "redis first":
+            refused = g.wait_event("redis_auth_failed", start=mark)
+            assert refused["error"].startswith("WRONGPASS")
+            volume.set(NEW_PASSWORD)
+        g.wait_event("redis_password_changed", start=mark)
+        g.wait_event("redis_up", start=mark, timeout=15)
+        ok += sum(g.get("/incr") == 200 for _ in range(5))
+        g.signal()
+        assert g.wait(15) == 0
+        assert protected.counter() == ok == 10
+        assert len([e for e in g.events(mark)
+                    if e["event"] == "redis_auth_failed"]) <= 1
+        no_password_in(g)
+        assert NEW_PASSWORD not in "\n".join(g.log.lines)
+    finally:
+        g.stop()
+
+
 def test_readonly_replies_are_retried_not_failed(redis):
     """A master demoted to a replica answers READONLY: the increments are
     sent again (retried) until it is a master again, none failed."""
