@@ -487,6 +487,14 @@ int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg,
   };
   rc = redis_link_set_checks(&app->link, checks,
                              sizeof checks / sizeof checks[0]);
+  /* And whether the user may run every command the scripts run. */
+  struct scripts_cmd probe = {0};
+  rc = rc ? rc
+          : scripts_cmd_probe(&probe, &app->delivery.scripts,
+                              cfg->durability == DURABILITY_REDIS,
+                              cfg->min_replicas > 0);
+  rc = rc ? rc : redis_link_set_probe(&app->link, probe.buf, probe.len);
+  scripts_cmd_free(&probe);
   if (rc)
     goto fail_check;
   shutdown_init(&app->shutdown, cfg->shutdown_delay_ms,

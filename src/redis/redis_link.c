@@ -73,6 +73,17 @@ int redis_link_set_checks(struct redis_link *link,
   return 0;
 }
 
+int redis_link_set_probe(struct redis_link *link, const char *cmd, size_t len) {
+  char *copy = malloc(len);
+  if (!copy)
+    return UV_ENOMEM;
+  memcpy(copy, cmd, len);
+  free(link->probe);
+  link->probe = copy;
+  link->probe_len = len;
+  return 0;
+}
+
 bool redis_link_connected(const struct redis_link *link) {
   return link->state == LINK_READY;
 }
@@ -256,7 +267,7 @@ static void handshake_done(struct redis_link *link) {
 
 /* Tags telling on_handshake_reply which command a reply answers. */
 static const char tag_auth = 'a', tag_role = 'r', tag_master = 'm',
-                  tag_info = 'i', tag_policy = 'p';
+                  tag_info = 'i', tag_policy = 'p', tag_probe = 'c';
 
 /* A check the server does not let us make (INFO or CONFIG renamed or
  * denied, as managed offerings do): said once per change. */
@@ -439,16 +450,21 @@ static void on_handshake_reply(redisAsyncContext *ac, void *r, void *privdata) {
   if (!reply || (link->state != LINK_HANDSHAKE && link->state != LINK_ASKING))
     return; /* the connection is going; on_disconnect retries */
   if (reply->type == REDIS_REPLY_ERROR && !link->why[0] &&
-      (privdata == &tag_info || privdata == &tag_policy) &&
+      (privdata == &tag_info || privdata == &tag_policy ||
+       (privdata == &tag_probe &&
+        !redis_error_refuses_keys(reply->str, reply->len))) &&
       !redis_error_is_auth(reply->str, reply->len)) {
     if (privdata == &tag_info)
       check_skipped(link, link->checked_version, sizeof link->checked_version,
                     "version", reply);
-    else
+    else if (privdata == &tag_policy)
       check_skipped(link, link->checked_policy, sizeof link->checked_policy,
                     "maxmemory-policy", reply);
+    else
+      check_skipped(link, link->checked_commands, sizeof link->checked_commands,
+                    "commands", reply);
   } else if (reply->type == REDIS_REPLY_ERROR && !link->why[0] &&
-             is_check(link, privdata)) {
+             (is_check(link, privdata) || privdata == &tag_probe)) {
     keys_unusable(link, reply->str, reply->len);
     set_why(link, reply->str, reply->len);
   } else if (reply->type == REDIS_REPLY_ERROR && !link->why[0]) {
@@ -568,6 +584,12 @@ static int send_handshake(struct redis_link *link) {
   if (rc == REDIS_OK)
     rc = send_step(link, &tag_policy, 3,
                    (const char *[]){"CONFIG", "GET", "maxmemory-policy"});
+  if (rc == REDIS_OK && link->probe) {
+    rc = redisAsyncFormattedCommand(link->ac, on_handshake_reply,
+                                    (void *)&tag_probe, link->probe,
+                                    link->probe_len);
+    link->handshake_left += rc == REDIS_OK;
+  }
   for (size_t i = 0; rc == REDIS_OK && i < link->n_checks; i++) {
     const struct redis_key_check *c = &link->checks[i];
     rc = send_step(link, &link->type_tags[i], 2,
@@ -762,4 +784,6 @@ void redis_link_close(struct redis_link *link) {
   }
   uv_close((uv_handle_t *)&link->timer, NULL);
   free_checks(link);
+  free(link->probe);
+  link->probe = NULL;
 }

@@ -128,6 +128,11 @@ struct redis_link {
   size_t n_checks;
   char type_tags[REDIS_LINK_CHECKS_MAX];
   char get_tags[REDIS_LINK_CHECKS_MAX];
+  /* The client's probe of its commands (redis_link_set_probe); NULL:
+   * none. */
+  char *probe;
+  size_t probe_len;
+  char checked_commands[4];
   bool retiring_logged; /* since the last reply to due work that counted */
   /* Sentinel: the master's address, when known, is in target; the
    * Sentinel asked next is sentinels[sentinel]. */
@@ -162,6 +167,13 @@ void redis_link_start(struct redis_link *link);
  * UV_ENOMEM. */
 int redis_link_set_checks(struct redis_link *link,
                           const struct redis_key_check *checks, size_t n);
+
+/* The client's probe of the commands it needs (a script in Redis protocol
+ * form, copied), the last step of every handshake: OK, or a NOPERM naming
+ * a command the user may not run, which keeps the connection from being
+ * used as a key check does; any other error (a server too old to run it)
+ * is said once as a check skipped. Returns 0 or UV_ENOMEM. */
+int redis_link_set_probe(struct redis_link *link, const char *cmd, size_t len);
 
 /* Queues cmd (len bytes, Redis protocol; copied) on the ready connection;
  * its reply comes to the client's on_reply with tag. Returns 0, or

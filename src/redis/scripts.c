@@ -20,6 +20,7 @@ static const struct {
     [SCRIPTS_RENEW] = {lua_journal_renew, sizeof lua_journal_renew - 1},
     [SCRIPTS_ADOPT] = {lua_journal_adopt, sizeof lua_journal_adopt - 1},
     [SCRIPTS_LEAVE] = {lua_journal_leave, sizeof lua_journal_leave - 1},
+    [SCRIPTS_PROBE] = {lua_probe, sizeof lua_probe - 1},
 };
 
 void scripts_cmd_free(struct scripts_cmd *cmd) {
@@ -165,6 +166,72 @@ static int eval(struct scripts_cmd *cmd, struct scripts *j,
 
 #define EVAL(cmd, j, script, keys, nargs)                                      \
   eval(cmd, j, script, keys, sizeof keys / sizeof *keys, nargs)
+
+/* A command the scripts run, as they run it. */
+struct probe {
+  unsigned n;
+  const char *words[4];
+};
+
+int scripts_cmd_probe(struct scripts_cmd *cmd, struct scripts *j, bool journal,
+                      bool wait) {
+  const char *sha = j->sha[SCRIPTS_BATCH];
+  /* Both durabilities: the counter, the fences, the script cache. */
+  const struct probe both[] = {
+      {3, {"EVALSHA", sha, "0"}},
+      {2, {"TYPE", j->counter}},
+      {2, {"GET", j->counter}},
+      {3, {"INCRBY", j->counter, "1"}},
+      {1, {"TIME"}},
+      {3, {"HGET", j->fences, j->id}},
+      {4, {"HSET", j->fences, j->id, "1"}},
+      {3, {"HDEL", j->fences, j->id}},
+      {4, {"ZADD", j->fence_uses, "1", j->id}},
+      {3, {"ZREM", j->fence_uses, j->id}},
+      {4, {"ZRANGEBYSCORE", j->fence_uses, "0", "1"}},
+      {4, {"ZRANGEBYSCORE", j->skips, "0", "1"}},
+      {3, {"ZREM", j->skips, j->id}},
+  };
+  /* Journal mode: the journal, the ranges, the registry. */
+  const struct probe more[] = {
+      {4, {"ZADD", j->skips, "1", j->id}},
+      {4, {"HINCRBY", j->journal, "1", "1"}},
+      {3, {"HGET", j->journal, "1"}},
+      {3, {"HDEL", j->journal, "1"}},
+      {2, {"HGETALL", j->journal}},
+      {2, {"HVALS", j->journal}},
+      {2, {"DEL", j->journal}},
+      {4, {"ZADD", j->replicas, "1", j->id}},
+      {3, {"ZREM", j->replicas, j->id}},
+      {3, {"ZSCORE", j->replicas, j->id}},
+      {4, {"ZRANGEBYSCORE", j->replicas, "0", "1"}},
+  };
+  const struct probe waits[] = {{3, {"WAIT", "0", "0"}}};
+  const struct {
+    const struct probe *p;
+    size_t n;
+  } parts[] = {
+      {both, sizeof both / sizeof *both},
+      {more, journal ? sizeof more / sizeof *more : 0},
+      {waits, wait ? 1 : 0},
+  };
+  size_t nargs = 0;
+  for (size_t k = 0; k < sizeof parts / sizeof *parts; k++)
+    for (size_t i = 0; i < parts[k].n; i++)
+      nargs += 1 + parts[k].p[i].n;
+  const char *const keys[] = {NULL};
+  j->cached &= ~(1u << SCRIPTS_PROBE); /* always whole */
+  int rc = eval(cmd, j, SCRIPTS_PROBE, keys, 0, nargs);
+  j->cached &= ~(1u << SCRIPTS_PROBE);
+  for (size_t k = 0; k < sizeof parts / sizeof *parts; k++)
+    for (size_t i = 0; i < parts[k].n && !rc; i++) {
+      const struct probe *p = &parts[k].p[i];
+      rc = arg_u64(cmd, p->n);
+      for (unsigned w = 0; w < p->n && !rc; w++)
+        rc = arg_str(cmd, p->words[w]);
+    }
+  return rc;
+}
 
 int scripts_cmd_batch(struct scripts_cmd *cmd, struct scripts *j, uint64_t seq,
                       uint64_t n, uint64_t floor) {

@@ -64,6 +64,7 @@ enum scripts_script {
   SCRIPTS_RENEW,
   SCRIPTS_ADOPT,
   SCRIPTS_LEAVE,
+  SCRIPTS_PROBE,
   SCRIPTS_SCRIPTS
 };
 
@@ -118,6 +119,11 @@ uint64_t scripts_adoption_bound_ms(uint64_t lease_ms);
 
 /* ---- Commands: each fills cmd (reusing its buffer); 0 or UV_ENOMEM ------ */
 
+/* Whether this connection's user may run every command the scripts of
+ * this durability run (lua/probe.lua; journal: journal mode's too; wait:
+ * WAIT, for REDIS_MIN_REPLICAS), always sent whole. */
+int scripts_cmd_probe(struct scripts_cmd *cmd, struct scripts *j, bool journal,
+                      bool wait);
 /* floor: the lowest batch not yet settled (applied or failed). */
 int scripts_cmd_batch(struct scripts_cmd *cmd, struct scripts *j, uint64_t seq,
                       uint64_t n, uint64_t floor);

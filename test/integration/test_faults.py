@@ -38,14 +38,17 @@ def log_time(event):
 
 def batch_calls(redis):
     """How many batch scripts (EVAL or EVALSHA) Redis has been sent: run
-    (with errors or not), or rejected before they ran."""
+    (with errors or not), or rejected before they ran. Each handshake of
+    gracefuld also sends one EVAL, the probe of its commands, beside one
+    CONFIG GET (maxmemory-policy), which nothing else here sends: those are
+    left out."""
     stats = redis.cli("INFO", "commandstats")
-    n = 0
-    for cmd in ("eval", "evalsha"):
+
+    def calls(cmd):
         m = re.search(rf"cmdstat_{cmd}:calls=(\d+),.*?rejected_calls=(\d+)",
                       stats)
-        n += int(m.group(1)) + int(m.group(2)) if m else 0
-    return n
+        return int(m.group(1)) + int(m.group(2)) if m else 0
+    return calls("eval") + calls("evalsha") - calls(r"config\|get")
 
 
 # ---- Redis paused ----------------------------------------------------------

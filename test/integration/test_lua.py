@@ -17,12 +17,14 @@ FENCES = ["p:fences", "p:fence_uses", "p:skips"]
 
 
 def script(name):
-    """The script as the binary sends it: the prelude, then the script."""
-    text = b""
-    for part in ("prelude", name):
-        with open(os.path.join(LUA, part + ".lua"), "rb") as f:
-            text += f.read()
-    return text
+    """The script as the binary sends it: the prelude, then the script (but
+    a script that opens with a shebang, which must stay first)."""
+    with open(os.path.join(LUA, name + ".lua"), "rb") as f:
+        text = f.read()
+    if text.startswith(b"#!"):
+        return text
+    with open(os.path.join(LUA, "prelude.lua"), "rb") as f:
+        return f.read() + text
 
 
 def encode(*args):

@@ -126,6 +126,35 @@ def test_journal_mode_needs_only_its_listed_commands(protected, tmp_path):
         g.stop()
 
 
+def test_a_user_without_a_command_it_needs_is_never_ready(protected,
+                                                          tmp_path):
+    """An ACL user without one command the journal scripts run (HVALS, which
+    only a leave runs): the handshake's probe (redis.acl_check_cmd) finds it
+    before anything is accepted, instead of at the end of the run. Never
+    ready, one line naming the command; granted, the replica counts."""
+    acl_user(protected, "gracefuld", ["counter", "gracefuld:*"],
+             [c for c in JOURNAL_MODE_COMMANDS if c != "+hvals"])
+    g = Gracefuld(env={
+        "REDIS_URL": f"redis://gracefuld@127.0.0.1:{protected.port}",
+        "REDIS_PASSWORD_FILE": secret_file(tmp_path),
+        "DURABILITY": "redis", "INCR_DELAY_MS": "0"}).start()
+    try:
+        refused = g.wait_event("redis_keys_unusable")
+        assert refused["reply"].startswith("NOPERM")
+        assert "HVALS" in refused["reply"]
+        assert g.get("/readyz") == 503
+        assert g.get("/incr") == 503
+        protected.cli("ACL", "SETUSER", "gracefuld", "+hvals")
+        g.wait_event("redis_up", timeout=10)
+        assert g.get("/incr") == 200
+        g.signal()
+        assert g.wait(15) == 0
+        assert protected.counter() == 1
+        no_password_in(g)
+    finally:
+        g.stop()
+
+
 def test_an_acl_user_granted_only_what_gracefuld_needs(protected, tmp_path):
     acl_user(protected, "gracefuld", ["counter", "gracefuld:*"])
     g = Gracefuld(env={

@@ -127,6 +127,32 @@ static void test_journal_lease_is_renewed_three_times_per_length(void **state) {
   assert_int_equal(scripts_renew_period_ms(1), 1);
 }
 
+/* The probe is always sent whole, with no keys (it runs no command), and
+ * asks for journal mode's commands and WAIT only where they are used. */
+static void test_journal_probe_asks_for_what_the_mode_runs(void **state) {
+  (void)state;
+  size_t sizes[4];
+  for (int i = 0; i < 4; i++) {
+    assert_int_equal(scripts_cmd_probe(&cmd, &j, i & 1, i & 2), 0);
+    redisReply *a = parsed();
+    assert_arg(a, 0, "EVAL");
+    assert_true(strncmp(a->element[1]->str, "#!lua flags=no-writes", 21) == 0);
+    assert_arg(a, 2, "0");
+    assert_arg(a, 3, "3"); /* EVALSHA <sha> 0 first */
+    assert_arg(a, 4, "EVALSHA");
+    sizes[i] = a->elements;
+    bool has_hvals = false, has_wait = false;
+    for (size_t k = 3; k < a->elements; k++) {
+      has_hvals |= strcmp(a->element[k]->str, "HVALS") == 0;
+      has_wait |= strcmp(a->element[k]->str, "WAIT") == 0;
+    }
+    assert_int_equal(has_hvals, (i & 1) != 0);
+    assert_int_equal(has_wait, (i & 2) != 0);
+    freeReplyObject(a);
+  }
+  assert_true(sizes[0] < sizes[1] && sizes[0] < sizes[2]);
+}
+
 static void test_journal_batch_is_one_fenced_eval(void **state) {
   (void)state;
   assert_int_equal(scripts_cmd_batch(&cmd, &j, 42, 1000, 40), 0);
@@ -441,6 +467,8 @@ int main(void) {
           test_journal_clock_is_wall_time_that_follows_the_monotonic),
       cmocka_unit_test_setup(
           test_journal_lease_is_renewed_three_times_per_length, forget),
+      cmocka_unit_test_setup(test_journal_probe_asks_for_what_the_mode_runs,
+                             forget),
       cmocka_unit_test_setup(test_journal_batch_is_one_fenced_eval, forget),
       cmocka_unit_test_setup(test_journal_write_names_replica_and_registry,
                              forget),
