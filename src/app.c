@@ -451,6 +451,7 @@ int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg,
                                         ? cfg->sentinel_password_file
                                         : NULL,
           .timeout_ms = cfg->redis_timeout_ms,
+          .reauth_ms = cfg->redis_reauth_ms,
           .refuse_allkeys_eviction = cfg->refuse_allkeys_eviction},
       &link_client);
   uint64_t id;

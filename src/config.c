@@ -110,6 +110,10 @@ static const struct setting settings[] = {
      "one JSON object per line, or text for people", K_LOG_FORMAT, 0, 0, 0},
     {"LOG_LEVEL", "log-level", "LEVEL", "info", "debug, info, warn or error",
      K_LOG_LEVEL, 0, 0, 0},
+    {"REDIS_REAUTH_MS", "redis-reauth-ms", "MS", "0",
+     "send AUTH again on a live connection this often (a password that "
+     "expires, an IAM token), read from the password file; 0: never",
+     K_UINT, FIELD(redis_reauth_ms), 0, DAY_MS},
     {"REDIS_TIMEOUT_MS", "redis-timeout-ms", "MS", "5000",
      "Redis connect timeout, and how long a command may go unanswered", K_UINT,
      FIELD(redis_timeout_ms), 10, DAY_MS},

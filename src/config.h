@@ -55,6 +55,7 @@ struct config {
   enum log_format log_format;
   enum log_level log_level;
   uint64_t redis_timeout_ms;
+  uint64_t redis_reauth_ms; /* REDIS_REAUTH_MS: 0, never */
   uint64_t header_max_bytes;
   uint64_t max_headers;
   uint64_t url_max_bytes;

@@ -36,6 +36,7 @@ void redis_link_init(struct redis_link *link, uv_loop_t *loop,
   link->state = LINK_IDLE;
   link->rng = (uint32_t)uv_hrtime() | 1;
   uv_timer_init(loop, &link->timer);
+  uv_timer_init(loop, &link->reauth_timer);
   link->target = opts->target;
   if (opts->sentinel_password) {
     snprintf(link->sentinel_password, sizeof link->sentinel_password, "%s",
@@ -244,6 +245,41 @@ static bool auth_unneeded(const redisReply *reply) {
          strstr(reply->str, "no password is set");
 }
 
+static void reread_password(const char *path, const char *which, char *password,
+                            bool *has, bool *unreadable);
+static int send_auth_with(struct redis_link *link, redisCallbackFn *fn,
+                          void *tag);
+
+/* The reply to an AUTH sent again on a live connection. Refused (the
+ * password expired, or changed without the file following), the
+ * connection is retired: the next one logs in with the file as it is then,
+ * or waits for it with the backoff. */
+static void on_reauth_reply(redisAsyncContext *ac, void *r, void *privdata) {
+  struct redis_link *link = ac->data;
+  redisReply *reply = r;
+  (void)privdata;
+  if (!reply || link->state != LINK_READY)
+    return;
+  if (reply->type == REDIS_REPLY_ERROR) {
+    log_warn("redis_reauth_failed", LOG_STR("addr", link->addr),
+             LOG_STRN("error", reply->str, reply->len));
+    redis_link_retire(link, reply->str, reply->len);
+    return;
+  }
+  log_debug("redis_reauth", LOG_STR("addr", link->addr));
+}
+
+static void on_reauth(uv_timer_t *timer) {
+  struct redis_link *link =
+      container_of(timer, struct redis_link, reauth_timer);
+  if (link->state != LINK_READY)
+    return;
+  struct redis_target *t = &link->target;
+  reread_password(link->opts.password_file, "redis", t->password,
+                  &t->has_password, &link->password_unreadable_logged);
+  send_auth_with(link, on_reauth_reply, NULL);
+}
+
 static void handshake_done(struct redis_link *link) {
   uint64_t now = uv_now(link->loop);
   uv_timer_stop(&link->timer);
@@ -262,6 +298,9 @@ static void handshake_done(struct redis_link *link) {
   link->down_logged = false;
   link->auth_failed_logged = false;
   link->failures = 0;
+  if (link->opts.reauth_ms && link->target.has_password)
+    uv_timer_start(&link->reauth_timer, on_reauth, link->opts.reauth_ms,
+                   link->opts.reauth_ms);
   link->client->on_ready(link);
 }
 
@@ -522,6 +561,21 @@ static int send_step(struct redis_link *link, const char *tag, int argc,
   return rc;
 }
 
+/* Queues AUTH of the target's user and password (the password alone
+ * without a user), its reply to fn with tag; no password, nothing. */
+static int send_auth_with(struct redis_link *link, redisCallbackFn *fn,
+                          void *tag) {
+  const struct redis_target *t = &link->target;
+  if (!t->has_password)
+    return REDIS_OK;
+  if (t->user[0])
+    return redisAsyncCommandArgv(link->ac, fn, tag, 3,
+                                 (const char *[]){"AUTH", t->user, t->password},
+                                 NULL);
+  return redisAsyncCommandArgv(link->ac, fn, tag, 2,
+                               (const char *[]){"AUTH", t->password}, NULL);
+}
+
 /* Queues AUTH when there is a password (NULL: none): user and password,
  * or the password alone. */
 static int send_auth(struct redis_link *link, const char *user,
@@ -658,6 +712,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
            ac->err && ac->errstr[0] ? ac->errstr
            : link->why[0]           ? link->why
                                     : "disconnected");
+  uv_timer_stop(&link->reauth_timer);
   bool was_ready = link->state == LINK_READY || link->state == LINK_RETIRING;
   retry_later(link, why);
   /* The replies it still owed have been handed back, as lost. */
@@ -783,6 +838,7 @@ void redis_link_close(struct redis_link *link) {
     }
   }
   uv_close((uv_handle_t *)&link->timer, NULL);
+  uv_close((uv_handle_t *)&link->reauth_timer, NULL);
   free_checks(link);
   free(link->probe);
   link->probe = NULL;

@@ -75,6 +75,9 @@ struct redis_link_options {
    * the next connection on. */
   const char *password_file;
   const char *sentinel_password_file;
+  /* Every this many ms a ready connection sends AUTH again, with the
+   * password as last read (a token that expires); 0: never. */
+  uint64_t reauth_ms;
   /* Bounds a connect with its handshake, and how long a command may go
    * unanswered. */
   uint64_t timeout_ms;
@@ -101,6 +104,7 @@ struct redis_link {
   redisAsyncContext *ac;
   enum redis_link_state state;
   uv_timer_t timer; /* backoff, connect timeout or reply watchdog */
+  uv_timer_t reauth_timer;
   uv_getaddrinfo_t resolver;
   uint64_t in_flight;      /* commands sent, reply not yet read */
   uint64_t last_progress;  /* uv_now of the last reply (or first send) */

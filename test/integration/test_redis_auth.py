@@ -5,12 +5,13 @@ wrong credentials, a password added later, a master turned replica
 may ever reach a log line, --help, /metrics or the termination message."""
 
 import os
+import re
 import subprocess
 import time
 
 import pytest
 
-from gracefuld_testlib import Gracefuld, Redis, require_binary
+from gracefuld_testlib import Gracefuld, Redis, poll_until, require_binary
 
 PASSWORD = "s3cret-pw"
 
@@ -350,6 +351,47 @@ def test_a_rotated_password_is_used_from_the_next_connection(protected,
         assert protected.counter() == ok == 10
         assert len([e for e in g.events(mark)
                     if e["event"] == "redis_auth_failed"]) <= 1
+        no_password_in(g)
+        assert NEW_PASSWORD not in "\n".join(g.log.lines)
+    finally:
+        g.stop()
+
+
+def test_reauth_sends_auth_again_on_the_live_connection(protected,
+                                                       tmp_path):
+    """REDIS_REAUTH_MS: AUTH again on the live connection, with the file as
+    it is then, as a token that expires wants. While the password holds,
+    the connection lives on (one connection, AUTH counted again); once Redis
+    no longer takes it, the next AUTH fails, the connection is retired and
+    the replica waits for the file with the backoff; nothing is lost."""
+    volume = SecretVolume(tmp_path, PASSWORD)
+    g = Gracefuld(env={
+        "REDIS_ADDR": protected.addr, "REDIS_PASSWORD_FILE": volume.path,
+        "REDIS_REAUTH_MS": "100", "INCR_DELAY_MS": "0"}).start()
+
+    def auth_calls():
+        m = re.search(r"cmdstat_auth:calls=(\d+)",
+                      protected.cli("INFO", "commandstats"))
+        return int(m.group(1)) if m else 0
+    try:
+        g.wait_event("redis_up")
+        before = auth_calls()
+        poll_until(lambda: auth_calls() >= before + 3, 10,
+                   "AUTH sent again three times")
+        assert [e["event"] for e in g.events()].count("redis_up") == 1
+        ok = sum(g.get("/incr") == 200 for _ in range(3))
+        mark = g.mark()
+        protected.cli("CONFIG", "SET", "requirepass", NEW_PASSWORD)
+        protected.password = NEW_PASSWORD
+        failed = g.wait_event("redis_reauth_failed", start=mark)
+        assert failed["error"].startswith("WRONGPASS")
+        g.wait_event("redis_auth_failed", start=mark)  # the reconnect
+        volume.set(NEW_PASSWORD)
+        g.wait_event("redis_up", start=mark, timeout=15)
+        ok += sum(g.get("/incr") == 200 for _ in range(3))
+        g.signal()
+        assert g.wait(15) == 0
+        assert protected.counter() == ok == 6
         no_password_in(g)
         assert NEW_PASSWORD not in "\n".join(g.log.lines)
     finally:
