@@ -1062,14 +1062,20 @@ class Bench:
 
 def lua_scripts():
     """{script name: (the start of its text, its SHA-1)}, to tell gracefuld's
-    EVALs (each script starts with a comment of its own) and EVALSHAs apart
-    in MONITOR's lines."""
+    EVALSHAs apart in MONITOR's lines, as the binary sends them: prelude.lua
+    first, except before a script that opens with a shebang. A script sent
+    whole opens with the prelude, so its start tells only that it was sent
+    whole ("prelude": once per script and connection)."""
     d = os.path.join(ROOT, "src", "redis", "lua")
+    with open(os.path.join(d, "prelude.lua"), "rb") as fh:
+        prelude = fh.read()
     out = {}
     for f in sorted(os.listdir(d)):
         if f.endswith(".lua"):
             with open(os.path.join(d, f), "rb") as fh:
                 text = fh.read()
+            if f != "prelude.lua" and not text.startswith(b"#!"):
+                text = prelude + text
             out[f[:-4]] = (text.split(b"\n", 1)[0].strip()[:40],
                            hashlib.sha1(text).hexdigest().encode())
     return out

@@ -149,7 +149,7 @@ def table(res):
         add(f"  Redis other commands during the run ({mode})",
             fmt(x["other_commands"]), "",
             ", ".join(f"{c} {v}" for c, v in sorted(x["other"].items())),
-            "the handshake" + (", lease renewals (SET) and adoption scans"
+            "the handshake" + (", lease renewals and adoptions"
                                if k == "journal" else ""))
         add(f"  increments per Redis read ({mode})",
             fmt(x["increments_per_redis_read"], 1), "", "", "many")
