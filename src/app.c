@@ -463,6 +463,7 @@ int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg,
       .counter_key = cfg->counter_key,
       .replica_id = id,
       .lease_ms = cfg->lease_ms,
+      .incr_delay_ms = cfg->incr_delay_ms,
       .min_replicas = cfg->min_replicas,
       /* WAIT's own timeout stays under the reply watchdog's. */
       .wait_timeout_ms =

@@ -77,6 +77,7 @@ struct delivery_options {
   const char *counter_key; /* COUNTER_KEY */
   uint64_t replica_id;     /* names this replica's keys */
   uint64_t lease_ms;       /* journal mode */
+  uint64_t incr_delay_ms;  /* journal mode: how far ahead entries fall due */
   /* REDIS_MIN_REPLICAS: what Redis applied counts only once a WAIT (with
    * wait_timeout_ms) says that many replicas have it; 0: at once. */
   uint64_t min_replicas;
@@ -122,6 +123,11 @@ struct delivery_journal {
   uint64_t writes_in_flight;    /* journal writes among the sends */
   uv_timer_t lease_timer;       /* renew (and adopt what it names) */
   uint64_t lease_ms;
+  uint64_t incr_delay_ms;
+  /* Renewals move what the queue may have missed (they read the whole
+   * journal) until then (monotonic ms), and every SWEEP_EVERY-th one. */
+  uint64_t sweep_until;
+  uint64_t renewals;
 };
 
 struct delivery {

@@ -46,11 +46,13 @@ struct applied_move {
 static struct delivery_journal *jm(struct delivery *d) { return &d->m.journal; }
 
 static void on_lease_timer(uv_timer_t *timer);
+static void sweep_for_a_while(struct delivery *d);
 
 static int journal_mode_init(struct delivery *d,
                              const struct delivery_options *opts) {
   struct delivery_journal *j = jm(d);
-  *j = (struct delivery_journal){.lease_ms = opts->lease_ms};
+  *j = (struct delivery_journal){.lease_ms = opts->lease_ms,
+                                 .incr_delay_ms = opts->incr_delay_ms};
   int rc = delivery_ring_init(&j->moving, sizeof(struct run));
   if (rc)
     goto fail;
@@ -169,15 +171,15 @@ static bool journal_resend(struct delivery *d, uint64_t seq, struct entry *e) {
 static void journal_settled(struct delivery *d, uint64_t seq,
                             const struct entry *e) {
   const struct write *w = (const struct write *)e;
-  bool held = w->held;
-  if (held && incr_queue_add(d->queue, w->deadline, e->n) != 0) {
-    /* Held by Redis, but not by this process: the journal keeps them,
-     * and whoever adopts it counts them. Answered 503 here. */
+  if (w->held && incr_queue_add(d->queue, w->deadline, e->n) != 0) {
+    /* Held by Redis, but not by this process's queue: still a 200 (Redis
+     * counts it once), moved by a renewal once due, or by whoever adopts
+     * the journal. */
     log_error("queue_full", LOG_UINT("increments", e->n));
-    held = false;
+    sweep_for_a_while(d);
   }
   jm(d)->in_writes -= e->n;
-  d->events->on_written(d, seq, held);
+  d->events->on_written(d, seq, w->held);
 }
 
 static void on_move_reply(struct delivery *d, uint64_t end,
@@ -393,6 +395,23 @@ static void journal_unconfirmed(struct delivery *d, uint64_t n) {
 
 /* ---- Lease, adoption, leaving ------------------------------------------- */
 
+/* A renewal that reads the whole journal costs Redis a moment per entry:
+ * it sweeps while something may have escaped the queue, and now and then
+ * whatever happens. */
+#define SWEEP_EVERY 30
+
+/* Something may have escaped the queue (a connection lost with an
+ * adoption's reply, an adoption that failed, a queue push refused): the
+ * renewals sweep until every entry that could have escaped has fallen due,
+ * and a renewal period more. */
+static void sweep_for_a_while(struct delivery *d) {
+  struct delivery_journal *j = jm(d);
+  uint64_t until = uv_now(d->loop) + j->incr_delay_ms +
+                   2 * scripts_renew_period_ms(j->lease_ms);
+  if (until > j->sweep_until)
+    j->sweep_until = until;
+}
+
 static void renew(struct delivery *d) {
   struct delivery_journal *j = jm(d);
   if (d->state != DELIVERY_READY)
@@ -400,8 +419,10 @@ static void renew(struct delivery *d) {
   /* Entries due a renewal period ago or more: the queue moves its own at
    * their deadline, the renewal whatever the queue missed. */
   uint64_t period = scripts_renew_period_ms(j->lease_ms);
-  uint64_t now = scripts_wall(&d->scripts, uv_now(d->loop));
-  if (scripts_cmd_renew(&d->cmd, &d->scripts, j->lease_ms, now - period) == 0)
+  uint64_t now = uv_now(d->loop);
+  bool sweep = now < j->sweep_until || ++j->renewals % SWEEP_EVERY == 0;
+  uint64_t due = sweep ? scripts_wall(&d->scripts, now) - period : 0;
+  if (scripts_cmd_renew(&d->cmd, &d->scripts, j->lease_ms, due) == 0)
     delivery_send(d, TAG_RENEW, 0);
 }
 
@@ -412,6 +433,7 @@ static void on_lease_timer(uv_timer_t *timer) { renew(timer->data); }
 static void journal_ready(struct delivery *d) {
   struct delivery_journal *j = jm(d);
   j->moving_sent = j->moving_replied;
+  sweep_for_a_while(d); /* replies lost with the last connection */
   renew(d);
   uint64_t period = scripts_renew_period_ms(j->lease_ms);
   uv_timer_start(&j->lease_timer, on_lease_timer, period, period);
@@ -464,14 +486,17 @@ static void on_adopt_reply(struct delivery *d, const redisReply *reply) {
     return;
   if (!scripts_adoption_of(reply, &a)) {
     failed_reply("journal_adopt_failed", reply);
+    sweep_for_a_while(d);
     return;
   }
   uint64_t deadline_wall, n;
   for (size_t i = 0; scripts_adoption_entry(&a, i, &deadline_wall, &n); i++) {
     uint64_t deadline = deadline_wall - (uint64_t)d->scripts.clock_offset;
-    if (incr_queue_add(d->queue, deadline, n) != 0)
+    if (incr_queue_add(d->queue, deadline, n) != 0) {
       /* In this journal: a renewal after it falls due moves it. */
       log_error("queue_full", LOG_UINT("increments", n));
+      sweep_for_a_while(d);
+    }
   }
   if (a.n == 0)
     return; /* adopted by another, left empty, or renewed meanwhile */

@@ -343,6 +343,34 @@ static void test_delivery_counts_what_redis_moved(void **state) {
   assert_int_equal(f->c.stats.journal_swept, 6);
 }
 
+/* A renewal reads the whole journal only while something may have escaped
+ * the queue (after a reconnect, a failed adoption, a full queue), and every
+ * 30th renewal whatever happens. */
+static void test_delivery_sweeps_only_when_it_may_be_needed(void **state) {
+  struct fixture *f = *state;
+  ready_with_lease(f);
+  assert_true(argv_u64(&f->sent[0], 2) > 0); /* after a (re)connect */
+  f->c.m.journal.sweep_until = 0;            /* that while is over */
+  f->c.m.journal.renewals = 0;
+  uv_timer_t *lease = &f->c.m.journal.lease_timer;
+  for (int i = 1; i <= 30; i++) {
+    lease->timer_cb(lease);
+    const struct sent *r = &f->sent[f->nsent - 1];
+    assert_true(runs(f, r, SCRIPTS_RENEW));
+    if (i < 30)
+      assert_int_equal(argv_u64(r, 2), 0);
+    else
+      assert_true(argv_u64(r, 2) > 0);
+    reply_renewal(f, 0, NULL);
+  }
+  /* An adoption that failed: sweeping again, at once. */
+  lease->timer_cb(lease);
+  reply_renewal(f, 0, "00000000000000ab");
+  reply_error(f, "OOM command not allowed");
+  lease->timer_cb(lease);
+  assert_true(argv_u64(&f->sent[f->nsent - 1], 2) > 0);
+}
+
 static void test_delivery_holds_a_write_until_redis_has_it(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
@@ -568,6 +596,7 @@ int main(void) {
       MEMORY(test_delivery_fails_a_batch_no_retry_can_fix),
       JOURNAL(test_delivery_renews_its_lease_when_ready),
       JOURNAL(test_delivery_counts_what_redis_moved),
+      JOURNAL(test_delivery_sweeps_only_when_it_may_be_needed),
       JOURNAL(test_delivery_holds_a_write_until_redis_has_it),
       JOURNAL(test_delivery_refuses_a_write_with_no_connection),
       JOURNAL(test_delivery_resolves_lost_writes_and_reports_in_order),

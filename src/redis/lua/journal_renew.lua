@@ -4,7 +4,8 @@
 --   the end of its lease, Redis's clock, ms)   KEYS[3] the counter
 --   ARGV[1] this replica's id   ARGV[2] lease, ms
 --   ARGV[3] entries due at or before this (this replica's wall clock, ms)
---           are moved to the counter here
+--           are moved to the counter here; 0: none (the journal is not
+--           read: a renewal while the queue is known to hold everything)
 -- Every due entry of the journal moves, whatever the replica's queue says:
 -- entries adopted by a reply that was lost, or whose queue push failed, are
 -- moved by the next renewal after they fall due. A move the queue sends for
@@ -21,7 +22,10 @@ redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
 local due = tonumber(ARGV[3])
 local fields = {}
 local total = 0
-local all = redis.call('HGETALL', KEYS[1])
+local all = {}
+if due > 0 then
+  all = redis.call('HGETALL', KEYS[1])
+end
 for i = 1, #all, 2 do
   if tonumber(all[i]) <= due then
     fields[#fields + 1] = all[i]
