@@ -16,4 +16,11 @@
  * UV_ERANGE. *out is left alone on error. */
 int base_parse_u64(const char *v, size_t n, uint64_t max, uint64_t *out);
 
+/* Whether a count that went from before to after has passed a power of
+ * two (or left 0): a line logged at those steps says a growing count
+ * without saying it at every step. */
+static inline int base_passed_power_of_two(uint64_t before, uint64_t after) {
+  return (before ^ after) > before;
+}
+
 #endif

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base.h"
 #include "incr/delivery_mode.h"
 #include "log.h"
 
@@ -252,7 +253,7 @@ void delivery_failed(struct delivery *d, uint64_t n, const redisReply *reply) {
   uint64_t before = d->stats.failed;
   d->stats.failed += n;
   /* One line for the first failures, then one per power of two. */
-  if ((before ^ d->stats.failed) > before)
+  if (base_passed_power_of_two(before, d->stats.failed))
     log_error("incr_failed", LOG_UINT("failed", d->stats.failed),
               LOG_STRN("reply",
                        reply->type == REDIS_REPLY_ERROR ? reply->str : "",

@@ -8,6 +8,7 @@
  * gives it up. */
 #include <stdlib.h>
 
+#include "base.h"
 #include "incr/delivery_mode.h"
 #include "log.h"
 
@@ -190,7 +191,7 @@ static void on_move_reply(struct delivery *d, uint64_t end,
 static void refused(struct delivery *d, uint64_t n, const redisReply *reply) {
   uint64_t before = d->stats.journal_errors;
   d->stats.journal_errors += n;
-  if ((before ^ d->stats.journal_errors) > before)
+  if (base_passed_power_of_two(before, d->stats.journal_errors))
     log_warn("journal_write_refused",
              LOG_UINT("increments", d->stats.journal_errors),
              LOG_STRN("reply", reply->str, reply->len));

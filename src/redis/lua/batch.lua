@@ -36,9 +36,9 @@ end
 local r = redis.pcall('INCRBY', KEYS[1], ARGV[2])
 if type(r) == 'table' and r.err then
   if string.sub(r.err, 1, 3) ~= 'OOM' then
-    fence_set(f, id, seq, age)
+    fence_set(f, id, seq, age, redis_ms())
   end
   return r
 end
-fence_set(f, id, seq, age)
+fence_set(f, id, seq, age, redis_ms())
 return 1

@@ -20,7 +20,7 @@ local seq = tonumber(ARGV[1])
 local last = fence_get(f, id)
 if seq > last then
   skips_add(f, id, last + 1, seq)
-  fence_set(f, id, seq, tonumber(ARGV[2]))
+  fence_set(f, id, seq, tonumber(ARGV[2]), redis_ms())
   return 0
 end
 if skipped(f, id, seq) then

@@ -39,8 +39,9 @@ local function record()
   if seq > last + 1 then
     skips_add(f, id, last + 1, seq - 1)
   end
-  fence_set(f, id, seq, tonumber(ARGV[6]))
-  redis.call('ZADD', KEYS[5], redis_ms() + tonumber(ARGV[5]), id)
+  local now = redis_ms()
+  fence_set(f, id, seq, tonumber(ARGV[6]), now)
+  redis.call('ZADD', KEYS[5], now + tonumber(ARGV[5]), id)
   skips_forget(f, id, ARGV[4])
   return 1
 end

@@ -79,8 +79,8 @@ local function fence_get(f, id)
   return tonumber(redis.call('HGET', f.fences, id) or 0)
 end
 
-local function fence_set(f, id, n, age)
-  local now = redis_ms()
+-- now: Redis's clock (redis_ms), read once by the caller.
+local function fence_set(f, id, n, age, now)
   redis.call('HSET', f.fences, id, n)
   redis.call('ZADD', f.used, now, id)
   local stale = redis.call('ZRANGEBYSCORE', f.used, '-inf', now - age,
