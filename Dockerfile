@@ -17,7 +17,8 @@ FROM ${BASE} AS build
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      build-essential cmake pkg-config libuv1-dev libhiredis-dev node-llhttp \
+      build-essential cmake pkg-config libuv1-dev libhiredis-dev libssl-dev \
+      node-llhttp ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src

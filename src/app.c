@@ -79,6 +79,8 @@ static void respond(struct server *srv, const struct http_request *req,
           .counter = &app->delivery.stats,
           .pending = pending(app),
           .redis_connected = redis_link_connected(&app->link),
+          .redis_node = app->link.node,
+          .redis_transport = app->link.transport,
           .phase = app->shutdown.phase,
       };
       size_t len;
@@ -420,8 +422,25 @@ int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg,
   /* A client that vanishes must cost an error code, not the process. */
   signal(SIGPIPE, SIG_IGN);
   metrics_init(&app->metrics);
+  int rc;
+  if (cfg->redis.tls) {
+    *part = "Redis TLS settings";
+    char why[512];
+    rc = redis_tls_init(&app->tls,
+                        &(struct redis_tls_options){
+                            .ca_file = cfg->tls_ca_file,
+                            .cert_file = cfg->tls_cert_file,
+                            .key_file = cfg->tls_key_file,
+                            .server_name = cfg->tls_server_name,
+                        },
+                        why, sizeof why);
+    if (rc) {
+      log_error("redis_tls_unusable", LOG_STR("error", why));
+      return rc;
+    }
+  }
   *part = "queue";
-  int rc = incr_queue_init(&app->queue, loop, on_due);
+  rc = incr_queue_init(&app->queue, loop, on_due);
   if (rc)
     goto fail;
   server_init(&app->server, loop,
@@ -452,6 +471,7 @@ int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg,
                                         : NULL,
           .timeout_ms = cfg->redis_timeout_ms,
           .reauth_ms = cfg->redis_reauth_ms,
+          .tls = cfg->redis.tls ? &app->tls : NULL,
           .refuse_allkeys_eviction = cfg->refuse_allkeys_eviction},
       &link_client);
   uint64_t id;
@@ -540,6 +560,7 @@ fail_delivery:
   server_close(&app->server);
   incr_queue_close(&app->queue, NULL);
 fail:
+  redis_tls_free(&app->tls); /* no connection was made */
   return rc;
 }
 
@@ -567,5 +588,7 @@ int app_run(struct app *app) {
     redis_link_start(&app->link);
   }
   uv_run(app->loop, UV_RUN_DEFAULT);
+  /* Every connection, and with it every TLS session, is closed. */
+  redis_tls_free(&app->tls);
   return app->exit_code;
 }

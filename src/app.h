@@ -30,6 +30,7 @@ struct app {
   struct server server;
   struct incr_queue queue;
   struct redis_link link;
+  struct redis_tls tls; /* rediss://: the context every connection uses */
   struct delivery delivery;
   struct commit commit; /* journal mode: the held 200s */
   struct shutdown shutdown;

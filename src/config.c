@@ -49,9 +49,23 @@ static const struct setting settings[] = {
      "Redis server; a host name is resolved again at every reconnect",
      K_ADDR_REDIS, 0, 0, 0},
     {"REDIS_URL", "redis-url", "URL", "(none)",
-     "redis://[[user][:password]@]host[:port][/db] or "
-     "unix:///path.sock[?db=N]; not with REDIS_ADDR; no rediss:// (no TLS)",
+     "redis://[[user][:password]@]host[:port][/db], rediss://... (TLS, to "
+     "the Sentinels too) or unix:///path.sock[?db=N]; not with REDIS_ADDR",
      K_REDIS_URL, 0, 0, 0},
+    {"REDIS_TLS_CA_FILE", "redis-tls-ca-file", "PATH", "(the system's bundle)",
+     "rediss://: the CA certificates (PEM) that the server's certificate "
+     "must chain to; the certificate and host name are always verified",
+     K_PATH, FIELD(tls_ca_file), 0, 0},
+    {"REDIS_TLS_CERT_FILE", "redis-tls-cert-file", "PATH", "(none)",
+     "rediss://: a client certificate (PEM chain), with REDIS_TLS_KEY_FILE",
+     K_PATH, FIELD(tls_cert_file), 0, 0},
+    {"REDIS_TLS_KEY_FILE", "redis-tls-key-file", "PATH", "(none)",
+     "rediss://: the client certificate's private key (PEM)", K_PATH,
+     FIELD(tls_key_file), 0, 0},
+    {"REDIS_TLS_SERVER_NAME", "redis-tls-server-name", "NAME", "(the host)",
+     "rediss://: the name sent as SNI and verified in the certificate, "
+     "instead of the host connected to (an IP literal: its IP address)",
+     K_PATH, FIELD(tls_server_name), 0, 0},
     {"REDIS_USERNAME", "redis-username", "USER", "(none)",
      "ACL user to AUTH as (with the password)", K_REDIS_USER, 0, 0, 0},
     {"REDIS_PASSWORD_FILE", "redis-password-file", "PATH", "(none)",
@@ -448,6 +462,13 @@ enum config_result config_parse(struct config *cfg, int argc, char *const *argv,
     snprintf(err, err_len,
              "REDIS_MASTER_NAME (--redis-master-name) needs REDIS_SENTINELS "
              "(--redis-sentinels)");
+    return CONFIG_ERROR;
+  }
+  if (!cfg->redis.tls && (cfg->tls_ca_file[0] || cfg->tls_cert_file[0] ||
+                          cfg->tls_key_file[0] || cfg->tls_server_name[0])) {
+    snprintf(err, err_len,
+             "REDIS_TLS_* settings need a rediss:// REDIS_URL (--redis-url): "
+             "without it the connection would be plain text");
     return CONFIG_ERROR;
   }
   if (cfg->n_sentinels > 0 && cfg->redis.transport == REDIS_UNIX) {

@@ -42,6 +42,11 @@ struct config {
    * link at every connection. */
   char redis_password_file[CONFIG_PATH_MAX];
   char sentinel_password_file[CONFIG_PATH_MAX];
+  /* rediss://: REDIS_TLS_* (empty: not set) */
+  char tls_ca_file[CONFIG_PATH_MAX];
+  char tls_cert_file[CONFIG_PATH_MAX];
+  char tls_key_file[CONFIG_PATH_MAX];
+  char tls_server_name[CONFIG_PATH_MAX];
   uint64_t min_replicas; /* REDIS_MIN_REPLICAS: WAIT for this many */
   uint64_t incr_delay_ms;
   char counter_key[CONFIG_KEY_MAX];

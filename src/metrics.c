@@ -65,6 +65,17 @@ __attribute__((format(printf, 2, 3))) static void emit(struct buf *b,
   }
 }
 
+/* v as a label value: backslash, quote and newline escaped. */
+static void label_value(const char *v, char *out, size_t cap) {
+  size_t n = 0;
+  for (; *v && n + 3 < cap; v++) {
+    if (*v == '\\' || *v == '"' || *v == '\n')
+      out[n++] = '\\';
+    out[n++] = *v == '\n' ? 'n' : *v;
+  }
+  out[n] = '\0';
+}
+
 static void family(struct buf *b, const char *name, const char *type,
                    const char *help) {
   emit(b, "# HELP gracefuld_%s %s\n# TYPE gracefuld_%s %s\n", name, help, name,
@@ -178,6 +189,15 @@ char *metrics_render(const struct metrics *m, const struct metrics_view *v,
        (unsigned long long)v->server->open);
   family(&b, "redis_connected", "gauge", "1 while the Redis connection is up.");
   emit(&b, "gracefuld_redis_connected %d\n", v->redis_connected ? 1 : 0);
+  if (v->redis_node && v->redis_node[0]) {
+    char node[2 * 300];
+    label_value(v->redis_node, node, sizeof node);
+    family(&b, "redis_node_info", "gauge",
+           "The Redis server of the last connection made (host:port or a "
+           "socket), and how it is carried: tcp, tls or unix.");
+    emit(&b, "gracefuld_redis_node_info{node=\"%s\",transport=\"%s\"} 1\n",
+         node, v->redis_transport);
+  }
   family(&b, "shutdown_phase", "gauge",
          "1 for the current phase of the shutdown state machine.");
   for (int p = 0; p < PHASE_COUNT; p++)

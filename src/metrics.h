@@ -32,6 +32,8 @@ struct metrics_view {
   const struct counter_stats *counter;
   uint64_t pending;
   int redis_connected;
+  const char *redis_node;      /* "" before the first connection */
+  const char *redis_transport; /* tcp, tls or unix */
   enum shutdown_phase phase;
 };
 

@@ -9,13 +9,14 @@
 #include "redis/redis_error.h"
 #include "redis/redis_secret.h"
 #include "redis/redis_server.h"
-#include "redis/redis_uv.h"
+#include "redis/redis_conn.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
 
 static void connect_now(struct redis_link *link);
-static void on_reply(redisAsyncContext *ac, void *reply, void *privdata);
+static void on_reply(struct redis_conn *conn, redisReply *reply,
+                     void *privdata);
 
 static uint32_t next_random(struct redis_link *link) {
   /* xorshift32: jitter needs spread, not quality. */
@@ -34,6 +35,7 @@ void redis_link_init(struct redis_link *link, uv_loop_t *loop,
   link->opts = *opts;
   link->client = client;
   link->state = LINK_IDLE;
+  link->transport = "";
   link->rng = (uint32_t)uv_hrtime() | 1;
   uv_timer_init(loop, &link->timer);
   uv_timer_init(loop, &link->reauth_timer);
@@ -105,7 +107,7 @@ static void set_why(struct redis_link *link, const char *why, size_t len) {
  * backoff. Only the change of state is logged, not every attempt. */
 static void retry_later(struct redis_link *link, const char *why) {
   uint64_t now = uv_now(link->loop);
-  link->ac = NULL;
+  link->conn = NULL;
   if (link->state == LINK_CLOSED)
     return;
   char sentinel_why[sizeof link->why + REDIS_HOST_MAX + 32];
@@ -125,8 +127,9 @@ static void retry_later(struct redis_link *link, const char *why) {
   if (!link->down_logged) {
     link->down_logged = true;
     link->down_since = now;
-    log_warn("redis_down", LOG_STR("addr", link->addr), LOG_STR("reason", why),
-             LOG_STR("retrying", "backoff"));
+    log_warn("redis_down", LOG_STR("addr", link->addr),
+             LOG_STR("node", link->node), LOG_STR("transport", link->transport),
+             LOG_STR("reason", why), LOG_STR("retrying", "backoff"));
   } else {
     log_debug("redis_retry", LOG_STR("reason", why),
               LOG_UINT("failures", link->failures));
@@ -145,16 +148,17 @@ static void retry_later(struct redis_link *link, const char *why) {
 
 static void on_connect_timeout(uv_timer_t *timer) {
   struct redis_link *link = container_of(timer, struct redis_link, timer);
-  redisAsyncContext *ac = link->ac;
+  struct redis_conn *conn = link->conn;
   if (link->state == LINK_HANDSHAKE || link->state == LINK_ASKING) {
     /* Connected: freeing calls on_disconnect, which retries. */
     snprintf(link->why, sizeof link->why, "no answer to the handshake");
-    redisAsyncFree(ac);
+    redis_conn_free(conn);
     return;
   }
-  /* Not connected yet, so freeing runs no callback of ours. */
-  link->ac = NULL;
-  redisAsyncFree(ac);
+  /* Not connected yet (a TLS handshake included), so freeing runs no
+   * callback of ours. */
+  link->conn = NULL;
+  redis_conn_free(conn);
   retry_later(link, "connect timed out");
 }
 
@@ -180,9 +184,10 @@ static void on_watchdog(uv_timer_t *timer) {
            LOG_UINT("waited_ms", now - link->last_progress));
   snprintf(link->why, sizeof link->why, "no reply for %llu ms",
            (unsigned long long)(now - link->last_progress));
-  /* Outside any hiredis callback: this frees at once, hands the replies
-   * still owed back through on_reply(NULL) and calls on_disconnect. */
-  redisAsyncFree(link->ac);
+  /* Outside any callback of the connection's: this frees at once, hands
+   * the replies still owed back through on_reply(NULL) and calls
+   * on_disconnect. */
+  redis_conn_free(link->conn);
 }
 
 /* This connection takes no more work: once its last reply is in, it is
@@ -199,12 +204,12 @@ void redis_link_retire(struct redis_link *link, const char *why, size_t len) {
              LOG_UINT("in_flight", link->in_flight));
   link->retiring_logged = true;
   if (link->in_flight == 0)
-    redisAsyncDisconnect(link->ac); /* deferred inside a hiredis callback */
+    redis_conn_disconnect(link->conn); /* deferred inside a callback */
 }
 
-static void on_reply(redisAsyncContext *ac, void *r, void *privdata) {
-  struct redis_link *link = ac->data;
-  redisReply *reply = r;
+static void on_reply(struct redis_conn *conn, redisReply *reply,
+                     void *privdata) {
+  struct redis_link *link = redis_conn_data(conn);
   link->in_flight--;
   if (link->state == LINK_CLOSED)
     return;
@@ -217,7 +222,7 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata) {
   if (!reply)
     return; /* on_disconnect follows */
   if (link->state == LINK_RETIRING && link->in_flight == 0)
-    redisAsyncDisconnect(ac); /* deferred until this callback returns */
+    redis_conn_disconnect(conn); /* deferred until this callback returns */
   else if (link->in_flight == 0 && link->state == LINK_READY)
     uv_timer_stop(&link->timer);
 }
@@ -226,9 +231,10 @@ int redis_link_send(struct redis_link *link, const char *cmd, size_t len,
                     uint64_t tag) {
   if (link->state != LINK_READY)
     return UV_ENOTCONN;
-  if (redisAsyncFormattedCommand(link->ac, on_reply, (void *)(uintptr_t)tag,
-                                 cmd, len) != REDIS_OK)
-    return UV_ENOMEM;
+  int rc =
+      redis_conn_send(link->conn, on_reply, (void *)(uintptr_t)tag, cmd, len);
+  if (rc != 0)
+    return rc;
   if (link->in_flight++ == 0) {
     link->last_progress = uv_now(link->loop);
     arm_watchdog(link);
@@ -247,16 +253,16 @@ static bool auth_unneeded(const redisReply *reply) {
 
 static void reread_password(const char *path, const char *which, char *password,
                             bool *has, bool *unreadable);
-static int send_auth_with(struct redis_link *link, redisCallbackFn *fn,
+static int send_auth_with(struct redis_link *link, redis_conn_reply_fn *fn,
                           void *tag);
 
 /* The reply to an AUTH sent again on a live connection. Refused (the
  * password expired, or changed without the file following), the
  * connection is retired: the next one logs in with the file as it is then,
  * or waits for it with the backoff. */
-static void on_reauth_reply(redisAsyncContext *ac, void *r, void *privdata) {
-  struct redis_link *link = ac->data;
-  redisReply *reply = r;
+static void on_reauth_reply(struct redis_conn *conn, redisReply *reply,
+                            void *privdata) {
+  struct redis_link *link = redis_conn_data(conn);
   (void)privdata;
   if (!reply || link->state != LINK_READY)
     return;
@@ -288,7 +294,8 @@ static void handshake_done(struct redis_link *link) {
     link->stats.reconnects++;
   if (link->down_logged || !link->ever_ready)
     log_info(
-        "redis_up", LOG_STR("addr", link->addr),
+        "redis_up", LOG_STR("addr", link->addr), LOG_STR("node", link->node),
+        LOG_STR("transport", link->transport),
         LOG_UINT("attempts", link->failures + 1),
         LOG_UINT("down_ms", link->down_logged ? now - link->down_since : 0));
   if (link->checked_keys[0])
@@ -482,9 +489,9 @@ static bool is_check(const struct redis_link *link, const void *privdata) {
   return is_type_tag(link, privdata) || is_get_tag(link, privdata);
 }
 
-static void on_handshake_reply(redisAsyncContext *ac, void *r, void *privdata) {
-  struct redis_link *link = ac->data;
-  redisReply *reply = r;
+static void on_handshake_reply(struct redis_conn *conn, redisReply *reply,
+                               void *privdata) {
+  struct redis_link *link = redis_conn_data(conn);
   link->handshake_left--;
   if (!reply || (link->state != LINK_HANDSHAKE && link->state != LINK_ASKING))
     return; /* the connection is going; on_disconnect retries */
@@ -540,40 +547,39 @@ static void on_handshake_reply(redisAsyncContext *ac, void *r, void *privdata) {
   if (link->handshake_left > 0)
     return;
   if (link->why[0]) {
-    redisAsyncDisconnect(ac); /* on_disconnect retries after a backoff */
+    redis_conn_disconnect(conn); /* on_disconnect retries after a backoff */
   } else if (link->state == LINK_ASKING) {
     link->master_known = true;
     link->state = LINK_ASKED;
-    redisAsyncDisconnect(ac); /* on_disconnect connects to the master */
+    redis_conn_disconnect(conn); /* on_disconnect connects to the master */
   } else {
     handshake_done(link);
   }
 }
 
 /* Queues one command of the handshake (argc strings, none holding a NUL),
- * its reply to come to on_handshake_reply with tag; returns hiredis's
- * status. */
+ * its reply to come to on_handshake_reply with tag; returns 0 or
+ * redis_conn_send's error. */
 static int send_step(struct redis_link *link, const char *tag, int argc,
                      const char **argv) {
-  int rc = redisAsyncCommandArgv(link->ac, on_handshake_reply, (void *)tag,
-                                 argc, argv, NULL);
-  link->handshake_left += rc == REDIS_OK;
+  int rc = redis_conn_send_argv(link->conn, on_handshake_reply, (void *)tag,
+                                argc, argv);
+  link->handshake_left += rc == 0;
   return rc;
 }
 
 /* Queues AUTH of the target's user and password (the password alone
  * without a user), its reply to fn with tag; no password, nothing. */
-static int send_auth_with(struct redis_link *link, redisCallbackFn *fn,
+static int send_auth_with(struct redis_link *link, redis_conn_reply_fn *fn,
                           void *tag) {
   const struct redis_target *t = &link->target;
   if (!t->has_password)
-    return REDIS_OK;
+    return 0;
   if (t->user[0])
-    return redisAsyncCommandArgv(link->ac, fn, tag, 3,
-                                 (const char *[]){"AUTH", t->user, t->password},
-                                 NULL);
-  return redisAsyncCommandArgv(link->ac, fn, tag, 2,
-                               (const char *[]){"AUTH", t->password}, NULL);
+    return redis_conn_send_argv(link->conn, fn, tag, 3,
+                                (const char *[]){"AUTH", t->user, t->password});
+  return redis_conn_send_argv(link->conn, fn, tag, 2,
+                              (const char *[]){"AUTH", t->password});
 }
 
 /* Queues AUTH when there is a password (NULL: none): user and password,
@@ -581,7 +587,7 @@ static int send_auth_with(struct redis_link *link, redisCallbackFn *fn,
 static int send_auth(struct redis_link *link, const char *user,
                      const char *password) {
   if (!password)
-    return REDIS_OK;
+    return 0;
   if (user[0])
     return send_step(link, &tag_auth, 3,
                      (const char *[]){"AUTH", user, password});
@@ -626,33 +632,32 @@ static int send_handshake(struct redis_link *link) {
   reread_password(link->opts.password_file, "redis", t->password,
                   &t->has_password, &link->password_unreadable_logged);
   int rc = send_auth(link, t->user, t->has_password ? t->password : NULL);
-  if (rc == REDIS_OK && t->db) {
+  if (rc == 0 && t->db) {
     char db[16];
     snprintf(db, sizeof db, "%u", t->db);
     rc = send_step(link, NULL, 2, (const char *[]){"SELECT", db});
   }
-  if (rc == REDIS_OK && link->opts.n_sentinels)
+  if (rc == 0 && link->opts.n_sentinels)
     rc = send_step(link, &tag_role, 1, (const char *[]){"ROLE"});
-  if (rc == REDIS_OK)
+  if (rc == 0)
     rc = send_step(link, &tag_info, 2, (const char *[]){"INFO", "server"});
-  if (rc == REDIS_OK)
+  if (rc == 0)
     rc = send_step(link, &tag_policy, 3,
                    (const char *[]){"CONFIG", "GET", "maxmemory-policy"});
-  if (rc == REDIS_OK && link->probe) {
-    rc = redisAsyncFormattedCommand(link->ac, on_handshake_reply,
-                                    (void *)&tag_probe, link->probe,
-                                    link->probe_len);
-    link->handshake_left += rc == REDIS_OK;
+  if (rc == 0 && link->probe) {
+    rc = redis_conn_send(link->conn, on_handshake_reply, (void *)&tag_probe,
+                         link->probe, link->probe_len);
+    link->handshake_left += rc == 0;
   }
-  for (size_t i = 0; rc == REDIS_OK && i < link->n_checks; i++) {
+  for (size_t i = 0; rc == 0 && i < link->n_checks; i++) {
     const struct redis_key_check *c = &link->checks[i];
     rc = send_step(link, &link->type_tags[i], 2,
                    (const char *[]){"TYPE", c->key});
-    if (rc == REDIS_OK && c->kind == REDIS_KEY_INTEGER)
+    if (rc == 0 && c->kind == REDIS_KEY_INTEGER)
       rc = send_step(link, &link->get_tags[i], 2,
                      (const char *[]){"GET", c->key});
   }
-  return rc == REDIS_OK ? 0 : UV_ENOMEM;
+  return rc;
 }
 
 /* Asks a Sentinel where the master is (after its AUTH, if it has one). */
@@ -663,21 +668,20 @@ static int send_sentinel_query(struct redis_link *link) {
                   &link->sentinel_password_unreadable_logged);
   int rc = send_auth(
       link, "", link->has_sentinel_password ? link->sentinel_password : NULL);
-  if (rc == REDIS_OK)
+  if (rc == 0)
     rc = send_step(link, &tag_master, 3,
                    (const char *[]){"SENTINEL", "get-master-addr-by-name",
                                     opts->master_name});
-  return rc == REDIS_OK ? 0 : UV_ENOMEM;
+  return rc;
 }
 
-static void on_connect(const redisAsyncContext *ac, int status) {
-  struct redis_link *link = ac->data;
+static void on_connect(struct redis_conn *conn, const char *err) {
+  struct redis_link *link = redis_conn_data(conn);
   if (link->state == LINK_CLOSED)
     return;
-  if (status != REDIS_OK) {
+  if (err) {
     uv_timer_stop(&link->timer);
-    /* hiredis frees the context when this returns. */
-    retry_later(link, ac->errstr);
+    retry_later(link, err); /* the connection is gone when this returns */
     return;
   }
   /* The connect timeout keeps running: it bounds the handshake too. */
@@ -686,32 +690,29 @@ static void on_connect(const redisAsyncContext *ac, int status) {
   link->why[0] = '\0';
   int rc = link->asking ? send_sentinel_query(link) : send_handshake(link);
   if (rc != 0) {
-    snprintf(link->why, sizeof link->why, "out of memory");
-    redisAsyncDisconnect(link->ac);
+    snprintf(link->why, sizeof link->why, "%s", uv_strerror(rc));
+    redis_conn_disconnect(conn);
   }
 }
 
-static void on_disconnect(const redisAsyncContext *ac, int status) {
-  struct redis_link *link = ac->data;
-  (void)status;
+static void on_disconnect(struct redis_conn *conn, const char *err) {
+  struct redis_link *link = redis_conn_data(conn);
   uv_timer_stop(&link->timer);
-  if (link->state == LINK_CLOSED) {
-    link->ac = NULL;
+  link->conn = NULL;
+  if (link->state == LINK_CLOSED)
     return;
-  }
   if (link->state == LINK_ASKED) {
     /* The Sentinel has answered: the master next, at once (from the loop,
-     * once hiredis has let go of this context). */
-    link->ac = NULL;
+     * once this connection is let go). */
     link->state = LINK_IDLE;
     uv_timer_start(&link->timer, on_backoff, 0, 0);
     return;
   }
   char why[sizeof link->why];
   snprintf(why, sizeof why, "%s",
-           ac->err && ac->errstr[0] ? ac->errstr
-           : link->why[0]           ? link->why
-                                    : "disconnected");
+           err            ? err
+           : link->why[0] ? link->why
+                          : "disconnected");
   uv_timer_stop(&link->reauth_timer);
   bool was_ready = link->state == LINK_READY || link->state == LINK_RETIRING;
   retry_later(link, why);
@@ -720,36 +721,40 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
     link->client->on_down(link);
 }
 
-/* Takes over ac, a connect hiredis has begun (NULL: it could not allocate
- * one): watches its socket and waits for its outcome, or retries later. */
-static void watch(struct redis_link *link, redisAsyncContext *ac) {
-  char why[128];
-  if (!ac) {
-    retry_later(link, "out of memory");
+static const struct redis_conn_handlers conn_handlers = {
+    .on_connect = on_connect,
+    .on_disconnect = on_disconnect,
+};
+
+/* Connects to ip (an address literal) and port, or to the unix socket at
+ * path, and waits for the outcome, or retries later. TLS, when the link
+ * has it, verifies link->host, the name asked for. */
+static void open_conn(struct redis_link *link, const char *ip,
+                      const char *path) {
+  struct redis_conn_target target = {
+      .ip = ip,
+      .port = link->port,
+      .path = path,
+      .tls = link->opts.tls,
+      .host = link->host,
+  };
+  int rc =
+      redis_conn_open(link->loop, &target, &conn_handlers, link, &link->conn);
+  if (rc != 0) {
+    char why[128];
+    snprintf(why, sizeof why, "connecting: %s", uv_strerror(rc));
+    retry_later(link, why);
     return;
   }
-  if (ac->err) {
-    snprintf(why, sizeof why, "%s", ac->errstr); /* freed below */
-    goto fail;
-  }
-  int rc = redis_uv_attach(ac, link->loop);
-  if (rc) {
-    snprintf(why, sizeof why, "watching the socket: %s", uv_strerror(rc));
-    goto fail;
-  }
-  ac->data = link;
-  link->ac = ac;
   link->state = LINK_CONNECTING;
-  redisAsyncSetDisconnectCallback(ac, on_disconnect);
-  /* Registering the connect callback asks for the first write event, which
-   * is how a non-blocking connect reports its outcome. */
-  redisAsyncSetConnectCallback(ac, on_connect);
+  link->transport = redis_conn_transport(link->conn);
+  if (path)
+    snprintf(link->node, sizeof link->node, "%s", path);
+  else
+    snprintf(link->node, sizeof link->node,
+             strchr(link->host, ':') ? "[%s]:%u" : "%s:%u", link->host,
+             link->port);
   uv_timer_start(&link->timer, on_connect_timeout, link->opts.timeout_ms, 0);
-  return;
-
-fail:
-  redisAsyncFree(ac); /* not connected: no callback of ours runs */
-  retry_later(link, why);
 }
 
 static void on_resolved(uv_getaddrinfo_t *req, int status,
@@ -780,7 +785,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status,
     retry_later(link, why);
     return;
   }
-  watch(link, redisAsyncConnect(ip, link->port));
+  open_conn(link, ip, NULL);
 }
 
 static void connect_now(struct redis_link *link) {
@@ -791,7 +796,7 @@ static void connect_now(struct redis_link *link) {
     link->host = opts->sentinels[link->sentinel].host;
     link->port = opts->sentinels[link->sentinel].port;
   } else if (t->transport == REDIS_UNIX) {
-    watch(link, redisAsyncConnectUnix(t->path));
+    open_conn(link, NULL, t->path);
     return;
   } else {
     link->host = t->host;
@@ -801,7 +806,7 @@ static void connect_now(struct redis_link *link) {
   struct sockaddr_in a4;
   if (uv_ip4_addr(link->host, 0, &a4) == 0 ||
       uv_ip6_addr(link->host, 0, &a6) == 0) {
-    watch(link, redisAsyncConnect(link->host, link->port));
+    open_conn(link, link->host, NULL);
     return;
   }
   /* A name: resolved again at every attempt, so a Service or a restarted
@@ -827,14 +832,15 @@ void redis_link_close(struct redis_link *link) {
   uv_timer_stop(&link->timer);
   if (was == LINK_RESOLVING)
     uv_cancel((uv_req_t *)&link->resolver);
-  if (link->ac) {
-    redisAsyncContext *ac = link->ac;
+  if (link->conn) {
+    struct redis_conn *conn = link->conn;
     if (was == LINK_READY && link->in_flight == 0) {
-      /* Clean: deferred by hiredis if we are inside one of its callbacks. */
-      redisAsyncDisconnect(ac);
+      /* Clean: deferred if we are inside one of the connection's
+       * callbacks. */
+      redis_conn_disconnect(conn);
     } else {
-      link->ac = NULL;
-      redisAsyncFree(ac);
+      link->conn = NULL;
+      redis_conn_free(conn);
     }
   }
   uv_close((uv_handle_t *)&link->timer, NULL);

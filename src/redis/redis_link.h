@@ -1,5 +1,5 @@
-/* The connection to Redis: hiredis async on the loop through a small
- * adapter of our own (redis_uv.h), reconnecting with capped exponential
+/* The connection to Redis: one redis_conn at a time (TCP, TLS or a unix
+ * socket, on the loop), reconnecting with capped exponential
  * backoff and jitter, asking the Sentinels where the master is when there
  * are any.
  *
@@ -17,9 +17,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
 #include <uv.h>
 
+#include "redis/redis_tls.h"
 #include "redis/redis_url.h"
 
 enum redis_link_state {
@@ -81,6 +82,8 @@ struct redis_link_options {
   /* Bounds a connect with its handshake, and how long a command may go
    * unanswered. */
   uint64_t timeout_ms;
+  /* TLS to Redis and the Sentinels (NULL: plain text); borrowed. */
+  const struct redis_tls *tls;
   /* A maxmemory-policy of allkeys-*: never ready (else one warning). */
   bool refuse_allkeys_eviction;
 };
@@ -101,7 +104,7 @@ struct redis_link {
   uv_loop_t *loop;
   struct redis_link_options opts; /* as given to redis_link_init */
   struct redis_link_stats stats;
-  redisAsyncContext *ac;
+  struct redis_conn *conn; /* the connection being made or in use */
   enum redis_link_state state;
   uv_timer_t timer; /* backoff, connect timeout or reply watchdog */
   uv_timer_t reauth_timer;
@@ -151,6 +154,11 @@ struct redis_link {
   uint32_t rng;
   const struct redis_link_client *client;
   char addr[REDIS_HOST_MAX + REDIS_USER_MAX + 64]; /* as logged: no password */
+  /* The server of the last connection made (host:port, or a socket's path,
+   * "" before the first) and how it is carried: "tcp", "tls" or "unix";
+   * what /metrics and the logs name. */
+  char node[REDIS_HOST_MAX + 8];
+  const char *transport;
   char why[256]; /* why the current connection is being dropped */
 };
 

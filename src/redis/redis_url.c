@@ -215,12 +215,12 @@ int redis_url_parse(const char *url, struct redis_target *t, const char **why) {
     t->transport = REDIS_UNIX;
     *why = parse_unix(url + 7, t);
   } else if (strncmp(url, "rediss://", 9) == 0) {
-    *why = "rediss:// (TLS) is not supported: hiredis 0.14 has no TLS, and "
-           "gracefuld will not fall back to plain text; use a TLS sidecar "
-           "and a redis:// URL to it (see the README)";
+    t->transport = REDIS_TCP;
+    t->tls = true;
+    *why = parse_tcp(url + 9, t);
   } else {
-    *why = "expected redis://[[user][:password]@]host[:port][/db] or "
-           "unix:///path.sock[?db=N]";
+    *why = "expected redis://[[user][:password]@]host[:port][/db], "
+           "rediss://... (TLS) or unix:///path.sock[?db=N]";
   }
   if (*why) {
     memset(t, 0, sizeof *t);
@@ -257,8 +257,8 @@ int redis_target_format(const struct redis_target *t, char *out, size_t cap) {
     return snprintf(out, cap, "unix://%s%s", auth, t->path);
   }
   bool v6 = strchr(t->host, ':') != NULL;
-  if (!auth[0] && !t->db)
+  if (!auth[0] && !t->db && !t->tls)
     return snprintf(out, cap, v6 ? "[%s]:%u" : "%s:%u", t->host, t->port);
-  return snprintf(out, cap, v6 ? "redis://%s[%s]:%u/%u" : "redis://%s%s:%u/%u",
-                  auth, t->host, t->port, t->db);
+  return snprintf(out, cap, v6 ? "%s://%s[%s]:%u/%u" : "%s://%s%s:%u/%u",
+                  t->tls ? "rediss" : "redis", auth, t->host, t->port, t->db);
 }

@@ -1,12 +1,12 @@
 /* Where Redis is and how to log in to it: the REDIS_URL forms
  *
  *   redis://[[user][:password]@]host[:port][/db]
+ *   rediss://[[user][:password]@]host[:port][/db]     (TLS)
  *   unix://[[user][:password]@]/path/to/redis.sock[?db=N]
  *
  * parsed into a struct redis_target, and the one way a target is written
  * into a log line (with the password as ***). Pure functions: no sockets,
- * no allocation. rediss:// is refused: hiredis 0.14 has no TLS, and a TLS
- * URL must never be downgraded to plain text. */
+ * no allocation. */
 #ifndef GRACEFULD_REDIS_URL_H
 #define GRACEFULD_REDIS_URL_H
 
@@ -29,6 +29,7 @@ struct redis_target {
   enum redis_transport transport;
   char host[REDIS_HOST_MAX]; /* REDIS_TCP: an IP literal or a host name */
   uint16_t port;
+  bool tls;                    /* REDIS_TCP: rediss://, never plain text */
   char path[REDIS_SOCKET_MAX]; /* REDIS_UNIX */
   char user[REDIS_USER_MAX];   /* empty: AUTH with the password alone */
   char password[REDIS_PASSWORD_MAX];
@@ -52,7 +53,7 @@ int redis_url_parse(const char *url, struct redis_target *t, const char **why);
 void redis_url_redact(const char *url, char *out, size_t cap);
 
 /* Writes t as a log line shows it: host:port, or redis://user:***@host:port/db
- * when it has credentials or a database, or unix:///path?db=N. Returns the
+ * when it has credentials or a database (rediss://... with TLS), or unix:///path?db=N. Returns the
  * length (snprintf's). */
 int redis_target_format(const struct redis_target *t, char *out, size_t cap);
 

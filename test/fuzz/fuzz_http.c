@@ -80,7 +80,13 @@ static void route(struct run *run, const struct http_request *req) {
     struct server_stats srv = {0};
     struct redis_link_stats link = {0};
     struct counter_stats cs = {0};
-    struct metrics_view g = {&srv, &link, &cs, run->n, 0, PHASE_RUNNING};
+    struct metrics_view g = {.server = &srv,
+                             .link = &link,
+                             .counter = &cs,
+                             .pending = run->n,
+                             .redis_node = "127.0.0.1:6379",
+                             .redis_transport = "tls",
+                             .phase = PHASE_RUNNING};
     size_t len;
     char *body = metrics_render(&metrics, &g, &len);
     CHECK(body != NULL && len > 0 && strlen(body) == len);

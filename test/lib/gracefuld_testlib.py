@@ -164,17 +164,70 @@ class LineReader:
         self._thread.join(timeout)
 
 
+class Certs:
+    """A test CA and certificates made with the openssl command in a
+    temporary directory: server certificates for names and addresses,
+    client certificates, and other CAs, all signed on demand."""
+
+    def __init__(self, directory=None):
+        self.dir = directory or tempfile.mkdtemp(prefix="gracefuld-certs-")
+        self.ca_key, self.ca = self.make_ca("ca")
+
+    def _openssl(self, *args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True,
+                       timeout=60)
+
+    def make_ca(self, name):
+        """A self-signed CA; returns (key path, certificate path)."""
+        key = os.path.join(self.dir, f"{name}.key")
+        crt = os.path.join(self.dir, f"{name}.crt")
+        self._openssl("req", "-x509", "-newkey", "ec", "-pkeyopt",
+                      "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
+                      key, "-out", crt, "-days", "2", "-subj",
+                      f"/CN=gracefuld test {name}")
+        return key, crt
+
+    def issue(self, name, sans=("DNS:localhost", "IP:127.0.0.1"),
+              client=False, ca=None):
+        """A certificate signed by ca (default: self.ca) for the given
+        subjectAltNames; returns (key path, certificate path)."""
+        ca_key, ca_crt = ca or (self.ca_key, self.ca)
+        key = os.path.join(self.dir, f"{name}.key")
+        csr = os.path.join(self.dir, f"{name}.csr")
+        crt = os.path.join(self.dir, f"{name}.crt")
+        ext = os.path.join(self.dir, f"{name}.ext")
+        with open(ext, "w") as f:
+            if sans:
+                f.write("subjectAltName=" + ",".join(sans) + "\n")
+            f.write("extendedKeyUsage=" +
+                    ("clientAuth" if client else "serverAuth") + "\n")
+        self._openssl("req", "-newkey", "ec", "-pkeyopt",
+                      "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
+                      key, "-out", csr, "-subj", f"/CN={name}")
+        self._openssl("x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey",
+                      ca_key, "-CAcreateserial", "-out", crt, "-days", "2",
+                      "-extfile", ext)
+        return key, crt
+
+    def cleanup(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class Redis:
     """A private redis-server on a free port in a temporary directory,
     without persistence unless args (extra redis-server options, which win
-    over the defaults) ask for it."""
+    over the defaults) ask for it.
 
-    def __init__(self, port=None, args=(), password=None):
+    With tls=(key, certificate, CA certificate) it speaks TLS only (no
+    plain port); port is then its TLS port, and cli() speaks TLS too."""
+
+    def __init__(self, port=None, args=(), password=None, tls=None):
         self.port = port or free_port()
         self.dir = None
         self.proc = None
         self.args = list(args)  # more redis-server options
         self.password = password  # for cli(), when Redis requires one
+        self.tls = tls
 
     def start(self, timeout=10.0):
         server = shutil.which("redis-server")
@@ -183,8 +236,15 @@ class Redis:
                                "(scripts/bootstrap test installs it)")
         if self.dir is None:
             self.dir = tempfile.mkdtemp(prefix="gracefuld-redis-")
+        ports = ["--port", str(self.port)]
+        if self.tls:
+            key, crt, ca = self.tls
+            ports = ["--port", "0", "--tls-port", str(self.port),
+                     "--tls-key-file", key, "--tls-cert-file", crt,
+                     "--tls-ca-cert-file", ca, "--tls-auth-clients", "no",
+                     "--tls-replication", "yes"]
         self.proc = subprocess.Popen(
-            [server, "--port", str(self.port), "--bind", "127.0.0.1",
+            [server, *ports, "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", self.dir,
              "--logfile", "", "--daemonize", "no", *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -206,6 +266,10 @@ class Redis:
     def cli(self, *args):
         auth = ["--no-auth-warning", "-a", self.password] \
             if self.password else []
+        if self.tls:
+            key, crt, ca = self.tls
+            # A client certificate too, for --tls-auth-clients yes.
+            auth += ["--tls", "--cacert", ca, "--cert", crt, "--key", key]
         out = subprocess.run(["redis-cli", "-p", str(self.port), *auth,
                               *args],
                              check=True, capture_output=True, text=True,

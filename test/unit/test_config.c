@@ -650,8 +650,8 @@ static void test_config_redis_url_and_addr_together_name_both(void **state) {
 
 static void test_config_bad_redis_url_never_echoes_the_password(void **state) {
   (void)state;
-  expect_error(NONE, LIST("REDIS_URL=rediss://:hunter2@h"),
-               LIST("REDIS_URL", "rediss://:***@h", "TLS"));
+  expect_error(NONE, LIST("REDIS_URL=rediss://:hunter2@h:0"),
+               LIST("REDIS_URL", "rediss://:***@h:0", "port"));
   assert_null(strstr(err, "hunter2"));
   expect_error(NONE, LIST("REDIS_URL=redis://u:hunter2@h:0"),
                LIST("REDIS_URL", "port"));

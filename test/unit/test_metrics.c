@@ -50,9 +50,12 @@ static bool valid_labels(const char *p, const char *end) {
       return false;
     p += 2;
     while (p < end && *p != '"') {
-      if (*p == '\\' || *p == '\n')
+      if (*p == '\n')
         return false;
-      p++;
+      /* The three escapes of the text format: \\ \" \n */
+      if (*p == '\\' && (p + 1 >= end || !strchr("\\\"n", p[1])))
+        return false;
+      p += *p == '\\' ? 2 : 1;
     }
     if (p >= end)
       return false;
@@ -195,8 +198,14 @@ static struct metrics_view idle;
 /* A view of the rooms' counts with these gauges. */
 static struct metrics_view view(uint64_t pending, int redis_connected,
                                 enum shutdown_phase phase) {
-  return (struct metrics_view){&srv,    &link,           &cs,
-                               pending, redis_connected, phase};
+  return (struct metrics_view){.server = &srv,
+                               .link = &link,
+                               .counter = &cs,
+                               .pending = pending,
+                               .redis_connected = redis_connected,
+                               .phase = phase,
+                               .redis_node = "",
+                               .redis_transport = ""};
 }
 
 static int setup(void **state) {
@@ -450,8 +459,28 @@ static void test_metrics_journal_write_sizes_are_a_histogram(void **state) {
   expect_sample("gracefuld_journal_write_size_sum", "6012");
 }
 
+static void test_metrics_redis_node_names_server_and_transport(void **state) {
+  (void)state;
+  render(&m, &idle);
+  assert_false(has_sample("gracefuld_redis_node_info"));
+  struct metrics_view g = idle;
+  g.redis_node = "redis.example:6380";
+  g.redis_transport = "tls";
+  render(&m, &g);
+  expect_sample("gracefuld_redis_node_info{node=\"redis.example:6380\","
+                "transport=\"tls\"}",
+                "1");
+  g.redis_node = "/run/a\"b\\c.sock";
+  g.redis_transport = "unix";
+  render(&m, &g);
+  expect_sample("gracefuld_redis_node_info{node=\"/run/a\\\"b\\\\c.sock\","
+                "transport=\"unix\"}",
+                "1");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      METRICS_TEST(test_metrics_redis_node_names_server_and_transport),
       METRICS_TEST(test_metrics_journal_write_sizes_are_a_histogram),
       METRICS_TEST(test_metrics_every_family_is_typed_and_named),
       METRICS_TEST(test_metrics_counters_start_at_zero),

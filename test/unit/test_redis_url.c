@@ -1,5 +1,5 @@
 /* REDIS_URL parsing (userinfo, percent-decoding, port, database, unix
- * sockets, errors, rediss:// refused), redaction of a URL that failed, and
+ * sockets, errors, rediss:// for TLS), redaction of a URL that failed, and
  * the form a target takes in a log line (never with its password). */
 #include <stdarg.h>
 #include <stddef.h>
@@ -143,10 +143,19 @@ static void test_url_unix_socket_errors(void **state) {
   parse_fails(long_path, "too long");
 }
 
-static void test_url_rediss_is_refused_never_downgraded(void **state) {
+static void test_url_rediss_is_tls_and_redis_is_not(void **state) {
   (void)state;
-  parse_fails("rediss://:s3cret@host:6380", "TLS");
-  parse_fails("rediss://host", "not fall back to plain text");
+  parse_ok("rediss://app:s3cret@host:6380/3");
+  assert_true(t.tls);
+  assert_int_equal(t.transport, REDIS_TCP);
+  assert_string_equal(t.host, "host");
+  assert_int_equal(t.port, 6380);
+  assert_int_equal(t.db, 3);
+  assert_string_equal(t.password, "s3cret");
+  parse_ok("redis://host");
+  assert_false(t.tls);
+  parse_fails("rediss://:s3cret@host:0", "port");
+  parse_fails("rediss:///tmp/r.sock", "host");
 }
 
 static void test_url_other_schemes_are_rejected(void **state) {
@@ -189,6 +198,8 @@ static void test_format_shows_password_as_stars(void **state) {
   expect_format("unix://:s3cret@/tmp/r.sock?db=2",
                 "unix://:***@/tmp/r.sock?db=2");
   expect_format("unix:///tmp/r.sock", "unix:///tmp/r.sock");
+  expect_format("rediss://host:6380", "rediss://host:6380/0");
+  expect_format("rediss://:s3cret@host", "rediss://:***@host:6379/0");
 }
 
 static void test_split_host_port_with_and_without_default(void **state) {
@@ -221,7 +232,7 @@ int main(void) {
       cmocka_unit_test(test_url_bad_port_db_or_host_is_rejected),
       cmocka_unit_test(test_url_unix_socket_with_and_without_db),
       cmocka_unit_test(test_url_unix_socket_errors),
-      cmocka_unit_test(test_url_rediss_is_refused_never_downgraded),
+      cmocka_unit_test(test_url_rediss_is_tls_and_redis_is_not),
       cmocka_unit_test(test_url_other_schemes_are_rejected),
       cmocka_unit_test(test_redact_masks_the_password_of_any_url),
       cmocka_unit_test(test_format_shows_password_as_stars),
