@@ -2,7 +2,8 @@
 three sentinels, all on free loopback ports in a temporary directory.
 gracefuld asks the sentinels for the master, confirms it with ROLE, and
 follows a failover under load, once by `SENTINEL failover` and once by
-SIGKILL of the master. With REDIS_MIN_REPLICAS=1 an increment is done only
+SIGKILL of the master, and once more with every server and Sentinel
+speaking TLS only. With REDIS_MIN_REPLICAS=1 an increment is done only
 once the replica has it, so the counter on the new master is at least the
 number of 200s; the test prints by how much it exceeds it."""
 
@@ -19,18 +20,28 @@ import time
 
 import pytest
 
-from gracefuld_testlib import (Gracefuld, LineReader, Redis, free_port,
-                               read_http_responses, running, stop_process)
+from gracefuld_testlib import (Certs, Gracefuld, LineReader, Redis,
+                               free_port, read_http_responses, running,
+                               stop_process)
 
 MASTER = "counter-master"
 
 
 class Sentinel:
-    def __init__(self, directory, master_port):
+    """tls: (key, certificate, CA certificate) to speak TLS only, to
+    clients and to the servers and Sentinels it watches."""
+
+    def __init__(self, directory, master_port, tls=None):
         self.port = free_port()
+        self.tls = tls
         self.conf = os.path.join(directory, f"sentinel-{self.port}.conf")
+        ports = f"port {self.port}\n"
+        if tls:
+            ports = (f"port 0\ntls-port {self.port}\ntls-key-file {tls[0]}\n"
+                     f"tls-cert-file {tls[1]}\ntls-ca-cert-file {tls[2]}\n"
+                     "tls-auth-clients no\ntls-replication yes\n")
         with open(self.conf, "w") as f:
-            f.write(f"port {self.port}\nbind 127.0.0.1\n"
+            f.write(f"{ports}bind 127.0.0.1\n"
                     f"dir {directory}\ndaemonize no\nlogfile \"\"\n"
                     f"sentinel monitor {MASTER} 127.0.0.1 {master_port} 2\n"
                     f"sentinel down-after-milliseconds {MASTER} 1000\n"
@@ -46,8 +57,10 @@ class Sentinel:
         self.out = LineReader(self.proc.stdout)
 
     def cli(self, *args):
+        tls = ["--tls", "--cacert", self.tls[2], "--cert", self.tls[1],
+               "--key", self.tls[0]] if self.tls else []
         return subprocess.run(
-            ["redis-cli", "-p", str(self.port), *args], check=True,
+            ["redis-cli", "-p", str(self.port), *tls, *args], check=True,
             capture_output=True, text=True, timeout=10).stdout.split()
 
     def stop(self):
@@ -72,17 +85,19 @@ def replication(redis):
     return dict(l.split(":", 1) for l in out.splitlines() if ":" in l)
 
 
-@pytest.fixture
-def cluster():
+@contextlib.contextmanager
+def watched(tls=None):
+    """A master, its replica and three Sentinels watching them."""
     directory = tempfile.mkdtemp(prefix="gracefuld-sentinel-")
-    master = Redis().start()
-    replica = Redis(args=["--replicaof", "127.0.0.1", str(master.port)])
+    master = Redis(tls=tls).start()
+    replica = Redis(args=["--replicaof", "127.0.0.1", str(master.port)],
+                    tls=tls)
     replica.start()
     sentinels = []
     try:
         wait_until("replica in sync", lambda: replication(replica).get(
             "master_link_status", "").strip() == "up")
-        sentinels = [Sentinel(directory, master.port) for _ in range(3)]
+        sentinels = [Sentinel(directory, master.port, tls) for _ in range(3)]
         for s in sentinels:
             # Each knows the replica and the two other sentinels: a
             # failover can be agreed on.
@@ -96,6 +111,25 @@ def cluster():
         master.cleanup()
         replica.cleanup()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster():
+    with watched() as servers:
+        yield servers
+
+
+@pytest.fixture
+def tls_cluster():
+    certs = Certs()
+    try:
+        key, crt = certs.issue("server")  # localhost and 127.0.0.1
+        certs.env = {"REDIS_URL": "rediss://127.0.0.1",
+                     "REDIS_TLS_CA_FILE": certs.ca}
+        with watched(tls=(key, crt, certs.ca)) as servers:
+            yield (*servers, certs)
+    finally:
+        certs.cleanup()
 
 
 class Load:
@@ -137,15 +171,32 @@ class Load:
 
 @pytest.mark.parametrize("how", ["sentinel-failover", "sigkill"])
 def test_failover_under_load_loses_no_acknowledged_increment(cluster, how):
-    master, replica, sentinels = cluster
+    failover_under_load(*cluster, how)
+
+
+def test_tls_failover_under_load_loses_no_acknowledged_increment(tls_cluster):
+    """Master, replica and Sentinels on TLS only: gracefuld asks the
+    Sentinels over TLS and verifies each master's certificate."""
+    master, replica, sentinels, certs = tls_cluster
+    g = failover_under_load(master, replica, sentinels, "sentinel-failover",
+                            certs.env)
+    ups = [e for e in g.events() if e["event"] == "redis_up"]
+    assert ups and all(e["transport"] == "tls" for e in ups)
+
+
+def failover_under_load(master, replica, sentinels, how, env=None):
+    """Load on gracefuld while the master fails over: no 200 is lost.
+    Returns the stopped gracefuld."""
+    tls = bool(env)
+    addr = ("rediss://127.0.0.1:{}/0" if tls else "127.0.0.1:{}").format
     g = Gracefuld(env={
         "REDIS_SENTINELS": ",".join(f"127.0.0.1:{s.port}" for s in sentinels),
         "REDIS_MASTER_NAME": MASTER, "REDIS_MIN_REPLICAS": "1",
         "REDIS_TIMEOUT_MS": "2000", "INCR_DELAY_MS": "0",
-        "SHUTDOWN_TIMEOUT_MS": "60000"}).start()
+        "SHUTDOWN_TIMEOUT_MS": "60000", **(env or {})}).start()
     restarted = None
     try:
-        g.wait_event("redis_up", addr=f"127.0.0.1:{master.port}", timeout=20)
+        g.wait_event("redis_up", addr=addr(master.port), timeout=20)
         assert g.get("/readyz") == 200
         load = Load(g.port)
         load.wait_for(200)
@@ -155,7 +206,7 @@ def test_failover_under_load_loses_no_acknowledged_increment(cluster, how):
         else:
             os.kill(master.proc.pid, signal.SIGKILL)
             master.proc.wait()
-        new = f"127.0.0.1:{replica.port}"
+        new = addr(replica.port)
         g.wait_event("redis_master", start=mark, to=new, timeout=60)
         if how == "sigkill":
             # Back on its port, the old master is made a replica of the new
@@ -182,6 +233,7 @@ def test_failover_under_load_loses_no_acknowledged_increment(cluster, how):
         moves = [e for e in g.events() if e["event"] == "redis_master"]
         assert all(m["from"] != m["to"] for m in moves)
         assert moves[-1]["to"] == new
+        return g
     finally:
         g.stop()
         if restarted:
