@@ -896,3 +896,60 @@ def test_a_pod_shutdown_with_the_manifest_settings_fits_its_budget(
     with open(tmp_path / "termination-log") as f:
         summary = f.read()
     assert "reason=drained" in summary and "abandoned=0" in summary
+
+
+# ---- the managed-redis-tls component -----------------------------------------
+
+def render_with_component(tmp_path, component):
+    """k8s/ with one of its components, through an overlay beside a copy
+    (kustomize refuses an overlay inside the directory it builds on)."""
+    copy_k8s(tmp_path)
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization", "resources": ["../base"],
+        "components": [f"../base/components/{component}"]}))
+    return kustomize(str(overlay))
+
+
+def test_the_managed_redis_tls_component(tmp_path, rendered):
+    """The in-cluster Redis is gone; gracefuld reads a rediss:// URL from a
+    ConfigMap, verifies against a CA bundle mounted where REDIS_TLS_CA_FILE
+    says, keeps the password in the Secret's file, and every setting is
+    one the binary knows. The base's invariants still hold."""
+    objs = render_with_component(tmp_path, "managed-redis-tls")
+    for kind in ("Deployment", "Service", "NetworkPolicy"):
+        assert not find(objs, kind, "redis"), f"{kind} redis still there"
+    c = container(objs)
+    env = {e["name"]: e for e in c["env"]}
+    assert "REDIS_ADDR" not in env
+    assert env["REDIS_URL"]["valueFrom"]["configMapKeyRef"] == {
+        "name": "redis-endpoint", "key": "url"}
+    ca = env["REDIS_TLS_CA_FILE"]["value"]
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(objs)["volumes"]}
+    mount = mounts["redis-ca"]
+    assert mount["readOnly"] is True
+    item = os.path.relpath(ca, mount["mountPath"])
+    assert volumes["redis-ca"]["configMap"]["name"] == "redis-ca"
+    assert {"key": "ca.crt", "path": item} in \
+        volumes["redis-ca"]["configMap"]["items"]
+    assert env["REDIS_PASSWORD_FILE"] == next(
+        e for e in container(rendered)["env"]
+        if e["name"] == "REDIS_PASSWORD_FILE")
+    assert "secret" in volumes["redis-auth"]
+    known = help_settings()
+    assert not set(env) - known, set(env) - known
+    # Everything else, the shutdown budget included, is the base's (but
+    # for the resources of a Redis it no longer runs).
+    plain = [o for o in objs if o is not None]
+    for d in plain:
+        for e in (d.get("spec", {}).get("template", {}).get("spec", {})
+                  .get("containers", [{}])[0].get("env", [])):
+            if "valueFrom" in e:
+                e.pop("valueFrom")
+                e["value"] = "rediss://cache.example:6380/0"
+    for check in (check_grace_period, check_prestop_sleep, check_probes,
+                  check_rollout, check_security, check_termination_message):
+        check(plain)
