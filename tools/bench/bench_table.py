@@ -57,6 +57,9 @@ def table(res):
             add(f"  latency at saturation ({mode}{w}, wrk) p50 / p99, µs",
                 f"{fmt(m[k]['p50_us'])} / {fmt(m[k]['p99_us'])}",
                 f"{fmt(m['nginx']['p50_us'])} / {fmt(m['nginx']['p99_us'])}")
+    if res.get("idle"):
+        import idle  # beside this file
+        rows.extend(idle.rows(res["idle"]))
     lt = res.get("latency")
     if lt:
         m = lt["median"]
