@@ -4,6 +4,7 @@
 #include <string.h>
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 
 #include "base.h"
 
@@ -21,6 +22,16 @@
 /* While the server closes connections, how much more a connection that
  * streams requests without pause is answered for. */
 #define CLOSING_BUDGET (64 * 1024)
+/* Deadlines this far off or more are rounded up to a slot of TIMER_SLOT_MS
+ * (a power of two): connections that began within one slot time out in one
+ * loop turn, at most 1.6% late, never early. */
+#define TIMER_ROUND_FROM_MS 1000
+#define TIMER_SLOT_MS 16
+
+/* Input read after the last response is thrown away (on_read): it goes
+ * here, one buffer for every connection of the loop's one thread, so that
+ * a connection that sent nothing before its FIN never takes buffers. */
+static char discard_buf[CONN_RBUF];
 
 static void process(struct conn *c, bool filled);
 static void on_conn_timer(uv_timer_t *timer);
@@ -47,16 +58,23 @@ static void on_conn_close(uv_handle_t *handle) {
     return;
   drop_extra(c);
   server_conn_gone(c->srv, c);
+  free(c->rbuf);
   free(c);
 }
 
 static void set_timer(struct conn *c, uint64_t ms) {
+  if (ms >= TIMER_ROUND_FROM_MS) {
+    uint64_t now = uv_now(c->srv->loop);
+    uint64_t due =
+        (now + ms + TIMER_SLOT_MS - 1) & ~(uint64_t)(TIMER_SLOT_MS - 1);
+    ms = due - now;
+  }
   uv_timer_start(&c->timer, on_conn_timer, ms, 0);
 }
 
 /* ---- The lifecycle: conn.h decides, this performs ---------------------- */
 
-static void check_progress(struct conn *c);
+static void check_progress(struct conn *c, size_t left);
 
 /* Bytes written and not yet taken by the client: in libuv's queue, and
  * sent but not acknowledged in the kernel's (SIOCOUTQ). */
@@ -73,10 +91,22 @@ static size_t unsent(struct conn *c) {
 /* Starts watching what is left to send: writing, shutting and lingering
  * time out only when no byte has moved for the idle timeout. */
 static void watch(struct conn *c) {
-  c->unsent = unsent(c);
+  size_t left = unsent(c);
+  c->unsent = left;
   c->moved = uv_now(c->srv->loop);
   c->linger_from = 0;
-  check_progress(c);
+  check_progress(c, left);
+}
+
+/* Our FIN, now: reading, every write is done and libuv holds nothing, so
+ * it needs no loop turn of uv_shutdown's (two epoll_ctl and a wake-up).
+ * Returns 0 or a negative UV_E*. */
+static int shutdown_now(struct conn *c) {
+  uv_os_fd_t fd;
+  int rc = uv_fileno((uv_handle_t *)&c->tcp, &fd);
+  if (rc == 0 && shutdown(fd, SHUT_WR))
+    rc = UV_ENOTCONN;
+  return rc;
 }
 
 /* Holding: what the client sends next goes to the buffer's free end,
@@ -99,7 +129,9 @@ static void read_ahead(struct conn *c) {
 
 static void step(struct conn *c, enum conn_event e) {
   bool held = conn_holds(&c->life);
+  bool was_reading = c->life.state == CONN_READING;
   unsigned fx = conn_step(&c->life, e);
+  bool shut = false;
   /* The server's index of the connections that hold a response follows
    * the state: c is in it exactly while conn_holds. */
   if (conn_holds(&c->life) != held) {
@@ -124,17 +156,24 @@ static void step(struct conn *c, enum conn_event e) {
   if (fx & CONN_DO_PROCESS)
     process(c, fx & CONN_DO_QUEUE_FILLED);
   if (fx & CONN_DO_SHUTDOWN) {
-    if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown)) {
+    if (was_reading && c->tcp.write_queue_size == 0)
+      shut = true;
+    if (shut ? shutdown_now(c)
+             : uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp,
+                           on_shutdown)) {
       close_now(c);
       return;
     }
   }
-  if (fx & (CONN_DO_WATCH_WRITE | CONN_DO_LINGER))
+  /* Shut at once, the watch begins with the step that follows. */
+  if ((fx & (CONN_DO_WATCH_WRITE | CONN_DO_LINGER)) && !shut)
     watch(c);
   if (fx & CONN_DO_CLOSE) {
     uv_close((uv_handle_t *)&c->tcp, on_conn_close);
     uv_close((uv_handle_t *)&c->timer, on_conn_close);
   }
+  if (shut)
+    step(c, CONN_SHUTDOWN_DONE);
 }
 
 /* A write has stalled only when no byte has moved for the idle timeout.
@@ -142,10 +181,9 @@ static void step(struct conn *c, enum conn_event e) {
  * taken everything, our FIN included: a slow reader still gets every
  * response, and anything it sends meanwhile is read, so the close that
  * follows is never a reset. */
-static void check_progress(struct conn *c) {
+static void check_progress(struct conn *c, size_t left) {
   uint64_t now = uv_now(c->srv->loop);
   uint64_t limit = c->srv->opts.idle_timeout_ms;
-  size_t left = unsent(c);
   if (left < c->unsent) {
     c->unsent = left;
     c->moved = now;
@@ -334,6 +372,8 @@ static void arm_reading(struct conn *c, bool answered) {
  * it all and an idle timeout has passed since it was last seen taking any.
  * One that takes nothing for an idle timeout has stalled. */
 static bool still_taking(struct conn *c) {
+  if (c->answered == 0)
+    return false; /* nothing was written: nothing to ask the kernel */
   size_t left = unsent(c);
   bool moving = left < c->unsent || (left > 0 && c->unsent == 0);
   c->unsent = left;
@@ -389,9 +429,22 @@ static void process(struct conn *c, bool filled) {
 static void on_alloc(uv_handle_t *handle, size_t hint, uv_buf_t *buf) {
   struct conn *c = handle->data;
   (void)hint;
+  if (c->life.state != CONN_READING && c->life.state != CONN_HOLDING) {
+    *buf = uv_buf_init(discard_buf, sizeof discard_buf);
+    return;
+  }
+  if (!c->rbuf) {
+    /* Out of memory: a zero-length buffer, which libuv reports as
+     * UV_ENOBUFS (on_read closes). */
+    c->rbuf = malloc(CONN_RBUF + CONN_WBUF);
+    c->wbuf = c->rbuf ? c->rbuf + CONN_RBUF : NULL;
+    if (!c->rbuf) {
+      *buf = uv_buf_init(NULL, 0);
+      return;
+    }
+  }
   /* Holding reads ahead into the free end (read_ahead). Otherwise reading
-   * is on only when rbuf holds nothing unparsed (or, once the last response
-   * is queued, when input is thrown away): all of it is free. */
+   * is on only when rbuf holds nothing unparsed: all of it is free. */
   if (c->life.state == CONN_HOLDING)
     *buf = uv_buf_init(c->rbuf + c->rlen, CONN_RBUF - c->rlen);
   else
@@ -438,7 +491,7 @@ static void on_conn_timer(uv_timer_t *timer) {
   case CONN_WRITING_FILLED:
   case CONN_SHUTTING:
   case CONN_LINGERING:
-    check_progress(c);
+    check_progress(c, unsent(c));
     return;
   default:
     return; /* holding waits for its response, closing for nothing */
@@ -448,10 +501,9 @@ static void on_conn_timer(uv_timer_t *timer) {
 /* ---- From accept to close ----------------------------------------------- */
 
 struct conn *conn_io_new(struct server *srv) {
-  struct conn *c = malloc(sizeof *c);
+  struct conn *c = calloc(1, sizeof *c);
   if (!c)
     return NULL;
-  memset(c, 0, offsetof(struct conn, rbuf));
   c->srv = srv;
   conn_life_init(&c->life);
   uv_tcp_init(srv->loop, &c->tcp);
@@ -475,8 +527,8 @@ void conn_io_discard(struct conn *c) {
 
 void conn_io_start(struct conn *c) {
   struct server *srv = c->srv;
+  /* TCP_NODELAY is the listener's, which Linux passes on at accept. */
   http_parser_init(&c->http, &srv->opts.limits);
-  uv_tcp_nodelay(&c->tcp, 1);
   if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read)) {
     close_now(c);
     return;

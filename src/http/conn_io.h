@@ -4,14 +4,17 @@
  * server's respond callback for each answer. The server (server.c) accepts
  * it, keeps it in its list and counts it.
  *
- * Each connection owns a read buffer and a write buffer. Requests are taken
+ * Each connection owns a read buffer and a write buffer, from the first
+ * byte its client sends until it closes. Requests are taken
  * from the read buffer one at a time (pipelining in order) and their
  * responses gathered in the write buffer, which goes out with one
  * uv_try_write (or uv_write when the socket is full, during which the
  * connection stops reading). Each connection has its own timer (libuv keeps
  * timers in a min-heap, so a deadline costs O(log n)): the header timeout
  * of each request, the idle timeout, a write that makes no progress, and
- * the linger after our FIN. */
+ * the linger after our FIN. A deadline of a second or more is rounded up
+ * to a slot of at most 16 ms, so that connections opened within one slot
+ * time out in one loop turn. */
 #ifndef GRACEFULD_CONN_IO_H
 #define GRACEFULD_CONN_IO_H
 
@@ -54,8 +57,11 @@ struct conn {
   char *extra; /* a large body written after wbuf */
   size_t extra_len;
   bool extra_owned;
-  char rbuf[CONN_RBUF];
-  char wbuf[CONN_WBUF];
+  /* One block of CONN_RBUF + CONN_WBUF, taken at the first byte the client
+   * sends (NULL before): a connection that never sends costs only this
+   * struct. */
+  char *rbuf;
+  char *wbuf; /* rbuf + CONN_RBUF */
 };
 
 /* A connection of srv with its handles initialized, for the caller to
