@@ -58,7 +58,7 @@ static void on_conn_close(uv_handle_t *handle) {
     return;
   drop_extra(c);
   server_conn_gone(c->srv, c);
-  free(c->rbuf);
+  free(c->w);
   free(c);
 }
 
@@ -114,7 +114,7 @@ static int shutdown_now(struct conn *c) {
  * response costs no change to what the loop polls. */
 static void read_ahead(struct conn *c) {
   if (c->rpos > 0) {
-    memmove(c->rbuf, c->rbuf + c->rpos, c->rlen - c->rpos);
+    memmove(c->w->rbuf, c->w->rbuf + c->rpos, c->rlen - c->rpos);
     c->rlen -= c->rpos;
     c->rpos = 0;
   }
@@ -156,10 +156,10 @@ static void step(struct conn *c, enum conn_event e) {
   if (fx & CONN_DO_PROCESS)
     process(c, fx & CONN_DO_QUEUE_FILLED);
   if (fx & CONN_DO_SHUTDOWN) {
-    if (was_reading && c->tcp.write_queue_size == 0)
+    if (!c->w || (was_reading && c->tcp.write_queue_size == 0))
       shut = true;
     if (shut ? shutdown_now(c)
-             : uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp,
+             : uv_shutdown(&c->w->shutdown_req, (uv_stream_t *)&c->tcp,
                            on_shutdown)) {
       close_now(c);
       return;
@@ -214,12 +214,12 @@ static void check_progress(struct conn *c, size_t left) {
 /* ---- Writing ------------------------------------------------------------ */
 
 static void on_shutdown(uv_shutdown_t *req, int status) {
-  struct conn *c = container_of(req, struct conn, shutdown_req);
+  struct conn *c = req->data;
   step(c, status < 0 ? CONN_FAILED : CONN_SHUTDOWN_DONE);
 }
 
 static void on_write(uv_write_t *req, int status) {
-  struct conn *c = container_of(req, struct conn, write_req);
+  struct conn *c = req->data;
   c->wlen = 0;
   drop_extra(c);
   if (c->life.state == CONN_CLOSING)
@@ -232,7 +232,7 @@ static void on_write(uv_write_t *req, int status) {
 static void flush(struct conn *c) {
   if (c->life.state != CONN_READING || (c->wlen == 0 && !c->extra))
     return;
-  uv_buf_t bufs[2] = {uv_buf_init(c->wbuf, c->wlen),
+  uv_buf_t bufs[2] = {uv_buf_init(c->w->wbuf, c->wlen),
                       uv_buf_init(c->extra, (unsigned)c->extra_len)};
   unsigned nbufs = c->extra ? 2 : 1;
   size_t total = c->wlen + c->extra_len;
@@ -255,7 +255,7 @@ static void flush(struct conn *c) {
   }
   b->base += skip;
   b->len -= skip;
-  if (uv_write(&c->write_req, (uv_stream_t *)&c->tcp, b, nbufs, on_write)) {
+  if (uv_write(&c->w->write_req, (uv_stream_t *)&c->tcp, b, nbufs, on_write)) {
     close_now(c);
     return;
   }
@@ -304,11 +304,11 @@ static void queue_response(struct conn *c, const struct http_request *req,
   if (!last)
     hdr = req->version_minor == 0 ? HTTP_CONN_KEEP_ALIVE : HTTP_CONN_DEFAULT;
   c->answered++;
-  c->wlen += (uint32_t)http_format_head(c->wbuf + c->wlen, resp, hdr);
+  c->wlen += (uint32_t)http_format_head(c->w->wbuf + c->wlen, resp, hdr);
   size_t body = resp->head ? 0 : resp->body_len;
   if (body <= SMALL_BODY_MAX) {
     if (body)
-      memcpy(c->wbuf + c->wlen, resp->body, body);
+      memcpy(c->w->wbuf + c->wlen, resp->body, body);
     c->wlen += (uint32_t)body;
     if (resp->body_owned)
       free((char *)resp->body);
@@ -342,7 +342,7 @@ static void answer(struct conn *c, const struct http_request *req,
 }
 
 void conn_io_fill(struct conn *c, const struct http_response *resp) {
-  c->filled = *resp;
+  c->w->filled = *resp;
   /* Holding: queued and the buffer processed at once. Writing: once the
    * write is done. */
   step(c, CONN_FILLED);
@@ -350,14 +350,32 @@ void conn_io_fill(struct conn *c, const struct http_response *resp) {
 
 /* ---- Reading ------------------------------------------------------------ */
 
+/* The client's first byte: c takes its parser and buffers. Returns 0 or
+ * UV_ENOMEM. */
+static int work_begins(struct conn *c) {
+  struct conn_work *w = malloc(sizeof *w);
+  if (!w)
+    return UV_ENOMEM;
+  http_parser_init(&w->http, &c->srv->opts.limits);
+  w->write_req.data = c;
+  w->shutdown_req.data = c;
+  c->w = w;
+  return 0;
+}
+
+/* Whether no request has begun: none ever has before the first byte. */
+static bool parser_idle(const struct conn *c) {
+  return !c->w || http_parser_idle(&c->w->http);
+}
+
 /* Reading, with the buffer used up: the deadline of what comes next. Each
  * request gets its own header timeout from the moment it begins, even when
  * it begins in the read that completed the one before. */
 static void arm_reading(struct conn *c, bool answered) {
   const struct server_options *opts = &c->srv->opts;
-  if (!http_parser_idle(&c->http)) {
-    if (c->header_for != c->http.begun) {
-      c->header_for = c->http.begun;
+  if (!parser_idle(c)) {
+    if (c->header_for != c->w->http.begun) {
+      c->header_for = c->w->http.begun;
       set_timer(c, opts->header_timeout_ms);
     }
   } else if (answered) {
@@ -386,7 +404,7 @@ static bool still_taking(struct conn *c) {
 static void process(struct conn *c, bool filled) {
   bool answered = filled;
   if (filled)
-    queue_response(c, &c->http.req, &c->filled);
+    queue_response(c, &c->w->http.req, &c->w->filled);
   while (c->life.state == CONN_READING && c->rpos < c->rlen) {
     if (CONN_WBUF - c->wlen < WBUF_RESERVE) {
       flush(c);
@@ -394,13 +412,13 @@ static void process(struct conn *c, bool filled) {
     }
     size_t used;
     enum http_parse_result r =
-        http_parse(&c->http, c->rbuf + c->rpos, c->rlen - c->rpos, &used);
+        http_parse(&c->w->http, c->w->rbuf + c->rpos, c->rlen - c->rpos, &used);
     c->rpos += (uint32_t)used;
     if (r == HTTP_PARSE_MORE)
       break;
     answered = true;
-    answer(c, r == HTTP_PARSE_REQUEST ? &c->http.req : NULL,
-           c->http.error_status);
+    answer(c, r == HTTP_PARSE_REQUEST ? &c->w->http.req : NULL,
+           c->w->http.error_status);
   }
   flush(c);
   if (c->life.state != CONN_READING)
@@ -413,8 +431,8 @@ static void process(struct conn *c, bool filled) {
   /* Draining: a connection that has been answered, has nothing begun and
    * nothing more sent is done. One that never sent a request waits for its
    * first. */
-  if (c->srv->mode == SERVER_DRAINING && c->answered > 0 &&
-      http_parser_idle(&c->http) && !input_waiting(c)) {
+  if (c->srv->mode == SERVER_DRAINING && c->answered > 0 && parser_idle(c) &&
+      !input_waiting(c)) {
     step(c, CONN_LAST_QUEUED);
     return;
   }
@@ -433,22 +451,18 @@ static void on_alloc(uv_handle_t *handle, size_t hint, uv_buf_t *buf) {
     *buf = uv_buf_init(discard_buf, sizeof discard_buf);
     return;
   }
-  if (!c->rbuf) {
+  if (!c->w && work_begins(c)) {
     /* Out of memory: a zero-length buffer, which libuv reports as
      * UV_ENOBUFS (on_read closes). */
-    c->rbuf = malloc(CONN_RBUF + CONN_WBUF);
-    c->wbuf = c->rbuf ? c->rbuf + CONN_RBUF : NULL;
-    if (!c->rbuf) {
-      *buf = uv_buf_init(NULL, 0);
-      return;
-    }
+    *buf = uv_buf_init(NULL, 0);
+    return;
   }
   /* Holding reads ahead into the free end (read_ahead). Otherwise reading
    * is on only when rbuf holds nothing unparsed: all of it is free. */
   if (c->life.state == CONN_HOLDING)
-    *buf = uv_buf_init(c->rbuf + c->rlen, CONN_RBUF - c->rlen);
+    *buf = uv_buf_init(c->w->rbuf + c->rlen, CONN_RBUF - c->rlen);
   else
-    *buf = uv_buf_init(c->rbuf, CONN_RBUF);
+    *buf = uv_buf_init(c->w->rbuf, CONN_RBUF);
 }
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
@@ -479,9 +493,9 @@ static void on_conn_timer(uv_timer_t *timer) {
   struct conn *c = container_of(timer, struct conn, timer);
   switch (c->life.state) {
   case CONN_READING:
-    if (http_parser_idle(&c->http) && still_taking(c))
+    if (parser_idle(c) && still_taking(c))
       set_timer(c, c->srv->opts.idle_timeout_ms);
-    else if (http_parser_idle(&c->http))
+    else if (parser_idle(c))
       step(c, CONN_LAST_QUEUED); /* idle: our FIN, no response */
     else
       answer(c, NULL, 408); /* always the last */
@@ -528,7 +542,6 @@ void conn_io_discard(struct conn *c) {
 void conn_io_start(struct conn *c) {
   struct server *srv = c->srv;
   /* TCP_NODELAY is the listener's, which Linux passes on at accept. */
-  http_parser_init(&c->http, &srv->opts.limits);
   if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read)) {
     close_now(c);
     return;

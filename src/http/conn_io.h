@@ -32,17 +32,27 @@
 #define CONN_RBUF 4096
 #define CONN_WBUF 4096
 
+/* What a connection needs once its client has sent a byte: taken then,
+ * freed at its close, so that a connection that never sends (a health
+ * checker, a scanner, a keep-alive connection opened ahead) costs only its
+ * struct conn. */
+struct conn_work {
+  struct http_parser http;
+  uv_write_t write_req; /* data: the connection */
+  uv_shutdown_t shutdown_req;
+  struct http_response filled; /* writing filled: to queue after the write */
+  char rbuf[CONN_RBUF];
+  char wbuf[CONN_WBUF];
+};
+
 struct conn {
   uv_tcp_t tcp;
-  uv_timer_t timer; /* this connection's one deadline */
-  uv_write_t write_req;
-  uv_shutdown_t shutdown_req;
+  uv_timer_t timer;    /* this connection's one deadline */
+  struct conn_work *w; /* NULL until the client's first byte */
   struct server *srv;
-  struct list_link in_server;  /* the server's list of connections */
-  struct list_link in_held;    /* the server's index of those holding */
-  uint64_t ticket;             /* holding: the held response's */
-  struct http_response filled; /* writing filled: to queue after the write */
-  struct http_parser http;
+  struct list_link in_server; /* the server's list of connections */
+  struct list_link in_held;   /* the server's index of those holding */
+  uint64_t ticket;            /* holding: the held response's */
   struct conn_life life;
   uint8_t handles;        /* tcp and timer until both are closed */
   uint32_t closing_bytes; /* read since the server began closing */
@@ -57,11 +67,6 @@ struct conn {
   char *extra; /* a large body written after wbuf */
   size_t extra_len;
   bool extra_owned;
-  /* One block of CONN_RBUF + CONN_WBUF, taken at the first byte the client
-   * sends (NULL before): a connection that never sends costs only this
-   * struct. */
-  char *rbuf;
-  char *wbuf; /* rbuf + CONN_RBUF */
 };
 
 /* A connection of srv with its handles initialized, for the caller to
