@@ -221,11 +221,11 @@ class GracefuldServer:
 
     def stop(self):
         if self.proc.poll() is None:
-            # A wrapper writes its report once the process it runs ends.
-            for pid in children_of(self.proc.pid) if self.wrapped else []:
+            # A wrapper that forks (strace) writes its report once the
+            # process it runs ends; one that does not (valgrind) is it.
+            pids = children_of(self.proc.pid) if self.wrapped else []
+            for pid in pids or [self.proc.pid]:
                 os.kill(pid, signal.SIGTERM)
-            if not self.wrapped:
-                self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
