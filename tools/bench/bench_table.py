@@ -42,7 +42,7 @@ def table(res):
                 f"{x['seconds']:g} s, median of {len(t['rounds'])})",
                 fmt(m[k]["rps"]), fmt(m["nginx"]["rps"]),
                 rounds(x[pre + "ratio_median"], x[pre + "ratios"]),
-                "≥ 0.8×" if k == "journal" else "≥ 1.0×")
+                "≥ 0.9×" if k == "journal" else "≥ 1.1×")
             add(f"  CPU % server / wrk / redis-server ({mode}{w})",
                 " / ".join(fmt(m[k][c]) for c in
                            ("server_cpu_pct", "client_cpu_pct",
