@@ -4,6 +4,7 @@
 #include <string.h>
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 
 #include "base.h"
 
@@ -21,6 +22,16 @@
 /* While the server closes connections, how much more a connection that
  * streams requests without pause is answered for. */
 #define CLOSING_BUDGET (64 * 1024)
+/* Deadlines this far off or more are rounded up to a slot of TIMER_SLOT_MS
+ * (a power of two): connections that began within one slot time out in one
+ * loop turn, at most 1.6% late, never early. */
+#define TIMER_ROUND_FROM_MS 1000
+#define TIMER_SLOT_MS 16
+
+/* Input read after the last response is thrown away (on_read): it goes
+ * here, one buffer for every connection of the loop's one thread, so that
+ * a connection that sent nothing before its FIN never takes buffers. */
+static char discard_buf[CONN_RBUF];
 
 static void process(struct conn *c, bool filled);
 static void on_conn_timer(uv_timer_t *timer);
@@ -47,16 +58,23 @@ static void on_conn_close(uv_handle_t *handle) {
     return;
   drop_extra(c);
   server_conn_gone(c->srv, c);
+  free(c->w);
   free(c);
 }
 
 static void set_timer(struct conn *c, uint64_t ms) {
+  if (ms >= TIMER_ROUND_FROM_MS) {
+    uint64_t now = uv_now(c->srv->loop);
+    uint64_t due =
+        (now + ms + TIMER_SLOT_MS - 1) & ~(uint64_t)(TIMER_SLOT_MS - 1);
+    ms = due - now;
+  }
   uv_timer_start(&c->timer, on_conn_timer, ms, 0);
 }
 
 /* ---- The lifecycle: conn.h decides, this performs ---------------------- */
 
-static void check_progress(struct conn *c);
+static void check_progress(struct conn *c, size_t left);
 
 /* Bytes written and not yet taken by the client: in libuv's queue, and
  * sent but not acknowledged in the kernel's (SIOCOUTQ). */
@@ -73,10 +91,22 @@ static size_t unsent(struct conn *c) {
 /* Starts watching what is left to send: writing, shutting and lingering
  * time out only when no byte has moved for the idle timeout. */
 static void watch(struct conn *c) {
-  c->unsent = unsent(c);
+  size_t left = unsent(c);
+  c->unsent = left;
   c->moved = uv_now(c->srv->loop);
   c->linger_from = 0;
-  check_progress(c);
+  check_progress(c, left);
+}
+
+/* Our FIN, now: reading, every write is done and libuv holds nothing, so
+ * it needs no loop turn of uv_shutdown's (two epoll_ctl and a wake-up).
+ * Returns 0 or a negative UV_E*. */
+static int shutdown_now(struct conn *c) {
+  uv_os_fd_t fd;
+  int rc = uv_fileno((uv_handle_t *)&c->tcp, &fd);
+  if (rc == 0 && shutdown(fd, SHUT_WR))
+    rc = UV_ENOTCONN;
+  return rc;
 }
 
 /* Holding: what the client sends next goes to the buffer's free end,
@@ -84,7 +114,7 @@ static void watch(struct conn *c) {
  * response costs no change to what the loop polls. */
 static void read_ahead(struct conn *c) {
   if (c->rpos > 0) {
-    memmove(c->rbuf, c->rbuf + c->rpos, c->rlen - c->rpos);
+    memmove(c->w->rbuf, c->w->rbuf + c->rpos, c->rlen - c->rpos);
     c->rlen -= c->rpos;
     c->rpos = 0;
   }
@@ -99,7 +129,9 @@ static void read_ahead(struct conn *c) {
 
 static void step(struct conn *c, enum conn_event e) {
   bool held = conn_holds(&c->life);
+  bool was_reading = c->life.state == CONN_READING;
   unsigned fx = conn_step(&c->life, e);
+  bool shut = false;
   /* The server's index of the connections that hold a response follows
    * the state: c is in it exactly while conn_holds. */
   if (conn_holds(&c->life) != held) {
@@ -124,17 +156,24 @@ static void step(struct conn *c, enum conn_event e) {
   if (fx & CONN_DO_PROCESS)
     process(c, fx & CONN_DO_QUEUE_FILLED);
   if (fx & CONN_DO_SHUTDOWN) {
-    if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown)) {
+    if (!c->w || (was_reading && c->tcp.write_queue_size == 0))
+      shut = true;
+    if (shut ? shutdown_now(c)
+             : uv_shutdown(&c->w->shutdown_req, (uv_stream_t *)&c->tcp,
+                           on_shutdown)) {
       close_now(c);
       return;
     }
   }
-  if (fx & (CONN_DO_WATCH_WRITE | CONN_DO_LINGER))
+  /* Shut at once, the watch begins with the step that follows. */
+  if ((fx & (CONN_DO_WATCH_WRITE | CONN_DO_LINGER)) && !shut)
     watch(c);
   if (fx & CONN_DO_CLOSE) {
     uv_close((uv_handle_t *)&c->tcp, on_conn_close);
     uv_close((uv_handle_t *)&c->timer, on_conn_close);
   }
+  if (shut)
+    step(c, CONN_SHUTDOWN_DONE);
 }
 
 /* A write has stalled only when no byte has moved for the idle timeout.
@@ -142,10 +181,9 @@ static void step(struct conn *c, enum conn_event e) {
  * taken everything, our FIN included: a slow reader still gets every
  * response, and anything it sends meanwhile is read, so the close that
  * follows is never a reset. */
-static void check_progress(struct conn *c) {
+static void check_progress(struct conn *c, size_t left) {
   uint64_t now = uv_now(c->srv->loop);
   uint64_t limit = c->srv->opts.idle_timeout_ms;
-  size_t left = unsent(c);
   if (left < c->unsent) {
     c->unsent = left;
     c->moved = now;
@@ -176,12 +214,12 @@ static void check_progress(struct conn *c) {
 /* ---- Writing ------------------------------------------------------------ */
 
 static void on_shutdown(uv_shutdown_t *req, int status) {
-  struct conn *c = container_of(req, struct conn, shutdown_req);
+  struct conn *c = req->data;
   step(c, status < 0 ? CONN_FAILED : CONN_SHUTDOWN_DONE);
 }
 
 static void on_write(uv_write_t *req, int status) {
-  struct conn *c = container_of(req, struct conn, write_req);
+  struct conn *c = req->data;
   c->wlen = 0;
   drop_extra(c);
   if (c->life.state == CONN_CLOSING)
@@ -194,7 +232,7 @@ static void on_write(uv_write_t *req, int status) {
 static void flush(struct conn *c) {
   if (c->life.state != CONN_READING || (c->wlen == 0 && !c->extra))
     return;
-  uv_buf_t bufs[2] = {uv_buf_init(c->wbuf, c->wlen),
+  uv_buf_t bufs[2] = {uv_buf_init(c->w->wbuf, c->wlen),
                       uv_buf_init(c->extra, (unsigned)c->extra_len)};
   unsigned nbufs = c->extra ? 2 : 1;
   size_t total = c->wlen + c->extra_len;
@@ -217,7 +255,7 @@ static void flush(struct conn *c) {
   }
   b->base += skip;
   b->len -= skip;
-  if (uv_write(&c->write_req, (uv_stream_t *)&c->tcp, b, nbufs, on_write)) {
+  if (uv_write(&c->w->write_req, (uv_stream_t *)&c->tcp, b, nbufs, on_write)) {
     close_now(c);
     return;
   }
@@ -266,11 +304,11 @@ static void queue_response(struct conn *c, const struct http_request *req,
   if (!last)
     hdr = req->version_minor == 0 ? HTTP_CONN_KEEP_ALIVE : HTTP_CONN_DEFAULT;
   c->answered++;
-  c->wlen += (uint32_t)http_format_head(c->wbuf + c->wlen, resp, hdr);
+  c->wlen += (uint32_t)http_format_head(c->w->wbuf + c->wlen, resp, hdr);
   size_t body = resp->head ? 0 : resp->body_len;
   if (body <= SMALL_BODY_MAX) {
     if (body)
-      memcpy(c->wbuf + c->wlen, resp->body, body);
+      memcpy(c->w->wbuf + c->wlen, resp->body, body);
     c->wlen += (uint32_t)body;
     if (resp->body_owned)
       free((char *)resp->body);
@@ -304,7 +342,7 @@ static void answer(struct conn *c, const struct http_request *req,
 }
 
 void conn_io_fill(struct conn *c, const struct http_response *resp) {
-  c->filled = *resp;
+  c->w->filled = *resp;
   /* Holding: queued and the buffer processed at once. Writing: once the
    * write is done. */
   step(c, CONN_FILLED);
@@ -312,14 +350,32 @@ void conn_io_fill(struct conn *c, const struct http_response *resp) {
 
 /* ---- Reading ------------------------------------------------------------ */
 
+/* The client's first byte: c takes its parser and buffers. Returns 0 or
+ * UV_ENOMEM. */
+static int work_begins(struct conn *c) {
+  struct conn_work *w = malloc(sizeof *w);
+  if (!w)
+    return UV_ENOMEM;
+  http_parser_init(&w->http, &c->srv->opts.limits);
+  w->write_req.data = c;
+  w->shutdown_req.data = c;
+  c->w = w;
+  return 0;
+}
+
+/* Whether no request has begun: none ever has before the first byte. */
+static bool parser_idle(const struct conn *c) {
+  return !c->w || http_parser_idle(&c->w->http);
+}
+
 /* Reading, with the buffer used up: the deadline of what comes next. Each
  * request gets its own header timeout from the moment it begins, even when
  * it begins in the read that completed the one before. */
 static void arm_reading(struct conn *c, bool answered) {
   const struct server_options *opts = &c->srv->opts;
-  if (!http_parser_idle(&c->http)) {
-    if (c->header_for != c->http.begun) {
-      c->header_for = c->http.begun;
+  if (!parser_idle(c)) {
+    if (c->header_for != c->w->http.begun) {
+      c->header_for = c->w->http.begun;
       set_timer(c, opts->header_timeout_ms);
     }
   } else if (answered) {
@@ -334,6 +390,8 @@ static void arm_reading(struct conn *c, bool answered) {
  * it all and an idle timeout has passed since it was last seen taking any.
  * One that takes nothing for an idle timeout has stalled. */
 static bool still_taking(struct conn *c) {
+  if (c->answered == 0)
+    return false; /* nothing was written: nothing to ask the kernel */
   size_t left = unsent(c);
   bool moving = left < c->unsent || (left > 0 && c->unsent == 0);
   c->unsent = left;
@@ -346,7 +404,7 @@ static bool still_taking(struct conn *c) {
 static void process(struct conn *c, bool filled) {
   bool answered = filled;
   if (filled)
-    queue_response(c, &c->http.req, &c->filled);
+    queue_response(c, &c->w->http.req, &c->w->filled);
   while (c->life.state == CONN_READING && c->rpos < c->rlen) {
     if (CONN_WBUF - c->wlen < WBUF_RESERVE) {
       flush(c);
@@ -354,13 +412,13 @@ static void process(struct conn *c, bool filled) {
     }
     size_t used;
     enum http_parse_result r =
-        http_parse(&c->http, c->rbuf + c->rpos, c->rlen - c->rpos, &used);
+        http_parse(&c->w->http, c->w->rbuf + c->rpos, c->rlen - c->rpos, &used);
     c->rpos += (uint32_t)used;
     if (r == HTTP_PARSE_MORE)
       break;
     answered = true;
-    answer(c, r == HTTP_PARSE_REQUEST ? &c->http.req : NULL,
-           c->http.error_status);
+    answer(c, r == HTTP_PARSE_REQUEST ? &c->w->http.req : NULL,
+           c->w->http.error_status);
   }
   flush(c);
   if (c->life.state != CONN_READING)
@@ -373,8 +431,8 @@ static void process(struct conn *c, bool filled) {
   /* Draining: a connection that has been answered, has nothing begun and
    * nothing more sent is done. One that never sent a request waits for its
    * first. */
-  if (c->srv->mode == SERVER_DRAINING && c->answered > 0 &&
-      http_parser_idle(&c->http) && !input_waiting(c)) {
+  if (c->srv->mode == SERVER_DRAINING && c->answered > 0 && parser_idle(c) &&
+      !input_waiting(c)) {
     step(c, CONN_LAST_QUEUED);
     return;
   }
@@ -389,13 +447,22 @@ static void process(struct conn *c, bool filled) {
 static void on_alloc(uv_handle_t *handle, size_t hint, uv_buf_t *buf) {
   struct conn *c = handle->data;
   (void)hint;
+  if (c->life.state != CONN_READING && c->life.state != CONN_HOLDING) {
+    *buf = uv_buf_init(discard_buf, sizeof discard_buf);
+    return;
+  }
+  if (!c->w && work_begins(c)) {
+    /* Out of memory: a zero-length buffer, which libuv reports as
+     * UV_ENOBUFS (on_read closes). */
+    *buf = uv_buf_init(NULL, 0);
+    return;
+  }
   /* Holding reads ahead into the free end (read_ahead). Otherwise reading
-   * is on only when rbuf holds nothing unparsed (or, once the last response
-   * is queued, when input is thrown away): all of it is free. */
+   * is on only when rbuf holds nothing unparsed: all of it is free. */
   if (c->life.state == CONN_HOLDING)
-    *buf = uv_buf_init(c->rbuf + c->rlen, CONN_RBUF - c->rlen);
+    *buf = uv_buf_init(c->w->rbuf + c->rlen, CONN_RBUF - c->rlen);
   else
-    *buf = uv_buf_init(c->rbuf, CONN_RBUF);
+    *buf = uv_buf_init(c->w->rbuf, CONN_RBUF);
 }
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
@@ -426,9 +493,9 @@ static void on_conn_timer(uv_timer_t *timer) {
   struct conn *c = container_of(timer, struct conn, timer);
   switch (c->life.state) {
   case CONN_READING:
-    if (http_parser_idle(&c->http) && still_taking(c))
+    if (parser_idle(c) && still_taking(c))
       set_timer(c, c->srv->opts.idle_timeout_ms);
-    else if (http_parser_idle(&c->http))
+    else if (parser_idle(c))
       step(c, CONN_LAST_QUEUED); /* idle: our FIN, no response */
     else
       answer(c, NULL, 408); /* always the last */
@@ -438,7 +505,7 @@ static void on_conn_timer(uv_timer_t *timer) {
   case CONN_WRITING_FILLED:
   case CONN_SHUTTING:
   case CONN_LINGERING:
-    check_progress(c);
+    check_progress(c, unsent(c));
     return;
   default:
     return; /* holding waits for its response, closing for nothing */
@@ -448,10 +515,9 @@ static void on_conn_timer(uv_timer_t *timer) {
 /* ---- From accept to close ----------------------------------------------- */
 
 struct conn *conn_io_new(struct server *srv) {
-  struct conn *c = malloc(sizeof *c);
+  struct conn *c = calloc(1, sizeof *c);
   if (!c)
     return NULL;
-  memset(c, 0, offsetof(struct conn, rbuf));
   c->srv = srv;
   conn_life_init(&c->life);
   uv_tcp_init(srv->loop, &c->tcp);
@@ -475,8 +541,7 @@ void conn_io_discard(struct conn *c) {
 
 void conn_io_start(struct conn *c) {
   struct server *srv = c->srv;
-  http_parser_init(&c->http, &srv->opts.limits);
-  uv_tcp_nodelay(&c->tcp, 1);
+  /* TCP_NODELAY is the listener's, which Linux passes on at accept. */
   if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read)) {
     close_now(c);
     return;

@@ -4,14 +4,17 @@
  * server's respond callback for each answer. The server (server.c) accepts
  * it, keeps it in its list and counts it.
  *
- * Each connection owns a read buffer and a write buffer. Requests are taken
+ * Each connection owns a read buffer and a write buffer, from the first
+ * byte its client sends until it closes. Requests are taken
  * from the read buffer one at a time (pipelining in order) and their
  * responses gathered in the write buffer, which goes out with one
  * uv_try_write (or uv_write when the socket is full, during which the
  * connection stops reading). Each connection has its own timer (libuv keeps
  * timers in a min-heap, so a deadline costs O(log n)): the header timeout
  * of each request, the idle timeout, a write that makes no progress, and
- * the linger after our FIN. */
+ * the linger after our FIN. A deadline of a second or more is rounded up
+ * to a slot of at most 16 ms, so that connections opened within one slot
+ * time out in one loop turn. */
 #ifndef GRACEFULD_CONN_IO_H
 #define GRACEFULD_CONN_IO_H
 
@@ -29,17 +32,27 @@
 #define CONN_RBUF 4096
 #define CONN_WBUF 4096
 
+/* What a connection needs once its client has sent a byte: taken then,
+ * freed at its close, so that a connection that never sends (a health
+ * checker, a scanner, a keep-alive connection opened ahead) costs only its
+ * struct conn. */
+struct conn_work {
+  struct http_parser http;
+  uv_write_t write_req; /* data: the connection */
+  uv_shutdown_t shutdown_req;
+  struct http_response filled; /* writing filled: to queue after the write */
+  char rbuf[CONN_RBUF];
+  char wbuf[CONN_WBUF];
+};
+
 struct conn {
   uv_tcp_t tcp;
-  uv_timer_t timer; /* this connection's one deadline */
-  uv_write_t write_req;
-  uv_shutdown_t shutdown_req;
+  uv_timer_t timer;    /* this connection's one deadline */
+  struct conn_work *w; /* NULL until the client's first byte */
   struct server *srv;
-  struct list_link in_server;  /* the server's list of connections */
-  struct list_link in_held;    /* the server's index of those holding */
-  uint64_t ticket;             /* holding: the held response's */
-  struct http_response filled; /* writing filled: to queue after the write */
-  struct http_parser http;
+  struct list_link in_server; /* the server's list of connections */
+  struct list_link in_held;   /* the server's index of those holding */
+  uint64_t ticket;            /* holding: the held response's */
   struct conn_life life;
   uint8_t handles;        /* tcp and timer until both are closed */
   uint32_t closing_bytes; /* read since the server began closing */
@@ -54,8 +67,6 @@ struct conn {
   char *extra; /* a large body written after wbuf */
   size_t extra_len;
   bool extra_owned;
-  char rbuf[CONN_RBUF];
-  char wbuf[CONN_WBUF];
 };
 
 /* A connection of srv with its handles initialized, for the caller to

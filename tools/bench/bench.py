@@ -45,7 +45,7 @@ from gracefuld_testlib import (LineReader, Redis, free_port,  # noqa: E402
 from bench_table import (LATEST, profile_text, table,  # noqa: E402
                          write_latest)
 
-PHASES = ["throughput", "latency", "memory", "drain", "startup", "redis",
+PHASES = ["throughput", "idle", "latency", "memory", "drain", "startup", "redis",
           "allocs", "syscalls", "profile"]
 DEFAULT_PHASES = [p for p in PHASES if p != "profile"]
 TICK = os.sysconf("SC_CLK_TCK")
@@ -472,6 +472,16 @@ class Bench:
         res["redis_cpu_pct"] = round(100 * (cpu_seconds(
             [self.redis.proc.pid]) - redis0) / wall, 1)
         return res
+
+    def idle(self):
+        """Idle connections, gracefuld against nginx in the same run
+        (idle.py): CPU and memory per connection that never sends a
+        request, from its accept to its timeout and close."""
+        import idle  # beside this file
+        a = self.a
+        self.results["idle"] = idle.measure(
+            self.binary, self.redis, a.idle_conns, 1.0, a.idle_timeout_ms,
+            a.idle_rounds, a.server_cpu, a.client_cpu, log=log)
 
     def throughput(self):
         """Two windows on each fresh server. http_only: the first seconds,
@@ -1275,6 +1285,10 @@ def main():
     ap.add_argument("--syscall-seconds", type=float, default=4)
     ap.add_argument("--syscall-delay-ms", type=int, default=1000)
     ap.add_argument("--profile-requests", type=int, default=25000)
+    ap.add_argument("--idle-conns", type=int, default=8000,
+                    help="idle connections, one a millisecond")
+    ap.add_argument("--idle-timeout-ms", type=int, default=3000)
+    ap.add_argument("--idle-rounds", type=int, default=2)
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--client-cpu", type=int, default=1,
                     help="CPU of wrk and loadgen")

@@ -42,7 +42,7 @@ def table(res):
                 f"{x['seconds']:g} s, median of {len(t['rounds'])})",
                 fmt(m[k]["rps"]), fmt(m["nginx"]["rps"]),
                 rounds(x[pre + "ratio_median"], x[pre + "ratios"]),
-                "≥ 0.8×" if k == "journal" else "≥ 1.0×")
+                "≥ 0.9×" if k == "journal" else "≥ 1.1×")
             add(f"  CPU % server / wrk / redis-server ({mode}{w})",
                 " / ".join(fmt(m[k][c]) for c in
                            ("server_cpu_pct", "client_cpu_pct",
@@ -57,6 +57,9 @@ def table(res):
             add(f"  latency at saturation ({mode}{w}, wrk) p50 / p99, µs",
                 f"{fmt(m[k]['p50_us'])} / {fmt(m[k]['p99_us'])}",
                 f"{fmt(m['nginx']['p50_us'])} / {fmt(m['nginx']['p99_us'])}")
+    if res.get("idle"):
+        import idle  # beside this file
+        rows.extend(idle.rows(res["idle"]))
     lt = res.get("latency")
     if lt:
         m = lt["median"]
