@@ -40,13 +40,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "test", "lib"))
 
-from gracefuld_testlib import (LineReader, Redis, free_port,  # noqa: E402
-                               scrape_metrics, wait_event)
+from gracefuld_testlib import (Certs, LineReader, Redis,  # noqa: E402
+                               free_port, scrape_metrics, wait_event)
 from bench_table import (LATEST, profile_text, table,  # noqa: E402
                          write_latest)
 
-PHASES = ["throughput", "idle", "latency", "memory", "drain", "startup", "redis",
-          "allocs", "syscalls", "profile"]
+PHASES = ["throughput", "idle", "tls", "latency", "memory", "drain", "startup",
+          "redis", "allocs", "syscalls", "profile"]
 DEFAULT_PHASES = [p for p in PHASES if p != "profile"]
 TICK = os.sysconf("SC_CLK_TCK")
 # The servers measured side by side: the reference, gracefuld in memory
@@ -482,6 +482,86 @@ class Bench:
         self.results["idle"] = idle.measure(
             self.binary, self.redis, a.idle_conns, 1.0, a.idle_timeout_ms,
             a.idle_rounds, a.server_cpu, a.client_cpu, log=log)
+
+    # The TLS phase's servers: nginx, and each mode with Redis over plain
+    # TCP and over TLS.
+    TLS_KINDS = {"nginx": None, "memory-tcp": (False, False),
+                 "memory-tls": (False, True), "journal-tcp": (True, False),
+                 "journal-tls": (True, True)}
+
+    def tls(self):
+        """Memory and journal mode with Redis over TLS beside plain TCP, in
+        the same rounds: the steady-state throughput (after INCR_DELAY_MS of
+        load, increments falling due all through the window) against
+        nginx's, and the CPU of the server and of Redis. The TLS Redis is a
+        second redis-server, TLS only, on the same CPU as the first."""
+        a = self.a
+        certs = Certs()
+        key, crt = certs.issue("server")
+        tls_redis = Redis(tls=(key, crt, certs.ca)).start()
+        pin_all_threads(tls_redis.proc.pid, a.redis_cpu)
+        delay_s = a.incr_delay_ms / 1000
+        names = list(self.TLS_KINDS)
+        rounds = []
+        try:
+            for r in range(a.rounds):
+                row = {"round": r + 1}
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    kind = self.TLS_KINDS[name]
+                    redis = self.redis
+                    if kind is None:
+                        srv = self.nginx()
+                    else:
+                        journal, tls = kind
+                        env = {"INCR_DELAY_MS": str(a.incr_delay_ms)}
+                        if journal:
+                            env["DURABILITY"] = "redis"
+                        srv = Gracefuld(self.binary, self.redis, a.server_cpu,
+                                        env)
+                        if tls:
+                            redis = tls_redis
+                            del srv.env["REDIS_ADDR"]
+                            srv.env["REDIS_URL"] = \
+                                f"rediss://127.0.0.1:{tls_redis.port}"
+                            srv.env["REDIS_TLS_CA_FILE"] = certs.ca
+                        srv.start()
+                    try:
+                        if kind is not None:
+                            self.wrk(srv.port, delay_s + 0.5)
+                        redis0 = cpu_seconds([redis.proc.pid])
+                        t0 = time.monotonic()
+                        res = self.measured_wrk(srv, a.duration)
+                        res["redis_cpu_pct"] = round(100 * (cpu_seconds(
+                            [redis.proc.pid]) - redis0) /
+                            (time.monotonic() - t0), 1)
+                    finally:
+                        srv.stop()
+                        for rd in (self.redis, tls_redis):
+                            rd.cli("FLUSHALL")
+                    row[name] = res
+                    log(f"tls round {r + 1} {name}: {res['rps']:.0f} req/s "
+                        f"(server CPU {res['server_cpu_pct']}%, redis "
+                        f"{res['redis_cpu_pct']}%)")
+                rounds.append(row)
+        finally:
+            tls_redis.cleanup()
+            certs.cleanup()
+
+        def med(name, f):
+            return statistics.median(f(r[name]) for r in rounds)
+        out = {"conns": a.conns, "incr_delay_ms": a.incr_delay_ms,
+               "seconds": a.duration, "rounds": rounds, "median": {
+                   n: {k: med(n, lambda x, k=k: x[k])
+                       for k in ("rps", "server_cpu_pct", "redis_cpu_pct")}
+                   for n in names}}
+        for mode in ("memory", "journal"):
+            out[mode + "_tls_over_tcp"] = [
+                round(r[mode + "-tls"]["rps"] / r[mode + "-tcp"]["rps"], 3)
+                for r in rounds]
+            out[mode + "_tls_vs_nginx"] = [
+                round(r[mode + "-tls"]["rps"] / r["nginx"]["rps"], 3)
+                for r in rounds]
+        self.results["tls"] = out
 
     def throughput(self):
         """Two windows on each fresh server. http_only: the first seconds,

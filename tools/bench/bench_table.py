@@ -57,6 +57,22 @@ def table(res):
             add(f"  latency at saturation ({mode}{w}, wrk) p50 / p99, µs",
                 f"{fmt(m[k]['p50_us'])} / {fmt(m[k]['p99_us'])}",
                 f"{fmt(m['nginx']['p50_us'])} / {fmt(m['nginx']['p99_us'])}")
+    tl = res.get("tls")
+    if tl:
+        m = tl["median"]
+        for mode in ("memory", "journal"):
+            tcp, tls = m[mode + "-tcp"], m[mode + "-tls"]
+            over = tl[mode + "_tls_over_tcp"]
+            add(f"throughput over TLS to Redis, req/s ({mode} mode, steady; "
+                f"TLS / plain TCP, same rounds)", fmt(tls["rps"]),
+                fmt(tcp["rps"]), rounds(statistics.median(over), over),
+                "≥ 0.95×")
+            vs = tl[mode + "_tls_vs_nginx"]
+            add(f"  over TLS against nginx ({mode} mode)", fmt(tls["rps"]),
+                fmt(m["nginx"]["rps"]), rounds(statistics.median(vs), vs))
+            add(f"  CPU % server / redis-server, TLS vs TCP ({mode} mode)",
+                f"{fmt(tls['server_cpu_pct'])} / {fmt(tls['redis_cpu_pct'])}",
+                f"{fmt(tcp['server_cpu_pct'])} / {fmt(tcp['redis_cpu_pct'])}")
     if res.get("idle"):
         import idle  # beside this file
         rows.extend(idle.rows(res["idle"]))
