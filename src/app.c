@@ -9,6 +9,7 @@
 #include "base.h"
 #include "log.h"
 #include "redis/redis_error.h"
+#include "redis/redis_slot.h"
 
 static void wind_up(struct app *app);
 
@@ -462,6 +463,9 @@ int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg,
           .sentinels = cfg->sentinels,
           .n_sentinels = cfg->n_sentinels,
           .master_name = cfg->master_name,
+          .cluster_nodes = cfg->cluster_nodes,
+          .n_cluster_nodes = cfg->n_cluster_nodes,
+          .slot = redis_key_slot(cfg->counter_key, strlen(cfg->counter_key)),
           .sentinel_password =
               cfg->has_sentinel_password ? cfg->sentinel_password : NULL,
           .password_file =

@@ -18,6 +18,7 @@ enum kind {
   K_REDIS_USER,
   K_SECRET_FILE,
   K_SENTINELS,
+  K_CLUSTER_NODES,
   K_UINT,
   K_STRING,
   K_PATH,
@@ -77,6 +78,11 @@ static const struct setting settings[] = {
      "ask these Sentinels for the master (with REDIS_MASTER_NAME); the "
      "port defaults to 26379",
      K_SENTINELS, 0, 0, 0},
+    {"REDIS_CLUSTER_NODES", "redis-cluster-nodes", "HOST:PORT,...", "(none)",
+     "Redis Cluster: seed nodes asked for the slot map (CLUSTER SLOTS); the "
+     "counter's slot is followed through MOVED and failovers; the port "
+     "defaults to 6379; credentials and rediss:// from REDIS_URL",
+     K_CLUSTER_NODES, 0, 0, 0},
     {"REDIS_MASTER_NAME", "redis-master-name", "NAME", "(none)",
      "the master's name in Sentinel (with REDIS_SENTINELS)", K_STRING,
      FIELD(master_name), 0, 0},
@@ -276,22 +282,28 @@ static int apply(struct config *cfg, const struct setting *s, const char *v,
            v);
     return 0;
   }
-  case K_SENTINELS: {
-    cfg->n_sentinels = 0;
+  case K_SENTINELS:
+  case K_CLUSTER_NODES: {
+    bool sentinels = s->kind == K_SENTINELS;
+    struct redis_sentinel *nodes =
+        sentinels ? cfg->sentinels : cfg->cluster_nodes;
+    size_t *count = sentinels ? &cfg->n_sentinels : &cfg->n_cluster_nodes;
+    *count = 0;
     for (const char *p = v;;) {
       size_t len = strcspn(p, ",");
-      struct redis_sentinel *sn = &cfg->sentinels[cfg->n_sentinels];
-      if (cfg->n_sentinels == REDIS_SENTINELS_MAX)
-        return fail(err, err_len, s, v, "at most 8 sentinels"), -1;
-      why = redis_split_host_port(p, len, sn->host, sizeof sn->host,
-                                  REDIS_SENTINEL_PORT, &sn->port);
+      struct redis_sentinel *sn = &nodes[*count];
+      if (*count == REDIS_SENTINELS_MAX)
+        return fail(err, err_len, s, v, "at most 8 addresses"), -1;
+      why = redis_split_host_port(
+          p, len, sn->host, sizeof sn->host,
+          sentinels ? REDIS_SENTINEL_PORT : REDIS_DEFAULT_PORT, &sn->port);
       if (!why && sn->port == 0)
         why = "port must be from 1 to 65535";
       if (!why && !redis_host_valid(sn->host))
         why = "not a host name or IP address";
       if (why)
         return fail(err, err_len, s, v, why), -1;
-      cfg->n_sentinels++;
+      (*count)++;
       if (p[len] == '\0')
         break;
       p += len + 1;
@@ -469,6 +481,21 @@ enum config_result config_parse(struct config *cfg, int argc, char *const *argv,
     snprintf(err, err_len,
              "REDIS_TLS_* settings need a rediss:// REDIS_URL (--redis-url): "
              "without it the connection would be plain text");
+    return CONFIG_ERROR;
+  }
+  if (cfg->n_cluster_nodes > 0 &&
+      (given(flag_values, K_ADDR_REDIS) || cfg->n_sentinels > 0)) {
+    snprintf(err, err_len,
+             "REDIS_CLUSTER_NODES (--redis-cluster-nodes) names the cluster: "
+             "not with REDIS_ADDR or REDIS_SENTINELS");
+    return CONFIG_ERROR;
+  }
+  if (cfg->n_cluster_nodes > 0 &&
+      (cfg->redis.transport == REDIS_UNIX || cfg->redis.db != 0)) {
+    snprintf(err, err_len,
+             "REDIS_CLUSTER_NODES (--redis-cluster-nodes): a cluster has "
+             "database 0 only and TCP nodes; REDIS_URL may give credentials "
+             "and rediss:// only");
     return CONFIG_ERROR;
   }
   if (cfg->n_sentinels > 0 && cfg->redis.transport == REDIS_UNIX) {

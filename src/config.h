@@ -35,6 +35,9 @@ struct config {
    * them (redis.host and redis.port are then only its first guess). */
   struct redis_sentinel sentinels[REDIS_SENTINELS_MAX];
   size_t n_sentinels;
+  /* REDIS_CLUSTER_NODES: seeds asked for the counter slot's owner. */
+  struct redis_sentinel cluster_nodes[REDIS_SENTINELS_MAX];
+  size_t n_cluster_nodes;
   char master_name[CONFIG_KEY_MAX];
   char sentinel_password[REDIS_PASSWORD_MAX];
   bool has_sentinel_password;

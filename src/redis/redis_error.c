@@ -42,13 +42,17 @@ static const char *script_error(const char *msg, size_t len, size_t *rest) {
 
 enum redis_error_class redis_error_classify(const char *msg, size_t len) {
   /* A fresh connection (to another server, perhaps) can take it: this one
-   * is not authenticated, is loading, is a replica, or has lost its master. */
+   * is not authenticated, is loading, is a replica, has lost its master, or
+   * no longer owns the slot (MOVED: the next connection asks the cluster
+   * where it went). */
   static const char *const reconnect[] = {"NOAUTH", "LOADING", "READONLY",
-                                          "MASTERDOWN"};
+                                          "MASTERDOWN", "MOVED"};
   /* Redis will take it again, later: it is busy, full, cannot persist, has
-   * too few replicas, or its cluster is moving or down. */
-  static const char *const retry[] = {"TRYAGAIN", "BUSY",       "OOM",
-                                      "MISCONF",  "NOREPLICAS", "CLUSTERDOWN"};
+   * too few replicas, or its cluster is moving or down (ASK: the slot is
+   * migrating and this command's keys are gone, or going, to the importing
+   * node; nothing ran, and once the slot has moved the retry gets MOVED). */
+  static const char *const retry[] = {
+      "TRYAGAIN", "BUSY", "OOM", "MISCONF", "NOREPLICAS", "CLUSTERDOWN", "ASK"};
   size_t inner_len;
   const char *inner = script_error(msg, len, &inner_len);
   if (inner) {

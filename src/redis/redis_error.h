@@ -9,11 +9,13 @@
 enum redis_error_class {
   /* Send it again on a fresh connection, after a backoff: this connection,
    * or the server behind it, cannot take it now (NOAUTH: Redis restarted
-   * with a password; LOADING; READONLY: a demoted master; MASTERDOWN). */
+   * with a password; LOADING; READONLY: a demoted master; MASTERDOWN;
+   * MOVED: the slot has another owner). */
   REDIS_ERROR_RECONNECT,
   /* Send it again after a backoff; the server refuses for now (TRYAGAIN,
    * BUSY: a script runs; OOM: maxmemory; MISCONF: a snapshot failed;
-   * NOREPLICAS: min-replicas-to-write; CLUSTERDOWN). */
+   * NOREPLICAS: min-replicas-to-write; CLUSTERDOWN; ASK: the slot is
+   * migrating). */
   REDIS_ERROR_RETRY,
   /* No retry can fix it (WRONGTYPE, ERR, NOPERM, ...): count it failed. */
   REDIS_ERROR_PERMANENT,

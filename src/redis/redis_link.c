@@ -15,6 +15,18 @@
 #define BACKOFF_MAX_MS 2000
 
 static void connect_now(struct redis_link *link);
+
+/* Where the master's address is asked: the Sentinels, or the cluster's
+ * seeds; *n is 0 when the target is connected to directly. */
+static const struct redis_sentinel *seeds(const struct redis_link *link,
+                                          size_t *n) {
+  if (link->opts.n_sentinels) {
+    *n = link->opts.n_sentinels;
+    return link->opts.sentinels;
+  }
+  *n = link->opts.n_cluster_nodes;
+  return link->opts.cluster_nodes;
+}
 static void on_reply(struct redis_conn *conn, redisReply *reply,
                      void *privdata);
 
@@ -47,6 +59,8 @@ void redis_link_init(struct redis_link *link, uv_loop_t *loop,
   }
   if (opts->n_sentinels)
     snprintf(link->addr, sizeof link->addr, "sentinel:%s", opts->master_name);
+  else if (opts->n_cluster_nodes)
+    snprintf(link->addr, sizeof link->addr, "cluster:slot %u", opts->slot);
   else
     redis_target_format(&link->target, link->addr, sizeof link->addr);
 }
@@ -111,14 +125,18 @@ static void retry_later(struct redis_link *link, const char *why) {
   if (link->state == LINK_CLOSED)
     return;
   char sentinel_why[sizeof link->why + REDIS_HOST_MAX + 32];
-  if (link->opts.n_sentinels) {
+  size_t n_seeds;
+  const struct redis_sentinel *seed = seeds(link, &n_seeds);
+  if (n_seeds) {
     if (link->asking) {
-      /* This Sentinel failed us: the next attempt asks the next one. */
-      const struct redis_sentinel *sn = &link->opts.sentinels[link->sentinel];
-      snprintf(sentinel_why, sizeof sentinel_why, "sentinel %s:%u: %s",
-               sn->host, sn->port, why);
+      /* This Sentinel (seed) failed us: the next attempt asks the next
+       * one. */
+      const struct redis_sentinel *sn = &seed[link->sentinel];
+      snprintf(sentinel_why, sizeof sentinel_why, "%s %s:%u: %s",
+               link->opts.n_sentinels ? "sentinel" : "cluster seed", sn->host,
+               sn->port, why);
       why = sentinel_why;
-      link->sentinel = (link->sentinel + 1) % link->opts.n_sentinels;
+      link->sentinel = (link->sentinel + 1) % n_seeds;
     } else {
       /* The master may have moved: ask again. */
       link->master_known = false;
@@ -313,7 +331,8 @@ static void handshake_done(struct redis_link *link) {
 
 /* Tags telling on_handshake_reply which command a reply answers. */
 static const char tag_auth = 'a', tag_role = 'r', tag_master = 'm',
-                  tag_info = 'i', tag_policy = 'p', tag_probe = 'c';
+                  tag_slots = 's', tag_info = 'i', tag_policy = 'p',
+                  tag_probe = 'c';
 
 /* A check the server does not let us make (INFO or CONFIG renamed or
  * denied, as managed offerings do): said once per change. */
@@ -429,6 +448,9 @@ static const char *check_policy(struct redis_link *link,
              : NULL;
 }
 
+static void set_master(struct redis_link *link, const char *host,
+                       uint16_t port);
+
 /* The Sentinel's answer to get-master-addr-by-name: [host, port], or nil
  * for a name it does not know. Returns NULL or why it is unusable. */
 static const char *take_master(struct redis_link *link,
@@ -447,6 +469,14 @@ static const char *take_master(struct redis_link *link,
     return "unusable master address from the sentinel";
   memcpy(host, h->str, h->len);
   host[h->len] = '\0';
+  set_master(link, host, (uint16_t)port);
+  return NULL;
+}
+
+/* The master (the slot's owner) is at host:port from now on: said once
+ * per change, naming who said so. */
+static void set_master(struct redis_link *link, const char *host,
+                       uint16_t port) {
   struct redis_target *t = &link->target;
   if (strcmp(t->host, host) != 0 || t->port != (uint16_t)port ||
       !link->ever_ready) {
@@ -456,15 +486,55 @@ static const char *take_master(struct redis_link *link,
     t->port = (uint16_t)port;
     redis_target_format(t, link->addr, sizeof link->addr);
     if (strcmp(was, link->addr) != 0) {
-      const struct redis_sentinel *sn = &link->opts.sentinels[link->sentinel];
+      size_t n;
+      const struct redis_sentinel *sn = &seeds(link, &n)[link->sentinel];
       char from[REDIS_HOST_MAX + 8];
       snprintf(from, sizeof from, "%s:%u", sn->host, sn->port);
-      log_info("redis_master", LOG_STR("from", was), LOG_STR("to", link->addr),
-               LOG_STR("master_name", link->opts.master_name),
-               LOG_STR("sentinel", from));
+      if (link->opts.n_sentinels)
+        log_info("redis_master", LOG_STR("from", was),
+                 LOG_STR("to", link->addr),
+                 LOG_STR("master_name", link->opts.master_name),
+                 LOG_STR("sentinel", from));
+      else
+        log_info("redis_master", LOG_STR("from", was),
+                 LOG_STR("to", link->addr), LOG_UINT("slot", link->opts.slot),
+                 LOG_STR("seed", from));
     }
   }
-  return NULL;
+}
+
+/* CLUSTER SLOTS: [[first, last, [ip, port, ...], replicas...], ...]; the
+ * master of the range holding our slot. An empty ip means the node asked.
+ * Returns NULL or why it is unusable. */
+static const char *take_slot_owner(struct redis_link *link,
+                                   const redisReply *reply) {
+  if (reply->type != REDIS_REPLY_ARRAY)
+    return "unexpected reply to CLUSTER SLOTS";
+  for (size_t i = 0; i < reply->elements; i++) {
+    const redisReply *r = reply->element[i];
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 3 ||
+        r->element[0]->type != REDIS_REPLY_INTEGER ||
+        r->element[1]->type != REDIS_REPLY_INTEGER ||
+        r->element[2]->type != REDIS_REPLY_ARRAY)
+      return "unexpected reply to CLUSTER SLOTS";
+    if (link->opts.slot < r->element[0]->integer ||
+        link->opts.slot > r->element[1]->integer)
+      continue;
+    const redisReply *m = r->element[2];
+    if (m->elements < 2 || m->element[0]->type != REDIS_REPLY_STRING ||
+        m->element[1]->type != REDIS_REPLY_INTEGER ||
+        m->element[1]->integer <= 0 || m->element[1]->integer > 65535 ||
+        m->element[0]->len >= REDIS_HOST_MAX)
+      return "unusable slot owner in CLUSTER SLOTS";
+    char host[REDIS_HOST_MAX];
+    if (m->element[0]->len == 0 || strcmp(m->element[0]->str, "?") == 0)
+      snprintf(host, sizeof host, "%s", link->host);
+    else
+      snprintf(host, sizeof host, "%s", m->element[0]->str);
+    set_master(link, host, (uint16_t)m->element[1]->integer);
+    return NULL;
+  }
+  return "no node serves the counter's slot (CLUSTERDOWN)";
 }
 
 /* ROLE's first element says what the server is now. */
@@ -473,7 +543,7 @@ static const char *check_role(const redisReply *reply) {
       reply->element[0]->type != REDIS_REPLY_STRING)
     return "unexpected reply to ROLE";
   if (strcmp(reply->element[0]->str, "master") != 0)
-    return "ROLE: not a master (any more); asking the sentinels again";
+    return "ROLE: not a master (any more); asking where it is again";
   return NULL;
 }
 
@@ -533,6 +603,7 @@ static void on_handshake_reply(struct redis_conn *conn, redisReply *reply,
     const char *tag = privdata;
     const char *why =
         tag == &tag_master   ? take_master(link, reply)
+        : tag == &tag_slots  ? take_slot_owner(link, reply)
         : tag == &tag_role   ? check_role(reply)
         : tag == &tag_info   ? check_version(link, reply)
         : tag == &tag_policy ? check_policy(link, reply)
@@ -637,7 +708,9 @@ static int send_handshake(struct redis_link *link) {
     snprintf(db, sizeof db, "%u", t->db);
     rc = send_step(link, NULL, 2, (const char *[]){"SELECT", db});
   }
-  if (rc == 0 && link->opts.n_sentinels)
+  size_t n_seeds;
+  seeds(link, &n_seeds);
+  if (rc == 0 && n_seeds)
     rc = send_step(link, &tag_role, 1, (const char *[]){"ROLE"});
   if (rc == 0)
     rc = send_step(link, &tag_info, 2, (const char *[]){"INFO", "server"});
@@ -663,6 +736,16 @@ static int send_handshake(struct redis_link *link) {
 /* Asks a Sentinel where the master is (after its AUTH, if it has one). */
 static int send_sentinel_query(struct redis_link *link) {
   const struct redis_link_options *opts = &link->opts;
+  if (!opts->n_sentinels) {
+    /* A cluster seed: logged in to as the master would be. */
+    struct redis_target *t = &link->target;
+    reread_password(opts->password_file, "redis", t->password, &t->has_password,
+                    &link->password_unreadable_logged);
+    int rc = send_auth(link, t->user, t->has_password ? t->password : NULL);
+    if (rc == 0)
+      rc = send_step(link, &tag_slots, 2, (const char *[]){"CLUSTER", "SLOTS"});
+    return rc;
+  }
   reread_password(opts->sentinel_password_file, "sentinel",
                   link->sentinel_password, &link->has_sentinel_password,
                   &link->sentinel_password_unreadable_logged);
@@ -789,12 +872,13 @@ static void on_resolved(uv_getaddrinfo_t *req, int status,
 }
 
 static void connect_now(struct redis_link *link) {
-  const struct redis_link_options *opts = &link->opts;
   const struct redis_target *t = &link->target;
-  link->asking = opts->n_sentinels && !link->master_known;
+  size_t n_seeds;
+  const struct redis_sentinel *seed = seeds(link, &n_seeds);
+  link->asking = n_seeds && !link->master_known;
   if (link->asking) {
-    link->host = opts->sentinels[link->sentinel].host;
-    link->port = opts->sentinels[link->sentinel].port;
+    link->host = seed[link->sentinel].host;
+    link->port = seed[link->sentinel].port;
   } else if (t->transport == REDIS_UNIX) {
     open_conn(link, NULL, t->path);
     return;

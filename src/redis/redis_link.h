@@ -27,7 +27,8 @@ enum redis_link_state {
   LINK_IDLE,       /* not started, or waiting out a backoff */
   LINK_RESOLVING,  /* uv_getaddrinfo in progress */
   LINK_CONNECTING, /* TCP or unix socket connect in progress */
-  LINK_ASKING,     /* connected to a Sentinel, the master's address asked */
+  LINK_ASKING,     /* connected to a Sentinel (or a cluster seed), the
+                      master's address (the slot's owner) asked */
   LINK_ASKED,      /* the address is known; the Sentinel connection closes
                       and the master is connected to next */
   LINK_HANDSHAKE,  /* AUTH / SELECT / ROLE / INFO / CONFIG GET sent, replies
@@ -69,7 +70,13 @@ struct redis_link_options {
   /* n_sentinels > 0: the master's address is asked of these, in turn. */
   const struct redis_sentinel *sentinels;
   size_t n_sentinels;
-  const char *master_name;       /* the master's name in Sentinel */
+  const char *master_name; /* the master's name in Sentinel */
+  /* n_cluster_nodes > 0 (and no Sentinels): Redis Cluster; these seeds are
+   * asked in turn for the slot map, and the owner of slot (every key the
+   * client uses hashes to it) is connected to. */
+  const struct redis_sentinel *cluster_nodes;
+  size_t n_cluster_nodes;
+  uint16_t slot;
   const char *sentinel_password; /* NULL: the Sentinels want none */
   /* Where the passwords came from (NULL: nowhere), read again at every
    * connection: a password rotated in place (a Secret volume) is used from

@@ -53,8 +53,8 @@ int redis_url_parse(const char *url, struct redis_target *t, const char **why);
 void redis_url_redact(const char *url, char *out, size_t cap);
 
 /* Writes t as a log line shows it: host:port, or redis://user:***@host:port/db
- * when it has credentials or a database (rediss://... with TLS), or unix:///path?db=N. Returns the
- * length (snprintf's). */
+ * when it has credentials or a database (rediss://... with TLS), or
+ * unix:///path?db=N. Returns the length (snprintf's). */
 int redis_target_format(const struct redis_target *t, char *out, size_t cap);
 
 /* Splits the n bytes at v, "host:port" or "[v6]:port", into host (without

@@ -738,6 +738,28 @@ static void test_config_sentinel_settings_go_together(void **state) {
   expect_rejected("redis-min-replicas", "REDIS_MIN_REPLICAS", "17");
 }
 
+static void test_config_cluster_nodes_and_what_they_exclude(void **state) {
+  (void)state;
+  expect_ok(NONE, LIST("REDIS_CLUSTER_NODES=n1:7000,10.0.0.2",
+                       "REDIS_URL=rediss://app:pw@ignored"));
+  assert_int_equal(cfg.n_cluster_nodes, 2);
+  assert_string_equal(cfg.cluster_nodes[0].host, "n1");
+  assert_int_equal(cfg.cluster_nodes[0].port, 7000);
+  assert_int_equal(cfg.cluster_nodes[1].port, 6379);
+  assert_true(cfg.redis.tls);
+  assert_int_equal(cfg.n_sentinels, 0);
+  expect_error(NONE, LIST("REDIS_CLUSTER_NODES=n1", "REDIS_ADDR=h:1"),
+               LIST("REDIS_CLUSTER_NODES", "REDIS_ADDR"));
+  expect_error(NONE,
+               LIST("REDIS_CLUSTER_NODES=n1", "REDIS_SENTINELS=s1",
+                    "REDIS_MASTER_NAME=m"),
+               LIST("REDIS_CLUSTER_NODES", "REDIS_SENTINELS"));
+  expect_error(NONE, LIST("REDIS_CLUSTER_NODES=n1", "REDIS_URL=redis://h/2"),
+               LIST("REDIS_CLUSTER_NODES", "database 0"));
+  expect_rejected("redis-cluster-nodes", "REDIS_CLUSTER_NODES", "n1:0");
+  expect_rejected("redis-cluster-nodes", "REDIS_CLUSTER_NODES", "n1,,n2");
+}
+
 static void
 test_config_warns_when_delays_exceed_the_shutdown_timeout(void **state) {
   (void)state;
@@ -784,6 +806,7 @@ int main(void) {
       cmocka_unit_test(test_config_durability_prefix_and_lease),
       cmocka_unit_test(test_config_sentinels_with_default_port_and_master_name),
       cmocka_unit_test(test_config_sentinel_settings_go_together),
+      cmocka_unit_test(test_config_cluster_nodes_and_what_they_exclude),
       cmocka_unit_test(test_config_redis_url_sets_target_user_password_db),
       cmocka_unit_test(test_config_redis_url_and_addr_together_name_both),
       cmocka_unit_test(test_config_bad_redis_url_never_echoes_the_password),

@@ -77,6 +77,19 @@ static void test_refused_writes_are_retried_not_failed(void **state) {
                    REDIS_ERROR_RETRY);
 }
 
+/* Redis Cluster's redirections: MOVED asks where the slot went (a fresh
+ * connection, after the cluster is asked again), ASK waits for the slot
+ * to finish migrating; neither ran the command. */
+static void test_cluster_redirections_are_followed_not_failed(void **state) {
+  (void)state;
+  assert_int_equal(classify("MOVED 866 127.0.0.1:7002"), REDIS_ERROR_RECONNECT);
+  assert_int_equal(classify("ASK 866 127.0.0.1:7002"), REDIS_ERROR_RETRY);
+  assert_int_equal(classify("ASKING is not a reply"), REDIS_ERROR_PERMANENT);
+  assert_int_equal(classify("TRYAGAIN Multiple keys request during "
+                            "rehashing of slot"),
+                   REDIS_ERROR_RETRY);
+}
+
 /* What a script's redis.call raised, as Redis 7 and Redis 6 word it. */
 static void
 test_errors_raised_in_scripts_are_judged_by_their_own_code(void **state) {
@@ -143,6 +156,7 @@ int main(void) {
       cmocka_unit_test(test_errors_no_retry_can_fix_are_permanent),
       cmocka_unit_test(test_only_the_whole_first_word_counts),
       cmocka_unit_test(test_refused_writes_are_retried_not_failed),
+      cmocka_unit_test(test_cluster_redirections_are_followed_not_failed),
       cmocka_unit_test(
           test_errors_raised_in_scripts_are_judged_by_their_own_code),
       cmocka_unit_test(test_auth_errors_are_recognised),
