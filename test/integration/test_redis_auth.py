@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from gracefuld_testlib import Gracefuld, Redis, poll_until, require_binary
+from gracefuld_testlib import (Certs, Gracefuld, Redis, poll_until,
+                               require_binary)
 
 PASSWORD = "s3cret-pw"
 
@@ -315,8 +316,25 @@ class SecretVolume:
 NEW_PASSWORD = "rotated-" + PASSWORD[::-1]
 
 
+@pytest.fixture(params=["tcp", "tls"])
+def protected_any(request, protected):
+    """The protected Redis, and the same over TLS only."""
+    if request.param == "tcp":
+        protected.env = {"REDIS_ADDR": protected.addr}
+        yield protected
+        return
+    certs = Certs()
+    r = Redis(args=["--requirepass", PASSWORD], password=PASSWORD,
+              tls=(*certs.issue("server"), certs.ca)).start()
+    r.env = {"REDIS_URL": f"rediss://localhost:{r.port}",
+             "REDIS_TLS_CA_FILE": certs.ca}
+    yield r
+    r.cleanup()
+    certs.cleanup()
+
+
 @pytest.mark.parametrize("order", ["file first", "redis first"])
-def test_a_rotated_password_is_used_from_the_next_connection(protected,
+def test_a_rotated_password_is_used_from_the_next_connection(protected_any,
                                                              tmp_path,
                                                              order):
     """The Secret rotates while gracefuld runs: the file is swapped, Redis
@@ -325,10 +343,11 @@ def test_a_rotated_password_is_used_from_the_next_connection(protected,
     file first it logs in at once; with Redis first it is refused
     (WRONGPASS, said once, retried with a backoff) until the file follows.
     Every 200 is counted once, exit 0, and neither password is written
-    anywhere."""
+    anywhere. Over plain TCP and over TLS."""
+    protected = protected_any
     volume = SecretVolume(tmp_path, PASSWORD)
     g = Gracefuld(env={
-        "REDIS_ADDR": protected.addr, "REDIS_PASSWORD_FILE": volume.path,
+        **protected.env, "REDIS_PASSWORD_FILE": volume.path,
         "INCR_DELAY_MS": "0"}).start()
     try:
         g.wait_event("redis_up")
