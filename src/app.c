@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -58,6 +59,30 @@ static void fill_held(struct commit *cm, uint64_t ticket, uint64_t n, bool held,
   }
 }
 
+/* /readyz's answer, followed by the Redis it counts on and how it is
+ * reached ("redis: 10.0.0.5:6380 tls, connected"). Unchanged when there is
+ * no memory for it. */
+static void name_redis(struct app *app, struct route_result *r) {
+  const struct redis_link *link = &app->link;
+  char line[512];
+  int n = snprintf(line, sizeof line, "%.*sredis: %s %s, %s\n",
+                   (int)r->response.body_len, r->response.body,
+                   link->node[0] ? link->node : "(none yet)",
+                   link->transport[0] ? link->transport : "-",
+                   redis_link_connected(link) ? "connected" : "not connected");
+  if (n < 0 || (size_t)n >= sizeof line)
+    return;
+  char *body = malloc((size_t)n);
+  if (!body)
+    return;
+  memcpy(body, line, (size_t)n);
+  r->response.body = body;
+  r->response.body_len = (size_t)n;
+  r->response.body_owned = !r->response.head;
+  if (r->response.head) /* the length is announced, the body not sent */
+    free(body);
+}
+
 static void respond(struct server *srv, const struct http_request *req,
                     uint16_t error_status, struct http_response *resp) {
   struct app *app = container_of(srv, struct app, server);
@@ -71,6 +96,8 @@ static void respond(struct server *srv, const struct http_request *req,
                       app->cfg->max_pending,
     };
     routes_handle(req, &state, &r);
+    if (r.route == ROUTE_READYZ && r.response.status != 405)
+      name_redis(app, &r);
     if (r.action == ACTION_INCR) {
       app->take_incr(app, &r);
     } else if (r.action == ACTION_METRICS) {

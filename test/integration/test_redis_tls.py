@@ -62,6 +62,10 @@ def test_every_200_counts_over_tls(certs, durability):
             assert up["transport"] == "tls"
             assert up["node"] == f"{host}:{redis.port}"
             assert up["addr"].startswith("rediss://")
+            status, _, body = g.request("/readyz")
+            assert status == 200
+            assert body.decode() == (f"ready\nredis: {host}:{redis.port} "
+                                     "tls, connected\n")
             conn = g.connection()
             for _ in range(300):
                 conn.request("GET", "/incr")
@@ -87,7 +91,10 @@ def never_ready(g, needle):
     down = g.wait_event("redis_down", timeout=15)
     assert needle in down["reason"], down
     assert down["transport"] == "tls"
-    assert g.get("/readyz") == 503
+    status, _, body = g.request("/readyz")
+    assert status == 503
+    assert body.decode().startswith("not ready\nredis: ")
+    assert body.decode().endswith(" tls, not connected\n")
     assert not [e for e in g.events() if e["event"] == "redis_up"]
     return down
 
