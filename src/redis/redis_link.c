@@ -27,6 +27,7 @@ static const struct redis_sentinel *seeds(const struct redis_link *link,
   *n = link->opts.n_cluster_nodes;
   return link->opts.cluster_nodes;
 }
+
 static void on_reply(struct redis_conn *conn, redisReply *reply,
                      void *privdata);
 
