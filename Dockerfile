@@ -38,9 +38,8 @@ RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DGRACEFULD_TESTS=OFF \
 #    order when the file is missing; the file pins it. glibc 2.36 has the
 #    files and dns services built in, so no libnss_*.so is needed;
 #  - /etc/passwd and /etc/group with user and group 65532 (nonroot);
-#  - the system's CA bundle (Debian's ca-certificates), where OpenSSL's
-#    default verify paths look for it, for rediss:// without
-#    REDIS_TLS_CA_FILE;
+#  - the system's CA bundle (Debian's ca-certificates) as OpenSSL's default
+#    file, /usr/lib/ssl/cert.pem, for rediss:// without REDIS_TLS_CA_FILE;
 #  - an empty /tmp.
 RUN set -eu; \
     out=/out; \
@@ -57,9 +56,8 @@ RUN set -eu; \
     done; \
     mkdir -p "$out/lib/$multiarch"; \
     cp -L "/usr/lib/$multiarch/libgcc_s.so.1" "$out/lib/$multiarch/"; \
-    mkdir -p "$out/etc/ssl/certs" "$out/usr/lib/ssl"; \
-    cp -L /etc/ssl/certs/ca-certificates.crt "$out/etc/ssl/certs/"; \
-    ln -s /etc/ssl/certs/ca-certificates.crt "$out/usr/lib/ssl/cert.pem"; \
+    mkdir -p "$out/usr/lib/ssl"; \
+    cp -L /etc/ssl/certs/ca-certificates.crt "$out/usr/lib/ssl/cert.pem"; \
     printf '%s\n' 'passwd: files' 'group: files' 'shadow: files' 'hosts: files dns' \
       >"$out/etc/nsswitch.conf"; \
     printf '%s\n' 'root:x:0:0:root:/root:/sbin/nologin' \

@@ -78,10 +78,11 @@ def test_image_holds_only_the_binary_its_libraries_and_etc(image):
             continue
         assert stat.S_ISREG(st.st_mode), f"{path} is not a regular file"
         # Every file is the binary, a shared library (the dynamic loader
-        # among them) or one of the files glibc reads in /etc.
+        # among them), one of the files glibc reads in /etc, or the CA
+        # bundle OpenSSL reads for rediss://.
         assert (path == "/gracefuld" or ".so" in base or
-                path in ("/etc/passwd", "/etc/group",
-                         "/etc/nsswitch.conf")), f"unexpected file {path}"
+                path in ("/etc/passwd", "/etc/group", "/etc/nsswitch.conf",
+                         "/usr/lib/ssl/cert.pem")), f"unexpected file {path}"
         if path != "/gracefuld" and st.st_mode & 0o111:
             assert ".so" in base, f"{path} is executable"
         assert not st.st_mode & (stat.S_ISUID | stat.S_ISGID), \
