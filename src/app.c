@@ -38,8 +38,16 @@ static void take_now(struct app *app, struct route_result *r) {
 /* Journal mode: held for the turn's journal write, or 503 at once when no
  * write can be sent. */
 static void take_held(struct app *app, struct route_result *r) {
-  if (!commit_take(&app->commit, &r->response))
+  switch (commit_take(&app->commit, &r->response, r->idem_key, r->idem_len)) {
+  case COMMIT_REFUSED:
     app->metrics.journal_refused++;
+    break;
+  case COMMIT_CONFLICT:
+    app->metrics.idem_conflicts++;
+    break;
+  default:
+    break;
+  }
 }
 
 /* The held /incr of ticket are answered: 200 when the journal holds them,
@@ -49,6 +57,8 @@ static void fill_held(struct commit *cm, uint64_t ticket, uint64_t n, bool held,
   struct app *app = container_of(cm, struct app, commit);
   uint64_t filled = server_fill(&app->server, ticket, resp);
   metrics_count_requests(&app->metrics, ROUTE_INCR, resp->status, filled);
+  if (resp == &commit_replayed)
+    app->metrics.idem_replays += filled;
   if (held) {
     app->metrics.incr_accepted += n;
     app->metrics.journal_written += n;
@@ -68,6 +78,7 @@ static void respond(struct server *srv, const struct http_request *req,
         .ready = app->link.ever_ready && app->shutdown.phase == PHASE_RUNNING,
         .queue_full = pending(app) + commit_holding(&app->commit) >=
                       app->cfg->max_pending,
+        .idempotency = app->cfg->durability == DURABILITY_REDIS,
     };
     routes_handle(req, &state, &r);
     if (r.action == ACTION_INCR) {
@@ -189,6 +200,11 @@ static void on_written(struct delivery *d, uint64_t seq, bool held) {
   commit_written(&app_of_delivery(d)->commit, seq, held);
 }
 
+static void on_replays(struct delivery *d, uint64_t seq, const char *flags,
+                       size_t len) {
+  commit_replays(&app_of_delivery(d)->commit, seq, flags, len);
+}
+
 static void on_delivery_idle(struct delivery *d) {
   advance(app_of_delivery(d));
 }
@@ -213,7 +229,11 @@ static void on_link_down(struct redis_link *link) {
 static const struct delivery_transport transport = {
     transport_send, transport_retire, error_is_permanent};
 static const struct delivery_events delivery_events = {
-    on_written, on_delivery_idle, on_left};
+    .on_written = on_written,
+    .on_replays = on_replays,
+    .on_idle = on_delivery_idle,
+    .on_left = on_left,
+};
 static const struct redis_link_client link_client = {
     on_link_ready, on_link_reply, on_link_down};
 
@@ -464,6 +484,7 @@ int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg,
       .replica_id = id,
       .lease_ms = cfg->lease_ms,
       .incr_delay_ms = cfg->incr_delay_ms,
+      .idem_ttl_ms = cfg->idempotency_ttl_ms,
       .min_replicas = cfg->min_replicas,
       /* WAIT's own timeout stays under the reply watchdog's. */
       .wait_timeout_ms =

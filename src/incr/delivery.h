@@ -64,6 +64,14 @@ struct delivery_events {
   /* Journal mode: the outcome of write `seq`, in write order: held (the
    * 200s may go) or not (answer 503). */
   void (*on_written)(struct delivery *d, uint64_t seq, bool held);
+  /* Journal mode: Redis recorded write `seq`, which carried Idempotency-
+   * Keys; flags has one character per key, in the order given to
+   * delivery_write: '1' a replay (counted before, not counted again), '0'
+   * counted by this write. Only while the reply lives: copy what is kept.
+   * on_written follows (later, with REDIS_MIN_REPLICAS). Never called for
+   * a write whose reply was lost: its keys counted, replays or not. */
+  void (*on_replays)(struct delivery *d, uint64_t seq, const char *flags,
+                     size_t len);
   /* Nothing is waiting to be sent or answered (see delivery_pending). */
   void (*on_idle)(struct delivery *d);
   /* The leave that delivery_leave began is over: answered, lost, or (memory
@@ -78,6 +86,7 @@ struct delivery_options {
   uint64_t replica_id;     /* names this replica's keys */
   uint64_t lease_ms;       /* journal mode */
   uint64_t incr_delay_ms;  /* journal mode: how far ahead entries fall due */
+  uint64_t idem_ttl_ms;    /* IDEMPOTENCY_TTL_MS (0: a day) */
   /* REDIS_MIN_REPLICAS: what Redis applied counts only once a WAIT (with
    * wait_timeout_ms) says that many replicas have it; 0: at once. */
   uint64_t min_replicas;
@@ -192,9 +201,12 @@ uint64_t delivery_pending(const struct delivery *d);
 bool delivery_hands_over(const struct delivery *d);
 
 /* Journal mode: records n increments due at deadline (monotonic ms) in the
- * journal. Returns the write's number, whose outcome on_written tells; 0
+ * journal, n_keys of them with the Idempotency-Keys keys (copied; at most
+ * SCRIPTS_IDEM_MAX), each counted once. Returns the write's number, whose
+ * outcome on_written tells (and on_replays which keys were replays); 0
  * when no write could be sent (answer 503 at once). */
-uint64_t delivery_write(struct delivery *d, uint64_t deadline, uint64_t n);
+uint64_t delivery_write(struct delivery *d, uint64_t deadline, uint64_t n,
+                        const struct scripts_idem *keys, size_t n_keys);
 
 /* Journal mode: whether delivery_write can send now. */
 bool delivery_can_write(const struct delivery *d);

@@ -9,11 +9,13 @@ import socket
 
 import pytest
 
-from gracefuld_testlib import Redis
+from gracefuld_testlib import Redis, poll_until
 
 LUA = os.path.join(os.environ.get("GRACEFULD_SOURCE_DIR", "."), "src", "redis", "lua")
 AGE = 86400000  # a fence unused this long is forgotten
 FENCES = ["p:fences", "p:fence_uses", "p:skips"]
+IDEM = "p:idempotency"  # the Idempotency-Keys counted
+TTL = 86400000  # IDEMPOTENCY_TTL_MS
 
 
 def script(name):
@@ -119,12 +121,13 @@ def skips(conn):
 
 def write_keys(rid="a"):
     return [f"p:journal:{rid}", *FENCES,
-            "p:replicas", "counter"]
+            "p:replicas", "counter", IDEM]
 
 
-def write(conn, seq, deadline, n, known=0, lease=3000, rid="a", due=()):
+def write(conn, seq, deadline, n, known=0, lease=3000, rid="a", due=(),
+          idem=(), ttl=TTL):
     return conn.eval("journal_write", write_keys(rid), seq, deadline, n,
-                     known, lease, AGE, rid, *due)
+                     known, lease, AGE, rid, ttl, len(idem), *idem, *due)
 
 
 def move(conn, *due, rid="a"):
@@ -147,9 +150,9 @@ def journal(conn, rid="a"):
     return {int(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
-def renew(conn, due, rid="a", lease=3000):
+def renew(conn, due, rid="a", lease=3000, ttl=TTL):
     return conn.eval("journal_renew", [f"p:journal:{rid}", "p:replicas",
-                                       "counter"], rid, lease, due)
+                                       "counter", IDEM], rid, lease, due, ttl)
 
 
 def adopt(conn, rid, other, mine):
@@ -293,7 +296,7 @@ def test_a_late_write_and_its_resolution_always_agree(redis):
     for seq in range(1, 21):
         write_cmd = ("EVAL", script("journal_write"), len(write_keys()),
                      *write_keys(), seq,
-                     5000 + seq, 1, 0, 3000, AGE, "a")
+                     5000 + seq, 1, 0, 3000, AGE, "a", TTL, 0)
         resolve_cmd = ("EVAL", script("journal_resolve"), len(FENCES),
                        *FENCES, seq, AGE, "a")
         os.kill(redis.proc.pid, signal.SIGSTOP)
@@ -435,7 +438,7 @@ def test_renew_names_lapsed_replicas_not_itself(conn):
 @pytest.mark.parametrize("key,kind", [
     ("p:journal:a", "string"), ("p:replicas", "hash"),
     ("p:fences", "string"), ("p:fence_uses", "hash"),
-    ("p:skips", "string")])
+    ("p:skips", "string"), (IDEM, "string"), (IDEM, "hash")])
 def test_scripts_check_every_key_before_they_write(conn, key, kind):
     """A key of another kind (another program's, an operator's mistake): an
     error that names it, and nothing written anywhere, by every script that
@@ -455,6 +458,8 @@ def test_scripts_check_every_key_before_they_write(conn, key, kind):
         "p:fences": [lambda: resolve(conn, 1), lambda: batch(conn, 1, 1)],
         "p:fence_uses": [lambda: resolve(conn, 1), lambda: batch(conn, 1, 1)],
         "p:skips": [lambda: resolve(conn, 1), lambda: batch(conn, 1, 1)],
+        IDEM: [lambda: renew(conn, 0),
+               lambda: write(conn, 1, 1000, 3, idem=("k",))],
     }[key] + [lambda: write(conn, 1, 1000, 3)]
     for run in scripts:
         r = run()
@@ -477,3 +482,52 @@ def test_leave_drops_the_lease_and_only_an_empty_journal(conn):
     assert conn.eval("journal_leave", keys, "a") == 0
     assert conn.call("ZRANGE", "p:replicas", 0, -1) == []
     assert sorted(conn.call("KEYS", "p:*")) == ["p:fence_uses", "p:fences"]
+
+
+# ---- Idempotency-Keys ------------------------------------------------------
+
+def test_a_key_counts_once_on_every_replica(conn):
+    """A key recorded with its increment; the same key again, in a later
+    write of this replica or of another, is a replay that records nothing;
+    the flags say which, key by key."""
+    assert write(conn, 1, 1000, 3, idem=("k1", "k2")) == [1, 0, "00"]
+    assert journal(conn) == {1000: 3}
+    assert write(conn, 2, 1001, 2, idem=("k2", "k3")) == [1, 0, "10"]
+    assert journal(conn) == {1000: 3, 1001: 1}
+    assert write(conn, 1, 1002, 2, rid="b", idem=("k1", "k3")) == [1, 0, "11"]
+    assert journal(conn, "b") == {}  # both replays: nothing recorded
+    # The same key twice in one write counts once.
+    assert write(conn, 3, 1003, 2, idem=("k4", "k4")) == [1, 0, "01"]
+    assert journal(conn)[1003] == 1
+    assert sorted(conn.call("ZRANGE", IDEM, 0, -1)) == ["k1", "k2", "k3", "k4"]
+
+
+def test_a_late_copy_records_no_key(conn):
+    """A write run again (or late, after it was fenced off) records nothing,
+    its keys included: the key stays free for the retry that does count."""
+    write(conn, 2, 1000, 1)
+    assert write(conn, 1, 1001, 1, idem=("late",)) == [0, 0, ""]
+    assert conn.call("ZSCORE", IDEM, "late") is None
+    assert write(conn, 3, 1002, 1, idem=("late",)) == [1, 0, "0"]
+
+
+def test_keys_ride_with_moves(conn):
+    write(conn, 1, 1000, 2)
+    assert write(conn, 2, 2000, 1, idem=("m",), due=(1000,)) == [1, 2, "0"]
+    assert int(conn.call("GET", "counter")) == 2
+    assert journal(conn) == {2000: 1}
+
+
+def test_keys_are_forgotten_after_the_ttl_without_redis_ttls(conn):
+    """No Redis TTL (an eviction policy could take it early): a key counted
+    longer ago than the TTL is pruned by the next write with keys or lease
+    renewal, and counts again after that."""
+    assert write(conn, 1, 1000, 1, idem=("old",), ttl=200) == [1, 0, "0"]
+    assert conn.call("PTTL", IDEM) == -1
+    # Within the TTL: a replay.
+    assert write(conn, 2, 1001, 1, idem=("old",), ttl=60000) == [1, 0, "1"]
+    recorded = int(float(conn.call("ZSCORE", IDEM, "old")))
+    poll_until(lambda: redis_ms(conn) > recorded + 200, 5, "Redis's clock")
+    renew(conn, 0, ttl=200)
+    assert conn.call("EXISTS", IDEM) == 0  # the set is gone when empty
+    assert write(conn, 3, 1002, 1, idem=("old",), ttl=200) == [1, 0, "0"]

@@ -81,7 +81,8 @@ static void on_left(struct delivery *c) { fixture_of(c)->left++; }
 
 static const struct delivery_transport transport = {fake_send, fake_retire,
                                                     fake_permanent};
-static const struct delivery_events events = {on_written, on_idle, on_left};
+static const struct delivery_events events = {
+    .on_written = on_written, .on_idle = on_idle, .on_left = on_left};
 
 static int setup(void **state, enum durability d) {
   struct fixture *f = calloc(1, sizeof *f);
@@ -326,7 +327,7 @@ static void test_delivery_renews_its_lease_when_ready(void **state) {
 static void test_delivery_counts_what_redis_moved(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
-  delivery_write(&f->c, 5000, 4);
+  delivery_write(&f->c, 5000, 4, NULL, 0);
   reply_int(f, 1);
   delivery_due(&f->c, 5000);
   delivery_turn_end(&f->c);
@@ -374,7 +375,7 @@ static void test_delivery_sweeps_only_when_it_may_be_needed(void **state) {
 static void test_delivery_holds_a_write_until_redis_has_it(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
-  uint64_t seq = delivery_write(&f->c, 5000, 7);
+  uint64_t seq = delivery_write(&f->c, 5000, 7, NULL, 0);
   assert_int_equal(seq, 1);
   assert_true(runs(f, &f->sent[1], SCRIPTS_WRITE));
   assert_int_equal(argv_u64(&f->sent[1], 0), 1);
@@ -391,7 +392,7 @@ static void test_delivery_holds_a_write_until_redis_has_it(void **state) {
 
 static void test_delivery_refuses_a_write_with_no_connection(void **state) {
   struct fixture *f = *state;
-  assert_int_equal(delivery_write(&f->c, 5000, 7), 0);
+  assert_int_equal(delivery_write(&f->c, 5000, 7, NULL, 0), 0);
   assert_int_equal(f->nsent, 0);
   assert_int_equal(f->nwritten, 0);
 }
@@ -400,8 +401,8 @@ static void
 test_delivery_resolves_lost_writes_and_reports_in_order(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
-  delivery_write(&f->c, 5000, 1);
-  delivery_write(&f->c, 5001, 2);
+  delivery_write(&f->c, 5000, 1, NULL, 0);
+  delivery_write(&f->c, 5001, 2, NULL, 0);
   connection_breaks(f);
   assert_int_equal(f->nwritten, 0); /* their 200s wait */
   assert_int_equal(delivery_unresolved(&f->c), 3);
@@ -423,11 +424,11 @@ static void
 test_delivery_reports_writes_in_order_when_outcomes_are_not(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
-  delivery_write(&f->c, 5000, 1);
+  delivery_write(&f->c, 5000, 1, NULL, 0);
   connection_breaks(f);
   ready_with_lease(f);
   /* The resolution fails; a write sent behind it succeeds. */
-  uint64_t later = delivery_write(&f->c, 5001, 3);
+  uint64_t later = delivery_write(&f->c, 5001, 3, NULL, 0);
   assert_int_equal(later, 2);
   reply_error(f, "BUSY Redis is busy running a script");
   reply_int(f, 1);
@@ -445,8 +446,8 @@ test_delivery_reports_writes_in_order_when_outcomes_are_not(void **state) {
 static void test_delivery_moves_due_runs_and_again_if_lost(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
-  delivery_write(&f->c, 5000, 2);
-  delivery_write(&f->c, 5003, 3);
+  delivery_write(&f->c, 5000, 2, NULL, 0);
+  delivery_write(&f->c, 5003, 3, NULL, 0);
   reply_int(f, 1);
   reply_int(f, 1);
   delivery_due(&f->c, 4999);
@@ -457,8 +458,8 @@ static void test_delivery_moves_due_runs_and_again_if_lost(void **state) {
   delivery_turn_end(&f->c);
   assert_int_equal(f->nsent, 4);
   assert_true(moves_alone(f, &f->sent[3]));
-  uint64_t wall = argv_u64(&f->sent[3], 7);
-  assert_int_equal(argv_u64(&f->sent[3], 8), wall + 3); /* both deadlines */
+  uint64_t wall = argv_u64(&f->sent[3], 9);
+  assert_int_equal(argv_u64(&f->sent[3], 10), wall + 3); /* both deadlines */
   assert_int_equal(delivery_pending(&f->c), 5);
   connection_breaks(f);
   ready_with_lease(f);
@@ -473,20 +474,20 @@ static void test_delivery_moves_due_runs_and_again_if_lost(void **state) {
 static void test_delivery_moves_ride_with_the_next_write(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
-  delivery_write(&f->c, 5000, 2);
+  delivery_write(&f->c, 5000, 2, NULL, 0);
   reply_int(f, 1);
-  delivery_write(&f->c, 9000, 1); /* on its way */
+  delivery_write(&f->c, 9000, 1, NULL, 0); /* on its way */
   delivery_due(&f->c, 5000);
   delivery_turn_end(&f->c);
   assert_int_equal(f->nsent, 3); /* the next write will carry them */
   reply_int(f, 1);
-  uint64_t seq = delivery_write(&f->c, 9001, 4);
+  uint64_t seq = delivery_write(&f->c, 9001, 4, NULL, 0);
   delivery_turn_end(&f->c);
   assert_int_equal(f->nsent, 4);
   const struct sent *w = &f->sent[3];
   assert_true(runs(f, w, SCRIPTS_WRITE));
   assert_int_equal(argv_u64(w, 0), seq);
-  assert_int_equal(argv_u64(w, 7), argv_u64(&f->sent[1], 1)); /* 5000 */
+  assert_int_equal(argv_u64(w, 9), argv_u64(&f->sent[1], 1)); /* 5000 */
   assert_int_equal(f->c.stats.journal_moves, 1);
   reply_write_and_moves(f, 1, 2);
   assert_int_equal(f->c.stats.done, 2);
@@ -499,10 +500,10 @@ static void test_delivery_moves_ride_with_the_next_write(void **state) {
 static void test_delivery_moves_of_a_lost_write_go_again_alone(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
-  delivery_write(&f->c, 5000, 2);
+  delivery_write(&f->c, 5000, 2, NULL, 0);
   reply_int(f, 1);
   delivery_due(&f->c, 5000);
-  delivery_write(&f->c, 9000, 1); /* carries the move */
+  delivery_write(&f->c, 9000, 1, NULL, 0); /* carries the move */
   connection_breaks(f);
   ready_with_lease(f);
   delivery_turn_end(&f->c); /* the write is resolved, the move sent again */
@@ -519,10 +520,10 @@ static void
 test_delivery_moves_refused_beside_a_recorded_write_fail_alone(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
-  delivery_write(&f->c, 5000, 2);
+  delivery_write(&f->c, 5000, 2, NULL, 0);
   reply_int(f, 1);
   delivery_due(&f->c, 5000);
-  delivery_write(&f->c, 9000, 1);
+  delivery_write(&f->c, 9000, 1, NULL, 0);
   redisReply w = {.type = REDIS_REPLY_INTEGER, .integer = 1};
   const char *err = "WRONGTYPE Operation against a key holding the wrong kind";
   redisReply m = {
@@ -581,7 +582,7 @@ static void test_delivery_leaves_once_even_if_the_reply_is_lost(void **state) {
   assert_int_equal(f->nsent, 2); /* no lease taken again */
   delivery_on_down(&f->c);
   assert_int_equal(f->left, 1);
-  assert_int_equal(delivery_write(&f->c, 1, 1), 0);
+  assert_int_equal(delivery_write(&f->c, 1, 1, NULL, 0), 0);
 }
 
 #define MEMORY(t) cmocka_unit_test_setup_teardown(t, setup_memory, teardown)
