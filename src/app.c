@@ -507,6 +507,7 @@ int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg,
       {keys->counter, REDIS_KEY_INTEGER}, {keys->fences, REDIS_KEY_HASH},
       {keys->fence_uses, REDIS_KEY_ZSET}, {keys->skips, REDIS_KEY_ZSET},
       {keys->journal, REDIS_KEY_HASH},    {keys->replicas, REDIS_KEY_ZSET},
+      {keys->idem, REDIS_KEY_ZSET},
   };
   rc = redis_link_set_checks(&app->link, checks,
                              sizeof checks / sizeof checks[0]);

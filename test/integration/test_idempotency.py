@@ -312,3 +312,65 @@ def test_keys_expire_and_redis_memory_returns_to_its_baseline(redis):
         poll_until(lambda: redis.counter() == 2 * n + 1, 10, "the counter")
     finally:
         g.stop()
+
+
+def test_a_key_set_of_another_type_keeps_the_replica_unready(redis):
+    """The Idempotency-Keys' set of another type (an operator's mistake,
+    another program): every connection's check names it, /readyz stays
+    503 and no /incr is held; once it is gone, keys count again."""
+    redis.cli("SET", IDEM, "not a set")
+    g = Gracefuld(redis=redis, env={"DURABILITY": "redis",
+                                    "INCR_DELAY_MS": "0"}).start()
+    try:
+        e = g.wait_event("redis_keys_unusable")
+        assert e["reply"].startswith("WRONGTYPE " + IDEM)
+        assert g.get("/readyz") == 503
+        assert incr(g, "w")[0] == 503
+        redis.cli("DEL", IDEM)
+        g.wait_event("redis_keys_usable")
+        assert incr(g, "w")[0] == 200
+        assert replayed(incr(g, "w")[1])
+        poll_until(lambda: redis.counter() == 1, 10, "the counter")
+    finally:
+        g.stop()
+
+
+def test_a_key_set_spoiled_while_running_holds_nothing(redis):
+    g = journal_mode(redis)
+    try:
+        assert incr(g, "s1")[0] == 200
+        redis.cli("DEL", IDEM)
+        redis.cli("HSET", IDEM, "f", "v")
+        # Every write checks it first: nothing is held, keyed or not.
+        assert incr(g, "s2")[0] == 503
+        assert g.get("/incr") == 503
+        assert g.wait_event("journal_write_refused")["reply"].startswith(
+            "WRONGTYPE " + IDEM)
+        redis.cli("DEL", IDEM)
+        poll_until(lambda: incr(g, "s2")[0] == 200, 10, "a 200 once fixed")
+        g.signal()
+        assert g.wait(20) == 0
+    finally:
+        g.stop()
+    assert redis.counter() == 2
+
+
+def test_keys_are_scoped_to_the_counter(redis):
+    """Two deployments on one Redis and KEY_PREFIX, counting into x and y:
+    the same key counts once in each, neither replays the other's."""
+    x = journal_mode(redis, COUNTER_KEY="x")
+    y = journal_mode(redis, COUNTER_KEY="y")
+    try:
+        for g in (x, y):
+            status, headers, _ = incr(g, "shared")
+            assert status == 200 and not replayed(headers)
+        for g in (x, y):
+            assert replayed(incr(g, "shared")[1])
+            g.signal()
+            assert g.wait(20) == 0
+    finally:
+        x.stop()
+        y.stop()
+    assert redis.counter("x") == 1 and redis.counter("y") == 1
+    assert redis.cli("ZRANGE", "gracefuld:{x}:idempotency", "0",
+                     "-1") == "shared"
