@@ -88,7 +88,7 @@ MEMORY_MODE_COMMANDS = ["+eval", "+evalsha", "+type", "+get", "+incrby",
 JOURNAL_MODE_COMMANDS = [
     "+eval", "+evalsha", "+type", "+get", "+incrby", "+hincrby", "+hget",
     "+hset", "+hdel", "+hgetall", "+hvals", "+zadd", "+zrem", "+zscore",
-    "+zrangebyscore", "+del", "+time"]
+    "+zrangebyscore", "+zremrangebyscore", "+del", "+time"]
 
 
 def acl_user(redis, name, keys, commands=MEMORY_MODE_COMMANDS):
