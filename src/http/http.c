@@ -198,6 +198,7 @@ static int on_header_field_complete(llhttp_t *l) {
   p->in_idem_key =
       (p->field & FIELD_IDEM_KEY) && p->field_len == 15 && !p->head_done;
   if (p->in_idem_key) {
+    p->idem_ws = false;
     if (p->idem_keys < 2)
       p->idem_keys++;
     p->req.idem_bad = p->idem_keys > 1;
@@ -209,12 +210,16 @@ static int on_header_field_complete(llhttp_t *l) {
 }
 
 /* An Idempotency-Key's value: 1 to HTTP_IDEM_KEY_MAX visible ASCII
- * characters, copied as it arrives. */
+ * characters, copied as it arrives; whitespace around it is not part of
+ * the value (RFC 9110 5.5), whitespace within it is refused. */
 static int on_header_value(llhttp_t *l, const char *at, size_t len) {
   struct http_parser *p = parser_of(l);
   struct http_request *r = &p->req;
   for (size_t i = 0; p->in_idem_key && !r->idem_bad && i < len; i++) {
-    if (at[i] < 0x21 || at[i] > 0x7e || r->idem_len >= HTTP_IDEM_KEY_MAX)
+    if (at[i] == ' ' || at[i] == '\t')
+      p->idem_ws = r->idem_len > 0;
+    else if (at[i] < 0x21 || at[i] > 0x7e || p->idem_ws ||
+             r->idem_len >= HTTP_IDEM_KEY_MAX)
       r->idem_bad = true;
     else
       r->idem_key[r->idem_len++] = at[i];

@@ -64,6 +64,7 @@ struct http_parser {
   uint8_t field_len; /* bytes of the header name so far (up to 16) */
   uint8_t field;     /* the names the header name so far is a prefix of */
   bool in_idem_key;  /* the value being read is an Idempotency-Key's */
+  bool idem_ws;      /* whitespace after its key: the value must end */
   bool head_done;    /* the head is over: a trailer section may follow */
   uint8_t target;    /* where the walk through the request target stands */
   const char *head_from; /* the next byte of the head to walk */
