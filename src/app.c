@@ -24,10 +24,18 @@ static uint64_t pending(const struct app *app) {
 
 /* ---- Requests ----------------------------------------------------------- */
 
-/* Memory mode: queued at once, answered 200 at once. */
+/* Memory mode: queued at once, answered 200 at once; a key pending or
+ * counted here already is a replay, answered at once, nothing queued. */
 static void take_now(struct app *app, struct route_result *r) {
   uint64_t deadline = uv_now(app->loop) + app->cfg->incr_delay_ms;
-  if (incr_queue_push(&app->queue, deadline) == 0) {
+  enum delivery_keyed keyed = DELIVERY_KEYED_QUEUED;
+  int rc = r->idem_len > 0 ? delivery_incr_keyed(&app->delivery, r->idem_key,
+                                                 r->idem_len, deadline, &keyed)
+                           : incr_queue_push(&app->queue, deadline);
+  if (rc == 0 && keyed == DELIVERY_KEYED_REPLAY) {
+    r->response = commit_replayed;
+    app->metrics.idem_replays++;
+  } else if (rc == 0) {
     app->metrics.incr_accepted++;
   } else {
     routes_error(503, r);
@@ -78,7 +86,7 @@ static void respond(struct server *srv, const struct http_request *req,
         .ready = app->link.ever_ready && app->shutdown.phase == PHASE_RUNNING,
         .queue_full = pending(app) + commit_holding(&app->commit) >=
                       app->cfg->max_pending,
-        .idempotency = app->cfg->durability == DURABILITY_REDIS,
+        .idempotency = true, /* both modes keep the keys */
     };
     routes_handle(req, &state, &r);
     if (r.action == ACTION_INCR) {

@@ -113,10 +113,38 @@ enum delivery_state {
   DELIVERY_CLOSED,  /* memory released; replies are ignored */
 };
 
-/* Memory mode's own: increments between the queue and their batch. */
+/* Memory mode: counted Idempotency-Keys kept in the process at most (for
+ * IDEMPOTENCY_TTL_MS at most): a repeat of one forgotten here is still
+ * skipped by Redis, only without its Idempotency-Replayed. */
+#define DELIVERY_COUNTED_MAX 65536
+
+/* Memory mode's Idempotency-Key (delivery_memory.c). */
+struct delivery_key;
+
+/* A list of keys, oldest first. */
+struct delivery_keys {
+  struct delivery_key *head;
+  struct delivery_key *tail;
+  uint64_t len;
+};
+
+/* Memory mode's own: increments between the queue and their batch, and
+ * the Idempotency-Keys this replica answered, in a hash table. A key is
+ * in exactly one of: queued (its increment in the queue), due (fallen due,
+ * not yet in a batch), a batch's (sent, not settled), counted (its batch
+ * applied; kept for IDEMPOTENCY_TTL_MS, at most DELIVERY_COUNTED_MAX). */
 struct delivery_memory {
-  uint64_t due;        /* fallen due, not yet in a batch */
+  uint64_t due;        /* fallen due, not yet in a batch (keyed ones too) */
   uint64_t in_batches; /* in batches not yet settled */
+  struct delivery_key **buckets; /* chained; a power of two of them */
+  uint64_t n_buckets;
+  uint64_t n_keys; /* in the table: every list's and every batch's */
+  uint64_t seed[2];
+  struct delivery_keys queued;   /* by deadline */
+  struct delivery_keys due_keys; /* fallen due, in that order */
+  struct delivery_keys counted;  /* by when their batch settled */
+  struct scripts_idem *scratch;  /* a batch's keys, as the command takes them */
+  uint64_t ttl_ms;
 };
 
 /* Journal mode's own: the moves, the lease. */
@@ -199,6 +227,22 @@ uint64_t delivery_pending(const struct delivery *d);
  * (journal mode: handed over to whoever adopts the journal) rather than
  * lost with the process (memory mode: abandoned). */
 bool delivery_hands_over(const struct delivery *d);
+
+/* Memory mode: what delivery_incr_keyed did. */
+enum delivery_keyed {
+  DELIVERY_KEYED_QUEUED, /* a new key: its increment is in the queue */
+  DELIVERY_KEYED_REPLAY, /* pending or counted here already: nothing queued */
+};
+
+/* Memory mode: one /incr with the Idempotency-Key key (len bytes, copied),
+ * due at deadline (monotonic ms): queued with its key unless the key is
+ * pending here or was counted here within IDEMPOTENCY_TTL_MS (a replay).
+ * The batch that carries it records the key in Redis as it counts it, and
+ * skips it when another replica (or this one, longer ago than the process
+ * remembers) counted it first. Returns 0 and what it did in *out, or
+ * UV_ENOMEM (nothing queued). */
+int delivery_incr_keyed(struct delivery *d, const char *key, size_t len,
+                        uint64_t deadline, enum delivery_keyed *out);
 
 /* Journal mode: records n increments due at deadline (monotonic ms) in the
  * journal, n_keys of them with the Idempotency-Keys keys (copied; at most

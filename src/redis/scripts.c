@@ -178,7 +178,8 @@ struct probe {
 int scripts_cmd_probe(struct scripts_cmd *cmd, struct scripts *j, bool journal,
                       bool wait) {
   const char *sha = j->sha[SCRIPTS_BATCH];
-  /* Both durabilities: the counter, the fences, the script cache. */
+  /* Both durabilities: the counter, the fences, the Idempotency-Keys, the
+   * script cache. */
   const struct probe both[] = {
       {3, {"EVALSHA", sha, "0"}},
       {2, {"TYPE", j->counter}},
@@ -193,6 +194,9 @@ int scripts_cmd_probe(struct scripts_cmd *cmd, struct scripts *j, bool journal,
       {4, {"ZRANGEBYSCORE", j->fence_uses, "0", "1"}},
       {4, {"ZRANGEBYSCORE", j->skips, "0", "1"}},
       {3, {"ZREM", j->skips, j->id}},
+      {3, {"ZSCORE", j->idem, "k"}},
+      {4, {"ZADD", j->idem, "1", "k"}},
+      {4, {"ZREMRANGEBYSCORE", j->idem, "0", "1"}},
   };
   /* Journal mode: the journal, the ranges, the registry. */
   const struct probe more[] = {
@@ -207,9 +211,6 @@ int scripts_cmd_probe(struct scripts_cmd *cmd, struct scripts *j, bool journal,
       {3, {"ZREM", j->replicas, j->id}},
       {3, {"ZSCORE", j->replicas, j->id}},
       {4, {"ZRANGEBYSCORE", j->replicas, "0", "1"}},
-      {3, {"ZSCORE", j->idem, "k"}},
-      {4, {"ZADD", j->idem, "1", "k"}},
-      {4, {"ZREMRANGEBYSCORE", j->idem, "0", "1"}},
   };
   const struct probe waits[] = {{3, {"WAIT", "0", "0"}}};
   const struct {
@@ -239,14 +240,22 @@ int scripts_cmd_probe(struct scripts_cmd *cmd, struct scripts *j, bool journal,
 }
 
 int scripts_cmd_batch(struct scripts_cmd *cmd, struct scripts *j, uint64_t seq,
-                      uint64_t n, uint64_t floor) {
-  const char *keys[] = {j->counter, j->fences, j->fence_uses, j->skips};
-  int rc = EVAL(cmd, j, SCRIPTS_BATCH, keys, 5);
+                      uint64_t n, uint64_t floor,
+                      const struct scripts_idem *idem, size_t n_keys) {
+  if (n_keys > SCRIPTS_IDEM_MAX || n_keys > n)
+    return UV_EINVAL;
+  const char *keys[] = {j->counter, j->fences, j->fence_uses, j->skips,
+                        j->idem};
+  int rc = EVAL(cmd, j, SCRIPTS_BATCH, keys, 6 + n_keys);
   rc = rc ? rc : arg_u64(cmd, seq);
   rc = rc ? rc : arg_u64(cmd, n);
   rc = rc ? rc : arg_u64(cmd, SCRIPTS_FENCE_AGE_MS);
   rc = rc ? rc : arg_u64(cmd, floor);
-  return rc ? rc : arg_str(cmd, j->id);
+  rc = rc ? rc : arg_str(cmd, j->id);
+  rc = rc ? rc : arg_u64(cmd, j->idem_ttl_ms);
+  for (size_t i = 0; i < n_keys && !rc; i++)
+    rc = arg(cmd, idem[i].key, idem[i].len);
+  return rc;
 }
 
 int scripts_cmd_write(struct scripts_cmd *cmd, struct scripts *j, uint64_t seq,

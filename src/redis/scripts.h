@@ -27,7 +27,7 @@
  *   <prefix>{c}:journal:<id>  deadline (wall-clock ms) -> increments
  *   <prefix>{c}:replicas      id -> the end of its lease (Redis's clock, ms),
  *                             for every replica that may hold a journal
- *   <prefix>{c}:idempotency   journal mode: the Idempotency-Keys counted,
+ *   <prefix>{c}:idempotency   the Idempotency-Keys counted (both modes),
  *                             key -> when (Redis's clock, ms); those older
  *                             than IDEMPOTENCY_TTL_MS are pruned by the
  *                             scripts
@@ -50,8 +50,8 @@
 #define SCRIPTS_FENCE_AGE_MS (24ull * 3600 * 1000)
 /* Deadlines moved by one command at most (Lua's unpack has a limit). */
 #define SCRIPTS_MOVE_MAX 1000
-/* Idempotency-Keys one journal write carries at most (the rest of a turn's
- * keyed /incr wait for the next write). */
+/* Idempotency-Keys one journal write or batch carries at most (the rest
+ * wait for the next one). */
 #define SCRIPTS_IDEM_MAX 1000
 
 /* A command in Redis protocol form, in a buffer that grows and is reused. */
@@ -133,14 +133,20 @@ uint64_t scripts_adoption_bound_ms(uint64_t lease_ms);
  * WAIT, for REDIS_MIN_REPLICAS), always sent whole. */
 int scripts_cmd_probe(struct scripts_cmd *cmd, struct scripts *j, bool journal,
                       bool wait);
-/* floor: the lowest batch not yet settled (applied or failed). */
-int scripts_cmd_batch(struct scripts_cmd *cmd, struct scripts *j, uint64_t seq,
-                      uint64_t n, uint64_t floor);
-/* An Idempotency-Key, as a journal write carries it. */
+/* An Idempotency-Key, as a journal write or a batch carries it. */
 struct scripts_idem {
   const char *key;
   size_t len;
 };
+
+/* floor: the lowest batch not yet settled (applied or failed). keys: the
+ * Idempotency-Keys of n_keys of the n increments (at most
+ * SCRIPTS_IDEM_MAX); a key counted already is skipped, the others are
+ * recorded as the batch counts them. The same keys go with every copy of
+ * a batch. */
+int scripts_cmd_batch(struct scripts_cmd *cmd, struct scripts *j, uint64_t seq,
+                      uint64_t n, uint64_t floor,
+                      const struct scripts_idem *keys, size_t n_keys);
 
 /* With due_wall: the deadlines that fell due (at most SCRIPTS_MOVE_MAX),
  * moved in the same step whether the write is recorded or not. keys: the

@@ -2,8 +2,8 @@
 real redis-server and real clients: a key counts once per COUNTER_KEY
 across the deployment's replicas, a retry answers 200 with
 Idempotency-Replayed and counts nothing, a key still in progress here is
-409, a bad key is 400, and keys are forgotten after IDEMPOTENCY_TTL_MS
-without Redis TTLs."""
+409 (journal mode) or a replay (memory mode), a bad key is 400, and keys
+are forgotten after IDEMPOTENCY_TTL_MS without Redis TTLs."""
 
 import http.client
 import socket
@@ -188,12 +188,117 @@ def test_a_key_whose_write_is_in_flight_is_409_with_retry_after(redis):
         g.stop()
 
 
-def test_memory_mode_refuses_keys_rather_than_count_twice(redis):
-    with Gracefuld(redis=redis) as g:
-        g.wait_event("redis_up")
-        status, _, body = incr(g, "m1")
-        assert status == 501 and b"DURABILITY=redis" in body
-        assert g.get("/incr") == 200
+def memory_mode(redis, **env):
+    settings = {"INCR_DELAY_MS": "200"}
+    settings.update(env)
+    g = Gracefuld(redis=redis, env=settings).start()
+    g.wait_event("redis_up")
+    return g
+
+
+def done(g):
+    return g.metric("gracefuld_increments_done_total")
+
+
+def test_memory_mode_replays_on_the_same_and_another_replica_count_nothing(
+        redis):
+    """Memory mode: a key pending or counted here is a replay at once
+    (nothing queued); another replica answers it 200 and queues it, and its
+    batch skips the key that Redis holds already."""
+    a = memory_mode(redis)
+    b = memory_mode(redis)
+    try:
+        status, headers, body = incr(a, "m1", method="POST")
+        assert (status, replayed(headers), body) == (200, False, b"ok\n")
+        # Still pending here: the 200 was given, it will count: a replay.
+        assert replayed(incr(a, "m1")[1])
+        assert a.metric("gracefuld_increments_accepted_total") == 1
+        poll_until(lambda: done(a) == 1, 10, "a's batch")
+        assert redis.counter() == 1 and counted_keys(redis) == 1
+        # Counted here: a replay still.
+        assert replayed(incr(a, "m1")[1])
+        # b never saw it: a 200 that counts nothing when its batch applies.
+        status, headers, _ = incr(b, "m1")
+        assert (status, replayed(headers)) == (200, False)
+        assert replayed(incr(b, "m1")[1])  # pending on b: a replay there
+        assert b.get("/incr") == 200  # a plain one rides in the same batch
+        poll_until(lambda: done(b) == 2, 10, "b's batch")
+        assert redis.counter() == 2  # the plain one, not m1 again
+        assert a.metric("gracefuld_idempotency_replays_total") == 2
+        assert b.metric("gracefuld_idempotency_replays_total") == 1
+        for g in (a, b):
+            g.signal()
+            assert g.wait(15) == 0
+    finally:
+        a.stop()
+        b.stop()
+    assert redis.counter() == 2
+    assert counted_keys(redis) == 1
+    assert redis.cli("PTTL", IDEM) == "-1"  # no Redis TTL
+
+
+def test_memory_mode_rollout_under_keyed_retries_counts_each_key_once(redis):
+    """Memory mode, two replicas; a is SIGTERMed mid-load (a graceful
+    rollout). Every request whose answer was not seen, or not 200, is sent
+    again to b until answered: the counter equals the distinct keys, and a
+    user pressing again on b counts nothing, whichever replica counted."""
+    a = memory_mode(redis, INCR_DELAY_MS="300")
+    b = memory_mode(redis, INCR_DELAY_MS="300")
+    keys_per_client, clients = 150, 6
+    retried = []
+    answered = []
+    again = []
+    started = threading.Barrier(clients + 1)
+    lock = threading.Lock()
+
+    def send(g, key):
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", g.port, timeout=5)
+            conn.request("POST", "/incr", headers={"Idempotency-Key": key})
+            r = conn.getresponse()
+            r.read()
+            conn.close()
+            return r.status
+        except (OSError, http.client.HTTPException):
+            return None  # the outcome unseen: unknown, until retried
+
+    def client(c):
+        started.wait()
+        for i in range(keys_per_client):
+            key = f"c{c}-{i}"
+            status = send(a if (c + i) % 2 else b, key)
+            while status != 200:
+                with lock:
+                    retried.append(key)
+                status = send(b, key)
+            with lock:
+                answered.append(key)
+            if i % 3 == 0:  # a user pressing again
+                status = send(b, key)
+                with lock:
+                    again.append(status)
+
+    threads = [threading.Thread(target=client, args=(c,))
+               for c in range(clients)]
+    try:
+        for t in threads:
+            t.start()
+        started.wait()
+        poll_until(lambda: len(answered) >= 150, 20, "keys answered")
+        a.signal()
+        for t in threads:
+            t.join()
+        assert a.wait(30) == 0
+        b.signal()
+        assert b.wait(30) == 0
+    finally:
+        a.stop()
+        b.stop()
+    total = keys_per_client * clients
+    assert retried, "the rollout cut no request short: nothing was proven"
+    assert again and all(x == 200 for x in again)
+    assert redis.counter() == total
+    assert counted_keys(redis) == total
 
 
 def test_sigkilled_replicas_under_keyed_retries_count_each_key_once(redis):

@@ -81,7 +81,8 @@ def test_requirepass_with_the_password_from_a_file(protected, tmp_path):
 # README's list. AUTH is always allowed.
 MEMORY_MODE_COMMANDS = ["+eval", "+evalsha", "+type", "+get", "+incrby",
                         "+hget", "+hset", "+hdel", "+zadd", "+zrem",
-                        "+zrangebyscore", "+time"]
+                        "+zscore", "+zrangebyscore", "+zremrangebyscore",
+                        "+time"]
 
 
 # The same for journal mode (DURABILITY=redis): its scripts' commands.

@@ -280,6 +280,124 @@ static void test_delivery_fails_a_batch_no_retry_can_fix(void **state) {
   assert_int_equal(argv_u64(&f->sent[2], 0), 3); /* numbers go on */
 }
 
+/* ---- Memory mode: Idempotency-Keys -------------------------------------- */
+
+/* One keyed /incr due now: what the engine did with it. */
+static enum delivery_keyed keyed(struct fixture *f, const char *key) {
+  enum delivery_keyed out = DELIVERY_KEYED_REPLAY;
+  assert_int_equal(
+      delivery_incr_keyed(&f->c, key, strlen(key), uv_now(&f->loop), &out), 0);
+  return out;
+}
+
+/* The keys a sent batch carries: its arguments after the TTL. */
+static size_t batch_keys(const struct sent *s) {
+  size_t nkeys = strtoull(s->args->element[2]->str, NULL, 10);
+  return s->args->elements - (3 + nkeys + 6);
+}
+
+static const char *batch_key(const struct sent *s, size_t i) {
+  size_t nkeys = strtoull(s->args->element[2]->str, NULL, 10);
+  return s->args->element[3 + nkeys + 6 + i]->str;
+}
+
+static void
+test_delivery_a_key_pending_or_counted_here_is_a_replay(void **state) {
+  struct fixture *f = *state;
+  delivery_on_ready(&f->c);
+  assert_int_equal(keyed(f, "k1"), DELIVERY_KEYED_QUEUED);
+  assert_int_equal(keyed(f, "k1"), DELIVERY_KEYED_REPLAY); /* queued */
+  assert_int_equal(keyed(f, "k2"), DELIVERY_KEYED_QUEUED);
+  assert_int_equal(incr_queue_push(&f->q, uv_now(&f->loop)), 0);
+  assert_int_equal(f->q.pending, 3); /* the replay queued nothing */
+  delivery_due(&f->c, uv_now(&f->loop));
+  assert_int_equal(f->nsent, 1);
+  assert_int_equal(argv_u64(&f->sent[0], 1), 3); /* keyed ones too */
+  assert_int_equal(batch_keys(&f->sent[0]), 2);
+  assert_string_equal(batch_key(&f->sent[0], 0), "k1");
+  assert_string_equal(batch_key(&f->sent[0], 1), "k2");
+  assert_int_equal(keyed(f, "k2"), DELIVERY_KEYED_REPLAY); /* in a batch */
+  reply_int(f, 1);
+  assert_int_equal(keyed(f, "k1"), DELIVERY_KEYED_REPLAY); /* counted */
+  assert_int_equal(f->q.pending, 0);
+  assert_int_equal(f->c.stats.done, 3);
+}
+
+static void test_delivery_sends_a_lost_batch_again_with_its_keys(void **state) {
+  struct fixture *f = *state;
+  delivery_on_ready(&f->c);
+  keyed(f, "a");
+  delivery_due(&f->c, uv_now(&f->loop));
+  keyed(f, "b");
+  assert_int_equal(incr_queue_push(&f->q, uv_now(&f->loop)), 0);
+  delivery_due(&f->c, uv_now(&f->loop));
+  connection_breaks(f);
+  delivery_on_ready(&f->c);
+  assert_int_equal(f->nsent, 4);
+  /* Every copy carries the keys of its first send, and only those. */
+  assert_int_equal(argv_u64(&f->sent[2], 0), 1);
+  assert_int_equal(batch_keys(&f->sent[2]), 1);
+  assert_string_equal(batch_key(&f->sent[2], 0), "a");
+  assert_int_equal(argv_u64(&f->sent[3], 0), 2);
+  assert_int_equal(argv_u64(&f->sent[3], 1), 2);
+  assert_int_equal(batch_keys(&f->sent[3]), 1);
+  assert_string_equal(batch_key(&f->sent[3], 0), "b");
+  reply_int(f, 0); /* applied before the break */
+  reply_int(f, 1);
+  assert_int_equal(keyed(f, "a"), DELIVERY_KEYED_REPLAY);
+  assert_int_equal(keyed(f, "b"), DELIVERY_KEYED_REPLAY);
+}
+
+static void test_delivery_forgets_the_keys_of_a_failed_batch(void **state) {
+  struct fixture *f = *state;
+  delivery_on_ready(&f->c);
+  keyed(f, "lost");
+  delivery_due(&f->c, uv_now(&f->loop));
+  reply_error(f, "WRONGTYPE Operation against a key holding the wrong kind");
+  assert_int_equal(f->c.stats.failed, 1);
+  /* Never counted: a repeat may count it now. */
+  assert_int_equal(keyed(f, "lost"), DELIVERY_KEYED_QUEUED);
+}
+
+static void test_delivery_batches_carry_a_bounded_number_of_keys(void **state) {
+  struct fixture *f = *state;
+  delivery_on_ready(&f->c);
+  char key[16];
+  for (int i = 0; i <= SCRIPTS_IDEM_MAX; i++) {
+    snprintf(key, sizeof key, "k%d", i);
+    assert_int_equal(keyed(f, key), DELIVERY_KEYED_QUEUED);
+  }
+  assert_int_equal(incr_queue_push(&f->q, uv_now(&f->loop)), 0);
+  delivery_due(&f->c, uv_now(&f->loop));
+  assert_int_equal(f->nsent, 2);
+  assert_int_equal(batch_keys(&f->sent[0]), SCRIPTS_IDEM_MAX);
+  assert_int_equal(argv_u64(&f->sent[0], 1), SCRIPTS_IDEM_MAX + 1);
+  assert_int_equal(batch_keys(&f->sent[1]), 1);
+  assert_int_equal(argv_u64(&f->sent[1], 1), 1);
+  assert_string_equal(batch_key(&f->sent[1], 0), "k1000");
+}
+
+static void test_delivery_forgets_counted_keys_after_the_ttl(void **state) {
+  struct fixture *f = *state;
+  f->c.m.memory.ttl_ms = 1;
+  delivery_on_ready(&f->c);
+  keyed(f, "t");
+  delivery_due(&f->c, uv_now(&f->loop));
+  reply_int(f, 1);
+  assert_int_equal(keyed(f, "t"), DELIVERY_KEYED_REPLAY);
+  uint64_t counted = uv_now(&f->loop);
+  while (uv_now(&f->loop) < counted + 1)
+    uv_update_time(&f->loop); /* the loop never runs: time is read */
+  assert_int_equal(keyed(f, "t"), DELIVERY_KEYED_QUEUED);
+  assert_int_equal(f->c.m.memory.n_keys, 1);
+}
+
+static void test_delivery_refuses_keys_in_journal_mode(void **state) {
+  struct fixture *f = *state;
+  enum delivery_keyed out;
+  assert_int_equal(delivery_incr_keyed(&f->c, "k", 1, 0, &out), UV_EINVAL);
+}
+
 /* ---- Journal mode ------------------------------------------------------- */
 
 /* A renewal's reply: n moved, and the lapsed replicas named. */
@@ -595,6 +713,11 @@ int main(void) {
       MEMORY(test_delivery_sends_a_lost_batch_again_with_its_number),
       MEMORY(test_delivery_resends_in_order_after_a_transient_error),
       MEMORY(test_delivery_fails_a_batch_no_retry_can_fix),
+      MEMORY(test_delivery_a_key_pending_or_counted_here_is_a_replay),
+      MEMORY(test_delivery_sends_a_lost_batch_again_with_its_keys),
+      MEMORY(test_delivery_forgets_the_keys_of_a_failed_batch),
+      MEMORY(test_delivery_batches_carry_a_bounded_number_of_keys),
+      MEMORY(test_delivery_forgets_counted_keys_after_the_ttl),
       JOURNAL(test_delivery_renews_its_lease_when_ready),
       JOURNAL(test_delivery_counts_what_redis_moved),
       JOURNAL(test_delivery_sweeps_only_when_it_may_be_needed),
@@ -608,6 +731,7 @@ int main(void) {
       JOURNAL(test_delivery_moves_refused_beside_a_recorded_write_fail_alone),
       JOURNAL(test_delivery_queues_adopted_entries_at_their_time),
       JOURNAL(test_delivery_leaves_once_even_if_the_reply_is_lost),
+      JOURNAL(test_delivery_refuses_keys_in_journal_mode),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

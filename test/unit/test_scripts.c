@@ -155,18 +155,25 @@ static void test_journal_probe_asks_for_what_the_mode_runs(void **state) {
 
 static void test_journal_batch_is_one_fenced_eval(void **state) {
   (void)state;
-  assert_int_equal(scripts_cmd_batch(&cmd, &j, 42, 1000, 40), 0);
+  const struct scripts_idem idem[] = {{"k1", 2}, {"key two", 7}};
+  assert_int_equal(scripts_cmd_batch(&cmd, &j, 42, 1000, 40, idem, 2), 0);
   redisReply *a = parsed();
   const char *keys[] = {"counter", "gd:{counter}:fences",
-                        "gd:{counter}:fence_uses", "gd:{counter}:skips"};
-  size_t i = assert_eval(a, "-- Memory mode", keys, 4);
-  assert_int_equal(a->elements, i + 5);
+                        "gd:{counter}:fence_uses", "gd:{counter}:skips",
+                        "gd:{counter}:idempotency"};
+  size_t i = assert_eval(a, "-- Memory mode", keys, 5);
+  assert_int_equal(a->elements, i + 8);
   assert_arg(a, i, "42");
   assert_arg(a, i + 1, "1000");
   assert_arg(a, i + 2, "86400000");
   assert_arg(a, i + 3, "40");
   assert_arg(a, i + 4, "abcdef0123456789");
+  assert_arg(a, i + 5, "86400000"); /* IDEMPOTENCY_TTL_MS */
+  assert_arg(a, i + 6, "k1");
+  assert_arg(a, i + 7, "key two");
   freeReplyObject(a);
+  /* More keys than increments, or than a batch carries: refused. */
+  assert_int_equal(scripts_cmd_batch(&cmd, &j, 43, 1, 40, idem, 2), UV_EINVAL);
 }
 
 static void test_journal_write_names_replica_and_registry(void **state) {
