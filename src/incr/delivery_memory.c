@@ -270,9 +270,14 @@ static bool memory_resend(struct delivery *d, uint64_t seq, struct entry *e) {
 static void memory_send(struct delivery *d) {
   struct delivery_memory *m = memory(d);
   while (m->due > 0 && d->in_flight < DELIVERY_WINDOW) {
+    /* Each key due is one of the increments due: they fall due together
+     * (delivery_incr_keyed), so the counts cannot disagree; were they to,
+     * keys would go without increments rather than a count wrap. */
     uint64_t k =
         m->due_keys.len < SCRIPTS_IDEM_MAX ? m->due_keys.len : SCRIPTS_IDEM_MAX;
-    uint64_t plain = m->due - m->due_keys.len;
+    if (k > m->due)
+      k = m->due;
+    uint64_t plain = m->due > m->due_keys.len ? m->due - m->due_keys.len : 0;
     uint64_t n = k + (plain < BATCH_MAX - k ? plain : BATCH_MAX - k);
     uint64_t seq = d->first_seq + d->entries.len;
     struct batch *b = delivery_ring_push(&d->entries);
