@@ -462,7 +462,8 @@ def test_scripts_check_every_key_before_they_write(conn, key, kind):
         "p:skips": [lambda: resolve(conn, 1), lambda: batch(conn, 1, 1)],
         IDEM: [lambda: renew(conn, 0),
                lambda: write(conn, 1, 1000, 3, idem=("k",)),
-               lambda: batch(conn, 1, 1), lambda: batch(conn, 1, 1, idem=("k",))],
+               lambda: batch(conn, 1, 1),
+               lambda: batch(conn, 1, 1, idem=("k",))],
     }[key] + [lambda: write(conn, 1, 1000, 3)]
     if key in ("p:fences", "p:fence_uses", "p:skips"):
         scripts.append(lambda: batch(conn, 1, 1, idem=("k",)))
