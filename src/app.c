@@ -26,10 +26,18 @@ static uint64_t pending(const struct app *app) {
 
 /* ---- Requests ----------------------------------------------------------- */
 
-/* Memory mode: queued at once, answered 200 at once. */
+/* Memory mode: queued at once, answered 200 at once; a key pending or
+ * counted here already is a replay, answered at once, nothing queued. */
 static void take_now(struct app *app, struct route_result *r) {
   uint64_t deadline = uv_now(app->loop) + app->cfg->incr_delay_ms;
-  if (incr_queue_push(&app->queue, deadline) == 0) {
+  enum delivery_keyed keyed = DELIVERY_KEYED_QUEUED;
+  int rc = r->idem_len > 0 ? delivery_incr_keyed(&app->delivery, r->idem_key,
+                                                 r->idem_len, deadline, &keyed)
+                           : incr_queue_push(&app->queue, deadline);
+  if (rc == 0 && keyed == DELIVERY_KEYED_REPLAY) {
+    r->response = commit_replayed;
+    app->metrics.idem_replays++;
+  } else if (rc == 0) {
     app->metrics.incr_accepted++;
   } else {
     routes_error(503, r);
@@ -40,8 +48,16 @@ static void take_now(struct app *app, struct route_result *r) {
 /* Journal mode: held for the turn's journal write, or 503 at once when no
  * write can be sent. */
 static void take_held(struct app *app, struct route_result *r) {
-  if (!commit_take(&app->commit, &r->response))
+  switch (commit_take(&app->commit, &r->response, r->idem_key, r->idem_len)) {
+  case COMMIT_REFUSED:
     app->metrics.journal_refused++;
+    break;
+  case COMMIT_CONFLICT:
+    app->metrics.idem_conflicts++;
+    break;
+  default:
+    break;
+  }
 }
 
 /* The held /incr of ticket are answered: 200 when the journal holds them,
@@ -51,6 +67,8 @@ static void fill_held(struct commit *cm, uint64_t ticket, uint64_t n, bool held,
   struct app *app = container_of(cm, struct app, commit);
   uint64_t filled = server_fill(&app->server, ticket, resp);
   metrics_count_requests(&app->metrics, ROUTE_INCR, resp->status, filled);
+  if (resp == &commit_replayed)
+    app->metrics.idem_replays += filled;
   if (held) {
     app->metrics.incr_accepted += n;
     app->metrics.journal_written += n;
@@ -94,6 +112,7 @@ static void respond(struct server *srv, const struct http_request *req,
         .ready = app->link.ever_ready && app->shutdown.phase == PHASE_RUNNING,
         .queue_full = pending(app) + commit_holding(&app->commit) >=
                       app->cfg->max_pending,
+        .idempotency = true, /* both modes keep the keys */
     };
     routes_handle(req, &state, &r);
     if (r.route == ROUTE_READYZ && r.response.status != 405)
@@ -219,6 +238,11 @@ static void on_written(struct delivery *d, uint64_t seq, bool held) {
   commit_written(&app_of_delivery(d)->commit, seq, held);
 }
 
+static void on_replays(struct delivery *d, uint64_t seq, const char *flags,
+                       size_t len) {
+  commit_replays(&app_of_delivery(d)->commit, seq, flags, len);
+}
+
 static void on_delivery_idle(struct delivery *d) {
   advance(app_of_delivery(d));
 }
@@ -243,7 +267,11 @@ static void on_link_down(struct redis_link *link) {
 static const struct delivery_transport transport = {
     transport_send, transport_retire, error_is_permanent};
 static const struct delivery_events delivery_events = {
-    on_written, on_delivery_idle, on_left};
+    .on_written = on_written,
+    .on_replays = on_replays,
+    .on_idle = on_delivery_idle,
+    .on_left = on_left,
+};
 static const struct redis_link_client link_client = {
     on_link_ready, on_link_reply, on_link_down};
 
@@ -515,6 +543,7 @@ int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg,
       .replica_id = id,
       .lease_ms = cfg->lease_ms,
       .incr_delay_ms = cfg->incr_delay_ms,
+      .idem_ttl_ms = cfg->idempotency_ttl_ms,
       .min_replicas = cfg->min_replicas,
       /* WAIT's own timeout stays under the reply watchdog's. */
       .wait_timeout_ms =
@@ -537,6 +566,7 @@ int app_init(struct app *app, uv_loop_t *loop, const struct config *cfg,
       {keys->counter, REDIS_KEY_INTEGER}, {keys->fences, REDIS_KEY_HASH},
       {keys->fence_uses, REDIS_KEY_ZSET}, {keys->skips, REDIS_KEY_ZSET},
       {keys->journal, REDIS_KEY_HASH},    {keys->replicas, REDIS_KEY_ZSET},
+      {keys->idem, REDIS_KEY_ZSET},
   };
   rc = redis_link_set_checks(&app->link, checks,
                              sizeof checks / sizeof checks[0]);

@@ -116,6 +116,10 @@ static const struct setting settings[] = {
      "durability redis: a replica whose lease has not been renewed for this "
      "long has its journal adopted by the others",
      K_UINT, FIELD(lease_ms), 300, DAY_MS},
+    {"IDEMPOTENCY_TTL_MS", "idempotency-ttl-ms", "MS", "86400000",
+     "an Idempotency-Key counts once for this long, across the deployment's "
+     "replicas; then Redis forgets it",
+     K_UINT, FIELD(idempotency_ttl_ms), 1, 30 * DAY_MS},
     {"SHUTDOWN_DELAY_MS", "shutdown-delay-ms", "MS",
      "0 (5000 when KUBERNETES_SERVICE_HOST is set)",
      "after the first signal, keep serving (unready) this long", K_UINT,

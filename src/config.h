@@ -56,6 +56,7 @@ struct config {
   enum durability durability;
   char key_prefix[CONFIG_KEY_MAX]; /* every key but the counter */
   uint64_t lease_ms;
+  uint64_t idempotency_ttl_ms;  /* an Idempotency-Key counts once this long */
   bool refuse_allkeys_eviction; /* REDIS_ALLKEYS_EVICTION=refuse */
   uint64_t shutdown_delay_ms;
   uint64_t shutdown_timeout_ms;

@@ -142,6 +142,12 @@ char *metrics_render(const struct metrics *m, const struct metrics_view *v,
   counter(&b, "journal_refused_increments_total", m->journal_refused,
           "durability redis: increments the journal could not take, answered "
           "503.");
+  counter(&b, "idempotency_replays_total", m->idem_replays,
+          "Requests whose Idempotency-Key had counted already: answered 200 "
+          "with Idempotency-Replayed, nothing counted.");
+  counter(&b, "idempotency_conflicts_total", m->idem_conflicts,
+          "Requests whose Idempotency-Key was still in progress: answered "
+          "409.");
   counter(&b, "journal_resolutions_total", cs->journal_resolutions,
           "durability redis: journal writes whose lost reply was asked for.");
   counter(&b, "journal_moves_total", cs->journal_moves,

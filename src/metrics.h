@@ -22,6 +22,8 @@ struct metrics {
   uint64_t incr_accepted;   /* answered 200 */
   uint64_t journal_written; /* increments held by the journal: 200 */
   uint64_t journal_refused; /* increments not written: 503 */
+  uint64_t idem_replays;    /* Idempotency-Key counted before: 200, no count */
+  uint64_t idem_conflicts;  /* Idempotency-Key still in progress: 409 */
   double start_time;        /* Unix seconds */
 };
 

@@ -65,6 +65,16 @@ static int walk_head(struct http_parser *p, const char *at, const char *end) {
   return p->header_bytes > p->limits->header_max_bytes ? refuse(p, 431) : 0;
 }
 
+/* The header names the parser looks for, as bits of p->field: those the
+ * name read so far is still a prefix of. */
+enum field_bits {
+  FIELD_HOST = 1,
+  FIELD_IDEM_KEY = 2,
+  FIELD_ANY = FIELD_HOST | FIELD_IDEM_KEY,
+};
+
+static const char *const field_names[] = {"host", "idempotency-key"};
+
 static int on_message_begin(llhttp_t *l) {
   struct http_parser *p = parser_of(l);
   memset(&p->req, 0, sizeof p->req);
@@ -72,8 +82,11 @@ static int on_message_begin(llhttp_t *l) {
   p->in_message = true;
   p->begun++;
   p->hosts = 0;
+  p->idem_keys = 0;
   p->field_len = 0;
-  p->field_not_host = false;
+  p->field = FIELD_ANY;
+  p->in_idem_key = false;
+  p->head_done = false;
   p->target = TARGET_START;
   p->head = HEAD_NEXT_SPAN;
   p->after_lf = false;
@@ -158,30 +171,70 @@ static int on_url_complete(llhttp_t *l) {
   return 0;
 }
 
-/* Recognises a Host header by its name, whatever the case, wherever the
- * reads split it. */
+/* Recognises the Host and Idempotency-Key headers by their names, whatever
+ * the case, wherever the reads split them. */
 static int on_header_field(llhttp_t *l, const char *at, size_t len) {
   struct http_parser *p = parser_of(l);
-  static const char host[] = "host";
-  for (size_t i = 0; i < len && !p->field_not_host; i++) {
+  for (size_t i = 0; i < len && p->field; i++) {
     char c = at[i];
     if (c >= 'A' && c <= 'Z')
       c = (char)(c - 'A' + 'a');
-    if (p->field_len >= 4 || c != host[p->field_len])
-      p->field_not_host = true;
-    else
-      p->field_len++;
+    for (unsigned b = 0; b < 2; b++) {
+      const char *name = field_names[b];
+      if ((p->field & (1u << b)) &&
+          (p->field_len >= strlen(name) || c != name[p->field_len]))
+        p->field &= (uint8_t) ~(1u << b);
+    }
+    p->field_len++;
   }
   return walk_head(p, at, at + len);
 }
 
 static int on_header_field_complete(llhttp_t *l) {
   struct http_parser *p = parser_of(l);
-  if (!p->field_not_host && p->field_len == 4 && p->hosts < 2)
+  if ((p->field & FIELD_HOST) && p->field_len == 4 && p->hosts < 2)
     p->hosts++;
+  /* Not in a trailer section: only the head says what a request is. */
+  p->in_idem_key =
+      (p->field & FIELD_IDEM_KEY) && p->field_len == 15 && !p->head_done;
+  if (p->in_idem_key) {
+    p->idem_ws = false;
+    if (p->idem_keys < 2)
+      p->idem_keys++;
+    p->req.idem_bad = p->idem_keys > 1;
+    p->req.idem_len = 0;
+  }
   p->field_len = 0;
-  p->field_not_host = false;
+  p->field = FIELD_ANY;
   return ++p->headers > p->limits->max_headers ? refuse(p, 431) : 0;
+}
+
+/* An Idempotency-Key's value: 1 to HTTP_IDEM_KEY_MAX visible ASCII
+ * characters, copied as it arrives; whitespace around it is not part of
+ * the value (RFC 9110 5.5), whitespace within it is refused. */
+static int on_header_value(llhttp_t *l, const char *at, size_t len) {
+  struct http_parser *p = parser_of(l);
+  struct http_request *r = &p->req;
+  for (size_t i = 0; p->in_idem_key && !r->idem_bad && i < len; i++) {
+    if (at[i] == ' ' || at[i] == '\t')
+      p->idem_ws = r->idem_len > 0;
+    else if (at[i] < 0x21 || at[i] > 0x7e || p->idem_ws ||
+             r->idem_len >= HTTP_IDEM_KEY_MAX)
+      r->idem_bad = true;
+    else
+      r->idem_key[r->idem_len++] = at[i];
+  }
+  return walk_head(p, at, at + len);
+}
+
+static int on_header_value_complete(llhttp_t *l) {
+  struct http_parser *p = parser_of(l);
+  if (p->in_idem_key && p->req.idem_len == 0)
+    p->req.idem_bad = true;
+  if (p->req.idem_bad)
+    p->req.idem_len = 0;
+  p->in_idem_key = false;
+  return 0;
 }
 
 static int on_headers_complete(llhttp_t *l) {
@@ -199,6 +252,7 @@ static int on_headers_complete(llhttp_t *l) {
     p->error_status = 413;
     return -1;
   }
+  p->head_done = true;
   /* A pause tells http_parse where the head ends: its last line ends are
    * walked there. */
   p->head_ended = true;
@@ -250,7 +304,8 @@ static const llhttp_settings_t settings = {
     .on_url = on_url,
     .on_url_complete = on_url_complete,
     .on_header_field = on_header_field,
-    .on_header_value = on_head_bytes,
+    .on_header_value = on_header_value,
+    .on_header_value_complete = on_header_value_complete,
     .on_header_field_complete = on_header_field_complete,
     .on_headers_complete = on_headers_complete,
     .on_chunk_header = on_chunk_header,
@@ -333,6 +388,8 @@ const char *http_reason(uint16_t status) {
     return "Method Not Allowed";
   case 408:
     return "Request Timeout";
+  case 409:
+    return "Conflict";
   case 413:
     return "Content Too Large";
   case 414:
@@ -341,6 +398,8 @@ const char *http_reason(uint16_t status) {
     return "Request Header Fields Too Large";
   case 500:
     return "Internal Server Error";
+  case 501:
+    return "Not Implemented";
   case 503:
     return "Service Unavailable";
   default:

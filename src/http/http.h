@@ -22,6 +22,9 @@
 #include <llhttp.h>
 
 #define HTTP_PATH_MAX 64
+/* The longest Idempotency-Key taken (draft-ietf-httpapi-idempotency-key-
+ * header): 1 to this many visible ASCII characters. */
+#define HTTP_IDEM_KEY_MAX 255
 
 struct http_limits {
   uint64_t header_max_bytes; /* request line and headers: 431 beyond */
@@ -39,6 +42,12 @@ struct http_request {
   bool path_truncated; /* longer than HTTP_PATH_MAX: matches no route */
   uint16_t path_len;   /* bytes in path: the target up to '?' or '#' */
   char path[HTTP_PATH_MAX];
+  /* Idempotency-Key: idem_len bytes of idem_key when present and valid;
+   * idem_bad when present but empty, too long, not visible ASCII, or given
+   * twice (a 400 on /incr; other routes ignore it). */
+  bool idem_bad;
+  uint16_t idem_len;
+  char idem_key[HTTP_IDEM_KEY_MAX];
 };
 
 struct http_parser {
@@ -49,11 +58,15 @@ struct http_parser {
   uint64_t header_bytes; /* of the head so far: every byte from the method */
   uint64_t body_bytes;
   uint64_t headers;
-  uint32_t begun;      /* requests begun on this connection, counting from 1 */
-  uint8_t hosts;       /* Host header lines in this request (up to 2) */
-  uint8_t field_len;   /* bytes of the header name so far (up to 5) */
-  bool field_not_host; /* the header name so far is not a prefix of Host */
-  uint8_t target;      /* where the walk through the request target stands */
+  uint32_t begun;    /* requests begun on this connection, counting from 1 */
+  uint8_t hosts;     /* Host header lines in this request (up to 2) */
+  uint8_t idem_keys; /* Idempotency-Key header lines (up to 2) */
+  uint8_t field_len; /* bytes of the header name so far (up to 16) */
+  uint8_t field;     /* the names the header name so far is a prefix of */
+  bool in_idem_key;  /* the value being read is an Idempotency-Key's */
+  bool idem_ws;      /* whitespace after its key: the value must end */
+  bool head_done;    /* the head is over: a trailer section may follow */
+  uint8_t target;    /* where the walk through the request target stands */
   const char *head_from; /* the next byte of the head to walk */
   uint16_t error_status; /* set when a limit is crossed */
   uint8_t head;          /* where the walk through the head stands */

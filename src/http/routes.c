@@ -84,12 +84,26 @@ void routes_handle(const struct http_request *req,
   }
   switch (out->route) {
   case ROUTE_INCR:
+    if (req->idem_bad) {
+      set_response(out, 400,
+                   BODY("Idempotency-Key must be one header of 1 to 255 "
+                        "visible ASCII characters\n"));
+      return;
+    }
+    if (req->idem_len > 0 && !state->idempotency) {
+      set_response(out, 501,
+                   BODY("Idempotency-Key needs DURABILITY=redis on this "
+                        "version; send the request without it\n"));
+      return;
+    }
     if (state->queue_full) {
       routes_error(503, out);
       out->route = ROUTE_INCR;
       return;
     }
     out->action = ACTION_INCR;
+    out->idem_key = req->idem_key;
+    out->idem_len = req->idem_len;
     set_response(out, 200, BODY("ok\n"));
     return;
   case ROUTE_HEALTHZ:

@@ -26,11 +26,18 @@ enum route_action {
 struct routes_state {
   bool ready;      /* Redis reached once and no shutdown signal */
   bool queue_full; /* MAX_PENDING increments pending */
+  /* Idempotency-Keys are kept (journal mode); else a keyed /incr is 501
+   * rather than counted without its promise */
+  bool idempotency;
 };
 
 struct route_result {
   enum route route;
   enum route_action action;
+  /* ACTION_INCR: the request's Idempotency-Key (idem_len 0: none), in the
+   * request's memory: copy it to keep it. */
+  const char *idem_key;
+  size_t idem_len;
   struct http_response response;
 };
 

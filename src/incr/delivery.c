@@ -117,6 +117,8 @@ int delivery_init(struct delivery *d, uv_loop_t *loop,
                         opts->replica_id);
   if (rc)
     return rc;
+  if (opts->idem_ttl_ms)
+    d->scripts.idem_ttl_ms = opts->idem_ttl_ms;
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   scripts_clock_set(&d->scripts,

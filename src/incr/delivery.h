@@ -64,6 +64,14 @@ struct delivery_events {
   /* Journal mode: the outcome of write `seq`, in write order: held (the
    * 200s may go) or not (answer 503). */
   void (*on_written)(struct delivery *d, uint64_t seq, bool held);
+  /* Journal mode: Redis recorded write `seq`, which carried Idempotency-
+   * Keys; flags has one character per key, in the order given to
+   * delivery_write: '1' a replay (counted before, not counted again), '0'
+   * counted by this write. Only while the reply lives: copy what is kept.
+   * on_written follows (later, with REDIS_MIN_REPLICAS). Never called for
+   * a write whose reply was lost: its keys counted, replays or not. */
+  void (*on_replays)(struct delivery *d, uint64_t seq, const char *flags,
+                     size_t len);
   /* Nothing is waiting to be sent or answered (see delivery_pending). */
   void (*on_idle)(struct delivery *d);
   /* The leave that delivery_leave began is over: answered, lost, or (memory
@@ -78,6 +86,7 @@ struct delivery_options {
   uint64_t replica_id;     /* names this replica's keys */
   uint64_t lease_ms;       /* journal mode */
   uint64_t incr_delay_ms;  /* journal mode: how far ahead entries fall due */
+  uint64_t idem_ttl_ms;    /* IDEMPOTENCY_TTL_MS (0: a day) */
   /* REDIS_MIN_REPLICAS: what Redis applied counts only once a WAIT (with
    * wait_timeout_ms) says that many replicas have it; 0: at once. */
   uint64_t min_replicas;
@@ -104,10 +113,38 @@ enum delivery_state {
   DELIVERY_CLOSED,  /* memory released; replies are ignored */
 };
 
-/* Memory mode's own: increments between the queue and their batch. */
+/* Memory mode: counted Idempotency-Keys kept in the process at most (for
+ * IDEMPOTENCY_TTL_MS at most): a repeat of one forgotten here is still
+ * skipped by Redis, only without its Idempotency-Replayed. */
+#define DELIVERY_COUNTED_MAX 65536
+
+/* Memory mode's Idempotency-Key (delivery_memory.c). */
+struct delivery_key;
+
+/* A list of keys, oldest first. */
+struct delivery_keys {
+  struct delivery_key *head;
+  struct delivery_key *tail;
+  uint64_t len;
+};
+
+/* Memory mode's own: increments between the queue and their batch, and
+ * the Idempotency-Keys this replica answered, in a hash table. A key is
+ * in exactly one of: queued (its increment in the queue), due (fallen due,
+ * not yet in a batch), a batch's (sent, not settled), counted (its batch
+ * applied; kept for IDEMPOTENCY_TTL_MS, at most DELIVERY_COUNTED_MAX). */
 struct delivery_memory {
-  uint64_t due;        /* fallen due, not yet in a batch */
+  uint64_t due;        /* fallen due, not yet in a batch (keyed ones too) */
   uint64_t in_batches; /* in batches not yet settled */
+  struct delivery_key **buckets; /* chained; a power of two of them */
+  uint64_t n_buckets;
+  uint64_t n_keys; /* in the table: every list's and every batch's */
+  uint64_t seed[2];
+  struct delivery_keys queued;   /* by deadline */
+  struct delivery_keys due_keys; /* fallen due, in that order */
+  struct delivery_keys counted;  /* by when their batch settled */
+  struct scripts_idem *scratch;  /* a batch's keys, as the command takes them */
+  uint64_t ttl_ms;
 };
 
 /* Journal mode's own: the moves, the lease. */
@@ -191,10 +228,29 @@ uint64_t delivery_pending(const struct delivery *d);
  * lost with the process (memory mode: abandoned). */
 bool delivery_hands_over(const struct delivery *d);
 
+/* Memory mode: what delivery_incr_keyed did. */
+enum delivery_keyed {
+  DELIVERY_KEYED_QUEUED, /* a new key: its increment is in the queue */
+  DELIVERY_KEYED_REPLAY, /* pending or counted here already: nothing queued */
+};
+
+/* Memory mode: one /incr with the Idempotency-Key key (len bytes, copied),
+ * due at deadline (monotonic ms): queued with its key unless the key is
+ * pending here or was counted here within IDEMPOTENCY_TTL_MS (a replay).
+ * The batch that carries it records the key in Redis as it counts it, and
+ * skips it when another replica (or this one, longer ago than the process
+ * remembers) counted it first. Returns 0 and what it did in *out, or
+ * UV_ENOMEM (nothing queued). */
+int delivery_incr_keyed(struct delivery *d, const char *key, size_t len,
+                        uint64_t deadline, enum delivery_keyed *out);
+
 /* Journal mode: records n increments due at deadline (monotonic ms) in the
- * journal. Returns the write's number, whose outcome on_written tells; 0
+ * journal, n_keys of them with the Idempotency-Keys keys (copied; at most
+ * SCRIPTS_IDEM_MAX), each counted once. Returns the write's number, whose
+ * outcome on_written tells (and on_replays which keys were replays); 0
  * when no write could be sent (answer 503 at once). */
-uint64_t delivery_write(struct delivery *d, uint64_t deadline, uint64_t n);
+uint64_t delivery_write(struct delivery *d, uint64_t deadline, uint64_t n,
+                        const struct scripts_idem *keys, size_t n_keys);
 
 /* Journal mode: whether delivery_write can send now. */
 bool delivery_can_write(const struct delivery *d);

@@ -26,6 +26,7 @@ struct write {
   struct entry e;
   uint64_t deadline;  /* monotonic ms */
   uint64_t moves_end; /* the moves it carries end here (or 0) */
+  uint64_t replays;   /* increments of keys counted before: not recorded */
   bool resolving;     /* ENTRY_SENT: its resolution was, not the write */
   bool held;          /* applied: in the journal */
 };
@@ -118,7 +119,8 @@ static size_t unsent_moves(struct delivery *d, uint64_t *out, uint64_t *end) {
   return k;
 }
 
-uint64_t delivery_write(struct delivery *d, uint64_t deadline, uint64_t n) {
+uint64_t delivery_write(struct delivery *d, uint64_t deadline, uint64_t n,
+                        const struct scripts_idem *keys, size_t n_keys) {
   struct delivery_journal *j = jm(d);
   if (!delivery_can_write(d))
     return 0;
@@ -130,7 +132,7 @@ uint64_t delivery_write(struct delivery *d, uint64_t deadline, uint64_t n) {
    * among them need not be remembered any more. */
   if (scripts_cmd_write(&d->cmd, &d->scripts, seq,
                         scripts_wall(&d->scripts, deadline), n,
-                        d->first_seq - 1, j->lease_ms, due, k))
+                        d->first_seq - 1, j->lease_ms, keys, n_keys, due, k))
     return 0;
   struct write *w = delivery_ring_push(&d->entries);
   if (!w)
@@ -172,11 +174,12 @@ static bool journal_resend(struct delivery *d, uint64_t seq, struct entry *e) {
 static void journal_settled(struct delivery *d, uint64_t seq,
                             const struct entry *e) {
   const struct write *w = (const struct write *)e;
-  if (w->held && incr_queue_add(d->queue, w->deadline, e->n) != 0) {
+  uint64_t n = e->n - w->replays; /* what the journal holds */
+  if (w->held && n > 0 && incr_queue_add(d->queue, w->deadline, n) != 0) {
     /* Held by Redis, but not by this process's queue: still a 200 (Redis
      * counts it once), moved by a renewal once due, or by whoever adopts
      * the journal. */
-    log_error("queue_full", LOG_UINT("increments", e->n));
+    log_error("queue_full", LOG_UINT("increments", n));
     sweep_for_a_while(d);
   }
   jm(d)->in_writes -= e->n;
@@ -195,6 +198,24 @@ static void refused(struct delivery *d, uint64_t n, const redisReply *reply) {
     log_warn("journal_write_refused",
              LOG_UINT("increments", d->stats.journal_errors),
              LOG_STRN("reply", reply->str, reply->len));
+}
+
+/* A write recorded: which of its Idempotency-Keys were replays, whose
+ * increments the journal does not hold. A resolution cannot tell: its
+ * write's increments all count as held then (a move counts what Redis
+ * moved, whatever the queue thought). */
+static void note_replays(struct delivery *d, uint64_t seq, struct write *w,
+                         const redisReply *reply) {
+  const char *flags;
+  size_t len;
+  if (!scripts_write_replays(reply, &flags, &len))
+    return;
+  for (size_t i = 0; i < len; i++)
+    w->replays += flags[i] == '1';
+  if (w->replays > w->e.n)
+    w->replays = w->e.n;
+  if (d->events->on_replays)
+    d->events->on_replays(d, seq, flags, len);
 }
 
 /* The reply to a write or to its resolution. Outcomes may come out of
@@ -227,6 +248,8 @@ static void on_write_reply(struct delivery *d, bool resolution, uint64_t seq,
   case SCRIPTS_APPLIED:
     /* A WAIT sent after the write (or its resolution) confirms it. */
     w->held = true;
+    if (!resolution)
+      note_replays(d, seq, w, reply);
     delivery_applied(d, &w->e, w->e.wait);
     break;
   case SCRIPTS_NOT_APPLIED:

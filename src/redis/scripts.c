@@ -68,8 +68,10 @@ int scripts_init(struct scripts *j, const char *prefix, const char *counter,
       key(j->fence_uses, j->scope, "fence_uses", NULL) ||
       key(j->skips, j->scope, "skips", NULL) ||
       key(j->journal, j->scope, "journal", j->id) ||
-      key(j->replicas, j->scope, "replicas", NULL))
+      key(j->replicas, j->scope, "replicas", NULL) ||
+      key(j->idem, j->scope, "idempotency", NULL))
     return UV_EINVAL;
+  j->idem_ttl_ms = 24ull * 3600 * 1000;
   return 0;
 }
 
@@ -176,7 +178,8 @@ struct probe {
 int scripts_cmd_probe(struct scripts_cmd *cmd, struct scripts *j, bool journal,
                       bool wait) {
   const char *sha = j->sha[SCRIPTS_BATCH];
-  /* Both durabilities: the counter, the fences, the script cache. */
+  /* Both durabilities: the counter, the fences, the Idempotency-Keys, the
+   * script cache. */
   const struct probe both[] = {
       {3, {"EVALSHA", sha, "0"}},
       {2, {"TYPE", j->counter}},
@@ -191,6 +194,9 @@ int scripts_cmd_probe(struct scripts_cmd *cmd, struct scripts *j, bool journal,
       {4, {"ZRANGEBYSCORE", j->fence_uses, "0", "1"}},
       {4, {"ZRANGEBYSCORE", j->skips, "0", "1"}},
       {3, {"ZREM", j->skips, j->id}},
+      {3, {"ZSCORE", j->idem, "k"}},
+      {4, {"ZADD", j->idem, "1", "k"}},
+      {4, {"ZREMRANGEBYSCORE", j->idem, "0", "1"}},
   };
   /* Journal mode: the journal, the ranges, the registry. */
   const struct probe more[] = {
@@ -234,25 +240,33 @@ int scripts_cmd_probe(struct scripts_cmd *cmd, struct scripts *j, bool journal,
 }
 
 int scripts_cmd_batch(struct scripts_cmd *cmd, struct scripts *j, uint64_t seq,
-                      uint64_t n, uint64_t floor) {
-  const char *keys[] = {j->counter, j->fences, j->fence_uses, j->skips};
-  int rc = EVAL(cmd, j, SCRIPTS_BATCH, keys, 5);
+                      uint64_t n, uint64_t floor,
+                      const struct scripts_idem *idem, size_t n_keys) {
+  if (n_keys > SCRIPTS_IDEM_MAX || n_keys > n)
+    return UV_EINVAL;
+  const char *keys[] = {j->counter, j->fences, j->fence_uses, j->skips,
+                        j->idem};
+  int rc = EVAL(cmd, j, SCRIPTS_BATCH, keys, 6 + n_keys);
   rc = rc ? rc : arg_u64(cmd, seq);
   rc = rc ? rc : arg_u64(cmd, n);
   rc = rc ? rc : arg_u64(cmd, SCRIPTS_FENCE_AGE_MS);
   rc = rc ? rc : arg_u64(cmd, floor);
-  return rc ? rc : arg_str(cmd, j->id);
+  rc = rc ? rc : arg_str(cmd, j->id);
+  rc = rc ? rc : arg_u64(cmd, j->idem_ttl_ms);
+  for (size_t i = 0; i < n_keys && !rc; i++)
+    rc = arg(cmd, idem[i].key, idem[i].len);
+  return rc;
 }
 
 int scripts_cmd_write(struct scripts_cmd *cmd, struct scripts *j, uint64_t seq,
                       uint64_t deadline_wall, uint64_t n, uint64_t known,
-                      uint64_t lease_ms, const uint64_t *due_wall,
-                      size_t n_due) {
-  if (n_due > SCRIPTS_MOVE_MAX)
+                      uint64_t lease_ms, const struct scripts_idem *idem,
+                      size_t n_keys, const uint64_t *due_wall, size_t n_due) {
+  if (n_due > SCRIPTS_MOVE_MAX || n_keys > SCRIPTS_IDEM_MAX || n_keys > n)
     return UV_EINVAL;
-  const char *keys[] = {j->journal, j->fences,   j->fence_uses,
-                        j->skips,   j->replicas, j->counter};
-  int rc = EVAL(cmd, j, SCRIPTS_WRITE, keys, 7 + n_due);
+  const char *keys[] = {j->journal,  j->fences,  j->fence_uses, j->skips,
+                        j->replicas, j->counter, j->idem};
+  int rc = EVAL(cmd, j, SCRIPTS_WRITE, keys, 9 + n_keys + n_due);
   rc = rc ? rc : arg_u64(cmd, seq);
   rc = rc ? rc : arg_u64(cmd, deadline_wall);
   rc = rc ? rc : arg_u64(cmd, n);
@@ -260,6 +274,10 @@ int scripts_cmd_write(struct scripts_cmd *cmd, struct scripts *j, uint64_t seq,
   rc = rc ? rc : arg_u64(cmd, lease_ms);
   rc = rc ? rc : arg_u64(cmd, SCRIPTS_FENCE_AGE_MS);
   rc = rc ? rc : arg_str(cmd, j->id);
+  rc = rc ? rc : arg_u64(cmd, j->idem_ttl_ms);
+  rc = rc ? rc : arg_u64(cmd, n_keys);
+  for (size_t i = 0; i < n_keys && !rc; i++)
+    rc = arg(cmd, idem[i].key, idem[i].len);
   for (size_t i = 0; i < n_due && !rc; i++)
     rc = arg_u64(cmd, due_wall[i]);
   return rc;
@@ -277,16 +295,17 @@ int scripts_cmd_resolve(struct scripts_cmd *cmd, struct scripts *j,
 int scripts_cmd_move(struct scripts_cmd *cmd, struct scripts *j,
                      const uint64_t *deadlines_wall, size_t n) {
   /* Number 0: no fence lets it record anything, only its moves run. */
-  return scripts_cmd_write(cmd, j, 0, 0, 0, 0, 0, deadlines_wall, n);
+  return scripts_cmd_write(cmd, j, 0, 0, 0, 0, 0, NULL, 0, deadlines_wall, n);
 }
 
 int scripts_cmd_renew(struct scripts_cmd *cmd, struct scripts *j,
                       uint64_t lease_ms, uint64_t due_wall) {
-  const char *keys[] = {j->journal, j->replicas, j->counter};
-  int rc = EVAL(cmd, j, SCRIPTS_RENEW, keys, 3);
+  const char *keys[] = {j->journal, j->replicas, j->counter, j->idem};
+  int rc = EVAL(cmd, j, SCRIPTS_RENEW, keys, 4);
   rc = rc ? rc : arg_str(cmd, j->id);
   rc = rc ? rc : arg_u64(cmd, lease_ms);
-  return rc ? rc : arg_u64(cmd, due_wall);
+  rc = rc ? rc : arg_u64(cmd, due_wall);
+  return rc ? rc : arg_u64(cmd, j->idem_ttl_ms);
 }
 
 int scripts_cmd_adopt(struct scripts_cmd *cmd, struct scripts *j,
@@ -344,8 +363,9 @@ enum scripts_outcome scripts_batch_outcome(const redisReply *reply) {
 enum scripts_outcome scripts_write_outcome(const redisReply *reply) {
   if (reply->type == REDIS_REPLY_ERROR)
     return SCRIPTS_ERROR;
-  if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2)
-    reply = reply->element[0]; /* the write, with moves beside it */
+  if (reply->type == REDIS_REPLY_ARRAY &&
+      (reply->elements == 2 || reply->elements == 3))
+    reply = reply->element[0]; /* the write, with moves (and keys) beside */
   if (reply->type != REDIS_REPLY_INTEGER ||
       (reply->integer != 0 && reply->integer != 1))
     return SCRIPTS_BAD_REPLY;
@@ -353,9 +373,21 @@ enum scripts_outcome scripts_write_outcome(const redisReply *reply) {
 }
 
 const redisReply *scripts_write_moves(const redisReply *reply) {
-  if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2)
+  if (reply->type != REDIS_REPLY_ARRAY ||
+      (reply->elements != 2 && reply->elements != 3))
     return NULL;
   return reply->element[1];
+}
+
+bool scripts_write_replays(const redisReply *reply, const char **flags,
+                           size_t *len) {
+  if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
+      reply->element[2]->type != REDIS_REPLY_STRING ||
+      reply->element[2]->len == 0)
+    return false;
+  *flags = reply->element[2]->str;
+  *len = reply->element[2]->len;
+  return true;
 }
 
 bool scripts_count_of(const redisReply *reply, uint64_t *count) {

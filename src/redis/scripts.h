@@ -27,6 +27,10 @@
  *   <prefix>{c}:journal:<id>  deadline (wall-clock ms) -> increments
  *   <prefix>{c}:replicas      id -> the end of its lease (Redis's clock, ms),
  *                             for every replica that may hold a journal
+ *   <prefix>{c}:idempotency   the Idempotency-Keys counted (both modes),
+ *                             key -> when (Redis's clock, ms); those older
+ *                             than IDEMPOTENCY_TTL_MS are pruned by the
+ *                             scripts
  * None has a TTL: no eviction policy but allkeys-* can take one. */
 #ifndef GRACEFULD_SCRIPTS_H
 #define GRACEFULD_SCRIPTS_H
@@ -46,6 +50,9 @@
 #define SCRIPTS_FENCE_AGE_MS (24ull * 3600 * 1000)
 /* Deadlines moved by one command at most (Lua's unpack has a limit). */
 #define SCRIPTS_MOVE_MAX 1000
+/* Idempotency-Keys one journal write or batch carries at most (the rest
+ * wait for the next one). */
+#define SCRIPTS_IDEM_MAX 1000
 
 /* A command in Redis protocol form, in a buffer that grows and is reused. */
 struct scripts_cmd {
@@ -80,6 +87,8 @@ struct scripts {
   char skips[SCRIPTS_KEY_MAX];
   char journal[SCRIPTS_KEY_MAX];
   char replicas[SCRIPTS_KEY_MAX];
+  char idem[SCRIPTS_KEY_MAX];
+  uint64_t idem_ttl_ms;        /* IDEMPOTENCY_TTL_MS (scripts_init: a day) */
   char scope[SCRIPTS_KEY_MAX]; /* <prefix>{tag}: */
   char other[SCRIPTS_KEY_MAX]; /* another replica's journal, to adopt */
   /* wall-clock ms at monotonic 0: deadlines are monotonic time plus this, a
@@ -124,15 +133,30 @@ uint64_t scripts_adoption_bound_ms(uint64_t lease_ms);
  * WAIT, for REDIS_MIN_REPLICAS), always sent whole. */
 int scripts_cmd_probe(struct scripts_cmd *cmd, struct scripts *j, bool journal,
                       bool wait);
-/* floor: the lowest batch not yet settled (applied or failed). */
+/* An Idempotency-Key, as a journal write or a batch carries it. */
+struct scripts_idem {
+  const char *key;
+  size_t len;
+};
+
+/* floor: the lowest batch not yet settled (applied or failed). keys: the
+ * Idempotency-Keys of n_keys of the n increments (at most
+ * SCRIPTS_IDEM_MAX); a key counted already is skipped, the others are
+ * recorded as the batch counts them. The same keys go with every copy of
+ * a batch. */
 int scripts_cmd_batch(struct scripts_cmd *cmd, struct scripts *j, uint64_t seq,
-                      uint64_t n, uint64_t floor);
+                      uint64_t n, uint64_t floor,
+                      const struct scripts_idem *keys, size_t n_keys);
+
 /* With due_wall: the deadlines that fell due (at most SCRIPTS_MOVE_MAX),
- * moved in the same step whether the write is recorded or not. */
+ * moved in the same step whether the write is recorded or not. keys: the
+ * Idempotency-Keys of n_keys of the n increments (at most
+ * SCRIPTS_IDEM_MAX), recorded with them; a key counted already is a
+ * replay and its increment is not recorded. */
 int scripts_cmd_write(struct scripts_cmd *cmd, struct scripts *j, uint64_t seq,
                       uint64_t deadline_wall, uint64_t n, uint64_t known,
-                      uint64_t lease_ms, const uint64_t *due_wall,
-                      size_t n_due);
+                      uint64_t lease_ms, const struct scripts_idem *keys,
+                      size_t n_keys, const uint64_t *due_wall, size_t n_due);
 int scripts_cmd_resolve(struct scripts_cmd *cmd, struct scripts *j,
                         uint64_t seq);
 /* Moves the entries at the given wall-clock deadlines (at most
@@ -172,6 +196,12 @@ enum scripts_outcome scripts_write_outcome(const redisReply *reply);
  * move's reply would (scripts_count_of, or an error); NULL when it carried
  * none. */
 const redisReply *scripts_write_moves(const redisReply *reply);
+
+/* The replays among the keys a write carried: one character per key, '1'
+ * a replay, '0' counted by this write; false when the reply says nothing
+ * of keys (none carried, or not recorded). */
+bool scripts_write_replays(const redisReply *reply, const char **flags,
+                           size_t *len);
 
 /* The integer a move or leave answers; false for anything else. */
 bool scripts_count_of(const redisReply *reply, uint64_t *count);

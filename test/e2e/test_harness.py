@@ -1,16 +1,21 @@
 """The harness itself, on a clean machine: its readiness probe period is the
-manifests', and it sizes HAProxy to the file limit it has."""
+manifests', it sizes HAProxy to the file limit it has, its verdicts, and
+the keyed load of --idempotent-retries."""
 
+import collections
+import http.server
 import os
 import resource
 import subprocess
 import sys
+import threading
 
 import pytest
 import yaml
 
 from conftest import ROLLOUT, SOURCE_DIR
 
+import keyed
 import rollout
 
 
@@ -140,3 +145,75 @@ def test_fault_flags():
     p = rollout.Params(redis_restart_at=2.0)
     with pytest.raises(rollout.HarnessError, match="appendfsync"):
         p.validate()
+
+
+def test_the_keyed_rule_leaves_nothing_unknown():
+    rule, lost, extra, problems = rollout.keyed_verdict(
+        answered=100, counter=100, unanswered=0)
+    assert rule == rollout.KEYED_RULE and problems == []
+    assert (lost, extra) == (0, 0)
+    # Killed replicas excuse nothing: every outcome was seen.
+    _, _, extra, problems = rollout.keyed_verdict(
+        answered=100, counter=101, unanswered=0)
+    assert extra == 1 and problems == ["1 increments counted twice"]
+    _, lost, _, problems = rollout.keyed_verdict(
+        answered=100, counter=97, unanswered=2)
+    assert lost == 3
+    assert problems == ["2 keys never answered 200 (unknown)",
+                        "3 increments lost"]
+    _, p = rollout.parse_args(["--idempotent-retries"])
+    assert p.idempotent_retries
+    assert not rollout.parse_args([])[1].idempotent_retries
+
+
+class FlakyService(http.server.BaseHTTPRequestHandler):
+    """Answers each key's first try with a closed connection (the outcome
+    unseen), its second with a 503, and the third with 200; counts every
+    key it got, and every key seen with another's header."""
+    protocol_version = "HTTP/1.1"
+    tries = collections.Counter()
+    lock = threading.Lock()
+
+    def do_GET(self):
+        key = self.headers.get("Idempotency-Key")
+        with self.lock:
+            self.tries[key] += 1
+            n = self.tries[key]
+        if n == 1:
+            self.close_connection = True
+            return  # no response at all
+        status = 503 if n == 2 else 200
+        self.send_response(status)
+        self.send_header("Content-Length", "3")
+        if n > 3:
+            self.send_header("Idempotency-Replayed", "true")
+        self.end_headers()
+        self.wfile.write(b"ok\n")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("keep_alive", [False, True])
+def test_keyed_load_retries_every_key_until_it_is_answered(keep_alive):
+    """Every key has a fresh Idempotency-Key, and each is sent again, with
+    the same key, after a lost answer or a 503, until a 200."""
+    FlakyService.tries = collections.Counter()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FlakyService)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    try:
+        load = keyed.KeyedLoad(server.server_address[1], requests=40,
+                               workers=4, rate=400, keep_alive=keep_alive,
+                               timeout=5).start()
+        assert load.wait(30) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    s = load.summary()
+    assert s["keys"] == {"requests": 40, "answered": 40, "replayed": 0,
+                         "unanswered": 0, "attempts": 120, "retried": 40}
+    assert len(FlakyService.tries) == 40  # one key per request
+    assert set(FlakyService.tries.values()) == {3}
+    assert s["statuses"] == {503: 40, 200: 40}
+    assert sum(s["errors"].values()) == 40

@@ -9,11 +9,13 @@ import socket
 
 import pytest
 
-from gracefuld_testlib import Redis
+from gracefuld_testlib import Redis, poll_until
 
 LUA = os.path.join(os.environ.get("GRACEFULD_SOURCE_DIR", "."), "src", "redis", "lua")
 AGE = 86400000  # a fence unused this long is forgotten
 FENCES = ["p:fences", "p:fence_uses", "p:skips"]
+IDEM = "p:idempotency"  # the Idempotency-Keys counted
+TTL = 86400000  # IDEMPOTENCY_TTL_MS
 
 
 def script(name):
@@ -104,8 +106,10 @@ def conn(redis):
     c.close()
 
 
-def batch(conn, seq, n, counter="counter", rid="a", floor=1, age=AGE):
-    return conn.eval("batch", [counter, *FENCES], seq, n, age, floor, rid)
+def batch(conn, seq, n, counter="counter", rid="a", floor=1, age=AGE,
+          idem=(), ttl=TTL):
+    return conn.eval("batch", [counter, *FENCES, IDEM], seq, n, age, floor,
+                     rid, ttl, *idem)
 
 
 def fence(conn, rid="a"):
@@ -119,12 +123,13 @@ def skips(conn):
 
 def write_keys(rid="a"):
     return [f"p:journal:{rid}", *FENCES,
-            "p:replicas", "counter"]
+            "p:replicas", "counter", IDEM]
 
 
-def write(conn, seq, deadline, n, known=0, lease=3000, rid="a", due=()):
+def write(conn, seq, deadline, n, known=0, lease=3000, rid="a", due=(),
+          idem=(), ttl=TTL):
     return conn.eval("journal_write", write_keys(rid), seq, deadline, n,
-                     known, lease, AGE, rid, *due)
+                     known, lease, AGE, rid, ttl, len(idem), *idem, *due)
 
 
 def move(conn, *due, rid="a"):
@@ -147,9 +152,9 @@ def journal(conn, rid="a"):
     return {int(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
-def renew(conn, due, rid="a", lease=3000):
+def renew(conn, due, rid="a", lease=3000, ttl=TTL):
     return conn.eval("journal_renew", [f"p:journal:{rid}", "p:replicas",
-                                       "counter"], rid, lease, due)
+                                       "counter", IDEM], rid, lease, due, ttl)
 
 
 def adopt(conn, rid, other, mine):
@@ -293,7 +298,7 @@ def test_a_late_write_and_its_resolution_always_agree(redis):
     for seq in range(1, 21):
         write_cmd = ("EVAL", script("journal_write"), len(write_keys()),
                      *write_keys(), seq,
-                     5000 + seq, 1, 0, 3000, AGE, "a")
+                     5000 + seq, 1, 0, 3000, AGE, "a", TTL, 0)
         resolve_cmd = ("EVAL", script("journal_resolve"), len(FENCES),
                        *FENCES, seq, AGE, "a")
         os.kill(redis.proc.pid, signal.SIGSTOP)
@@ -435,7 +440,7 @@ def test_renew_names_lapsed_replicas_not_itself(conn):
 @pytest.mark.parametrize("key,kind", [
     ("p:journal:a", "string"), ("p:replicas", "hash"),
     ("p:fences", "string"), ("p:fence_uses", "hash"),
-    ("p:skips", "string")])
+    ("p:skips", "string"), (IDEM, "string"), (IDEM, "hash")])
 def test_scripts_check_every_key_before_they_write(conn, key, kind):
     """A key of another kind (another program's, an operator's mistake): an
     error that names it, and nothing written anywhere, by every script that
@@ -455,7 +460,13 @@ def test_scripts_check_every_key_before_they_write(conn, key, kind):
         "p:fences": [lambda: resolve(conn, 1), lambda: batch(conn, 1, 1)],
         "p:fence_uses": [lambda: resolve(conn, 1), lambda: batch(conn, 1, 1)],
         "p:skips": [lambda: resolve(conn, 1), lambda: batch(conn, 1, 1)],
+        IDEM: [lambda: renew(conn, 0),
+               lambda: write(conn, 1, 1000, 3, idem=("k",)),
+               lambda: batch(conn, 1, 1),
+               lambda: batch(conn, 1, 1, idem=("k",))],
     }[key] + [lambda: write(conn, 1, 1000, 3)]
+    if key in ("p:fences", "p:fence_uses", "p:skips"):
+        scripts.append(lambda: batch(conn, 1, 1, idem=("k",)))
     for run in scripts:
         r = run()
         assert isinstance(r, RedisError), r
@@ -477,3 +488,130 @@ def test_leave_drops_the_lease_and_only_an_empty_journal(conn):
     assert conn.eval("journal_leave", keys, "a") == 0
     assert conn.call("ZRANGE", "p:replicas", 0, -1) == []
     assert sorted(conn.call("KEYS", "p:*")) == ["p:fence_uses", "p:fences"]
+
+
+# ---- Idempotency-Keys ------------------------------------------------------
+
+def test_a_key_counts_once_on_every_replica(conn):
+    """A key recorded with its increment; the same key again, in a later
+    write of this replica or of another, is a replay that records nothing;
+    the flags say which, key by key."""
+    assert write(conn, 1, 1000, 3, idem=("k1", "k2")) == [1, 0, "00"]
+    assert journal(conn) == {1000: 3}
+    assert write(conn, 2, 1001, 2, idem=("k2", "k3")) == [1, 0, "10"]
+    assert journal(conn) == {1000: 3, 1001: 1}
+    assert write(conn, 1, 1002, 2, rid="b", idem=("k1", "k3")) == [1, 0, "11"]
+    assert journal(conn, "b") == {}  # both replays: nothing recorded
+    # The same key twice in one write counts once.
+    assert write(conn, 3, 1003, 2, idem=("k4", "k4")) == [1, 0, "01"]
+    assert journal(conn)[1003] == 1
+    assert sorted(conn.call("ZRANGE", IDEM, 0, -1)) == ["k1", "k2", "k3", "k4"]
+
+
+def test_a_late_copy_records_no_key(conn):
+    """A write run again (or late, after it was fenced off) records nothing,
+    its keys included: the key stays free for the retry that does count."""
+    write(conn, 2, 1000, 1)
+    assert write(conn, 1, 1001, 1, idem=("late",)) == [0, 0, ""]
+    assert conn.call("ZSCORE", IDEM, "late") is None
+    assert write(conn, 3, 1002, 1, idem=("late",)) == [1, 0, "0"]
+
+
+def test_keys_ride_with_moves(conn):
+    write(conn, 1, 1000, 2)
+    assert write(conn, 2, 2000, 1, idem=("m",), due=(1000,)) == [1, 2, "0"]
+    assert int(conn.call("GET", "counter")) == 2
+    assert journal(conn) == {2000: 1}
+
+
+def test_keys_are_forgotten_after_the_ttl_without_redis_ttls(conn):
+    """No Redis TTL (an eviction policy could take it early): a key counted
+    longer ago than the TTL is pruned by the next write with keys or lease
+    renewal, and counts again after that."""
+    assert write(conn, 1, 1000, 1, idem=("old",), ttl=200) == [1, 0, "0"]
+    assert conn.call("PTTL", IDEM) == -1
+    # Within the TTL: a replay.
+    assert write(conn, 2, 1001, 1, idem=("old",), ttl=60000) == [1, 0, "1"]
+    recorded = int(float(conn.call("ZSCORE", IDEM, "old")))
+    poll_until(lambda: redis_ms(conn) > recorded + 200, 5, "Redis's clock")
+    renew(conn, 0, ttl=200)
+    assert conn.call("EXISTS", IDEM) == 0  # the set is gone when empty
+    assert write(conn, 3, 1002, 1, idem=("old",), ttl=200) == [1, 0, "0"]
+
+
+# ---- Idempotency-Keys in memory mode's batches -------------------------------
+
+def counter(conn):
+    return int(conn.call("GET", "counter") or 0)
+
+
+def test_a_batch_skips_keys_counted_before_by_any_replica(conn):
+    """A batch records its keys with the INCRBY that counts them; a key
+    already there (counted by a batch of any replica, or a journal write)
+    is skipped, and so is a key given twice in one batch."""
+    assert batch(conn, 1, 3, idem=("k1", "k2")) == 1  # two keyed, one plain
+    assert counter(conn) == 3
+    assert sorted(conn.call("ZRANGE", IDEM, 0, -1)) == ["k1", "k2"]
+    assert batch(conn, 1, 2, rid="b", idem=("k1", "k3")) == 1
+    assert counter(conn) == 4  # k1 skipped, k3 counted
+    assert write(conn, 1, 1000, 1, rid="c", idem=("k3",)) == [1, 0, "1"]
+    assert write(conn, 2, 1001, 1, rid="c", idem=("w",)) == [1, 0, "0"]
+    assert batch(conn, 2, 3, idem=("w", "d", "d")) == 1
+    assert counter(conn) == 5  # w counted by the journal, d once
+    # Every key skipped: the batch applies (its number is used), counts 0.
+    assert batch(conn, 3, 1, idem=("d",)) == 1
+    assert fence(conn) == 3 and counter(conn) == 5
+    assert conn.call("PTTL", IDEM) == -1  # no Redis TTL
+
+
+def test_a_retried_batch_neither_counts_twice_nor_skips_itself(conn):
+    """The reply to batch 1 was lost and it is sent again: had its first
+    try run, the fence answers the copy 0 and its keys change nothing; had
+    it not, the copy counts now, its keys free until then. The same for a
+    batch refused for memory (no key recorded) and sent again."""
+    # First try counted, its reply lost: the retry counts nothing.
+    assert batch(conn, 1, 2, idem=("a", "b")) == 1
+    assert batch(conn, 1, 2, idem=("a", "b")) == 0
+    assert counter(conn) == 2
+    # First try never ran: the retry counts, keys and all.
+    assert batch(conn, 2, 2, idem=("c", "d")) == 1
+    assert counter(conn) == 4
+    # First try refused for memory: nothing recorded, the retry counts.
+    conn.call("CONFIG", "SET", "maxmemory", "1")
+    conn.call("CONFIG", "SET", "maxmemory-policy", "noeviction")
+    r = batch(conn, 3, 1, idem=("e",))
+    assert isinstance(r, RedisError) and r.startswith("OOM")
+    conn.call("CONFIG", "SET", "maxmemory", "0")
+    assert conn.call("ZSCORE", IDEM, "e") is None
+    assert batch(conn, 3, 1, idem=("e",)) == 1
+    assert batch(conn, 3, 1, idem=("e",)) == 0  # and its copy, nothing
+    assert counter(conn) == 5
+    # A batch out of order records nothing either.
+    assert batch(conn, 5, 1, idem=("f",)) == -1
+    assert conn.call("ZSCORE", IDEM, "f") is None
+    assert batch(conn, 4, 1, idem=("f",)) == 1
+    assert counter(conn) == 6
+
+
+def test_a_batch_the_counter_refuses_records_no_key(conn):
+    conn.call("SET", "counter", "not a number")
+    r = batch(conn, 1, 1, idem=("k",))
+    assert isinstance(r, RedisError) and "not an integer" in r
+    assert conn.call("EXISTS", IDEM) == 0  # the key may count later
+
+
+def test_a_batch_counts_a_key_older_than_the_ttl_again(conn):
+    assert batch(conn, 1, 1, idem=("old",), ttl=200) == 1
+    recorded = int(float(conn.call("ZSCORE", IDEM, "old")))
+    assert batch(conn, 2, 1, idem=("old",), ttl=60000) == 1  # a replay
+    assert counter(conn) == 1
+    poll_until(lambda: redis_ms(conn) > recorded + 200, 5, "Redis's clock")
+    assert batch(conn, 3, 1, idem=("old",), ttl=200) == 1
+    assert counter(conn) == 2
+    assert int(float(conn.call("ZSCORE", IDEM, "old"))) > recorded + 200
+    # Pruned by a batch with keys: the set does not grow without them.
+    assert batch(conn, 4, 1, idem=("new",), ttl=1) == 1
+    new = int(float(conn.call("ZSCORE", IDEM, "new")))
+    poll_until(lambda: redis_ms(conn) > new + 1, 5, "Redis's clock")
+    assert batch(conn, 5, 1, idem=("newer",), ttl=1) == 1
+    assert conn.call("ZRANGE", IDEM, 0, -1) == ["newer"]

@@ -82,14 +82,15 @@ def test_requirepass_with_the_password_from_a_file(protected, tmp_path):
 # README's list. AUTH is always allowed.
 MEMORY_MODE_COMMANDS = ["+eval", "+evalsha", "+type", "+get", "+incrby",
                         "+hget", "+hset", "+hdel", "+zadd", "+zrem",
-                        "+zrangebyscore", "+time"]
+                        "+zscore", "+zrangebyscore", "+zremrangebyscore",
+                        "+time"]
 
 
 # The same for journal mode (DURABILITY=redis): its scripts' commands.
 JOURNAL_MODE_COMMANDS = [
     "+eval", "+evalsha", "+type", "+get", "+incrby", "+hincrby", "+hget",
     "+hset", "+hdel", "+hgetall", "+hvals", "+zadd", "+zrem", "+zscore",
-    "+zrangebyscore", "+del", "+time"]
+    "+zrangebyscore", "+zremrangebyscore", "+del", "+time"]
 
 
 def acl_user(redis, name, keys, commands=MEMORY_MODE_COMMANDS):

@@ -24,6 +24,7 @@ struct fill {
   uint64_t ticket, n;
   bool held;
   uint16_t status;
+  bool replayed;
 };
 
 struct fixture {
@@ -56,7 +57,7 @@ static int fake_send(struct delivery *d, const char *cmd, size_t len,
   uint64_t n = 0;
   if (a->elements > 3 && strncmp(a->element[0]->str, "EVAL", 4) == 0) {
     size_t nkeys = strtoull(a->element[2]->str, NULL, 10);
-    if (nkeys == 6) /* the write script's keys */
+    if (nkeys == 7) /* the write script's keys */
       n = strtoull(a->element[3 + nkeys + 2]->str, NULL, 10);
   }
   freeReplyObject(parsed);
@@ -81,17 +82,27 @@ static void on_written(struct delivery *d, uint64_t seq, bool held) {
   commit_written(&of_delivery(d)->cm, seq, held);
 }
 
+static void on_replays(struct delivery *d, uint64_t seq, const char *flags,
+                       size_t len) {
+  commit_replays(&of_delivery(d)->cm, seq, flags, len);
+}
+
 static void on_left(struct delivery *d) { (void)d; }
 
 static const struct delivery_transport transport = {fake_send, fake_retire,
                                                     fake_permanent};
-static const struct delivery_events events = {on_written, NULL, on_left};
+static const struct delivery_events events = {
+    .on_written = on_written,
+    .on_replays = on_replays,
+    .on_left = on_left,
+};
 
 static void fill(struct commit *cm, uint64_t ticket, uint64_t n, bool held,
                  const struct http_response *resp) {
   struct fixture *f = container_of(cm, struct fixture, cm);
   assert_true(f->nfills < MAX_FILLS);
-  f->fills[f->nfills++] = (struct fill){ticket, n, held, resp->status};
+  f->fills[f->nfills++] =
+      (struct fill){ticket, n, held, resp->status, resp == &commit_replayed};
 }
 
 static int setup(void **state) {
@@ -156,7 +167,7 @@ static void ready(struct fixture *f) {
 /* An /incr answered 200 by its route, taken by the commit. */
 static struct http_response take(struct fixture *f) {
   struct http_response resp = {.status = 200, .body = "ok\n", .body_len = 3};
-  commit_take(&f->cm, &resp);
+  commit_take(&f->cm, &resp, NULL, 0);
   return resp;
 }
 
@@ -249,6 +260,63 @@ test_commit_answers_503_when_the_connection_is_gone_at_the_turn(void **state) {
   assert_false(f->fills[0].held);
 }
 
+/* An /incr with an Idempotency-Key. */
+static struct http_response take_keyed(struct fixture *f, const char *key) {
+  struct http_response resp = {.status = 200, .body = "ok\n", .body_len = 3};
+  commit_take(&f->cm, &resp, key, strlen(key));
+  return resp;
+}
+
+static void
+test_commit_keys_ride_with_the_write_each_answered_alone(void **state) {
+  struct fixture *f = *state;
+  ready(f);
+  struct http_response plain = take(f), k1 = take_keyed(f, "k1"),
+                       k2 = take_keyed(f, "k2"), again = take_keyed(f, "k1");
+  assert_true(plain.held && k1.held && k2.held);
+  /* The same key in the open turn: still in progress here. */
+  assert_false(again.held);
+  assert_int_equal(again.status, 409);
+  assert_true(plain.ticket != k1.ticket && k1.ticket != k2.ticket);
+  turn(f);
+  assert_int_equal(f->write_n[2], 3);
+  /* ... and while its write is in flight. */
+  assert_int_equal(take_keyed(f, "k2").status, 409);
+  assert_int_equal(commit_holding(&f->cm), 3);
+  /* Redis: k1 counted now, k2 counted before (a replay). */
+  redisReply one = {.type = REDIS_REPLY_INTEGER, .integer = 1};
+  redisReply zero = {.type = REDIS_REPLY_INTEGER, .integer = 0};
+  redisReply flags = {.type = REDIS_REPLY_STRING, .str = "01", .len = 2};
+  redisReply *three[] = {&one, &zero, &flags};
+  redisReply r = {.type = REDIS_REPLY_ARRAY, .elements = 3, .element = three};
+  delivery_on_reply(&f->d, f->tags[f->next_reply++], &r);
+  assert_int_equal(f->nfills, 3);
+  assert_int_equal(f->fills[0].ticket, plain.ticket);
+  assert_int_equal(f->fills[0].n, 1);
+  assert_int_equal(f->fills[1].ticket, k1.ticket);
+  assert_true(f->fills[1].n == 1 && !f->fills[1].replayed);
+  assert_int_equal(f->fills[2].ticket, k2.ticket);
+  assert_true(f->fills[2].n == 0 && f->fills[2].replayed);
+  assert_int_equal(f->fills[2].status, 200);
+  assert_int_equal(f->q.pending, 2); /* the journal holds two */
+  /* Answered: the key is free here again (Redis says what it is). */
+  assert_true(take_keyed(f, "k2").held);
+}
+
+static void test_commit_keys_of_a_refused_write_are_503(void **state) {
+  struct fixture *f = *state;
+  ready(f);
+  struct http_response k = take_keyed(f, "k");
+  turn(f);
+  redisReply err = {.type = REDIS_REPLY_ERROR, .str = "WRONGTYPE x", .len = 11};
+  delivery_on_reply(&f->d, f->tags[f->next_reply++], &err);
+  assert_int_equal(f->nfills, 1);
+  assert_int_equal(f->fills[0].ticket, k.ticket);
+  assert_int_equal(f->fills[0].status, 503);
+  assert_int_equal(f->q.pending, 0);
+  assert_true(take_keyed(f, "k").held); /* free to be tried again */
+}
+
 #define TEST(t) cmocka_unit_test_setup_teardown(t, setup, teardown)
 
 int main(void) {
@@ -258,6 +326,8 @@ int main(void) {
       TEST(test_commit_answers_503_at_once_with_no_connection),
       TEST(test_commit_answers_503_when_the_write_is_refused),
       TEST(test_commit_answers_503_when_the_connection_is_gone_at_the_turn),
+      TEST(test_commit_keys_ride_with_the_write_each_answered_alone),
+      TEST(test_commit_keys_of_a_refused_write_are_503),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

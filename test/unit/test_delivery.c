@@ -81,7 +81,8 @@ static void on_left(struct delivery *c) { fixture_of(c)->left++; }
 
 static const struct delivery_transport transport = {fake_send, fake_retire,
                                                     fake_permanent};
-static const struct delivery_events events = {on_written, on_idle, on_left};
+static const struct delivery_events events = {
+    .on_written = on_written, .on_idle = on_idle, .on_left = on_left};
 
 static int setup(void **state, enum durability d) {
   struct fixture *f = calloc(1, sizeof *f);
@@ -279,6 +280,124 @@ static void test_delivery_fails_a_batch_no_retry_can_fix(void **state) {
   assert_int_equal(argv_u64(&f->sent[2], 0), 3); /* numbers go on */
 }
 
+/* ---- Memory mode: Idempotency-Keys -------------------------------------- */
+
+/* One keyed /incr due now: what the engine did with it. */
+static enum delivery_keyed keyed(struct fixture *f, const char *key) {
+  enum delivery_keyed out = DELIVERY_KEYED_REPLAY;
+  assert_int_equal(
+      delivery_incr_keyed(&f->c, key, strlen(key), uv_now(&f->loop), &out), 0);
+  return out;
+}
+
+/* The keys a sent batch carries: its arguments after the TTL. */
+static size_t batch_keys(const struct sent *s) {
+  size_t nkeys = strtoull(s->args->element[2]->str, NULL, 10);
+  return s->args->elements - (3 + nkeys + 6);
+}
+
+static const char *batch_key(const struct sent *s, size_t i) {
+  size_t nkeys = strtoull(s->args->element[2]->str, NULL, 10);
+  return s->args->element[3 + nkeys + 6 + i]->str;
+}
+
+static void
+test_delivery_a_key_pending_or_counted_here_is_a_replay(void **state) {
+  struct fixture *f = *state;
+  delivery_on_ready(&f->c);
+  assert_int_equal(keyed(f, "k1"), DELIVERY_KEYED_QUEUED);
+  assert_int_equal(keyed(f, "k1"), DELIVERY_KEYED_REPLAY); /* queued */
+  assert_int_equal(keyed(f, "k2"), DELIVERY_KEYED_QUEUED);
+  assert_int_equal(incr_queue_push(&f->q, uv_now(&f->loop)), 0);
+  assert_int_equal(f->q.pending, 3); /* the replay queued nothing */
+  delivery_due(&f->c, uv_now(&f->loop));
+  assert_int_equal(f->nsent, 1);
+  assert_int_equal(argv_u64(&f->sent[0], 1), 3); /* keyed ones too */
+  assert_int_equal(batch_keys(&f->sent[0]), 2);
+  assert_string_equal(batch_key(&f->sent[0], 0), "k1");
+  assert_string_equal(batch_key(&f->sent[0], 1), "k2");
+  assert_int_equal(keyed(f, "k2"), DELIVERY_KEYED_REPLAY); /* in a batch */
+  reply_int(f, 1);
+  assert_int_equal(keyed(f, "k1"), DELIVERY_KEYED_REPLAY); /* counted */
+  assert_int_equal(f->q.pending, 0);
+  assert_int_equal(f->c.stats.done, 3);
+}
+
+static void test_delivery_sends_a_lost_batch_again_with_its_keys(void **state) {
+  struct fixture *f = *state;
+  delivery_on_ready(&f->c);
+  keyed(f, "a");
+  delivery_due(&f->c, uv_now(&f->loop));
+  keyed(f, "b");
+  assert_int_equal(incr_queue_push(&f->q, uv_now(&f->loop)), 0);
+  delivery_due(&f->c, uv_now(&f->loop));
+  connection_breaks(f);
+  delivery_on_ready(&f->c);
+  assert_int_equal(f->nsent, 4);
+  /* Every copy carries the keys of its first send, and only those. */
+  assert_int_equal(argv_u64(&f->sent[2], 0), 1);
+  assert_int_equal(batch_keys(&f->sent[2]), 1);
+  assert_string_equal(batch_key(&f->sent[2], 0), "a");
+  assert_int_equal(argv_u64(&f->sent[3], 0), 2);
+  assert_int_equal(argv_u64(&f->sent[3], 1), 2);
+  assert_int_equal(batch_keys(&f->sent[3]), 1);
+  assert_string_equal(batch_key(&f->sent[3], 0), "b");
+  reply_int(f, 0); /* applied before the break */
+  reply_int(f, 1);
+  assert_int_equal(keyed(f, "a"), DELIVERY_KEYED_REPLAY);
+  assert_int_equal(keyed(f, "b"), DELIVERY_KEYED_REPLAY);
+}
+
+static void test_delivery_forgets_the_keys_of_a_failed_batch(void **state) {
+  struct fixture *f = *state;
+  delivery_on_ready(&f->c);
+  keyed(f, "lost");
+  delivery_due(&f->c, uv_now(&f->loop));
+  reply_error(f, "WRONGTYPE Operation against a key holding the wrong kind");
+  assert_int_equal(f->c.stats.failed, 1);
+  /* Never counted: a repeat may count it now. */
+  assert_int_equal(keyed(f, "lost"), DELIVERY_KEYED_QUEUED);
+}
+
+static void test_delivery_batches_carry_a_bounded_number_of_keys(void **state) {
+  struct fixture *f = *state;
+  delivery_on_ready(&f->c);
+  char key[16];
+  for (int i = 0; i <= SCRIPTS_IDEM_MAX; i++) {
+    snprintf(key, sizeof key, "k%d", i);
+    assert_int_equal(keyed(f, key), DELIVERY_KEYED_QUEUED);
+  }
+  assert_int_equal(incr_queue_push(&f->q, uv_now(&f->loop)), 0);
+  delivery_due(&f->c, uv_now(&f->loop));
+  assert_int_equal(f->nsent, 2);
+  assert_int_equal(batch_keys(&f->sent[0]), SCRIPTS_IDEM_MAX);
+  assert_int_equal(argv_u64(&f->sent[0], 1), SCRIPTS_IDEM_MAX + 1);
+  assert_int_equal(batch_keys(&f->sent[1]), 1);
+  assert_int_equal(argv_u64(&f->sent[1], 1), 1);
+  assert_string_equal(batch_key(&f->sent[1], 0), "k1000");
+}
+
+static void test_delivery_forgets_counted_keys_after_the_ttl(void **state) {
+  struct fixture *f = *state;
+  f->c.m.memory.ttl_ms = 1;
+  delivery_on_ready(&f->c);
+  keyed(f, "t");
+  delivery_due(&f->c, uv_now(&f->loop));
+  reply_int(f, 1);
+  assert_int_equal(keyed(f, "t"), DELIVERY_KEYED_REPLAY);
+  uint64_t counted = uv_now(&f->loop);
+  while (uv_now(&f->loop) < counted + 1)
+    uv_update_time(&f->loop); /* the loop never runs: time is read */
+  assert_int_equal(keyed(f, "t"), DELIVERY_KEYED_QUEUED);
+  assert_int_equal(f->c.m.memory.n_keys, 1);
+}
+
+static void test_delivery_refuses_keys_in_journal_mode(void **state) {
+  struct fixture *f = *state;
+  enum delivery_keyed out;
+  assert_int_equal(delivery_incr_keyed(&f->c, "k", 1, 0, &out), UV_EINVAL);
+}
+
 /* ---- Journal mode ------------------------------------------------------- */
 
 /* A renewal's reply: n moved, and the lapsed replicas named. */
@@ -326,7 +445,7 @@ static void test_delivery_renews_its_lease_when_ready(void **state) {
 static void test_delivery_counts_what_redis_moved(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
-  delivery_write(&f->c, 5000, 4);
+  delivery_write(&f->c, 5000, 4, NULL, 0);
   reply_int(f, 1);
   delivery_due(&f->c, 5000);
   delivery_turn_end(&f->c);
@@ -374,7 +493,7 @@ static void test_delivery_sweeps_only_when_it_may_be_needed(void **state) {
 static void test_delivery_holds_a_write_until_redis_has_it(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
-  uint64_t seq = delivery_write(&f->c, 5000, 7);
+  uint64_t seq = delivery_write(&f->c, 5000, 7, NULL, 0);
   assert_int_equal(seq, 1);
   assert_true(runs(f, &f->sent[1], SCRIPTS_WRITE));
   assert_int_equal(argv_u64(&f->sent[1], 0), 1);
@@ -391,7 +510,7 @@ static void test_delivery_holds_a_write_until_redis_has_it(void **state) {
 
 static void test_delivery_refuses_a_write_with_no_connection(void **state) {
   struct fixture *f = *state;
-  assert_int_equal(delivery_write(&f->c, 5000, 7), 0);
+  assert_int_equal(delivery_write(&f->c, 5000, 7, NULL, 0), 0);
   assert_int_equal(f->nsent, 0);
   assert_int_equal(f->nwritten, 0);
 }
@@ -400,8 +519,8 @@ static void
 test_delivery_resolves_lost_writes_and_reports_in_order(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
-  delivery_write(&f->c, 5000, 1);
-  delivery_write(&f->c, 5001, 2);
+  delivery_write(&f->c, 5000, 1, NULL, 0);
+  delivery_write(&f->c, 5001, 2, NULL, 0);
   connection_breaks(f);
   assert_int_equal(f->nwritten, 0); /* their 200s wait */
   assert_int_equal(delivery_unresolved(&f->c), 3);
@@ -423,11 +542,11 @@ static void
 test_delivery_reports_writes_in_order_when_outcomes_are_not(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
-  delivery_write(&f->c, 5000, 1);
+  delivery_write(&f->c, 5000, 1, NULL, 0);
   connection_breaks(f);
   ready_with_lease(f);
   /* The resolution fails; a write sent behind it succeeds. */
-  uint64_t later = delivery_write(&f->c, 5001, 3);
+  uint64_t later = delivery_write(&f->c, 5001, 3, NULL, 0);
   assert_int_equal(later, 2);
   reply_error(f, "BUSY Redis is busy running a script");
   reply_int(f, 1);
@@ -445,8 +564,8 @@ test_delivery_reports_writes_in_order_when_outcomes_are_not(void **state) {
 static void test_delivery_moves_due_runs_and_again_if_lost(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
-  delivery_write(&f->c, 5000, 2);
-  delivery_write(&f->c, 5003, 3);
+  delivery_write(&f->c, 5000, 2, NULL, 0);
+  delivery_write(&f->c, 5003, 3, NULL, 0);
   reply_int(f, 1);
   reply_int(f, 1);
   delivery_due(&f->c, 4999);
@@ -457,8 +576,8 @@ static void test_delivery_moves_due_runs_and_again_if_lost(void **state) {
   delivery_turn_end(&f->c);
   assert_int_equal(f->nsent, 4);
   assert_true(moves_alone(f, &f->sent[3]));
-  uint64_t wall = argv_u64(&f->sent[3], 7);
-  assert_int_equal(argv_u64(&f->sent[3], 8), wall + 3); /* both deadlines */
+  uint64_t wall = argv_u64(&f->sent[3], 9);
+  assert_int_equal(argv_u64(&f->sent[3], 10), wall + 3); /* both deadlines */
   assert_int_equal(delivery_pending(&f->c), 5);
   connection_breaks(f);
   ready_with_lease(f);
@@ -473,20 +592,20 @@ static void test_delivery_moves_due_runs_and_again_if_lost(void **state) {
 static void test_delivery_moves_ride_with_the_next_write(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
-  delivery_write(&f->c, 5000, 2);
+  delivery_write(&f->c, 5000, 2, NULL, 0);
   reply_int(f, 1);
-  delivery_write(&f->c, 9000, 1); /* on its way */
+  delivery_write(&f->c, 9000, 1, NULL, 0); /* on its way */
   delivery_due(&f->c, 5000);
   delivery_turn_end(&f->c);
   assert_int_equal(f->nsent, 3); /* the next write will carry them */
   reply_int(f, 1);
-  uint64_t seq = delivery_write(&f->c, 9001, 4);
+  uint64_t seq = delivery_write(&f->c, 9001, 4, NULL, 0);
   delivery_turn_end(&f->c);
   assert_int_equal(f->nsent, 4);
   const struct sent *w = &f->sent[3];
   assert_true(runs(f, w, SCRIPTS_WRITE));
   assert_int_equal(argv_u64(w, 0), seq);
-  assert_int_equal(argv_u64(w, 7), argv_u64(&f->sent[1], 1)); /* 5000 */
+  assert_int_equal(argv_u64(w, 9), argv_u64(&f->sent[1], 1)); /* 5000 */
   assert_int_equal(f->c.stats.journal_moves, 1);
   reply_write_and_moves(f, 1, 2);
   assert_int_equal(f->c.stats.done, 2);
@@ -499,10 +618,10 @@ static void test_delivery_moves_ride_with_the_next_write(void **state) {
 static void test_delivery_moves_of_a_lost_write_go_again_alone(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
-  delivery_write(&f->c, 5000, 2);
+  delivery_write(&f->c, 5000, 2, NULL, 0);
   reply_int(f, 1);
   delivery_due(&f->c, 5000);
-  delivery_write(&f->c, 9000, 1); /* carries the move */
+  delivery_write(&f->c, 9000, 1, NULL, 0); /* carries the move */
   connection_breaks(f);
   ready_with_lease(f);
   delivery_turn_end(&f->c); /* the write is resolved, the move sent again */
@@ -519,10 +638,10 @@ static void
 test_delivery_moves_refused_beside_a_recorded_write_fail_alone(void **state) {
   struct fixture *f = *state;
   ready_with_lease(f);
-  delivery_write(&f->c, 5000, 2);
+  delivery_write(&f->c, 5000, 2, NULL, 0);
   reply_int(f, 1);
   delivery_due(&f->c, 5000);
-  delivery_write(&f->c, 9000, 1);
+  delivery_write(&f->c, 9000, 1, NULL, 0);
   redisReply w = {.type = REDIS_REPLY_INTEGER, .integer = 1};
   const char *err = "WRONGTYPE Operation against a key holding the wrong kind";
   redisReply m = {
@@ -581,7 +700,7 @@ static void test_delivery_leaves_once_even_if_the_reply_is_lost(void **state) {
   assert_int_equal(f->nsent, 2); /* no lease taken again */
   delivery_on_down(&f->c);
   assert_int_equal(f->left, 1);
-  assert_int_equal(delivery_write(&f->c, 1, 1), 0);
+  assert_int_equal(delivery_write(&f->c, 1, 1, NULL, 0), 0);
 }
 
 #define MEMORY(t) cmocka_unit_test_setup_teardown(t, setup_memory, teardown)
@@ -594,6 +713,11 @@ int main(void) {
       MEMORY(test_delivery_sends_a_lost_batch_again_with_its_number),
       MEMORY(test_delivery_resends_in_order_after_a_transient_error),
       MEMORY(test_delivery_fails_a_batch_no_retry_can_fix),
+      MEMORY(test_delivery_a_key_pending_or_counted_here_is_a_replay),
+      MEMORY(test_delivery_sends_a_lost_batch_again_with_its_keys),
+      MEMORY(test_delivery_forgets_the_keys_of_a_failed_batch),
+      MEMORY(test_delivery_batches_carry_a_bounded_number_of_keys),
+      MEMORY(test_delivery_forgets_counted_keys_after_the_ttl),
       JOURNAL(test_delivery_renews_its_lease_when_ready),
       JOURNAL(test_delivery_counts_what_redis_moved),
       JOURNAL(test_delivery_sweeps_only_when_it_may_be_needed),
@@ -607,6 +731,7 @@ int main(void) {
       JOURNAL(test_delivery_moves_refused_beside_a_recorded_write_fail_alone),
       JOURNAL(test_delivery_queues_adopted_entries_at_their_time),
       JOURNAL(test_delivery_leaves_once_even_if_the_reply_is_lost),
+      JOURNAL(test_delivery_refuses_keys_in_journal_mode),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

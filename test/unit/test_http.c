@@ -116,6 +116,93 @@ static void test_http_returns_pipelined_requests_one_at_a_time(void **state) {
   assert_true(http_parser_idle(&parser));
 }
 
+/* ---- Idempotency-Key ----------------------------------------------------- */
+
+static void expect_key(const char *key) {
+  assert_false(parser.req.idem_bad);
+  assert_int_equal(parser.req.idem_len, strlen(key));
+  assert_memory_equal(parser.req.idem_key, key, strlen(key));
+}
+
+static void
+test_http_takes_the_idempotency_key_whatever_its_case(void **state) {
+  (void)state;
+  parse_one(&defaults, "POST /incr HTTP/1.1\r\nHost: h\r\n"
+                       "iDEMPOTENCY-kEY:   \"8e03-40d5\" \t \r\n\r\n");
+  expect_key("\"8e03-40d5\"");
+  /* Names that only begin or end like it are other headers. */
+  parse_one(&defaults, "GET /incr HTTP/1.1\r\nHost: h\r\n"
+                       "Idempotency-Keys: a\r\nX-Idempotency-Key: b\r\n"
+                       "Idempotency: c\r\n\r\n");
+  assert_int_equal(parser.req.idem_len, 0);
+  assert_false(parser.req.idem_bad);
+  /* Each request of a connection has its own. */
+  size_t used;
+  static const char two[] = "GET /incr HTTP/1.1\r\nHost: h\r\n"
+                            "Idempotency-Key: first\r\n\r\n"
+                            "GET /incr HTTP/1.1\r\nHost: h\r\n\r\n";
+  http_parser_init(&parser, &defaults);
+  assert_int_equal(http_parse(&parser, two, strlen(two), &used),
+                   HTTP_PARSE_REQUEST);
+  expect_key("first");
+  assert_int_equal(http_parse(&parser, two + used, strlen(two) - used, &used),
+                   HTTP_PARSE_REQUEST);
+  assert_int_equal(parser.req.idem_len, 0);
+}
+
+static void test_http_takes_a_key_split_across_reads(void **state) {
+  (void)state;
+  static const char req[] = "GET /incr HTTP/1.1\r\nHost: h\r\n"
+                            "Idempotency-Key: abc-123\r\n\r\n";
+  size_t used;
+  http_parser_init(&parser, &defaults);
+  for (size_t i = 0; i < strlen(req); i++) {
+    enum http_parse_result r = http_parse(&parser, req + i, 1, &used);
+    assert_int_equal(r, i + 1 < strlen(req) ? HTTP_PARSE_MORE
+                                            : HTTP_PARSE_REQUEST);
+  }
+  expect_key("abc-123");
+}
+
+static void test_http_flags_a_bad_key_and_goes_on(void **state) {
+  (void)state;
+  char long_key[400];
+  const char *const bad[] = {
+      "Idempotency-Key: \r\n",
+      "Idempotency-Key: a b\r\n",
+      "Idempotency-Key: caf\xc3\xa9\r\n",
+      "Idempotency-Key: a\r\nIdempotency-Key: a\r\n",
+      long_key,
+  };
+  memset(long_key, 'k', sizeof long_key);
+  memcpy(long_key, "Idempotency-Key: ", 17);
+  strcpy(long_key + 17 + HTTP_IDEM_KEY_MAX + 1, "\r\n");
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    char req[600];
+    snprintf(req, sizeof req, "GET /incr HTTP/1.1\r\nHost: h\r\n%s\r\n",
+             bad[i]);
+    parse_one(&defaults, req); /* a request all the same: routes say 400 */
+    assert_true(parser.req.idem_bad);
+    assert_int_equal(parser.req.idem_len, 0);
+  }
+  /* The longest key taken. */
+  long_key[17 + HTTP_IDEM_KEY_MAX] = '\0';
+  char req[600];
+  snprintf(req, sizeof req, "GET /incr HTTP/1.1\r\nHost: h\r\n%s\r\n\r\n",
+           long_key);
+  parse_one(&defaults, req);
+  expect_key(long_key + 17);
+}
+
+static void test_http_a_key_in_a_trailer_is_not_the_requests(void **state) {
+  (void)state;
+  parse_one(&defaults, "POST /incr HTTP/1.1\r\nHost: h\r\n"
+                       "Transfer-Encoding: chunked\r\n\r\n"
+                       "1\r\nx\r\n0\r\nIdempotency-Key: late\r\n\r\n");
+  assert_int_equal(parser.req.idem_len, 0);
+  assert_false(parser.req.idem_bad);
+}
+
 static void test_http_assembles_request_fed_one_byte_at_a_time(void **state) {
   (void)state;
   static const char reqs[] =
@@ -818,6 +905,10 @@ int main(void) {
       cmocka_unit_test(test_http_absolute_form_is_routed_by_its_path),
       cmocka_unit_test(test_http_absolute_form_split_across_feeds),
       cmocka_unit_test(test_http_chunk_extensions_count_toward_the_body_limit),
+      cmocka_unit_test(test_http_takes_the_idempotency_key_whatever_its_case),
+      cmocka_unit_test(test_http_takes_a_key_split_across_reads),
+      cmocka_unit_test(test_http_flags_a_bad_key_and_goes_on),
+      cmocka_unit_test(test_http_a_key_in_a_trailer_is_not_the_requests),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

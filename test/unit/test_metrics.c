@@ -243,6 +243,8 @@ static void test_metrics_every_family_is_typed_and_named(void **state) {
       {"gracefuld_journal_writes_total", "counter"},
       {"gracefuld_journal_written_increments_total", "counter"},
       {"gracefuld_journal_refused_increments_total", "counter"},
+      {"gracefuld_idempotency_replays_total", "counter"},
+      {"gracefuld_idempotency_conflicts_total", "counter"},
       {"gracefuld_journal_resolutions_total", "counter"},
       {"gracefuld_journal_moves_total", "counter"},
       {"gracefuld_journal_adoptions_total", "counter"},
@@ -428,12 +430,13 @@ static void test_metrics_largest_values_fit_the_buffer(void **state) {
       m.requests[r][s] = UINT64_MAX;
   }
   m.incr_accepted = cs.done = cs.retried = cs.failed = UINT64_MAX;
+  m.idem_replays = m.idem_conflicts = UINT64_MAX;
   link.reconnects = UINT64_MAX;
   srv.accepted = srv.rejected = srv.open = UINT64_MAX;
   struct metrics_view g = view(UINT64_MAX, 1, PHASE_FLUSHING);
   render(&m, &g);
   /* Nothing cut off: every series is there, through the last family. */
-  assert_int_equal(n_samples, ROUTE_COUNT * METRICS_STATUSES + 16 +
+  assert_int_equal(n_samples, ROUTE_COUNT * METRICS_STATUSES + 18 +
                                   COUNTER_WRITE_BUCKETS + 2 + 3 + PHASE_COUNT +
                                   1);
   expect_sample(request_series("other", "other"), "18446744073709551615");

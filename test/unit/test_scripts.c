@@ -155,56 +155,92 @@ static void test_journal_probe_asks_for_what_the_mode_runs(void **state) {
 
 static void test_journal_batch_is_one_fenced_eval(void **state) {
   (void)state;
-  assert_int_equal(scripts_cmd_batch(&cmd, &j, 42, 1000, 40), 0);
+  const struct scripts_idem idem[] = {{"k1", 2}, {"key two", 7}};
+  assert_int_equal(scripts_cmd_batch(&cmd, &j, 42, 1000, 40, idem, 2), 0);
   redisReply *a = parsed();
   const char *keys[] = {"counter", "gd:{counter}:fences",
-                        "gd:{counter}:fence_uses", "gd:{counter}:skips"};
-  size_t i = assert_eval(a, "-- Memory mode", keys, 4);
-  assert_int_equal(a->elements, i + 5);
+                        "gd:{counter}:fence_uses", "gd:{counter}:skips",
+                        "gd:{counter}:idempotency"};
+  size_t i = assert_eval(a, "-- Memory mode", keys, 5);
+  assert_int_equal(a->elements, i + 8);
   assert_arg(a, i, "42");
   assert_arg(a, i + 1, "1000");
   assert_arg(a, i + 2, "86400000");
   assert_arg(a, i + 3, "40");
   assert_arg(a, i + 4, "abcdef0123456789");
+  assert_arg(a, i + 5, "86400000"); /* IDEMPOTENCY_TTL_MS */
+  assert_arg(a, i + 6, "k1");
+  assert_arg(a, i + 7, "key two");
   freeReplyObject(a);
+  /* More keys than increments, or than a batch carries: refused. */
+  assert_int_equal(scripts_cmd_batch(&cmd, &j, 43, 1, 40, idem, 2), UV_EINVAL);
 }
 
 static void test_journal_write_names_replica_and_registry(void **state) {
   (void)state;
-  assert_int_equal(
-      scripts_cmd_write(&cmd, &j, 7, 1700000005000ull, 33, 6, 3000, NULL, 0),
-      0);
+  assert_int_equal(scripts_cmd_write(&cmd, &j, 7, 1700000005000ull, 33, 6, 3000,
+                                     NULL, 0, NULL, 0),
+                   0);
   redisReply *a = parsed();
-  const char *keys[] = {j.journal, j.fences,   j.fence_uses,
-                        j.skips,   j.replicas, j.counter};
-  size_t i = assert_eval(a, "-- Journal mode: record", keys, 6);
-  assert_int_equal(a->elements, i + 7);
+  const char *keys[] = {j.journal,  j.fences,  j.fence_uses, j.skips,
+                        j.replicas, j.counter, j.idem};
+  size_t i = assert_eval(a, "-- Journal mode: record", keys, 7);
+  assert_int_equal(a->elements, i + 9);
   assert_arg(a, i, "7");
   assert_arg(a, i + 1, "1700000005000");
   assert_arg(a, i + 2, "33");
   assert_arg(a, i + 3, "6");
   assert_arg(a, i + 4, "3000");
   assert_arg(a, i + 6, "abcdef0123456789");
+  assert_arg(a, i + 7, "86400000");
+  assert_arg(a, i + 8, "0");
   freeReplyObject(a);
+}
+
+static void test_journal_write_carries_idempotency_keys(void **state) {
+  (void)state;
+  j.idem_ttl_ms = 5000;
+  const struct scripts_idem keys_given[] = {{"k1", 2}, {"a\"b", 3}};
+  uint64_t due[] = {1700000000001ull};
+  assert_int_equal(scripts_cmd_write(&cmd, &j, 7, 1700000005000ull, 3, 6, 3000,
+                                     keys_given, 2, due, 1),
+                   0);
+  redisReply *a = parsed();
+  const char *keys[] = {j.journal,  j.fences,  j.fence_uses, j.skips,
+                        j.replicas, j.counter, j.idem};
+  size_t i = assert_eval(a, "-- Journal mode: record", keys, 7);
+  assert_int_equal(a->elements, i + 12);
+  assert_arg(a, i + 7, "5000");
+  assert_arg(a, i + 8, "2");
+  assert_arg(a, i + 9, "k1");
+  assert_arg(a, i + 10, "a\"b");
+  assert_arg(a, i + 11, "1700000000001");
+  freeReplyObject(a);
+  /* More keys than increments cannot be. */
+  assert_int_equal(
+      scripts_cmd_write(&cmd, &j, 8, 1, 1, 7, 3000, keys_given, 2, NULL, 0),
+      UV_EINVAL);
+  j.idem_ttl_ms = 86400000;
 }
 
 static void test_journal_write_carries_the_deadlines_due(void **state) {
   (void)state;
   uint64_t due[] = {1700000000001ull, 1700000000003ull};
-  assert_int_equal(
-      scripts_cmd_write(&cmd, &j, 8, 1700000005000ull, 2, 7, 3000, due, 2), 0);
+  assert_int_equal(scripts_cmd_write(&cmd, &j, 8, 1700000005000ull, 2, 7, 3000,
+                                     NULL, 0, due, 2),
+                   0);
   redisReply *a = parsed();
-  const char *keys[] = {j.journal, j.fences,   j.fence_uses,
-                        j.skips,   j.replicas, j.counter};
-  size_t i = assert_eval(a, "-- Journal mode: record", keys, 6);
-  assert_int_equal(a->elements, i + 9);
-  assert_arg(a, i + 7, "1700000000001");
-  assert_arg(a, i + 8, "1700000000003");
+  const char *keys[] = {j.journal,  j.fences,  j.fence_uses, j.skips,
+                        j.replicas, j.counter, j.idem};
+  size_t i = assert_eval(a, "-- Journal mode: record", keys, 7);
+  assert_int_equal(a->elements, i + 11);
+  assert_arg(a, i + 9, "1700000000001");
+  assert_arg(a, i + 10, "1700000000003");
   freeReplyObject(a);
   uint64_t many[SCRIPTS_MOVE_MAX + 1] = {0};
-  assert_int_equal(
-      scripts_cmd_write(&cmd, &j, 9, 1, 1, 8, 3000, many, SCRIPTS_MOVE_MAX + 1),
-      UV_EINVAL);
+  assert_int_equal(scripts_cmd_write(&cmd, &j, 9, 1, 1, 8, 3000, NULL, 0, many,
+                                     SCRIPTS_MOVE_MAX + 1),
+                   UV_EINVAL);
 }
 
 static void test_journal_commands_reuse_one_buffer(void **state) {
@@ -230,13 +266,14 @@ static void test_journal_move_alone_is_a_write_numbered_0(void **state) {
   uint64_t due[] = {1700000000001ull, 1700000000007ull};
   assert_int_equal(scripts_cmd_move(&cmd, &j, due, 2), 0);
   redisReply *a = parsed();
-  const char *keys[] = {j.journal, j.fences,   j.fence_uses,
-                        j.skips,   j.replicas, j.counter};
-  size_t i = assert_eval(a, "-- Journal mode: record", keys, 6);
-  assert_int_equal(a->elements, i + 9);
+  const char *keys[] = {j.journal,  j.fences,  j.fence_uses, j.skips,
+                        j.replicas, j.counter, j.idem};
+  size_t i = assert_eval(a, "-- Journal mode: record", keys, 7);
+  assert_int_equal(a->elements, i + 11);
   assert_arg(a, i, "0");
-  assert_arg(a, i + 7, "1700000000001");
-  assert_arg(a, i + 8, "1700000000007");
+  assert_arg(a, i + 8, "0");
+  assert_arg(a, i + 9, "1700000000001");
+  assert_arg(a, i + 10, "1700000000007");
   freeReplyObject(a);
   assert_int_equal(scripts_cmd_move(&cmd, &j, due, SCRIPTS_MOVE_MAX + 1),
                    UV_EINVAL);
@@ -246,12 +283,13 @@ static void test_journal_renew_names_journal_registry_counter(void **state) {
   (void)state;
   assert_int_equal(scripts_cmd_renew(&cmd, &j, 3000, 1700000000000ull), 0);
   redisReply *a = parsed();
-  const char *keys[] = {j.journal, j.replicas, j.counter};
-  size_t i = assert_eval(a, "-- Journal mode: the lease", keys, 3);
-  assert_int_equal(a->elements, i + 3);
+  const char *keys[] = {j.journal, j.replicas, j.counter, j.idem};
+  size_t i = assert_eval(a, "-- Journal mode: the lease", keys, 4);
+  assert_int_equal(a->elements, i + 4);
   assert_arg(a, i, j.id);
   assert_arg(a, i + 1, "3000");
   assert_arg(a, i + 2, "1700000000000");
+  assert_arg(a, i + 3, "86400000");
   freeReplyObject(a);
 }
 
@@ -473,6 +511,8 @@ int main(void) {
       cmocka_unit_test_setup(test_journal_write_names_replica_and_registry,
                              forget),
       cmocka_unit_test_setup(test_journal_write_carries_the_deadlines_due,
+                             forget),
+      cmocka_unit_test_setup(test_journal_write_carries_idempotency_keys,
                              forget),
       cmocka_unit_test_setup(test_journal_commands_reuse_one_buffer, forget),
       cmocka_unit_test_setup(test_journal_move_alone_is_a_write_numbered_0,

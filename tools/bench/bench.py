@@ -5,6 +5,7 @@
     python3 tools/bench/bench.py --build build-release --quick  # about 3 min
     python3 tools/bench/bench.py --build build-release --only drain,allocs
     python3 tools/bench/bench.py --build build-release --only profile
+    python3 tools/bench/bench.py --build build-release --only idempotency
 
 Not part of the pass/fail suite: it measures, prints a table and writes a
 JSON file (tools/bench/results/bench-<time>.json, with a .md table and an
@@ -46,13 +47,27 @@ from bench_table import (LATEST, profile_text, table,  # noqa: E402
                          write_latest)
 
 PHASES = ["throughput", "idle", "tls", "latency", "memory", "drain", "startup",
-          "redis", "allocs", "syscalls", "profile"]
-DEFAULT_PHASES = [p for p in PHASES if p != "profile"]
+          "redis", "allocs", "syscalls", "profile", "idempotency"]
+DEFAULT_PHASES = [p for p in PHASES if p not in ("profile", "idempotency")]
 TICK = os.sysconf("SC_CLK_TCK")
 # The servers measured side by side: the reference, gracefuld in memory
 # mode (the default durability; "gracefuld" in the results) and in journal
 # mode (DURABILITY=redis).
 KINDS = ["nginx", "gracefuld", "journal"]
+
+# wrk's request hook for the idempotency phase: every request a header
+# with a value of its own (one thread: the counter is the thread's). The
+# runs without a key send the same bytes under a name gracefuld ignores,
+# so that both cost wrk the same and the ratio is the server's.
+KEYED_WRK = """
+local prefix = string.format("%%x-", math.floor(os.time() * 1000 %% 2^31))
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, nil, {["%s"] = prefix .. n})
+end
+"""
+KEY_HEADER, PLAIN_HEADER = "Idempotency-Key", "Idempotency-Kex"
 
 _children = []  # every process this script started, killed at exit
 
@@ -769,6 +784,116 @@ class Bench:
             f"B/pending; MEMORY USAGE {usage} B")
         return x
 
+    def keyed_wrk(self, port, seconds, header=KEY_HEADER):
+        """wrk with a header (an Idempotency-Key) of a value of its own on
+        every request."""
+        script = os.path.join(self.tools, f"{header}.lua")
+        with open(script, "w") as f:
+            f.write(KEYED_WRK % header)
+        cmd = ["wrk", "-t1", f"-c{self.a.conns}",
+               f"-d{max(1, round(seconds))}s", "-s", script,
+               f"http://127.0.0.1:{port}/incr"]
+        out, rc, _ = run_rusage(cmd, self.a.client_cpu)
+        if rc != 0:
+            raise RuntimeError("wrk failed:\n" + out)
+        res = parse_wrk(out)
+        if res["non2xx"] or res["socket_errors"]:
+            log(f"idempotency: {res['non2xx']} answers not 200, "
+                f"{res['socket_errors']} socket errors: the figure is "
+                "not of 200s alone")
+        return res
+
+    def idempotency(self):
+        """Throughput with a key on every request against without, in both
+        modes, in the same rounds (the order alternating); then Redis's
+        memory per key counted (INFO memory's used_memory before and after,
+        and MEMORY USAGE of the set), and the process's RSS per key it
+        keeps. Each run: a fresh server, INCR_DELAY_MS 500 and a second of
+        load before the window, so that batches (or moves) run through
+        it."""
+        a = self.a
+        delay_ms = 500
+        rounds = []
+        for r in range(a.rounds):
+            row = {}
+            for kind in ("gracefuld", "journal"):
+                order = [False, True] if r % 2 == 0 else [True, False]
+                for keyed in order:
+                    self.redis.cli("DEL", "counter", "gracefuld:{counter}:"
+                                   "idempotency")
+                    srv = self.gracefuld(delay_ms,
+                                         journal=kind == "journal")
+                    header = KEY_HEADER if keyed else PLAIN_HEADER
+                    try:
+                        self.keyed_wrk(srv.port, 1, header)
+                        res = self.keyed_wrk(srv.port, a.duration, header)
+                    finally:
+                        srv.stop()
+                    row[f"{kind}_{'keyed' if keyed else 'plain'}"] = \
+                        res["rps"]
+                    log(f"idempotency round {r + 1} {srv.name} "
+                        f"{'with' if keyed else 'without'} a key: "
+                        f"{res['rps']:.0f} req/s")
+            rounds.append(row)
+        out = {"rounds": rounds, "throughput": {}, "memory": {}}
+        for kind in ("gracefuld", "journal"):
+            plain = [row[kind + "_plain"] for row in rounds]
+            keyed = [row[kind + "_keyed"] for row in rounds]
+            out["throughput"][kind] = {
+                "plain_rps": statistics.median(plain),
+                "keyed_rps": statistics.median(keyed),
+                "ratio": round(statistics.median(keyed) /
+                               statistics.median(plain), 3),
+                "ratios": [round(k / p, 3) for k, p in zip(keyed, plain)],
+            }
+        for kind in ("gracefuld", "journal"):
+            out["memory"][kind] = self.key_memory(kind)
+        self.results["idempotency"] = out
+        text = idempotency_text(out)
+        for line in text.splitlines():
+            log(line)
+
+    def key_memory(self, kind):
+        """Redis's memory per Idempotency-Key: keyed requests for a few
+        seconds, then, once every one is counted, used_memory's growth and
+        the set's MEMORY USAGE over the keys it holds; and the process's
+        RSS growth over them (memory mode keeps counted keys, at most
+        65536)."""
+        idem = "gracefuld:{counter}:idempotency"
+        self.redis.cli("DEL", "counter", idem)
+        g = self.gracefuld(200, {"MAX_PENDING": "100000000"},
+                           journal=kind == "journal")
+        try:
+            if kind == "journal":
+                idem = g.prefix + "{counter}:idempotency"
+            rss0 = rss_kb(g.proc.pid)
+            before = self.used_memory()
+            self.keyed_wrk(g.port, min(self.a.duration, 3))
+            deadline = time.monotonic() + 60
+            while (metric(g.port, "gracefuld_increments_pending") > 0
+                   and time.monotonic() < deadline):
+                time.sleep(0.1)
+            after = self.used_memory()
+            rss1 = rss_kb(g.proc.pid)
+            keys = int(self.redis.cli("ZCARD", idem))
+            usage = int(self.redis.cli("MEMORY", "USAGE", idem, "SAMPLES",
+                                       "0") or 0)
+        finally:
+            g.stop()
+        kept = min(keys, 65536) if kind == "gracefuld" else 0
+        x = {
+            "keys": keys, "used_memory_before": before,
+            "used_memory_after": after, "set_memory_usage": usage,
+            "used_memory_per_key": round((after - before) / max(keys, 1), 1),
+            "set_bytes_per_key": round(usage / max(keys, 1), 1),
+            "rss_bytes_per_key": (round((rss1 - rss0) * 1024 / kept, 1)
+                                  if kept else None),
+        }
+        log(f"idempotency memory {kind}: {keys} keys, used_memory {before} "
+            f"-> {after}: {x['used_memory_per_key']} B/key; MEMORY USAGE "
+            f"{usage} B: {x['set_bytes_per_key']} B/key")
+        return x
+
     def redis_fd(self, pid):
         """The descriptor of gracefuld's connection to Redis."""
         inodes = set()
@@ -1150,6 +1275,32 @@ class Bench:
         self.results["profile"] = out
 
 
+def idempotency_text(x):
+    """The idempotency phase's figures, for people."""
+    lines = ["Idempotency-Key: throughput with a key on every request "
+             "against without (wrk, median of the rounds)", "",
+             "| mode | without a key | with a key | ratio |",
+             "|---|---|---|---|"]
+    for kind in ("gracefuld", "journal"):
+        t = x["throughput"][kind]
+        lines.append(f"| {'memory' if kind == 'gracefuld' else 'journal'} "
+                     f"| {t['plain_rps']:.0f} req/s | {t['keyed_rps']:.0f} "
+                     f"req/s | {t['ratio']:.3f} (rounds "
+                     f"{', '.join(f'{r:.3f}' for r in t['ratios'])}) |")
+    lines.append("")
+    lines.append("| mode | keys counted | Redis used_memory per key | "
+                 "MEMORY USAGE of the set per key | process RSS per key |")
+    lines.append("|---|---|---|---|---|")
+    for kind in ("gracefuld", "journal"):
+        m = x["memory"][kind]
+        rss = ("-" if m["rss_bytes_per_key"] is None
+               else f"{m['rss_bytes_per_key']:.0f} B")
+        lines.append(f"| {'memory' if kind == 'gracefuld' else 'journal'} | "
+                     f"{m['keys']} | {m['used_memory_per_key']:.0f} B | "
+                     f"{m['set_bytes_per_key']:.0f} B | {rss} |")
+    return "\n".join(lines)
+
+
 def lua_scripts():
     """{script name: (the start of its text, its SHA-1)}, to tell gracefuld's
     EVALSHAs apart in MONITOR's lines, as the binary sends them: prelude.lua
@@ -1341,7 +1492,7 @@ def main():
                     help="build directory holding gracefuld (Release)")
     ap.add_argument("--only", default=",".join(DEFAULT_PHASES),
                     help="comma-separated phases: " + ",".join(PHASES) +
-                    " (default: all but profile)")
+                    " (default: all but profile and idempotency)")
     ap.add_argument("--quick", action="store_true",
                     help="2 rounds of 3 s: a smoke run, not a measurement")
     ap.add_argument("--rounds", type=int, default=5)
@@ -1430,6 +1581,8 @@ def main():
         write_latest(latest, results, text)
     if "profile" in results:
         text += "\n\n```\n" + profile_text(results["profile"]) + "\n```"
+    if "idempotency" in results:
+        text += "\n\n" + idempotency_text(results["idempotency"])
     m = results["meta"]
     head = (f"gracefuld {m['commit']}{' (src modified)' if m['src_modified'] else ''}"
             f" on {m['cpus']} × {m['cpu_model']}, {m['kernel']}; "

@@ -10,7 +10,10 @@ Real parts only:
     through its runtime API socket; servers are added and taken out the way
     the endpoint controller adds and removes endpoints, with no health checks;
   - `hey` as the constant-rate client (its -q is per worker: rate = workers
-    x q);
+    x q); or, with --idempotent-retries, keyed.py's client at the same
+    rate, every request with an Idempotency-Key of its own, retried on the
+    Service until answered 200 (the verdict is then strict: 0 lost, 0
+    extra, 0 unknown, whatever was killed);
   - replicas of gracefuld as processes of the built binary, or as podman
     containers of the project's image (`--containers`).
 
@@ -64,12 +67,13 @@ from harness import (BUCKET_S, CONTAINERS_CONF, DEFAULT_LEASE_MS,  # noqa: E402
                      HarnessError, defer_signal, fmt_t, held_signals,
                      redis_get, release_ports)
 from gracefuld_testlib import Redis, events  # noqa: E402
+from keyed import KeyedLoad  # noqa: E402
 from neighbour import Neighbour  # noqa: E402
 from replicas import ContainerReplica, ProcessReplica  # noqa: E402
 from service import OUTCOMES, HAProxy  # noqa: E402
-from verdict import (KILLED_RULE, STRICT_RULE,  # noqa: E402,F401
-                     count_unknown, error_kind, parse_hey, unknown_outcome,
-                     verdict)
+from verdict import (KEYED_RULE, KILLED_RULE,  # noqa: E402,F401
+                     STRICT_RULE, count_unknown, error_kind, keyed_verdict,
+                     parse_hey, unknown_outcome, verdict)
 
 
 # -- parameters --------------------------------------------------------------
@@ -116,6 +120,8 @@ class Params:
     redis_appendfsync: str = None   # appendonly yes with this fsync policy
     # A second deployment on the same Redis and KEY_PREFIX (neighbour.py).
     shared_prefix: bool = False
+    # Every request keyed and retried until answered (keyed.py).
+    idempotent_retries: bool = False
 
     @property
     def duration(self):
@@ -163,7 +169,9 @@ class Params:
                 raise HarnessError(
                     "process replicas need the gracefuld binary: --bin PATH "
                     f"or GRACEFULD_BIN (got {self.binary!r})")
-        tools = ["haproxy", "hey", "redis-server", "redis-cli"]
+        tools = ["haproxy", "redis-server", "redis-cli"]
+        if not self.idempotent_retries:
+            tools.append("hey")
         if self.containers:
             tools.append("podman")
         missing = [t for t in tools if not shutil.which(t)]
@@ -438,6 +446,13 @@ class Experiment:
 
     def start_load(self):
         p = self.p
+        if p.idempotent_retries:
+            self.hey = KeyedLoad(self.lb.port, p.requests, p.workers, p.rate,
+                                 p.keep_alive, p.request_timeout).start()
+            self.hey_args = ["keyed", f"{p.requests} keys",
+                             f"{p.workers} workers", f"{p.rate:g}/s"]
+            self._hey_file = None
+            return
         q = p.rate / p.workers
         args = ["hey", "-n", str(p.requests), "-c", str(p.workers),
                 "-q", f"{q:g}", "-t", f"{p.request_timeout:g}"]
@@ -527,10 +542,12 @@ class Experiment:
             except subprocess.TimeoutExpired:
                 if self.errors:
                     raise HarnessError("; ".join(self.errors))
-        self._hey_file.close()
+        if self._hey_file is not None:
+            self._hey_file.close()
         load_end = self.now()
         self.load_done.set()
-        self.say(f"load: done (hey exit {self.hey.returncode})")
+        self.say(f"load: done ({self.hey_args[0]} exit "
+                 f"{self.hey.returncode})")
         for t in self.terminations + faults:
             t.join()
         if self.errors:
@@ -554,12 +571,15 @@ class Experiment:
             self.lb.delete(r.name)
         counter = self.redis.counter()
         self.counter_samples.append((round(self.now(), 3), counter))
-        with open(self.hey_out) as f:
-            hey_text = f.read()
-        if self.hey.returncode != 0:
-            raise HarnessError(f"hey failed ({self.hey.returncode}):\n"
-                               f"{hey_text}")
-        res = self.result(parse_hey(hey_text), counter, load_end)
+        if p.idempotent_retries:
+            res = self.result(self.hey.summary(), counter, load_end)
+        else:
+            with open(self.hey_out) as f:
+                hey_text = f.read()
+            if self.hey.returncode != 0:
+                raise HarnessError(f"hey failed ({self.hey.returncode}):\n"
+                                   f"{hey_text}")
+            res = self.result(parse_hey(hey_text), counter, load_end)
         if neighbour:
             res["neighbour"], problems = neighbour.adopt(
                 timeout=2 * p.lease_s() + 10)
@@ -636,10 +656,20 @@ class Experiment:
         accepted = [x["accepted"] for x in reports]
         unknown = count_unknown(hey["errors"])
         killed = any(r.killed for r in self.replicas)
-        rule, lost, extra, problems = verdict(ok, failed, counter, unknown,
-                                              killed)
+        keys = hey.get("keys")
+        if keys:
+            # Each key is one request, answered 200 in the end or not at
+            # all; the tries' errors and statuses were retried, not failed.
+            ok, unknown = keys["answered"], keys["unanswered"]
+            failures = {"unanswered": unknown} if unknown else {}
+            failed, sent = unknown, ok + unknown
+            rule, lost, extra, problems = keyed_verdict(ok, counter, unknown)
+        else:
+            rule, lost, extra, problems = verdict(ok, failed, counter,
+                                                  unknown, killed)
         if sent != expected:
-            problems.append(f"hey sent {sent} requests, not {expected}")
+            problems.append(f"the load sent {sent} requests, not "
+                            f"{expected}")
         for r in self.replicas:
             if r.early_exit:
                 problems.append(f"{r.name} exited on its own "
@@ -658,6 +688,7 @@ class Experiment:
             "accepted_by_replicas": (sum(accepted)
                                      if None not in accepted else None),
             "errors": hey["errors"],
+            "keyed": keys,
             "achieved_rps": hey["rps"], "load_s": round(load_end, 3),
             "rollouts": self.rollout_times,
             "params": dataclasses.asdict(p),
@@ -755,6 +786,12 @@ def table(res):
         ("achieved rate", f"{res['achieved_rps']:.1f}/s"
          if res["achieved_rps"] else "-"),
     ]
+    keys = res.get("keyed")
+    if keys:
+        rows[6] = ("unknown", f"{res['unknown']}  (keys never answered 200)")
+        rows.append(("keyed tries", f"{keys['attempts']} for "
+                     f"{keys['requests']} keys; {keys['retried']} keys sent "
+                     f"again, {keys['replayed']} answered as replays"))
     for k, v in rows:
         lines.append(f"  {k:<14} {v}")
     lines.append("")
@@ -774,6 +811,9 @@ def table(res):
     lines.append("")
     if res["verdict"] != "pass":
         verdict = "FAIL: " + "; ".join(res["problems"])
+    elif res.get("verdict_rule") == KEYED_RULE:
+        verdict = ("PASS: every key retried until answered, counted exactly "
+                   "once: nothing lost, nothing extra, nothing unknown")
     elif res.get("verdict_rule") == KILLED_RULE:
         verdict = ("PASS: nothing lost, and no more extra than requests of "
                    "unknown outcome")
@@ -797,6 +837,8 @@ def fault_text(p):
         out.append(f"Redis killed and restarted at {p['redis_restart_at']:g}s")
     if p.get("redis_appendfsync"):
         out.append(f"appendfsync {p['redis_appendfsync']}")
+    if p.get("idempotent_retries"):
+        out.append("keyed requests retried until answered")
     return ", ".join(out)
 
 
@@ -887,6 +929,12 @@ def parse_args(argv):
                     "load (its replica SIGKILLed); the experiment's replicas "
                     "must not adopt it, and a new neighbour replica counts it "
                     "after (journal mode, processes)")
+    ap.add_argument("--idempotent-retries", action="store_true",
+                    help="every request carries an Idempotency-Key of its "
+                    "own and is sent again, on the Service, until answered "
+                    "200 (instead of hey, at the same rate); the verdict is "
+                    "then strict whatever was killed: 0 lost, 0 extra, 0 "
+                    "unknown")
     ap.add_argument("--redis-restart-at", type=float, default=None,
                     metavar="SECONDS", help="SIGKILL the redis-server this "
                     "long into the load and start it again on the same port "
@@ -949,6 +997,7 @@ def parse_args(argv):
         redis_pause_at=a.redis_pause[1] if a.redis_pause else None,
         redis_restart_at=a.redis_restart_at,
         shared_prefix=a.shared_prefix,
+        idempotent_retries=a.idempotent_retries,
         redis_appendfsync=a.redis_appendfsync)
 
 

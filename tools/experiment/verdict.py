@@ -41,6 +41,8 @@ def count_unknown(errors):
 # The verdict's rules, as the JSON result and the report state them.
 STRICT_RULE = "lost == 0 and extra == 0 and failed == 0"
 KILLED_RULE = "lost == 0 and extra <= unknown"
+# --idempotent-retries: every key retried until answered, whatever died.
+KEYED_RULE = "lost == 0 and extra == 0 and unknown == 0"
 
 
 def verdict(ok, failed, counter, unknown, killed):
@@ -94,3 +96,19 @@ def parse_hey(text):
         "rps": float(rps.group(1)) if rps else None,
         "total_s": float(total.group(1)) if total else None,
     }
+
+
+def keyed_verdict(answered, counter, unanswered):
+    """(rule, lost, extra, problems) of a load whose every request carried
+    an Idempotency-Key of its own and was retried until answered 200
+    (--idempotent-retries): no outcome is left unknown, so whatever was
+    killed the counter equals the keys answered, exactly."""
+    lost, extra = max(0, answered - counter), max(0, counter - answered)
+    problems = []
+    if unanswered:
+        problems.append(f"{unanswered} keys never answered 200 (unknown)")
+    if lost:
+        problems.append(f"{lost} increments lost")
+    if extra:
+        problems.append(f"{extra} increments counted twice")
+    return KEYED_RULE, lost, extra, problems

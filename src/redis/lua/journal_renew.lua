@@ -6,6 +6,9 @@
 --   ARGV[3] entries due at or before this (this replica's wall clock, ms)
 --           are moved to the counter here; 0: none (the journal is not
 --           read: a renewal while the queue is known to hold everything)
+--   KEYS[4] the Idempotency-Keys counted   ARGV[4] IDEMPOTENCY_TTL_MS:
+--   those counted longer ago are forgotten here (prelude.lua), so that the
+--   set shrinks back when the keyed requests stop
 -- Every due entry of the journal moves, whatever the replica's queue says:
 -- entries adopted by a reply that was lost, or whose queue push failed, are
 -- moved by the next renewal after they fall due. A move the queue sends for
@@ -13,11 +16,13 @@
 -- Returns {increments moved (or the counter's error), {lapsed ids}}: the
 -- replicas whose lease has run out, to adopt one by one
 -- (journal_adopt.lua); at most 16 a time.
-local e = expect(KEYS[1], 'hash') or expect(KEYS[2], 'zset')
+local e = expect(KEYS[1], 'hash') or expect(KEYS[2], 'zset') or
+          expect(KEYS[4], 'zset')
 if e then
   return e
 end
 local now = redis_ms()
+idem_prune(KEYS[4], now, tonumber(ARGV[4]))
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
 local due = tonumber(ARGV[3])
 local fields = {}

@@ -97,3 +97,12 @@ local function fences_ok(f)
   return expect(f.fences, 'hash') or expect(f.used, 'zset') or
          expect(f.skips, 'zset')
 end
+
+-- Idempotency keys (both modes): a sorted set, the client's key -> when
+-- it was first counted (Redis's clock, ms). No TTL: a key counted longer
+-- than ttl ms ago is forgotten by the next script that prunes the set (a
+-- journal write or a memory-mode batch that carries keys, every lease
+-- renewal).
+local function idem_prune(key, now, ttl)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - ttl)
+end
