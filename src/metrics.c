@@ -131,6 +131,9 @@ char *metrics_render(const struct metrics *m, const struct metrics_view *v,
           "Increments Redis refused with an error no retry can fix.");
   counter(&b, "redis_reconnects_total", v->link->reconnects,
           "Connections to Redis made after the first.");
+  counter(&b, "redis_asks_total", v->link->asks,
+          "Redis Cluster: ASK redirects followed, each with a connection to "
+          "the node importing the slot and ASKING before each script.");
   counter(&b, "redis_batches_total", cs->batches,
           "durability memory: batches of due increments sent to Redis, each "
           "one fenced command (not counting sends again).");

@@ -8,8 +8,9 @@
 #include "log.h"
 #include "redis/redis_error.h"
 #include "redis/redis_secret.h"
-#include "redis/redis_server.h"
 #include "redis/redis_conn.h"
+#include "redis/redis_server.h"
+#include "redis/redis_slot.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
@@ -236,6 +237,13 @@ static void on_reply(struct redis_conn *conn, redisReply *reply,
     link->last_progress = uv_now(link->loop);
     if (reply->type != REDIS_REPLY_ERROR)
       link->retiring_logged = false;
+    else if (link->opts.n_cluster_nodes && !link->ask_mode && !link->ask_next)
+      /* The slot is migrating and this command's keys have gone: the
+       * client retires this connection, and the next one follows the
+       * ASK. */
+      link->ask_next =
+          redis_slot_parse_ask(reply->str, reply->len, link->ask_ip,
+                               sizeof link->ask_ip, &link->ask_port);
   }
   link->client->on_reply(link, (uint64_t)(uintptr_t)privdata, reply);
   if (!reply)
@@ -246,10 +254,25 @@ static void on_reply(struct redis_conn *conn, redisReply *reply,
     uv_timer_stop(&link->timer);
 }
 
+/* ASKING's reply: an error only if the node imports the slot no more, in
+ * which case the command after it gets MOVED, which the client acts on. */
+static void on_asking_reply(struct redis_conn *conn, redisReply *reply,
+                            void *privdata) {
+  (void)conn;
+  (void)reply;
+  (void)privdata;
+}
+
 int redis_link_send(struct redis_link *link, const char *cmd, size_t len,
                     uint64_t tag) {
   if (link->state != LINK_READY)
     return UV_ENOTCONN;
+  if (link->ask_mode && redis_slot_asking_safe(cmd, len)) {
+    int rc = redis_conn_send_argv(link->conn, on_asking_reply, NULL, 1,
+                                  (const char *[]){"ASKING"});
+    if (rc != 0)
+      return rc;
+  }
   int rc =
       redis_conn_send(link->conn, on_reply, (void *)(uintptr_t)tag, cmd, len);
   if (rc != 0)
@@ -566,11 +589,16 @@ static void on_handshake_reply(struct redis_conn *conn, redisReply *reply,
   link->handshake_left--;
   if (!reply || (link->state != LINK_HANDSHAKE && link->state != LINK_ASKING))
     return; /* the connection is going; on_disconnect retries */
-  if (reply->type == REDIS_REPLY_ERROR && !link->why[0] &&
-      (privdata == &tag_info || privdata == &tag_policy ||
-       (privdata == &tag_probe &&
-        !redis_error_refuses_keys(reply->str, reply->len))) &&
-      !redis_error_is_auth(reply->str, reply->len)) {
+  if (reply->type == REDIS_REPLY_ERROR && is_check(link, privdata) &&
+      reply->len >= 4 && memcmp(reply->str, "ASK ", 4) == 0) {
+    /* The key has gone to the node importing the slot, where it cannot be
+     * read without ASKING: checked at a later handshake (and the scripts
+     * check each key's type before they write). */
+  } else if (reply->type == REDIS_REPLY_ERROR && !link->why[0] &&
+             (privdata == &tag_info || privdata == &tag_policy ||
+              (privdata == &tag_probe &&
+               !redis_error_refuses_keys(reply->str, reply->len))) &&
+             !redis_error_is_auth(reply->str, reply->len)) {
     if (privdata == &tag_info)
       check_skipped(link, link->checked_version, sizeof link->checked_version,
                     "version", reply);
@@ -718,12 +746,14 @@ static int send_handshake(struct redis_link *link) {
   if (rc == 0)
     rc = send_step(link, &tag_policy, 3,
                    (const char *[]){"CONFIG", "GET", "maxmemory-policy"});
-  if (rc == 0 && link->probe) {
+  /* Following an ASK, the keys are split between two nodes: neither can
+   * read them all (nor run the probe, which names them). */
+  if (rc == 0 && link->probe && !link->ask_mode) {
     rc = redis_conn_send(link->conn, on_handshake_reply, (void *)&tag_probe,
                          link->probe, link->probe_len);
     link->handshake_left += rc == 0;
   }
-  for (size_t i = 0; rc == 0 && i < link->n_checks; i++) {
+  for (size_t i = 0; rc == 0 && !link->ask_mode && i < link->n_checks; i++) {
     const struct redis_key_check *c = &link->checks[i];
     rc = send_step(link, &link->type_tags[i], 2,
                    (const char *[]){"TYPE", c->key});
@@ -799,6 +829,17 @@ static void on_disconnect(struct redis_conn *conn, const char *err) {
                           : "disconnected");
   uv_timer_stop(&link->reauth_timer);
   bool was_ready = link->state == LINK_READY || link->state == LINK_RETIRING;
+  if (was_ready && link->ask_next) {
+    /* Not down: redirected. The node the ASK named next, at once. */
+    log_debug("redis_ask", LOG_STR("from", link->node),
+              LOG_STR("to", link->ask_ip), LOG_UINT("port", link->ask_port));
+    link->stats.asks++;
+    link->why[0] = '\0';
+    link->state = LINK_IDLE;
+    uv_timer_start(&link->timer, on_backoff, 0, 0);
+    link->client->on_down(link);
+    return;
+  }
   retry_later(link, why);
   /* The replies it still owed have been handed back, as lost. */
   if (was_ready)
@@ -876,8 +917,15 @@ static void connect_now(struct redis_link *link) {
   const struct redis_target *t = &link->target;
   size_t n_seeds;
   const struct redis_sentinel *seed = seeds(link, &n_seeds);
-  link->asking = n_seeds && !link->master_known;
-  if (link->asking) {
+  link->ask_mode = link->ask_next;
+  link->ask_next = false;
+  link->asking = n_seeds && !link->master_known && !link->ask_mode;
+  if (link->ask_mode) {
+    /* Once: after this connection, the seeds are asked again. */
+    link->host = link->ask_ip;
+    link->port = link->ask_port;
+    link->master_known = false;
+  } else if (link->asking) {
     link->host = seed[link->sentinel].host;
     link->port = seed[link->sentinel].port;
   } else if (t->transport == REDIS_UNIX) {

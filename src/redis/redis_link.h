@@ -58,6 +58,7 @@ struct redis_key_check {
 /* The link's own counts, which /metrics reads. */
 struct redis_link_stats {
   uint64_t reconnects; /* connections made after the first */
+  uint64_t asks;       /* ASK redirects followed (Redis Cluster) */
 };
 
 /* Where the link connects and how; its owner builds them from its
@@ -148,6 +149,14 @@ struct redis_link {
   size_t probe_len;
   char checked_commands[4];
   bool retiring_logged; /* since the last reply to due work that counted */
+  /* Redis Cluster: an ASK names the node importing the slot (ask_ip,
+   * ask_port). The next connection goes there, once, and sends ASKING
+   * before every script it may run there (redis_slot_asking_safe); after
+   * it, the seeds are asked again. */
+  bool ask_next; /* the next connection follows an ASK */
+  bool ask_mode; /* the connection in use follows one */
+  char ask_ip[64];
+  uint16_t ask_port;
   /* Sentinel: the master's address, when known, is in target; the
    * Sentinel asked next is sentinels[sentinel]. */
   bool master_known;

@@ -2,7 +2,8 @@
 `redis-cli --cluster create`, gracefuld given seed nodes
 (REDIS_CLUSTER_NODES). Journal-mode replicas under load while the
 counter's slot migrates to another master key by key (MIGRATING /
-IMPORTING: ASK and TRYAGAIN while keys are split, MOVED once it has moved)
+IMPORTING: TRYAGAIN while a script's keys are split, ASK once they have
+all gone, followed with ASKING, MOVED once the slot has moved)
 and then the new owner fails over to its replica (CLUSTER FAILOVER): the
 counter equals the 200s, none lost, none extra, with REDIS_MIN_REPLICAS=1
 (WAIT works in cluster mode as on one master). (Journal mode answers
@@ -113,20 +114,28 @@ class Load:
         return self.ok
 
 
-def migrate_slot(slot, src, dst):
+FILLER = "{counter}:test-filler"  # in the counter's slot; no script names it
+
+
+def migrate_slot(slot, src, dst, between):
     """Moves slot from src to dst key by key, as redis-cli --cluster
-    reshard does, then tells every master where it is."""
+    reshard does, then tells every master where it is. FILLER goes last:
+    between() runs while every key of gracefuld's has moved and the slot
+    is still the source's (a script there gets ASK)."""
     src_id, dst_id = node_id(src), node_id(dst)
     cli(dst, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", src_id)
     cli(src, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", dst_id)
     moved = 0
     while True:
-        keys = cli(src, "CLUSTER", "GETKEYSINSLOT", str(slot), "1").split()
+        keys = [k for k in cli(src, "CLUSTER", "GETKEYSINSLOT", str(slot),
+                               "100").split() if k != FILLER]
         if not keys:
             break
         cli(src, "MIGRATE", "127.0.0.1", str(dst), keys[0], "0", "5000")
         moved += 1
-        time.sleep(0.05)  # the load runs between keys: ASK, TRYAGAIN
+        time.sleep(0.05)  # the load runs between keys: TRYAGAIN
+    between()
+    cli(src, "MIGRATE", "127.0.0.1", str(dst), FILLER, "0", "5000")
     for p in (dst, src):
         cli(p, "CLUSTER", "SETSLOT", str(slot), "NODE", dst_id)
     return moved
@@ -163,9 +172,26 @@ def test_journal_mode_follows_a_migrating_slot_and_a_failover(cluster):
         masters = [p for p in ports if "master" in
                    cli(p, "ROLE").split()[0]]
         target = next(p for p in masters if p != first)
+        cli(first, "SET", FILLER, "x")
         marks = [g.mark() for g in gs]
-        moved = migrate_slot(slot, first, target)
+
+        def asks_followed():
+            # Every script's keys are on the target now: each replica's
+            # next script gets ASK, and follows it with ASKING there.
+            poll_until(lambda: all(g.metric("gracefuld_redis_asks_total") >= 1
+                                   for g in gs), 30, "an ASK followed")
+
+        moved = migrate_slot(slot, first, target, asks_followed)
         assert moved >= 3  # the counter, the fences, the registry, ...
+        for g, m in zip(gs, marks):
+            # The connection that followed the ASK was answered by the
+            # importing node (TRYAGAIN: a key a script names is nowhere
+            # yet), never sent back with MOVED, as a command without ASKING
+            # would be.
+            ends = [e["reason"] for e in g.events(start=m)
+                    if e["event"] == "redis_down"
+                    and e["node"] == f"127.0.0.1:{target}"]
+            assert ends and not any(r.startswith("MOVED") for r in ends), ends
         for g, m in zip(gs, marks):
             g.wait_event("redis_up", start=m, node=f"127.0.0.1:{target}",
                          timeout=60)
@@ -183,6 +209,7 @@ def test_journal_mode_follows_a_migrating_slot_and_a_failover(cluster):
                          timeout=60)
         at = load.ok
         load.wait_for(at + 200)
+        asks = [g.metric("gracefuld_redis_asks_total") for g in gs]
         ok = load.finish()
         # Journal mode refuses (503) what Redis cannot hold for a moment
         # (a slot split between two nodes, a failover); nothing else.
@@ -196,7 +223,7 @@ def test_journal_mode_follows_a_migrating_slot_and_a_failover(cluster):
                 if e["event"] == "redis_retiring"]
         print(f"\ncluster: {ok} x 200, {len(load.other)} x 503, counter "
               f"{counter}, "
-              f"{moved} keys migrated, retirements: "
+              f"{moved} keys migrated, ASKs followed {asks}, retirements: "
               f"{sorted(set(e['reply'].split()[0] for e in seen))}")
         assert any(e["reply"].startswith("MOVED") for e in seen)
         assert counter == ok

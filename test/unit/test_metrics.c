@@ -239,6 +239,7 @@ static void test_metrics_every_family_is_typed_and_named(void **state) {
       {"gracefuld_increments_retried_total", "counter"},
       {"gracefuld_increments_failed_total", "counter"},
       {"gracefuld_redis_reconnects_total", "counter"},
+      {"gracefuld_redis_asks_total", "counter"},
       {"gracefuld_redis_batches_total", "counter"},
       {"gracefuld_journal_writes_total", "counter"},
       {"gracefuld_journal_written_increments_total", "counter"},
@@ -284,6 +285,7 @@ static void test_metrics_counters_start_at_zero(void **state) {
   expect_sample("gracefuld_increments_retried_total", "0");
   expect_sample("gracefuld_increments_failed_total", "0");
   expect_sample("gracefuld_redis_reconnects_total", "0");
+  expect_sample("gracefuld_redis_asks_total", "0");
   expect_sample("gracefuld_connections_accepted_total", "0");
   expect_sample("gracefuld_connections_rejected_total", "0");
   static const char *const routes[] = {"incr", "healthz", "readyz", "metrics",
@@ -303,6 +305,7 @@ static void test_metrics_counters_render_their_values(void **state) {
   cs.retried = 7;
   cs.failed = 2;
   link.reconnects = 3;
+  link.asks = 2;
   srv.accepted = 55;
   srv.rejected = 4;
   render(&m, &idle);
@@ -311,6 +314,7 @@ static void test_metrics_counters_render_their_values(void **state) {
   expect_sample("gracefuld_increments_retried_total", "7");
   expect_sample("gracefuld_increments_failed_total", "2");
   expect_sample("gracefuld_redis_reconnects_total", "3");
+  expect_sample("gracefuld_redis_asks_total", "2");
   expect_sample("gracefuld_connections_accepted_total", "55");
   expect_sample("gracefuld_connections_rejected_total", "4");
 }
@@ -431,12 +435,12 @@ static void test_metrics_largest_values_fit_the_buffer(void **state) {
   }
   m.incr_accepted = cs.done = cs.retried = cs.failed = UINT64_MAX;
   m.idem_replays = m.idem_conflicts = UINT64_MAX;
-  link.reconnects = UINT64_MAX;
+  link.reconnects = link.asks = UINT64_MAX;
   srv.accepted = srv.rejected = srv.open = UINT64_MAX;
   struct metrics_view g = view(UINT64_MAX, 1, PHASE_FLUSHING);
   render(&m, &g);
   /* Nothing cut off: every series is there, through the last family. */
-  assert_int_equal(n_samples, ROUTE_COUNT * METRICS_STATUSES + 18 +
+  assert_int_equal(n_samples, ROUTE_COUNT * METRICS_STATUSES + 19 +
                                   COUNTER_WRITE_BUCKETS + 2 + 3 + PHASE_COUNT +
                                   1);
   expect_sample(request_series("other", "other"), "18446744073709551615");

@@ -518,7 +518,29 @@ class Bench:
         delay_s = a.incr_delay_ms / 1000
         names = list(self.TLS_KINDS)
         rounds = []
+        instructions = {}
         try:
+            # What TLS costs the process, in instructions per request
+            # (libssl and libcrypto included): a count, not a time.
+            for name, kind in self.TLS_KINDS.items():
+                if kind is None:
+                    continue
+                journal, tls = kind
+                env = {"INCR_DELAY_MS": "20"}
+                if journal:
+                    env["DURABILITY"] = "redis"
+                if tls:
+                    env["REDIS_URL"] = f"rediss://127.0.0.1:{tls_redis.port}"
+                    env["REDIS_TLS_CA_FILE"] = certs.ca
+                per_fn = self.callgrind_per_request(
+                    env, tls_redis if tls else None)
+                if per_fn is None:
+                    break
+                instructions[name] = round(sum(per_fn.values()))
+                log(f"tls {name}: {instructions[name]} instructions per "
+                    "request (callgrind)")
+                for rd in (self.redis, tls_redis):
+                    rd.cli("FLUSHALL")
             for r in range(a.rounds):
                 row = {"round": r + 1}
                 for name in names[r % len(names):] + names[:r % len(names)]:
@@ -569,6 +591,14 @@ class Bench:
                    n: {k: med(n, lambda x, k=k: x[k])
                        for k in ("rps", "server_cpu_pct", "redis_cpu_pct")}
                    for n in names}}
+        if instructions:
+            out["instructions_per_request"] = instructions
+            out["requests_counted"] = [a.profile_requests // 5,
+                                       a.profile_requests]
+            for mode in ("memory", "journal"):
+                out[mode + "_tls_instructions_over_tcp"] = round(
+                    instructions[mode + "-tls"] / instructions[mode + "-tcp"],
+                    3)
         for mode in ("memory", "journal"):
             out[mode + "_tls_over_tcp"] = [
                 round(r[mode + "-tls"]["rps"] / r[mode + "-tcp"]["rps"], 3)
@@ -1208,39 +1238,50 @@ class Bench:
         out["incr_delay_ms"] = a.syscall_delay_ms
         self.results["syscalls"] = out
 
+    def callgrind_per_request(self, env, redis=None):
+        """gracefuld's instructions per request under callgrind, by
+        (function, object): two fixed-count runs (a fifth of
+        --profile-requests, then all of them), the difference divided by
+        the difference in requests, so that start-up and exit cancel out.
+        Stable on a busy machine, unlike time. None without valgrind."""
+        a = self.a
+        valgrind = shutil.which("valgrind")
+        if not valgrind:
+            return None
+        runs = []
+        for n in (a.profile_requests // 5, a.profile_requests):
+            cg = os.path.join(self.tools, f"callgrind-{n}.out")
+            g = Gracefuld(self.binary, redis or self.redis, a.server_cpu,
+                          dict(env))
+            if "REDIS_URL" in env:
+                del g.env["REDIS_ADDR"]
+            g.cmd = [valgrind, "--tool=callgrind",
+                     f"--callgrind-out-file={cg}", self.binary]
+            g.start()
+            try:
+                self.run_loadgen(g.port, "--count", n, "--conns", a.conns)
+                summary = g.drain(120)
+            finally:
+                g.stop()
+            runs.append((summary["accepted"], callgrind_functions(cg)))
+        (n1, f1), (n2, f2) = runs
+        return {k: (v - f1.get(k, 0)) / (n2 - n1) for k, v in f2.items()}
+
     def profile(self):
         """Where gracefuld's instructions go per request (callgrind, two
         fixed-count runs, the difference divided by the difference in
         requests), and where its time goes at saturation (perf record)."""
         a = self.a
         out = {}
-        valgrind = shutil.which("valgrind")
-        if valgrind:
-            runs = []
-            for n in (a.profile_requests // 5, a.profile_requests):
-                cg = os.path.join(self.tools, f"callgrind-{n}.out")
-                g = Gracefuld(self.binary, self.redis, a.server_cpu,
-                              {"INCR_DELAY_MS": "20"})
-                g.cmd = [valgrind, "--tool=callgrind",
-                         f"--callgrind-out-file={cg}", self.binary]
-                g.start()
-                try:
-                    self.run_loadgen(g.port, "--count", n, "--conns",
-                                     a.conns)
-                    summary = g.drain(120)
-                finally:
-                    g.stop()
-                runs.append((summary["accepted"], callgrind_functions(cg)))
-            (n1, f1), (n2, f2) = runs
-            per_fn = {k: (v - f1.get(k, 0)) / (n2 - n1)
-                      for k, v in f2.items()}
+        per_fn = self.callgrind_per_request({"INCR_DELAY_MS": "20"})
+        if per_fn is not None:
             by_obj = {}
             for (fn, obj), v in per_fn.items():
                 by_obj[obj] = by_obj.get(obj, 0) + v
             total = sum(by_obj.values())
             top = sorted(per_fn.items(), key=lambda kv: -kv[1])[:30]
             out["callgrind"] = {
-                "requests": [n1, n2],
+                "requests": [a.profile_requests // 5, a.profile_requests],
                 "instructions_per_request": round(total),
                 "by_object": {k: round(v) for k, v in sorted(
                     by_obj.items(), key=lambda kv: -kv[1]) if v >= 1},

@@ -73,6 +73,15 @@ def table(res):
             add(f"  CPU % server / redis-server, TLS vs TCP ({mode} mode)",
                 f"{fmt(tls['server_cpu_pct'])} / {fmt(tls['redis_cpu_pct'])}",
                 f"{fmt(tcp['server_cpu_pct'])} / {fmt(tcp['redis_cpu_pct'])}")
+            ins = tl.get("instructions_per_request")
+            if ins:
+                n1, n2 = tl["requests_counted"]
+                add(f"  instructions per request, TLS vs TCP ({mode} mode; "
+                    f"callgrind, libssl and libcrypto included, {n2:,} "
+                    f"requests less {n1:,})", fmt(ins[mode + "-tls"]),
+                    fmt(ins[mode + "-tcp"]),
+                    f"**{tl[mode + '_tls_instructions_over_tcp']:.3f}×**",
+                    "≤ 1.05×")
     if res.get("idle"):
         import idle  # beside this file
         rows.extend(idle.rows(res["idle"]))
