@@ -914,8 +914,8 @@ def render_with_component(tmp_path, component):
 
 
 def test_the_managed_redis_tls_component(tmp_path, rendered):
-    """The in-cluster Redis is gone; gracefuld reads a rediss:// URL from a
-    ConfigMap, verifies against a CA bundle mounted where REDIS_TLS_CA_FILE
+    """The in-cluster Redis is gone; gracefuld reads a rediss:// URL (and,
+    in cluster mode, the seed nodes) from a ConfigMap, verifies against a CA bundle mounted where REDIS_TLS_CA_FILE
     says, keeps the password in the Secret's file, and every setting is
     one the binary knows. The base's invariants still hold."""
     objs = render_with_component(tmp_path, "managed-redis-tls")
@@ -926,6 +926,9 @@ def test_the_managed_redis_tls_component(tmp_path, rendered):
     assert "REDIS_ADDR" not in env
     assert env["REDIS_URL"]["valueFrom"]["configMapKeyRef"] == {
         "name": "redis-endpoint", "key": "url"}
+    # Cluster mode from the same ConfigMap; without the key, one endpoint.
+    assert env["REDIS_CLUSTER_NODES"]["valueFrom"]["configMapKeyRef"] == {
+        "name": "redis-endpoint", "key": "cluster-nodes", "optional": True}
     ca = env["REDIS_TLS_CA_FILE"]["value"]
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod_spec(objs)["volumes"]}
