@@ -323,7 +323,11 @@ static void tls_read(struct redis_conn *conn) {
       return;
     connected(conn);
   }
-  while (conn->state != CONN_GONE && !conn->free_asked) {
+  BIO *rbio = SSL_get_rbio(conn->ssl);
+  /* Only while there is something to decrypt: an SSL_read that can only
+   * say SSL_ERROR_WANT_READ costs as much as a small record. */
+  while (conn->state != CONN_GONE && !conn->free_asked &&
+         (BIO_ctrl_pending(rbio) > 0 || SSL_has_pending(conn->ssl))) {
     int n = SSL_read(conn->ssl, conn->plain, sizeof conn->plain);
     if (n <= 0) {
       int e = SSL_get_error(conn->ssl, n);
