@@ -10,14 +10,13 @@ counter equals the 200s, none lost, none extra, with REDIS_MIN_REPLICAS=1
 503 while the slot is split or its owner is failing over: refused, never
 counted.)"""
 
-import http.client
 import subprocess
-import threading
 import time
 
 import pytest
 
-from gracefuld_testlib import Gracefuld, Redis, free_port, poll_until
+from gracefuld_testlib import (Gracefuld, IncrLoad, Redis, free_port,
+                               poll_until)
 
 
 def cli(port, *args):
@@ -75,45 +74,6 @@ def cluster():
             n.cleanup()
 
 
-class Load:
-    """/incr on keep-alive connections to several replicas, counting
-    200s; anything else is kept."""
-
-    def __init__(self, ports):
-        self.ok = 0
-        self.other = []
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self.run, args=(p,),
-                                         daemon=True) for p in ports]
-        for t in self.threads:
-            t.start()
-
-    def run(self, port):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        while not self.stop.is_set():
-            conn.request("GET", "/incr")
-            resp = conn.getresponse()
-            resp.read()
-            with self.lock:
-                if resp.status == 200:
-                    self.ok += 1
-                else:
-                    self.other.append(resp.status)
-            time.sleep(0.002)
-        conn.close()
-
-    def wait_for(self, n, timeout=60):
-        poll_until(lambda: self.ok >= n, timeout, f"{n} 200s")
-
-    def finish(self):
-        self.stop.set()
-        for t in self.threads:
-            t.join(30)
-            assert not t.is_alive()
-        return self.ok
-
-
 FILLER = "{counter}:test-filler"  # in the counter's slot; no script names it
 
 
@@ -166,7 +126,7 @@ def test_journal_mode_follows_a_migrating_slot_and_a_failover(cluster):
         for g in gs:
             up = g.wait_event("redis_up", timeout=20)
             assert up["node"] == f"127.0.0.1:{first}"
-        load = Load([g.port for g in gs])
+        load = IncrLoad([g.port for g in gs])
         load.wait_for(200)
         # To another master, key by key, under load.
         masters = [p for p in ports if "master" in

@@ -8,20 +8,18 @@ once the replica has it, so the counter on the new master is at least the
 number of 200s; the test prints by how much it exceeds it."""
 
 import contextlib
-import http.client
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 
 import pytest
 
-from gracefuld_testlib import (Certs, Gracefuld, LineReader, Redis,
-                               free_port, read_http_responses, running,
+from gracefuld_testlib import (Certs, Gracefuld, IncrLoad, LineReader,
+                               Redis, free_port, read_http_responses, running,
                                stop_process)
 
 MASTER = "counter-master"
@@ -132,43 +130,6 @@ def tls_cluster():
         certs.cleanup()
 
 
-class Load:
-    """GET /incr in a loop on one keep-alive connection, counting 200s."""
-
-    def __init__(self, port):
-        self.port = port
-        self.ok = 0
-        self.other = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        while not self.stop.is_set():
-            conn.request("GET", "/incr")
-            resp = conn.getresponse()
-            resp.read()
-            if resp.status == 200:
-                self.ok += 1
-            else:
-                self.other.append(resp.status)
-            time.sleep(0.002)
-        conn.close()
-
-    def wait_for(self, n, timeout=30.0):
-        deadline = time.monotonic() + timeout
-        while self.ok < n and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert self.ok >= n, f"only {self.ok} 200s"
-
-    def finish(self):
-        self.stop.set()
-        self.thread.join(15)
-        assert not self.thread.is_alive()
-        return self.ok
-
-
 @pytest.mark.parametrize("how", ["sentinel-failover", "sigkill"])
 def test_failover_under_load_loses_no_acknowledged_increment(cluster, how):
     failover_under_load(*cluster, how)
@@ -198,7 +159,7 @@ def failover_under_load(master, replica, sentinels, how, env=None):
     try:
         g.wait_event("redis_up", addr=addr(master.port), timeout=20)
         assert g.get("/readyz") == 200
-        load = Load(g.port)
+        load = IncrLoad([g.port], timeout=10)
         load.wait_for(200)
         mark = g.mark()
         if how == "sentinel-failover":

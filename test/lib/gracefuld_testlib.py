@@ -404,6 +404,48 @@ class Gracefuld:
         return s
 
 
+class IncrLoad:
+    """GET /incr in a loop on one keep-alive connection to each port, a few
+    ms apart, counting the 200s; any other status is kept in other."""
+
+    def __init__(self, ports, timeout=30):
+        self.ok = 0
+        self.other = []
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.timeout = timeout
+        self.threads = [threading.Thread(target=self.run, args=(p,),
+                                         daemon=True) for p in ports]
+        for t in self.threads:
+            t.start()
+
+    def run(self, port):
+        conn = http.client.HTTPConnection("127.0.0.1", port,
+                                          timeout=self.timeout)
+        while not self.stop.is_set():
+            conn.request("GET", "/incr")
+            resp = conn.getresponse()
+            resp.read()
+            with self.lock:
+                if resp.status == 200:
+                    self.ok += 1
+                else:
+                    self.other.append(resp.status)
+            time.sleep(0.002)
+        conn.close()
+
+    def wait_for(self, n, timeout=60):
+        poll_until(lambda: self.ok >= n, timeout, f"{n} 200s")
+
+    def finish(self):
+        """Stops the load; the number of 200s."""
+        self.stop.set()
+        for t in self.threads:
+            t.join(self.timeout)
+            assert not t.is_alive()
+        return self.ok
+
+
 def read_to_end(sock, timeout=10.0):
     """Reads until the server ends the connection; returns (data, end), end
     being "eof" (a FIN: orderly) or "reset". Raises socket.timeout when the
