@@ -518,7 +518,7 @@ class Bench:
         delay_s = a.incr_delay_ms / 1000
         names = list(self.TLS_KINDS)
         rounds = []
-        instructions = {}
+        instructions, per_script = {}, {}
         try:
             # What TLS costs the process, in instructions per request
             # (libssl and libcrypto included): a count, not a time.
@@ -532,13 +532,23 @@ class Bench:
                 if tls:
                     env["REDIS_URL"] = f"rediss://127.0.0.1:{tls_redis.port}"
                     env["REDIS_TLS_CA_FILE"] = certs.ca
-                per_fn = self.callgrind_per_request(
-                    env, tls_redis if tls else None)
+                redis = tls_redis if tls else self.redis
+                redis.cli("CONFIG", "RESETSTAT")
+                per_fn = self.callgrind_per_request(env, redis)
                 if per_fn is None:
                     break
+                # How many requests share a script (a batch, a journal
+                # write), and with it a TLS record each way.
+                scripts = sum(int(m) for m in re.findall(
+                    r"cmdstat_eval(?:sha)?:calls=(\d+)",
+                    redis.cli("INFO", "commandstats")))
                 instructions[name] = round(sum(per_fn.values()))
+                per_script[name] = round(
+                    (a.profile_requests // 5 + a.profile_requests) /
+                    max(scripts, 1), 1)
                 log(f"tls {name}: {instructions[name]} instructions per "
-                    "request (callgrind)")
+                    f"request (callgrind), {per_script[name]} requests per "
+                    "script")
                 for rd in (self.redis, tls_redis):
                     rd.cli("FLUSHALL")
             for r in range(a.rounds):
@@ -593,6 +603,7 @@ class Bench:
                    for n in names}}
         if instructions:
             out["instructions_per_request"] = instructions
+            out["requests_per_script"] = per_script
             out["requests_counted"] = [a.profile_requests // 5,
                                        a.profile_requests]
             for mode in ("memory", "journal"):

@@ -76,9 +76,11 @@ def table(res):
             ins = tl.get("instructions_per_request")
             if ins:
                 n1, n2 = tl["requests_counted"]
+                k = tl.get("requests_per_script", {}).get(mode + "-tls")
                 add(f"  instructions per request, TLS vs TCP ({mode} mode; "
                     f"callgrind, libssl and libcrypto included, {n2:,} "
-                    f"requests less {n1:,})", fmt(ins[mode + "-tls"]),
+                    f"requests less {n1:,}; {k} requests per script)",
+                    fmt(ins[mode + "-tls"]),
                     fmt(ins[mode + "-tcp"]),
                     f"**{tl[mode + '_tls_instructions_over_tcp']:.3f}×**",
                     "≤ 1.05×")
