@@ -318,20 +318,19 @@ NEW_PASSWORD = "rotated-" + PASSWORD[::-1]
 
 
 @pytest.fixture(params=["tcp", "tls"])
-def protected_any(request, protected):
-    """The protected Redis, and the same over TLS only."""
-    if request.param == "tcp":
-        protected.env = {"REDIS_ADDR": protected.addr}
-        yield protected
-        return
-    certs = Certs()
+def protected_any(request):
+    """A Redis that wants PASSWORD, over plain TCP or over TLS only."""
+    certs = Certs() if request.param == "tls" else None
+    tls = (*certs.issue("server"), certs.ca) if certs else None
     r = Redis(args=["--requirepass", PASSWORD], password=PASSWORD,
-              tls=(*certs.issue("server"), certs.ca)).start()
-    r.env = {"REDIS_URL": f"rediss://localhost:{r.port}",
-             "REDIS_TLS_CA_FILE": certs.ca}
+              tls=tls).start()
+    r.env = ({"REDIS_URL": f"rediss://localhost:{r.port}",
+              "REDIS_TLS_CA_FILE": certs.ca} if certs
+             else {"REDIS_ADDR": r.addr})
     yield r
     r.cleanup()
-    certs.cleanup()
+    if certs:
+        certs.cleanup()
 
 
 @pytest.mark.parametrize("order", ["file first", "redis first"])
