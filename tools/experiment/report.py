@@ -363,7 +363,7 @@ def counter_chart(res, scale):
                      f'style="fill:#c62828" font-weight="700">lost '
                      f'{res["lost"]}</text>')
     what = ("the running total of 200s" if tl["per_request"]
-            else "hey's total of 200s")
+            else "the load's total of 200s, at its end")
     return (f'<h3>the Redis counter (blue) against {what} (green)</h3>'
             + svg(LEFT + W + RIGHT, top + h + 16, "".join(parts), "counter"))
 
