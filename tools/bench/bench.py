@@ -614,6 +614,12 @@ class Bench:
             out[mode + "_tls_over_tcp"] = [
                 round(r[mode + "-tls"]["rps"] / r[mode + "-tcp"]["rps"], 3)
                 for r in rounds]
+            out[mode + "_tls_cpu_over_tcp"] = [
+                round((r[mode + "-tls"]["server_cpu_pct"] /
+                       r[mode + "-tls"]["rps"]) /
+                      (r[mode + "-tcp"]["server_cpu_pct"] /
+                       r[mode + "-tcp"]["rps"]), 3)
+                for r in rounds]
             out[mode + "_tls_vs_nginx"] = [
                 round(r[mode + "-tls"]["rps"] / r["nginx"]["rps"], 3)
                 for r in rounds]

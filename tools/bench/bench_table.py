@@ -73,6 +73,13 @@ def table(res):
             add(f"  CPU % server / redis-server, TLS vs TCP ({mode} mode)",
                 f"{fmt(tls['server_cpu_pct'])} / {fmt(tls['redis_cpu_pct'])}",
                 f"{fmt(tcp['server_cpu_pct'])} / {fmt(tcp['redis_cpu_pct'])}")
+            cpu = tl.get(mode + "_tls_cpu_over_tcp")
+            if cpu:
+                per = {k: 1e4 * m[mode + k]["server_cpu_pct"] /
+                       m[mode + k]["rps"] for k in ("-tls", "-tcp")}
+                add(f"  server CPU per request, µs, TLS vs TCP ({mode} mode, "
+                    "same rounds)", fmt(per["-tls"], 2), fmt(per["-tcp"], 2),
+                    rounds(statistics.median(cpu), cpu), "≤ 1.05×")
             ins = tl.get("instructions_per_request")
             if ins:
                 n1, n2 = tl["requests_counted"]
