@@ -1,5 +1,7 @@
 #include "base.h"
 
+#include <string.h>
+
 #include <uv.h>
 
 int base_parse_u64(const char *v, size_t n, uint64_t max, uint64_t *out) {
@@ -17,4 +19,15 @@ int base_parse_u64(const char *v, size_t n, uint64_t max, uint64_t *out) {
   }
   *out = x;
   return 0;
+}
+
+size_t base_format_u64(char *out, uint64_t v) {
+  char digits[BASE_U64_DIGITS];
+  size_t n = 0;
+  do {
+    digits[sizeof digits - 1 - n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v > 0);
+  memcpy(out, digits + sizeof digits - n, n);
+  return n;
 }

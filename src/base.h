@@ -16,6 +16,14 @@
  * UV_ERANGE. *out is left alone on error. */
 int base_parse_u64(const char *v, size_t n, uint64_t max, uint64_t *out);
 
+/* The most digits a uint64_t has in decimal. */
+#define BASE_U64_DIGITS 20
+
+/* v in decimal at out (room for BASE_U64_DIGITS; no terminator written):
+ * returns the number of digits. What snprintf does, for the hot paths that
+ * format numbers by the dozen. */
+size_t base_format_u64(char *out, uint64_t v);
+
 /* Whether a count that went from before to after has passed a power of
  * two (or left 0): a line logged at those steps says a growing count
  * without saying it at every step. */

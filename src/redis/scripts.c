@@ -8,6 +8,7 @@
 #include <uv.h>
 
 #include "scripts_lua.h" /* generated from src/redis/lua by CMakeLists.txt */
+#include "base.h"
 #include "redis/sha1.h"
 
 static const struct {
@@ -124,9 +125,12 @@ static int put(struct scripts_cmd *cmd, const char *s, size_t n) {
 }
 
 static int head(struct scripts_cmd *cmd, char type, uint64_t n) {
-  char h[32];
-  int len = snprintf(h, sizeof h, "%c%" PRIu64 "\r\n", type, n);
-  return put(cmd, h, (size_t)len);
+  char h[1 + BASE_U64_DIGITS + 2];
+  h[0] = type;
+  size_t len = 1 + base_format_u64(h + 1, n);
+  h[len++] = '\r';
+  h[len++] = '\n';
+  return put(cmd, h, len);
 }
 
 static int arg(struct scripts_cmd *cmd, const char *s, size_t n) {
@@ -140,9 +144,8 @@ static int arg_str(struct scripts_cmd *cmd, const char *s) {
 }
 
 static int arg_u64(struct scripts_cmd *cmd, uint64_t v) {
-  char d[24];
-  int len = snprintf(d, sizeof d, "%" PRIu64, v);
-  return arg(cmd, d, (size_t)len);
+  char d[BASE_U64_DIGITS];
+  return arg(cmd, d, base_format_u64(d, v));
 }
 
 /* EVAL <script> or EVALSHA <sha1>, <nkeys> <keys...>, leaving the

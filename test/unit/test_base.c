@@ -67,12 +67,40 @@ static void test_parse_u64_reads_only_the_n_bytes_given(void **state) {
   assert_int_equal(x, 6379);
 }
 
+static void expect_format(uint64_t v, const char *text) {
+  char out[BASE_U64_DIGITS + 1];
+  memset(out, 'x', sizeof out);
+  size_t n = base_format_u64(out, v);
+  assert_int_equal(n, strlen(text));
+  assert_memory_equal(out, text, n);
+  assert_int_equal(out[n], 'x'); /* nothing written past the digits */
+}
+
+static void test_format_u64_writes_the_digits_only(void **state) {
+  (void)state;
+  expect_format(0, "0");
+  expect_format(7, "7");
+  expect_format(10, "10");
+  expect_format(4096, "4096");
+  expect_format(1000000007, "1000000007");
+  expect_format(UINT64_MAX, "18446744073709551615");
+  /* What it writes base_parse_u64 reads back. */
+  char out[BASE_U64_DIGITS];
+  uint64_t back = 0;
+  for (uint64_t v = 1; v < UINT64_MAX / 3; v = v * 3 + 1) {
+    assert_int_equal(
+        base_parse_u64(out, base_format_u64(out, v), UINT64_MAX, &back), 0);
+    assert_int_equal(back, v);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_parse_u64_reads_digits_up_to_max),
       cmocka_unit_test(test_parse_u64_refuses_past_max_as_range),
       cmocka_unit_test(test_parse_u64_refuses_anything_but_digits),
       cmocka_unit_test(test_parse_u64_reads_only_the_n_bytes_given),
+      cmocka_unit_test(test_format_u64_writes_the_digits_only),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
