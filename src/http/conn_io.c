@@ -62,14 +62,21 @@ static void on_conn_close(uv_handle_t *handle) {
   free(c);
 }
 
+/* Sets c's one deadline ms from now. A deadline later than the one the
+ * timer is armed for leaves the timer as it is: firing early, it arms
+ * itself again for the rest (on_conn_timer). So a connection answering
+ * request after request moves its idle timeout without taking its timer
+ * out of libuv's heap and putting it back each time. */
 static void set_timer(struct conn *c, uint64_t ms) {
-  if (ms >= TIMER_ROUND_FROM_MS) {
-    uint64_t now = uv_now(c->srv->loop);
-    uint64_t due =
-        (now + ms + TIMER_SLOT_MS - 1) & ~(uint64_t)(TIMER_SLOT_MS - 1);
-    ms = due - now;
-  }
-  uv_timer_start(&c->timer, on_conn_timer, ms, 0);
+  uint64_t now = uv_now(c->srv->loop);
+  uint64_t due = now + ms;
+  if (ms >= TIMER_ROUND_FROM_MS)
+    due = (due + TIMER_SLOT_MS - 1) & ~(uint64_t)(TIMER_SLOT_MS - 1);
+  c->due = due;
+  if (uv_is_active((uv_handle_t *)&c->timer) &&
+      uv_timer_get_due_in(&c->timer) <= due - now)
+    return;
+  uv_timer_start(&c->timer, on_conn_timer, due - now, 0);
 }
 
 /* ---- The lifecycle: conn.h decides, this performs ---------------------- */
@@ -491,6 +498,11 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
 
 static void on_conn_timer(uv_timer_t *timer) {
   struct conn *c = container_of(timer, struct conn, timer);
+  uint64_t now = uv_now(c->srv->loop);
+  if (now < c->due) { /* moved later since the timer was armed */
+    uv_timer_start(&c->timer, on_conn_timer, c->due - now, 0);
+    return;
+  }
   switch (c->life.state) {
   case CONN_READING:
     if (parser_idle(c) && still_taking(c))

@@ -61,6 +61,7 @@ struct conn {
   size_t unsent;          /* bytes the client had not taken, last check */
   uint64_t moved;         /* uv_now when the last of them moved */
   uint64_t linger_from;   /* uv_now when the client had taken everything */
+  uint64_t due;           /* uv_now of the deadline; the timer may be earlier */
   uint32_t rpos;          /* rbuf[rpos, rlen) is not parsed yet */
   uint32_t rlen;
   uint32_t wlen;
