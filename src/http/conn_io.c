@@ -33,6 +33,18 @@
  * a connection that sent nothing before its FIN never takes buffers. */
 static char discard_buf[CONN_RBUF];
 
+/* The last head formatted for a response with neither a content type nor
+ * extra headers of its own, and what it was formatted from: answering
+ * /incr, every response is the same 200, so its head is copied rather than
+ * formatted again. */
+static struct {
+  uint16_t status;
+  enum http_connection conn;
+  size_t body_len;
+  size_t len; /* 0: none yet */
+  char head[HTTP_HEAD_MAX];
+} plain_head;
+
 static void process(struct conn *c, bool filled);
 static void on_conn_timer(uv_timer_t *timer);
 static void on_alloc(uv_handle_t *handle, size_t hint, uv_buf_t *buf);
@@ -302,6 +314,22 @@ static bool is_last(struct conn *c, const struct http_request *req) {
   }
 }
 
+/* http_format_head, through plain_head for the responses it can hold. */
+static size_t format_head(char *buf, const struct http_response *resp,
+                          enum http_connection conn) {
+  if (resp->content_type || resp->extra_headers)
+    return http_format_head(buf, resp, conn);
+  if (plain_head.len == 0 || plain_head.status != resp->status ||
+      plain_head.conn != conn || plain_head.body_len != resp->body_len) {
+    plain_head.status = resp->status;
+    plain_head.conn = conn;
+    plain_head.body_len = resp->body_len;
+    plain_head.len = http_format_head(plain_head.head, resp, conn);
+  }
+  memcpy(buf, plain_head.head, plain_head.len);
+  return plain_head.len;
+}
+
 /* Queues resp, the response to req (NULL: a failed request), in wbuf,
  * which has WBUF_RESERVE bytes free. */
 static void queue_response(struct conn *c, const struct http_request *req,
@@ -311,7 +339,7 @@ static void queue_response(struct conn *c, const struct http_request *req,
   if (!last)
     hdr = req->version_minor == 0 ? HTTP_CONN_KEEP_ALIVE : HTTP_CONN_DEFAULT;
   c->answered++;
-  c->wlen += (uint32_t)http_format_head(c->w->wbuf + c->wlen, resp, hdr);
+  c->wlen += (uint32_t)format_head(c->w->wbuf + c->wlen, resp, hdr);
   size_t body = resp->head ? 0 : resp->body_len;
   if (body <= SMALL_BODY_MAX) {
     if (body)
