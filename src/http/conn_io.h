@@ -14,7 +14,8 @@
  * of each request, the idle timeout, a write that makes no progress, and
  * the linger after our FIN. A deadline of a second or more is rounded up
  * to a slot of at most 16 ms, so that connections opened within one slot
- * time out in one loop turn. */
+ * time out in one loop turn. A deadline moved later (the idle timeout,
+ * after each request) leaves the timer where it is until it fires. */
 #ifndef GRACEFULD_CONN_IO_H
 #define GRACEFULD_CONN_IO_H
 
