@@ -112,7 +112,6 @@ static void respond(struct server *srv, const struct http_request *req,
         .ready = app->link.ever_ready && app->shutdown.phase == PHASE_RUNNING,
         .queue_full = pending(app) + commit_holding(&app->commit) >=
                       app->cfg->max_pending,
-        .idempotency = true, /* both modes keep the keys */
     };
     routes_handle(req, &state, &r);
     if (r.route == ROUTE_READYZ && r.response.status != 405)

@@ -33,6 +33,18 @@
  * a connection that sent nothing before its FIN never takes buffers. */
 static char discard_buf[CONN_RBUF];
 
+/* The last head formatted for a response with neither a content type nor
+ * extra headers of its own, and what it was formatted from: answering
+ * /incr, every response is the same 200, so its head is copied rather than
+ * formatted again. */
+static struct {
+  uint16_t status;
+  enum http_connection conn;
+  size_t body_len;
+  size_t len; /* 0: none yet */
+  char head[HTTP_HEAD_MAX];
+} plain_head;
+
 static void process(struct conn *c, bool filled);
 static void on_conn_timer(uv_timer_t *timer);
 static void on_alloc(uv_handle_t *handle, size_t hint, uv_buf_t *buf);
@@ -62,14 +74,21 @@ static void on_conn_close(uv_handle_t *handle) {
   free(c);
 }
 
+/* Sets c's one deadline ms from now. A deadline later than the one the
+ * timer is armed for leaves the timer as it is: firing early, it arms
+ * itself again for the rest (on_conn_timer). So a connection answering
+ * request after request moves its idle timeout without taking its timer
+ * out of libuv's heap and putting it back each time. */
 static void set_timer(struct conn *c, uint64_t ms) {
-  if (ms >= TIMER_ROUND_FROM_MS) {
-    uint64_t now = uv_now(c->srv->loop);
-    uint64_t due =
-        (now + ms + TIMER_SLOT_MS - 1) & ~(uint64_t)(TIMER_SLOT_MS - 1);
-    ms = due - now;
-  }
-  uv_timer_start(&c->timer, on_conn_timer, ms, 0);
+  uint64_t now = uv_now(c->srv->loop);
+  uint64_t due = now + ms;
+  if (ms >= TIMER_ROUND_FROM_MS)
+    due = (due + TIMER_SLOT_MS - 1) & ~(uint64_t)(TIMER_SLOT_MS - 1);
+  c->due = due;
+  if (uv_is_active((uv_handle_t *)&c->timer) &&
+      uv_timer_get_due_in(&c->timer) <= due - now)
+    return;
+  uv_timer_start(&c->timer, on_conn_timer, due - now, 0);
 }
 
 /* ---- The lifecycle: conn.h decides, this performs ---------------------- */
@@ -295,6 +314,22 @@ static bool is_last(struct conn *c, const struct http_request *req) {
   }
 }
 
+/* http_format_head, through plain_head for the responses it can hold. */
+static size_t format_head(char *buf, const struct http_response *resp,
+                          enum http_connection conn) {
+  if (resp->content_type || resp->extra_headers)
+    return http_format_head(buf, resp, conn);
+  if (plain_head.len == 0 || plain_head.status != resp->status ||
+      plain_head.conn != conn || plain_head.body_len != resp->body_len) {
+    plain_head.status = resp->status;
+    plain_head.conn = conn;
+    plain_head.body_len = resp->body_len;
+    plain_head.len = http_format_head(plain_head.head, resp, conn);
+  }
+  memcpy(buf, plain_head.head, plain_head.len);
+  return plain_head.len;
+}
+
 /* Queues resp, the response to req (NULL: a failed request), in wbuf,
  * which has WBUF_RESERVE bytes free. */
 static void queue_response(struct conn *c, const struct http_request *req,
@@ -304,7 +339,7 @@ static void queue_response(struct conn *c, const struct http_request *req,
   if (!last)
     hdr = req->version_minor == 0 ? HTTP_CONN_KEEP_ALIVE : HTTP_CONN_DEFAULT;
   c->answered++;
-  c->wlen += (uint32_t)http_format_head(c->w->wbuf + c->wlen, resp, hdr);
+  c->wlen += (uint32_t)format_head(c->w->wbuf + c->wlen, resp, hdr);
   size_t body = resp->head ? 0 : resp->body_len;
   if (body <= SMALL_BODY_MAX) {
     if (body)
@@ -491,6 +526,11 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
 
 static void on_conn_timer(uv_timer_t *timer) {
   struct conn *c = container_of(timer, struct conn, timer);
+  uint64_t now = uv_now(c->srv->loop);
+  if (now < c->due) { /* moved later since the timer was armed */
+    uv_timer_start(&c->timer, on_conn_timer, c->due - now, 0);
+    return;
+  }
   switch (c->life.state) {
   case CONN_READING:
     if (parser_idle(c) && still_taking(c))

@@ -14,7 +14,8 @@
  * of each request, the idle timeout, a write that makes no progress, and
  * the linger after our FIN. A deadline of a second or more is rounded up
  * to a slot of at most 16 ms, so that connections opened within one slot
- * time out in one loop turn. */
+ * time out in one loop turn. A deadline moved later (the idle timeout,
+ * after each request) leaves the timer where it is until it fires. */
 #ifndef GRACEFULD_CONN_IO_H
 #define GRACEFULD_CONN_IO_H
 
@@ -61,6 +62,7 @@ struct conn {
   size_t unsent;          /* bytes the client had not taken, last check */
   uint64_t moved;         /* uv_now when the last of them moved */
   uint64_t linger_from;   /* uv_now when the client had taken everything */
+  uint64_t due;           /* uv_now of the deadline; the timer may be earlier */
   uint32_t rpos;          /* rbuf[rpos, rlen) is not parsed yet */
   uint32_t rlen;
   uint32_t wlen;

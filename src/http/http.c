@@ -398,8 +398,6 @@ const char *http_reason(uint16_t status) {
     return "Request Header Fields Too Large";
   case 500:
     return "Internal Server Error";
-  case 501:
-    return "Not Implemented";
   case 503:
     return "Service Unavailable";
   default:

@@ -90,12 +90,6 @@ void routes_handle(const struct http_request *req,
                         "visible ASCII characters\n"));
       return;
     }
-    if (req->idem_len > 0 && !state->idempotency) {
-      set_response(out, 501,
-                   BODY("Idempotency-Key needs DURABILITY=redis on this "
-                        "version; send the request without it\n"));
-      return;
-    }
     if (state->queue_full) {
       routes_error(503, out);
       out->route = ROUTE_INCR;

@@ -26,9 +26,6 @@ enum route_action {
 struct routes_state {
   bool ready;      /* Redis reached once and no shutdown signal */
   bool queue_full; /* MAX_PENDING increments pending */
-  /* Idempotency-Keys are kept (journal mode); else a keyed /incr is 501
-   * rather than counted without its promise */
-  bool idempotency;
 };
 
 struct route_result {

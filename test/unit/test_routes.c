@@ -120,6 +120,30 @@ static void test_routes_incr_refuses_with_503_when_queue_is_full(void **state) {
   assert_int_equal(result.response.status, 503);
 }
 
+static void test_routes_incr_passes_its_idempotency_key_on(void **state) {
+  (void)state;
+  handle_raw("GET /incr HTTP/1.1\r\nHost: x\r\nIdempotency-Key: k-1\r\n\r\n",
+             &ready);
+  assert_int_equal(result.route, ROUTE_INCR);
+  assert_int_equal(result.action, ACTION_INCR);
+  expect_plain(200, "ok\n");
+  assert_int_equal(result.idem_len, 3);
+  assert_memory_equal(result.idem_key, "k-1", 3);
+  handle(HTTP_GET, "/incr", &ready);
+  assert_int_equal(result.idem_len, 0);
+}
+
+static void
+test_routes_incr_refuses_a_bad_idempotency_key_with_400(void **state) {
+  (void)state;
+  handle_raw("GET /incr HTTP/1.1\r\nHost: x\r\nIdempotency-Key: a\r\n"
+             "Idempotency-Key: b\r\n\r\n",
+             &ready);
+  assert_int_equal(result.route, ROUTE_INCR);
+  assert_int_equal(result.action, ACTION_NONE);
+  assert_int_equal(result.response.status, 400);
+}
+
 /* ---- Probes and metrics ------------------------------------------------- */
 
 static void test_routes_healthz_answers_get_and_head(void **state) {
@@ -327,6 +351,8 @@ int main(void) {
       cmocka_unit_test(test_routes_incr_refuses_other_methods_with_405),
       cmocka_unit_test(test_routes_405_to_head_request_has_no_body),
       cmocka_unit_test(test_routes_incr_refuses_with_503_when_queue_is_full),
+      cmocka_unit_test(test_routes_incr_passes_its_idempotency_key_on),
+      cmocka_unit_test(test_routes_incr_refuses_a_bad_idempotency_key_with_400),
       cmocka_unit_test(test_routes_healthz_answers_get_and_head),
       cmocka_unit_test(test_routes_readyz_answers_200_when_ready),
       cmocka_unit_test(test_routes_readyz_answers_503_when_not_ready),
