@@ -413,15 +413,7 @@ static char *emit(char *out, const char *s, size_t n) {
 #define PUT_LIT(out, lit) emit(out, lit, sizeof(lit) - 1)
 
 static char *put_uint(char *out, uint64_t v) {
-  char tmp[20];
-  int n = 0;
-  do {
-    tmp[n++] = (char)('0' + v % 10);
-    v /= 10;
-  } while (v);
-  while (n)
-    *out++ = tmp[--n];
-  return out;
+  return out + base_format_u64(out, v);
 }
 
 size_t http_format_head(char *buf, const struct http_response *resp,
