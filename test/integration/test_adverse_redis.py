@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from gracefuld_testlib import Gracefuld, Redis, poll_until
+from gracefuld_testlib import Gracefuld, Redis, connected, poll_until
 
 SCOPE = "gracefuld:{counter}:"  # the default prefix, scoped to "counter"
 
@@ -23,11 +23,7 @@ def redis():
 
 
 def journal_mode(redis, **env):
-    settings = {"DURABILITY": "redis"}
-    settings.update(env)
-    g = Gracefuld(redis=redis, env=settings).start()
-    g.wait_event("redis_up")
-    return g
+    return connected(redis, {"DURABILITY": "redis", **env})
 
 
 def incr(g, n):

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from gracefuld_testlib import (Gracefuld, Redis, poll_until,
+from gracefuld_testlib import (Gracefuld, Redis, connected, poll_until,
                                read_http_responses)
 
 IDEM = "gracefuld:{counter}:idempotency"
@@ -24,12 +24,8 @@ def redis():
 
 
 def journal_mode(redis, **env):
-    settings = {"DURABILITY": "redis", "INCR_DELAY_MS": "200",
-                "LEASE_MS": "600"}
-    settings.update(env)
-    g = Gracefuld(redis=redis, env=settings).start()
-    g.wait_event("redis_up")
-    return g
+    return connected(redis, {"DURABILITY": "redis", "INCR_DELAY_MS": "200",
+                             "LEASE_MS": "600", **env})
 
 
 def incr(g, key, method="GET"):
@@ -189,11 +185,7 @@ def test_a_key_whose_write_is_in_flight_is_409_with_retry_after(redis):
 
 
 def memory_mode(redis, **env):
-    settings = {"INCR_DELAY_MS": "200"}
-    settings.update(env)
-    g = Gracefuld(redis=redis, env=settings).start()
-    g.wait_event("redis_up")
-    return g
+    return connected(redis, {"INCR_DELAY_MS": "200", **env})
 
 
 def done(g):

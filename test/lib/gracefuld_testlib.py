@@ -526,6 +526,13 @@ def read_http_responses(sock, count, timeout=10.0, exact=True):
     return out
 
 
+def connected(redis, env):
+    """A gracefuld on redis with env, started, its Redis connection up."""
+    g = Gracefuld(redis=redis, env=env).start()
+    g.wait_event("redis_up")
+    return g
+
+
 @contextlib.contextmanager
 def running(redis=None, **kw):
     g = Gracefuld(redis=redis, **kw).start()
