@@ -158,6 +158,9 @@ struct delivery_journal {
   uint64_t in_moving;           /* increments in moving */
   uint64_t in_writes;           /* increments in unresolved writes */
   uint64_t writes_in_flight;    /* journal writes among the sends */
+  /* When a write that noted the fence's use was last applied (monotonic
+   * ms; 0: none yet, so every write notes it until one is). */
+  uint64_t use_noted;
   uv_timer_t lease_timer;       /* renew (and adopt what it names) */
   uint64_t lease_ms;
   uint64_t incr_delay_ms;

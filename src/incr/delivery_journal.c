@@ -29,6 +29,7 @@ struct write {
   uint64_t replays;   /* increments of keys counted before: not recorded */
   bool resolving;     /* ENTRY_SENT: its resolution was, not the write */
   bool held;          /* applied: in the journal */
+  bool notes_use;     /* it notes the fence's use (SCRIPTS_FENCE_NOTE_MS) */
 };
 
 /* Increments that fell due together, to be moved. */
@@ -128,11 +129,14 @@ uint64_t delivery_write(struct delivery *d, uint64_t deadline, uint64_t n,
   /* What fell due rides with the write (delivery_turn_end otherwise). */
   uint64_t due[SCRIPTS_MOVE_MAX], moves_end;
   size_t k = unsent_moves(d, due, &moves_end);
+  bool note = j->use_noted == 0 ||
+              uv_now(d->loop) - j->use_noted >= SCRIPTS_FENCE_NOTE_MS;
   /* Writes below first_seq all have a known outcome: the fenced-off ones
    * among them need not be remembered any more. */
   if (scripts_cmd_write(&d->cmd, &d->scripts, seq,
                         scripts_wall(&d->scripts, deadline), n,
-                        d->first_seq - 1, j->lease_ms, keys, n_keys, due, k))
+                        d->first_seq - 1, j->lease_ms, note, keys, n_keys, due,
+                        k))
     return 0;
   struct write *w = delivery_ring_push(&d->entries);
   if (!w)
@@ -144,7 +148,8 @@ uint64_t delivery_write(struct delivery *d, uint64_t deadline, uint64_t n,
   *w = (struct write){
       .e = {.n = n, .wait = d->waits_sent + 1, .state = ENTRY_SENT},
       .deadline = deadline,
-      .moves_end = k ? moves_end : 0};
+      .moves_end = k ? moves_end : 0,
+      .notes_use = note};
   j->writes_in_flight++;
   if (k) {
     j->moving_sent = moves_end;
@@ -250,6 +255,8 @@ static void on_write_reply(struct delivery *d, bool resolution, uint64_t seq,
     w->held = true;
     if (!resolution)
       note_replays(d, seq, w, reply);
+    if (!resolution && w->notes_use)
+      j->use_noted = uv_now(d->loop);
     delivery_applied(d, &w->e, w->e.wait);
     break;
   case SCRIPTS_NOT_APPLIED:

@@ -263,8 +263,9 @@ int scripts_cmd_batch(struct scripts_cmd *cmd, struct scripts *j, uint64_t seq,
 
 int scripts_cmd_write(struct scripts_cmd *cmd, struct scripts *j, uint64_t seq,
                       uint64_t deadline_wall, uint64_t n, uint64_t known,
-                      uint64_t lease_ms, const struct scripts_idem *idem,
-                      size_t n_keys, const uint64_t *due_wall, size_t n_due) {
+                      uint64_t lease_ms, bool note_use,
+                      const struct scripts_idem *idem, size_t n_keys,
+                      const uint64_t *due_wall, size_t n_due) {
   if (n_due > SCRIPTS_MOVE_MAX || n_keys > SCRIPTS_IDEM_MAX || n_keys > n)
     return UV_EINVAL;
   const char *keys[] = {j->journal,  j->fences,  j->fence_uses, j->skips,
@@ -275,7 +276,7 @@ int scripts_cmd_write(struct scripts_cmd *cmd, struct scripts *j, uint64_t seq,
   rc = rc ? rc : arg_u64(cmd, n);
   rc = rc ? rc : arg_u64(cmd, known);
   rc = rc ? rc : arg_u64(cmd, lease_ms);
-  rc = rc ? rc : arg_u64(cmd, SCRIPTS_FENCE_AGE_MS);
+  rc = rc ? rc : arg_u64(cmd, note_use ? SCRIPTS_FENCE_AGE_MS : 0);
   rc = rc ? rc : arg_str(cmd, j->id);
   rc = rc ? rc : arg_u64(cmd, j->idem_ttl_ms);
   rc = rc ? rc : arg_u64(cmd, n_keys);
@@ -298,7 +299,8 @@ int scripts_cmd_resolve(struct scripts_cmd *cmd, struct scripts *j,
 int scripts_cmd_move(struct scripts_cmd *cmd, struct scripts *j,
                      const uint64_t *deadlines_wall, size_t n) {
   /* Number 0: no fence lets it record anything, only its moves run. */
-  return scripts_cmd_write(cmd, j, 0, 0, 0, 0, 0, NULL, 0, deadlines_wall, n);
+  return scripts_cmd_write(cmd, j, 0, 0, 0, 0, 0, false, NULL, 0,
+                           deadlines_wall, n);
 }
 
 int scripts_cmd_renew(struct scripts_cmd *cmd, struct scripts *j,

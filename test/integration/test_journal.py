@@ -62,6 +62,49 @@ def test_a_200_means_the_journal_holds_it(redis):
         g.stop()
 
 
+def commandstats(redis):
+    """Calls per command since the last CONFIG RESETSTAT."""
+    calls = {}
+    for line in redis.cli("INFO", "commandstats").split("\n"):
+        if line.startswith("cmdstat_"):
+            name, rest = line[len("cmdstat_"):].split(":", 1)
+            calls[name] = int(rest.split(",")[0].split("=")[1])
+    return calls
+
+
+def test_writes_note_the_fences_use_once_a_second_not_each_time(redis):
+    """A fence unused for a day is forgotten, so its use is noted; one
+    journal write a second notes it (a ZADD), not every write: two commands
+    fewer for Redis on all the others."""
+    g = journal_mode(redis, INCR_DELAY_MS="60000", LEASE_MS="60000")
+    uses = "gracefuld:{counter}:fence_uses"
+
+    def noted():
+        return float(redis.cli("ZRANGE", uses, "0", "-1",
+                               "WITHSCORES").split("\n")[1])
+    try:
+        g.wait_event("redis_up")
+        assert g.get("/incr") == 200
+        first = noted()
+        redis.cli("CONFIG", "RESETSTAT")
+        t0 = time.monotonic()
+        writes = 0
+        while writes < 50 or noted() == first:
+            assert g.get("/incr") == 200
+            writes += 1
+            assert time.monotonic() - t0 < 20, "the use was noted again"
+        elapsed = time.monotonic() - t0
+        calls = commandstats(redis)
+        scripts = calls.get("eval", 0) + calls.get("evalsha", 0)
+        assert scripts >= writes
+        # Each script takes its lease with one ZADD; noting the use is one
+        # more, once a second.
+        notes = calls["zadd"] - scripts
+        assert 1 <= notes <= 2 + elapsed, (notes, writes, elapsed)
+    finally:
+        g.stop()
+
+
 def test_due_increments_move_to_the_counter_and_the_journal_goes(redis):
     g = journal_mode(redis, INCR_DELAY_MS="200")
     try:

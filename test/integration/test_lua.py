@@ -127,9 +127,9 @@ def write_keys(rid="a"):
 
 
 def write(conn, seq, deadline, n, known=0, lease=3000, rid="a", due=(),
-          idem=(), ttl=TTL):
+          idem=(), ttl=TTL, age=AGE):
     return conn.eval("journal_write", write_keys(rid), seq, deadline, n,
-                     known, lease, AGE, rid, ttl, len(idem), *idem, *due)
+                     known, lease, age, rid, ttl, len(idem), *idem, *due)
 
 
 def move(conn, *due, rid="a"):
@@ -254,6 +254,29 @@ def test_fences_unused_for_their_age_are_forgotten_with_their_ranges(conn):
     assert conn.call("ZSCORE", "p:fence_uses", "old") is None
     assert skips(conn) == []
     assert fence(conn, "b") == 2
+
+
+def test_a_write_that_does_not_note_the_use_moves_the_fence_alone(conn):
+    """Age 0 (the replica noted its fence's use less than a second ago):
+    the write moves the fence and takes the lease, but neither notes the
+    use nor forgets a stale fence; the next write that notes does both."""
+    conn.call("ZADD", "p:fence_uses", 1, "old")
+    conn.call("HSET", "p:fences", "old", 9)
+    assert write(conn, 1, 1000, 3) == 1
+    assert fence(conn, "old") is None  # stale: forgotten
+    noted = conn.call("ZSCORE", "p:fence_uses", "a")
+    conn.call("ZADD", "p:fence_uses", 1, "old")
+    conn.call("HSET", "p:fences", "old", 9)
+    conn.call("ZADD", "p:fence_uses", 5, "a")
+    assert write(conn, 2, 1000, 2, age=0) == 1
+    assert fence(conn) == 2
+    assert journal(conn) == {1000: 5}
+    assert 2000 < lease_left(conn) <= 3000
+    assert conn.call("ZSCORE", "p:fence_uses", "a") == "5"
+    assert fence(conn, "old") == 9
+    assert write(conn, 3, 1000, 1) == 1
+    assert int(conn.call("ZSCORE", "p:fence_uses", "a")) >= int(noted)
+    assert fence(conn, "old") is None
 
 
 def test_resolve_tells_applied_from_fenced_off_for_good(conn):
@@ -464,7 +487,8 @@ def test_scripts_check_every_key_before_they_write(conn, key, kind):
                lambda: write(conn, 1, 1000, 3, idem=("k",)),
                lambda: batch(conn, 1, 1),
                lambda: batch(conn, 1, 1, idem=("k",))],
-    }[key] + [lambda: write(conn, 1, 1000, 3)]
+    }[key] + [lambda: write(conn, 1, 1000, 3),
+              lambda: write(conn, 1, 1000, 3, age=0)]
     if key in ("p:fences", "p:fence_uses", "p:skips"):
         scripts.append(lambda: batch(conn, 1, 1, idem=("k",)))
     for run in scripts:

@@ -179,7 +179,7 @@ static void test_journal_batch_is_one_fenced_eval(void **state) {
 static void test_journal_write_names_replica_and_registry(void **state) {
   (void)state;
   assert_int_equal(scripts_cmd_write(&cmd, &j, 7, 1700000005000ull, 33, 6, 3000,
-                                     NULL, 0, NULL, 0),
+                                     true, NULL, 0, NULL, 0),
                    0);
   redisReply *a = parsed();
   const char *keys[] = {j.journal,  j.fences,  j.fence_uses, j.skips,
@@ -191,9 +191,17 @@ static void test_journal_write_names_replica_and_registry(void **state) {
   assert_arg(a, i + 2, "33");
   assert_arg(a, i + 3, "6");
   assert_arg(a, i + 4, "3000");
+  assert_arg(a, i + 5, "86400000"); /* SCRIPTS_FENCE_AGE_MS: notes the use */
   assert_arg(a, i + 6, "abcdef0123456789");
   assert_arg(a, i + 7, "86400000");
   assert_arg(a, i + 8, "0");
+  freeReplyObject(a);
+  /* A write that does not note the fence's use passes an age of 0. */
+  assert_int_equal(scripts_cmd_write(&cmd, &j, 8, 1700000005000ull, 1, 7, 3000,
+                                     false, NULL, 0, NULL, 0),
+                   0);
+  a = parsed(); /* EVALSHA now, the same nine arguments last */
+  assert_arg(a, a->elements - 9 + 5, "0");
   freeReplyObject(a);
 }
 
@@ -203,7 +211,7 @@ static void test_journal_write_carries_idempotency_keys(void **state) {
   const struct scripts_idem keys_given[] = {{"k1", 2}, {"a\"b", 3}};
   uint64_t due[] = {1700000000001ull};
   assert_int_equal(scripts_cmd_write(&cmd, &j, 7, 1700000005000ull, 3, 6, 3000,
-                                     keys_given, 2, due, 1),
+                                     false, keys_given, 2, due, 1),
                    0);
   redisReply *a = parsed();
   const char *keys[] = {j.journal,  j.fences,  j.fence_uses, j.skips,
@@ -218,7 +226,8 @@ static void test_journal_write_carries_idempotency_keys(void **state) {
   freeReplyObject(a);
   /* More keys than increments cannot be. */
   assert_int_equal(
-      scripts_cmd_write(&cmd, &j, 8, 1, 1, 7, 3000, keys_given, 2, NULL, 0),
+      scripts_cmd_write(&cmd, &j, 8, 1, 1, 7, 3000, false, keys_given, 2, NULL,
+                        0),
       UV_EINVAL);
   j.idem_ttl_ms = 86400000;
 }
@@ -227,7 +236,7 @@ static void test_journal_write_carries_the_deadlines_due(void **state) {
   (void)state;
   uint64_t due[] = {1700000000001ull, 1700000000003ull};
   assert_int_equal(scripts_cmd_write(&cmd, &j, 8, 1700000005000ull, 2, 7, 3000,
-                                     NULL, 0, due, 2),
+                                     false, NULL, 0, due, 2),
                    0);
   redisReply *a = parsed();
   const char *keys[] = {j.journal,  j.fences,  j.fence_uses, j.skips,
@@ -238,8 +247,8 @@ static void test_journal_write_carries_the_deadlines_due(void **state) {
   assert_arg(a, i + 10, "1700000000003");
   freeReplyObject(a);
   uint64_t many[SCRIPTS_MOVE_MAX + 1] = {0};
-  assert_int_equal(scripts_cmd_write(&cmd, &j, 9, 1, 1, 8, 3000, NULL, 0, many,
-                                     SCRIPTS_MOVE_MAX + 1),
+  assert_int_equal(scripts_cmd_write(&cmd, &j, 9, 1, 1, 8, 3000, false, NULL, 0,
+                                     many, SCRIPTS_MOVE_MAX + 1),
                    UV_EINVAL);
 }
 

@@ -8,7 +8,8 @@
 --   ARGV[1] write number   ARGV[2] deadline, wall-clock ms   ARGV[3] increments
 --   ARGV[4] writes up to this number have a known outcome (their fenced-off
 --   ranges are forgotten)
---   ARGV[5] lease, ms   ARGV[6] a fence unused this long (ms) is forgotten
+--   ARGV[5] lease, ms   ARGV[6] a fence unused this long (ms) is forgotten;
+--   0: the replica noted its fence's use a moment ago (prelude.lua)
 --   ARGV[7] replica id
 --   ARGV[8] IDEMPOTENCY_TTL_MS   ARGV[9] k, the Idempotency-Keys the write
 --   carries (each one of its increments)   ARGV[10..9+k] the keys

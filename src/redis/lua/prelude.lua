@@ -46,6 +46,9 @@ end
 --             last (journal mode; usually empty)
 -- A fence unused for `age` ms is forgotten with its ranges, two at a time
 -- by whichever script moves a fence next: nothing grows without bound.
+-- A journal write may pass an age of 0: its replica noted its fence's use
+-- less than a second ago (SCRIPTS_FENCE_NOTE_MS), against an age of a day,
+-- so the write moves the fence alone, two commands cheaper.
 
 -- Forgets the ranges of replica id that end at or below upto.
 local function skips_forget(f, id, upto)
@@ -79,9 +82,13 @@ local function fence_get(f, id)
   return tonumber(redis.call('HGET', f.fences, id) or 0)
 end
 
--- now: Redis's clock (redis_ms), read once by the caller.
+-- now: Redis's clock (redis_ms), read once by the caller. age 0: the
+-- fence moves, its use is not noted and no stale fence is looked for.
 local function fence_set(f, id, n, age, now)
   redis.call('HSET', f.fences, id, n)
+  if age == 0 then
+    return
+  end
   redis.call('ZADD', f.used, now, id)
   local stale = redis.call('ZRANGEBYSCORE', f.used, '-inf', now - age,
                            'LIMIT', 0, 2)
