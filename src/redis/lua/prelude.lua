@@ -13,13 +13,14 @@ local function expect(key, kind)
   end
 end
 
--- An error naming key unless INCRBY can count on it; nil when it can.
+-- An error naming key unless INCRBY can count on it; nil when it can. The
+-- GET is the type check too (one command, not two); TYPE only names what
+-- a key of another kind holds.
 local function incrementable(key)
-  local e = expect(key, 'string')
-  if e then
-    return e
+  local v = redis.pcall('GET', key)
+  if type(v) == 'table' and v.err then
+    return expect(key, 'string') or v
   end
-  local v = redis.call('GET', key)
   if v and not string.match(v, '^%-?%d+$') then
     return redis.error_reply('WRONGTYPE ' .. key .. ' holds no integer')
   end
