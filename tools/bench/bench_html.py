@@ -136,10 +136,13 @@ def charts(results):
     tp = results.get("throughput")
     if tp:
         for w, what in (("steady", "steady state"),
-                        ("http_only", "before the first INCR falls due")):
+                        ("http_only", "before the first INCR falls due"),
+                        ("pipelined", "pipelined")):
             out.append(chart(f"throughput, {what} (wrk), per round",
                              "req/s", per_round(tp["rounds"],
                                                 lambda s: s[w]["rps"])))
+            if w == "pipelined":
+                continue  # no latency: see bench_table.py
             out.append(chart(f"latency at saturation, {what}: p99 (wrk)",
                              "µs", per_round(tp["rounds"],
                                              lambda s: s[w]["lat_us"]["p99"])))
