@@ -1618,7 +1618,8 @@ def main():
                     "from it, and slow the load rather than the server; "
                     "beside the servers its CPU counts against the one "
                     "it works for")
-    ap.add_argument("--out", help="JSON file to write (default: "
+    ap.add_argument("--out", help="JSON file to write, the table beside it "
+                    "as .md and .html (default: "
                     "tools/bench/results/bench-<time>.json)")
     ap.add_argument("--latest", help="Markdown file for the table "
                     "(default: docs/bench/latest.md after a full run of "
@@ -1630,6 +1631,9 @@ def main():
         args.slow_seconds, args.drain_rounds, args.startup_runs = 10, 2, 3
         args.pending, args.redis_requests = 100000, 50000
         args.alloc_requests, args.profile_requests = 30000, 10000
+    if args.out and os.path.splitext(args.out)[1] in (".md", ".html"):
+        ap.error("--out names the JSON file; the table is written beside "
+                 "it, as .md and .html")
     phases = [p.strip() for p in args.only.split(",") if p.strip()]
     for p in phases:
         if p not in PHASES:
