@@ -43,13 +43,14 @@ sys.path.insert(0, os.path.join(ROOT, "test", "lib"))
 
 from gracefuld_testlib import (Certs, LineReader, Redis,  # noqa: E402
                                free_port, scrape_metrics, wait_event)
+from proc import (TICK, children_of, cpu_seconds, pinned,  # noqa: E402
+                  rss_kb)
 from bench_table import (LATEST, profile_text, table,  # noqa: E402
                          write_latest)
 
 PHASES = ["throughput", "idle", "tls", "latency", "memory", "drain", "startup",
           "redis", "allocs", "syscalls", "profile", "idempotency"]
 DEFAULT_PHASES = [p for p in PHASES if p not in ("profile", "idempotency")]
-TICK = os.sysconf("SC_CLK_TCK")
 # The servers measured side by side: the reference, gracefuld in memory
 # mode (the default durability; "gracefuld" in the results) and in journal
 # mode (DURABILITY=redis).
@@ -92,13 +93,6 @@ def log(msg):
 
 # ---- processes ---------------------------------------------------------------
 
-def pinned(cpu):
-    """A preexec_fn that pins the child (and the threads it starts)."""
-    if cpu is None:
-        return None
-    return lambda: os.sched_setaffinity(0, {cpu})
-
-
 def pin_all_threads(pid, cpu):
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
@@ -140,35 +134,6 @@ def steal_pct(steal0, t0):
     percentage of one CPU."""
     wall = max(time.monotonic() - t0, 1e-9)
     return round(100 * (steal_seconds() - steal0) / wall, 1)
-
-
-def cpu_seconds(pids):
-    """utime + stime of these processes (all their threads), in seconds."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except (OSError, IndexError):
-            pass
-    return total / TICK
-
-
-def rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def children_of(pid):
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
 
 
 def run_rusage(cmd, cpu, timeout=600):
@@ -679,7 +644,7 @@ class Bench:
                     res["pipelined"] = self.measured_wrk(srv, a.duration,
                                                          pipelined=True)
                     if kind != "nginx":
-                        res["rss_kb"] = rss_kb(srv.proc.pid)
+                        res["rss_kb"] = rss_kb([srv.proc.pid])
                 finally:
                     srv.stop()
                 row[srv.name] = res
@@ -792,13 +757,13 @@ class Bench:
         for name, lg_args in cases:
             g = self.gracefuld(600000, {"MAX_PENDING": "100000000"})
             try:
-                idle_kb = rss_kb(g.proc.pid)
+                idle_kb = rss_kb([g.proc.pid])
                 p = self.staged_loadgen(g.port, *lg_args)
                 time.sleep(0.2)
-                before = rss_kb(g.proc.pid)
+                before = rss_kb([g.proc.pid])
                 res = self.go(p)
                 time.sleep(0.2)
-                after = rss_kb(g.proc.pid)
+                after = rss_kb([g.proc.pid])
                 pending = metric(g.port, "gracefuld_increments_pending")
             finally:
                 g.stop()
@@ -944,7 +909,7 @@ class Bench:
         try:
             if kind == "journal":
                 idem = g.prefix + "{counter}:idempotency"
-            rss0 = rss_kb(g.proc.pid)
+            rss0 = rss_kb([g.proc.pid])
             before = self.used_memory()
             self.keyed_wrk(g.port, min(self.a.duration, 3))
             deadline = time.monotonic() + 60
@@ -952,7 +917,7 @@ class Bench:
                    and time.monotonic() < deadline):
                 time.sleep(0.1)
             after = self.used_memory()
-            rss1 = rss_kb(g.proc.pid)
+            rss1 = rss_kb([g.proc.pid])
             keys = int(self.redis.cli("ZCARD", idem))
             usage = int(self.redis.cli("MEMORY", "USAGE", idem, "SAMPLES",
                                        "0") or 0)

@@ -50,8 +50,8 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "test", "lib"))
 
 from gracefuld_testlib import LineReader, Redis, free_port  # noqa: E402
+from proc import children_of, cpu_seconds, pinned, rss_kb  # noqa: E402
 
-TICK = os.sysconf("SC_CLK_TCK")
 LINGER_S = 1.0  # gracefuld's wait for the client's FIN after its own
 KINDS = ["nginx", "gracefuld"]
 
@@ -80,12 +80,6 @@ http {{
 """
 
 
-def pinned(cpu):
-    if cpu is None:
-        return None
-    return lambda: os.sched_setaffinity(0, {cpu})
-
-
 def tasks(pids):
     for pid in pids:
         try:
@@ -105,40 +99,6 @@ def cpu_ns(pids):
         except (OSError, IndexError, ValueError):
             pass
     return total
-
-
-def cpu_ticks_s(pids):
-    """utime + stime of pids (/proc/PID/stat), in seconds."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except (OSError, IndexError):
-            pass
-    return total / TICK
-
-
-def rss_kb(pids):
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
-
-
-def children_of(pid):
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
 
 
 def wait_listening(port, proc, what, timeout=10.0):
@@ -261,7 +221,7 @@ def one(srv, conns, gap_s, timeout_s):
     quiet_ns = (cpu_ns(pids) - ns0) * window / (time.monotonic() - t0)
 
     rss0 = rss_kb(pids)
-    ns0, ticks0 = cpu_ns(pids), cpu_ticks_s(pids)
+    ns0, ticks0 = cpu_ns(pids), cpu_seconds(pids)
     socks = []
     rss_peak = open_at_peak = None
     start = time.monotonic()
@@ -281,7 +241,7 @@ def one(srv, conns, gap_s, timeout_s):
     if left > 0:
         time.sleep(left)
     ns = cpu_ns(pids) - ns0
-    ticks = cpu_ticks_s(pids) - ticks0
+    ticks = cpu_seconds(pids) - ticks0
     how = {"fin": 0, "reset": 0, "open": 0}
     for s in socks:
         how[ended(s)] += 1
