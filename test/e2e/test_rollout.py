@@ -66,8 +66,10 @@ def test_keep_alive_on_prestop_sleep_covers_the_endpoint_lag(experiment):
     """The same with keep-alive connections, and the lag covered by a 2 s
     preStop sleep instead of the app's delay (SHUTDOWN_DELAY_MS 0): SIGTERM
     closes the listener at once, which is safe only because the endpoint
-    is gone by then, and closes idle keep-alive connections with a FIN."""
-    run = experiment("--requests", REQUESTS, "--rate", 25, "--workers", 5,
+    is gone by then, and closes idle keep-alive connections with a FIN.
+    25 workers, one connection each, for 1 request/s: many connections to
+    reconnect, as in its control."""
+    run = experiment("--requests", REQUESTS, "--rate", 25, "--workers", 25,
                      "--keep-alive", "on", "--endpoint-lag", 1,
                      "--prestop", 2, "--shutdown-delay-ms", 0,
                      "--incr-delay-ms", 5000, "--grace", 30)
