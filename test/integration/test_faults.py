@@ -153,10 +153,13 @@ def test_script_cache_flushed_mid_run_counts_each_increment_once(
     restart) answers NOSCRIPT: the batch is sent whole again, not failed."""
     g = server(env={"INCR_DELAY_MS": "0"})
     g.wait_event("redis_up")
-    assert timed_incrs(g, 5) < 0.25
-    deadline = time.monotonic() + 10
-    while g.metrics()["gracefuld_increments_done_total"] < 5:
-        assert time.monotonic() < deadline, "the first five never counted"
+    # Two batches, each counted before the next is asked for (increments
+    # answered within one 8 ms step go as one batch).
+    for n, done in ((1, 1), (4, 5)):
+        assert timed_incrs(g, n) < 0.25
+        deadline = time.monotonic() + 10
+        while g.metrics()["gracefuld_increments_done_total"] < done:
+            assert time.monotonic() < deadline, "the first five never counted"
     stats = redis.cli("INFO", "commandstats")
     assert "cmdstat_evalsha:" in stats  # the later batches went by SHA-1
     redis.cli("SCRIPT", "FLUSH")
@@ -235,7 +238,8 @@ def test_wrongtype_reply_is_failed_logged_and_never_retried(redis, server):
     g.wait_event("redis_up")
     redis.cli("LPUSH", "counter", "not a counter")
     assert timed_incrs(g, 4) < 0.25
-    first = g.wait_event("incr_failed", failed=1)
+    # One batch or several: the four may fall due in one 8 ms step.
+    first = g.wait_event("incr_failed")
     assert first["level"] == "error" and "WRONGTYPE" in first["reply"]
     g.wait_event("incr_failed", failed=4)
     m = g.metrics()

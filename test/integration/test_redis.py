@@ -1,7 +1,9 @@
 """The Redis link: buffering while Redis is away, reconnecting, and sending
-again what a broken connection lost, so that nothing accepted is dropped."""
+again what a broken connection lost, so that nothing accepted is dropped;
+and how many batches due increments take."""
 
 import threading
+import time
 
 from gracefuld_testlib import Gracefuld, Redis
 
@@ -131,6 +133,32 @@ def test_error_reply_counts_as_failed_not_done(redis, server):
     summary = g.wait_event("exit")
     assert summary["failed"] == 3 and summary["done"] == 0
     assert redis.cli("GET", "counter") == "not a number"
+
+
+def test_a_burst_goes_as_one_batch_per_8_ms_step(redis, server):
+    """Memory mode's deadlines lie on an 8 ms grid: a burst of /incr
+    answered over some tens of milliseconds reaches Redis in at most one
+    batch per step it spans (one per millisecond without the grid), and
+    every increment is counted once."""
+    g = server(env={"INCR_DELAY_MS": "200"})
+    g.wait_event("redis_up")
+    conn = g.connection()
+    t0 = time.monotonic()
+    for _ in range(1000):
+        conn.request("GET", "/incr")
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 200
+    span_ms = (time.monotonic() - t0) * 1000
+    conn.close()
+    assert span_ms > 40  # long enough for the bound below to mean something
+    deadline = time.monotonic() + 10
+    while g.metrics()["gracefuld_increments_done_total"] < 1000:
+        assert time.monotonic() < deadline, "the burst was never counted"
+    batches = g.metrics()["gracefuld_redis_batches_total"]
+    print(f"\n1000 /incr in {span_ms:.0f} ms: {batches:.0f} batches")
+    assert batches <= span_ms / 8 + 2
+    assert redis.counter() == 1000
 
 
 def test_redis_host_name_is_resolved(redis, server):
