@@ -66,13 +66,7 @@ def test_every_200_counts_over_tls(certs, durability):
             assert status == 200
             assert body.decode() == (f"ready\nredis: {host}:{redis.port} "
                                      "tls, connected\n")
-            conn = g.connection()
-            for _ in range(300):
-                conn.request("GET", "/incr")
-                resp = conn.getresponse()
-                resp.read()
-                assert resp.status == 200
-            conn.close()
+            g.incrs(300)
             metrics = g.metrics()
             assert metrics[
                 f'gracefuld_redis_node_info{{node="{host}:{redis.port}",'

@@ -388,6 +388,23 @@ class Gracefuld:
     def get(self, path):
         return self.request(path)[0]
 
+    def incrs(self, n):
+        """n /incr on one keep-alive connection, each answered 200; returns
+        the slowest answer's time in seconds."""
+        conn = self.connection()
+        worst = 0.0
+        try:
+            for _ in range(n):
+                t0 = time.monotonic()
+                conn.request("GET", "/incr")
+                resp = conn.getresponse()
+                resp.read()
+                worst = max(worst, time.monotonic() - t0)
+                assert resp.status == 200
+        finally:
+            conn.close()
+        return worst
+
     def metrics(self):
         """/metrics as {sample name with its labels: value}."""
         _, _, body = self.request("/metrics")
