@@ -26,19 +26,10 @@ static uint64_t pending(const struct app *app) {
 
 /* ---- Requests ----------------------------------------------------------- */
 
-/* Memory mode's deadlines lie on a grid of DUE_GRID_MS, rounded up: the
- * increments answered within one step fall due together, as one run of the
- * queue, one timer and one batch, however many a millisecond brings (at
- * 10,000 req/s, 125 batches a second, not 1,000, on the core that answers
- * the requests). An increment counts at most DUE_GRID_MS - 1 ms later than
- * INCR_DELAY_MS after its 200, never earlier. */
-#define DUE_GRID_MS 8
-
 /* Memory mode: queued at once, answered 200 at once; a key pending or
  * counted here already is a replay, answered at once, nothing queued. */
 static void take_now(struct app *app, struct route_result *r) {
-  uint64_t due = uv_now(app->loop) + app->cfg->incr_delay_ms;
-  uint64_t deadline = (due + DUE_GRID_MS - 1) / DUE_GRID_MS * DUE_GRID_MS;
+  uint64_t deadline = uv_now(app->loop) + app->cfg->incr_delay_ms;
   enum delivery_keyed keyed = DELIVERY_KEYED_QUEUED;
   int rc = r->idem_len > 0 ? delivery_incr_keyed(&app->delivery, r->idem_key,
                                                  r->idem_len, deadline, &keyed)

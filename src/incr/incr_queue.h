@@ -2,10 +2,10 @@
  *
  * The delay is one constant, so deadlines arrive in non-decreasing order and a
  * FIFO is a priority queue. Equal deadlines (every request within one loop
- * tick shares uv_now; memory mode puts them on an 8 ms grid) are stored as
- * one run { deadline, count }, in a ring buffer that doubles when full: 8
- * bytes per run, and a run holds as many increments as share a deadline. One
- * uv_timer is armed for the head run; nothing is allocated per increment. */
+ * tick shares uv_now) are stored as one run { deadline, count }, in a ring
+ * buffer that doubles when full: 8 bytes per run, and a run holds as many
+ * increments as arrive within the same millisecond. One uv_timer is armed for
+ * the head run; nothing is allocated per increment. */
 #ifndef GRACEFULD_INCR_QUEUE_H
 #define GRACEFULD_INCR_QUEUE_H
 

@@ -138,7 +138,7 @@ def test_script_cache_flushed_mid_run_counts_each_increment_once(
     g = server(env={"INCR_DELAY_MS": "0"})
     g.wait_event("redis_up")
     # Two batches, each counted before the next is asked for (increments
-    # answered within one 8 ms step go as one batch).
+    # that fall due together go as one batch).
     for n, done in ((1, 1), (4, 5)):
         assert g.incrs(n) < 0.25
         poll_until(lambda: g.metrics()[
@@ -221,7 +221,7 @@ def test_wrongtype_reply_is_failed_logged_and_never_retried(redis, server):
     g.wait_event("redis_up")
     redis.cli("LPUSH", "counter", "not a counter")
     assert g.incrs(4) < 0.25
-    # One batch or several: the four may fall due in one 8 ms step.
+    # One batch or several: the four may fall due together.
     first = g.wait_event("incr_failed")
     assert first["level"] == "error" and "WRONGTYPE" in first["reply"]
     g.wait_event("incr_failed", failed=4)
